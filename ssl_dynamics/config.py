@@ -1,0 +1,221 @@
+"""Frozen configuration: one `SetupConfig` per training setup, one `RunConfig` per grid.
+
+Defaults are the thesis's (SPEC.md, Appendix A). Presets scale the grid down for the
+demo (embedded dataset, CPU) and for smoke tests (synthetic data, tiny network).
+Every field can be overridden by name (`override`), which is what the CLI's `--set` uses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import UserError
+
+SCHEMA_VERSION = 1  # bump when the meaning of a stored field changes
+
+SETUP_NAMES = ("simclr", "supervised", "random_labels", "random_labels_aug")
+
+
+@dataclass(frozen=True)
+class SetupConfig:
+    """Everything that defines how one setup trains (identical for all of its seeds)."""
+
+    name: str
+    objective: str  # "simclr" (InfoNCE over 2B views) or "classify" (cross-entropy)
+    augment: str  # "simclr" | "supervised" | "none" (see augment.py)
+    epochs: int
+    optimizer: str  # "adam" | "sgd"
+    lr: float
+    momentum: float = 0.9  # SGD only (Appendix A)
+    weight_decay: float = 1e-4  # Appendix A, all setups
+    batch_size: int = 256  # Appendix A, all setups
+    temperature: float = 1.0  # simclr 0.07; classification divides logits by it (1 = plain CE)
+    head_dim: int = 10  # simclr: 128-d projection; classification: number of classes
+    random_labels: bool = False
+    # "reference": the thesis's code (see schedules.py); "cosine": cosine to zero over the run
+    schedule: str = "reference"
+    constant_lr_epochs: int = 10  # simclr reference schedule: lr held for the first 10 epochs
+    cosine_period_epochs: int = 200  # classification reference schedule: T_max = 200 epochs
+    drop_last: bool = True  # fixed batch size (SimCLR needs it; 195 batches per CIFAR epoch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def thesis_setups(n_classes: int = 10) -> dict[str, SetupConfig]:
+    """The four setups of SPEC.md with the thesis's defaults."""
+    classify = dict(objective="classify", optimizer="sgd", lr=3e-4, head_dim=n_classes)
+    return {
+        "simclr": SetupConfig(
+            name="simclr", objective="simclr", augment="simclr", epochs=200, optimizer="adam",
+            lr=3e-4, temperature=0.07, head_dim=128,
+        ),
+        "supervised": SetupConfig(name="supervised", augment="supervised", epochs=50, **classify),
+        "random_labels": SetupConfig(
+            name="random_labels", augment="none", epochs=20, random_labels=True, **classify
+        ),
+        "random_labels_aug": SetupConfig(
+            name="random_labels_aug", augment="supervised", epochs=500, random_labels=True,
+            **classify,
+        ),
+    }
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What is shared by every setup of one run directory."""
+
+    preset: str = "thesis"
+    dataset: str = "cifar10"  # cifar10 | digits | synthetic | imagefolder:<path>
+    data_root: str = "data"
+    train_subset: int = 0  # 0 = whole training set; else a seeded class-stratified subset
+    backbone: str = "resnet18_cifar"
+    width: int = 64  # 64 = the thesis network (11,173,962 parameters with a 10-way head)
+    seeds: tuple[int, ...] = tuple(range(30))  # 30 seeds per setup, as in the thesis
+    label_seed: int = 12345  # the ONE random-label permutation, shared by every model seed
+    subset_seed: int = 0  # picks train_subset when it is set
+    setups: dict[str, SetupConfig] = field(default_factory=thesis_setups)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["seeds"] = list(self.seeds)
+        return d
+
+
+def _scaled_setups(epochs: dict[str, int], batch_size: int, n_classes: int = 10,
+                   lr_scale: float = 1.0) -> dict[str, SetupConfig]:
+    base = thesis_setups(n_classes)
+    out = {}
+    for name, cfg in base.items():
+        # On a few hundred images the thesis's SGD lr 3e-4 barely moves in a few epochs;
+        # demo/smoke raise the classification lr so that r_t has visible dynamics.
+        lr = cfg.lr * (lr_scale if cfg.optimizer == "sgd" else 1.0)
+        out[name] = replace(cfg, epochs=epochs[name], batch_size=batch_size, lr=lr,
+                            constant_lr_epochs=min(cfg.constant_lr_epochs, epochs[name] // 2),
+                            cosine_period_epochs=max(epochs.values()))
+    return out
+
+
+def preset(name: str) -> RunConfig:
+    """thesis (the full grid), demo (embedded digits on the CPU), smoke (tests)."""
+    if name == "thesis":
+        return RunConfig()
+    if name == "demo":
+        epochs = {"simclr": 8, "supervised": 6, "random_labels": 6, "random_labels_aug": 10}
+        return RunConfig(
+            preset="demo", dataset="digits", width=8, seeds=tuple(range(4)),
+            # 64 images a batch: the digits train split has 1,437 images (22 batches)
+            setups=_scaled_setups(epochs, batch_size=64, lr_scale=300.0),
+        )
+    if name == "smoke":
+        epochs = {"simclr": 2, "supervised": 2, "random_labels": 2, "random_labels_aug": 2}
+        return RunConfig(
+            preset="smoke", dataset="synthetic", width=4, seeds=(0, 1),
+            setups=_scaled_setups(epochs, batch_size=16, lr_scale=300.0),
+        )
+    raise UserError(f"unknown preset {name!r}: choose one of thesis, demo, smoke")
+
+
+def _coerce(value: str, like: Any) -> Any:
+    """Parse a command-line string into the type of the default it replaces."""
+    if isinstance(like, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(value)
+    if isinstance(like, int):
+        return int(value)
+    if isinstance(like, float):
+        return float(value)
+    return value
+
+
+SETUP_FIELDS = {f.name for f in fields(SetupConfig)} - {"name"}
+RUN_FIELDS = {f.name for f in fields(RunConfig)} - {"setups", "seeds", "preset"}
+
+
+def override(cfg: RunConfig, assignments: list[str]) -> RunConfig:
+    """Apply `key=value` overrides.
+
+    `lr=0.1` sets a field of every setup, `simclr.lr=1e-3` of one setup, `width=16` a run
+    field. Unknown keys and unparsable values raise UserError.
+    """
+    for item in assignments:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        setup, _, fname = key.rpartition(".")
+        try:
+            if setup:
+                if setup not in cfg.setups:
+                    raise UserError(f"override {item!r}: unknown setup {setup!r}")
+                if fname not in SETUP_FIELDS:
+                    raise UserError(f"override {item!r}: unknown setup field {fname!r}")
+                sc = cfg.setups[setup]
+                new = {**cfg.setups, setup: replace(sc, **{fname: _coerce(value, getattr(sc, fname))})}
+                cfg = replace(cfg, setups=new)
+            elif fname in RUN_FIELDS:
+                cfg = replace(cfg, **{fname: _coerce(value, getattr(cfg, fname))})
+            elif fname in SETUP_FIELDS:
+                new = {n: replace(s, **{fname: _coerce(value, getattr(s, fname))})
+                       for n, s in cfg.setups.items()}
+                cfg = replace(cfg, setups=new)
+            else:
+                raise UserError(
+                    f"override {item!r}: unknown key; setup fields: {', '.join(sorted(SETUP_FIELDS))}; "
+                    f"run fields: {', '.join(sorted(RUN_FIELDS))}"
+                )
+        except ValueError:
+            raise UserError(f"override {item!r}: cannot parse {value!r}") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    for s in cfg.setups.values():
+        if s.objective not in ("simclr", "classify"):
+            raise UserError(f"setup {s.name}: objective must be simclr or classify")
+        if s.augment not in ("simclr", "supervised", "none"):
+            raise UserError(f"setup {s.name}: augment must be simclr, supervised or none")
+        if s.optimizer not in ("adam", "sgd"):
+            raise UserError(f"setup {s.name}: optimizer must be adam or sgd")
+        if s.schedule not in ("reference", "cosine", "constant"):
+            raise UserError(f"setup {s.name}: schedule must be reference, cosine or constant")
+        if s.epochs < 1 or s.batch_size < 1 or s.lr <= 0 or s.temperature <= 0:
+            raise UserError(f"setup {s.name}: epochs, batch_size, lr and temperature must be positive")
+    if cfg.width < 1:
+        raise UserError("width must be positive")
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """'0-3' -> (0,1,2,3); '0,2,5' and '0-2,7' work too."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = part.split("-")
+                lo_i, hi_i = int(lo), int(hi)
+                if hi_i < lo_i:
+                    raise ValueError
+                seeds.extend(range(lo_i, hi_i + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise UserError(f"malformed seed range {text!r}: use e.g. 0-29, 0,3,7 or 0-3,10") from None
+    if not seeds or min(seeds) < 0:
+        raise UserError(f"malformed seed range {text!r}: seeds are non-negative integers")
+    return tuple(sorted(set(seeds)))
+
+
+def setup_from_dict(d: dict[str, Any]) -> SetupConfig:
+    return SetupConfig(**d)
+
+
+def canonical_json(d: Any) -> str:
+    """A stable text form used to compare configs and stored in file attributes."""
+    return json.dumps(d, sort_keys=True, separators=(",", ":"))

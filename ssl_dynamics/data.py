@@ -1,0 +1,183 @@
+"""Datasets as uint8 tensors in memory: CIFAR-10, an image folder, digits, synthetic.
+
+Every dataset is returned as a `Dataset` of uint8 [N, 3, H, W] images and int64 labels.
+Per-example arrays downstream are keyed by the index into `train_x`, so the order here is
+part of the contract: it is fixed and its checksum is the dataset's identity.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train_x: torch.Tensor  # uint8 [N, 3, H, W]
+    train_y: torch.Tensor  # int64 [N]
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def identity(self) -> dict:
+        """Name, sizes and a checksum of pixels and labels: what phase two checks against."""
+        h = hashlib.sha256()
+        for t in (self.train_x, self.train_y, self.test_x, self.test_y):
+            h.update(np.ascontiguousarray(t.numpy()).tobytes())
+        return {"name": self.name, "n_train": int(len(self.train_y)),
+                "n_test": int(len(self.test_y)), "shape": list(self.train_x.shape[1:]),
+                "sha256": h.hexdigest()}
+
+
+def _to_uint8_nchw(arr: np.ndarray) -> torch.Tensor:
+    """[N, H, W, 3] uint8 -> contiguous [N, 3, H, W] tensor."""
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))
+
+
+def load_cifar10(root: str | Path, download: bool = True) -> Dataset:
+    """CIFAR-10 via torchvision: use the copy under `root`, or download it there."""
+    from torchvision.datasets import CIFAR10
+
+    root = Path(root)
+    try:
+        train = CIFAR10(str(root), train=True, download=False)
+    except RuntimeError:
+        if not download:
+            raise UserError(_cifar_missing(root)) from None
+        try:
+            train = CIFAR10(str(root), train=True, download=True)
+        except Exception:  # no network, proxy errors, partial downloads: one message
+            raise UserError(_cifar_missing(root)) from None
+    test = CIFAR10(str(root), train=False, download=False)
+    return Dataset(
+        name="cifar10",
+        train_x=_to_uint8_nchw(train.data), train_y=torch.tensor(train.targets, dtype=torch.int64),
+        test_x=_to_uint8_nchw(test.data), test_y=torch.tensor(test.targets, dtype=torch.int64),
+        classes=CIFAR10_CLASSES,
+    )
+
+
+def _cifar_missing(root: Path) -> str:
+    return (f"CIFAR-10 not found in {root}/cifar-10-batches-py and it could not be downloaded: "
+            f"put cifar-10-python.tar.gz (unpacked) there, or pass --data-root to where it is")
+
+
+def load_imagefolder(path: str | Path, size: int = 32) -> Dataset:
+    """`train/<class>/*` and `test/<class>/*`; classes sorted by name, files by name."""
+    from PIL import Image
+
+    path = Path(path)
+    if not (path / "train").is_dir() or not (path / "test").is_dir():
+        raise UserError(f"image folder {path} must contain train/<class>/ and test/<class>/")
+    classes = tuple(sorted(p.name for p in (path / "train").iterdir() if p.is_dir()))
+    if not classes:
+        raise UserError(f"image folder {path}/train has no class folders")
+
+    def split(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = [], []
+        for y, cls in enumerate(classes):
+            folder = path / name / cls
+            files = sorted(folder.iterdir()) if folder.is_dir() else []
+            for f in files:
+                try:
+                    with Image.open(f) as im:
+                        im = im.convert("RGB")
+                        if im.size != (size, size):
+                            im = im.resize((size, size), Image.BILINEAR)
+                        images.append(np.asarray(im, dtype=np.uint8))
+                except OSError:
+                    raise UserError(f"cannot read image {f}") from None
+                labels.append(y)
+        if not images:
+            raise UserError(f"image folder {path}/{name} has no images")
+        return _to_uint8_nchw(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
+
+    train_x, train_y = split("train")
+    test_x, test_y = split("test")
+    return Dataset(f"imagefolder:{path.name}", train_x, train_y, test_x, test_y, classes)
+
+
+DIGITS_TEST_FRACTION = 0.2  # 1,797 digits -> 1,437 train / 360 test
+DIGITS_SPLIT_SEED = 0  # fixed: the split is part of the dataset's identity
+
+
+def load_digits(size: int = 32) -> Dataset:
+    """scikit-learn's 8x8 digits (ships with the package: no download), as 32x32 RGB."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0  # pixel values 0..16
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)
+    y = torch.tensor(d.target, dtype=torch.int64)
+    rng = np.random.default_rng(DIGITS_SPLIT_SEED)
+    order = rng.permutation(len(y))
+    n_test = int(round(len(y) * DIGITS_TEST_FRACTION))
+    test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
+    return Dataset("digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx],
+                   tuple(str(i) for i in range(10)))
+
+
+def make_synthetic(n_train: int = 256, n_test: int = 64, n_classes: int = 10, size: int = 32,
+                   seed: int = 0) -> Dataset:
+    """Class-dependent smooth colour patterns plus noise: learnable, tiny, generated."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand(n_classes, 3, 4, 4, generator=g)
+    protos = torch.nn.functional.interpolate(protos, size=(size, size), mode="bilinear",
+                                             align_corners=False)
+
+    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(n) % n_classes
+        y = y[torch.randperm(n, generator=g)]
+        x = protos[y] * 0.7 + 0.3 * torch.rand(n, 3, size, size, generator=g)
+        return (x * 255).round().clamp(0, 255).to(torch.uint8), y.to(torch.int64)
+
+    train_x, train_y = split(n_train)
+    test_x, test_y = split(n_test)
+    return Dataset("synthetic", train_x, train_y, test_x, test_y,
+                   tuple(f"class{i}" for i in range(n_classes)))
+
+
+def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded class-stratified subset of about n examples."""
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.unique(labels)
+    per_class = n // len(classes)
+    picks = []
+    for c in classes:
+        idx = torch.nonzero(labels == c).flatten()
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.sort(torch.cat(picks)).values
+
+
+def load_dataset(name: str, data_root: str | Path = "data", train_subset: int = 0,
+                 subset_seed: int = 0, download: bool = True) -> Dataset:
+    """Load by name: cifar10, digits, synthetic, imagefolder:<path>."""
+    if name == "cifar10":
+        ds = load_cifar10(data_root, download=download)
+    elif name == "digits":
+        ds = load_digits()
+    elif name == "synthetic":
+        ds = make_synthetic()
+    elif name.startswith("imagefolder:"):
+        ds = load_imagefolder(name[len("imagefolder:"):])
+    else:
+        raise UserError(f"unknown dataset {name!r}: use cifar10, digits, synthetic or imagefolder:<path>")
+    if train_subset and train_subset < len(ds.train_y):
+        idx = stratified_subset(ds.train_y, train_subset, subset_seed)
+        ds = Dataset(f"{ds.name}[{train_subset}@{subset_seed}]", ds.train_x[idx], ds.train_y[idx],
+                     ds.test_x, ds.test_y, ds.classes)
+    return ds

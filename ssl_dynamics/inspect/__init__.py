@@ -1,0 +1,1 @@
+"""Phase two: replay augmentations over archived checkpoints and analyse r_t."""

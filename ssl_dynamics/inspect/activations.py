@@ -1,0 +1,286 @@
+"""Activation maximization of single channels (SPEC.md, "Activation maximization", Fig. 5.4).
+
+For block b in 1..4 the sub-network is the stem (conv, BN, ReLU) followed by stages 1..b of
+the CIFAR ResNet-18 (`CifarResNet18.forward_to(x, b)`). The input is a patch of
+`RECEPTIVE_FIELDS[b]` pixels a side; image c of a batch maximizes
+
+    f_c(x) = A(x)[channels[c], p, p] - l2 * ||x||^2,      p = central_position(b),
+
+by plain gradient ascent (x <- x + lr * grad f_c) from uniform noise in [0, 1).
+
+All channels of one call are optimized together as one batch. The network runs in eval mode,
+so BatchNorm uses its running statistics and the images of the batch never interact: the
+gradient of the summed objective w.r.t. image c is the gradient of f_c alone, and a batched
+run gives the same images as running each channel on its own (up to float rounding). The
+starting noise of a channel is drawn from a generator seeded by (seed, channel), so it does
+not depend on which other channels are in the batch either.
+
+Dead channels: a channel whose central activation is not > 0 at the start has zero gradient
+through the final ReLU. Its start is redrawn (only that channel's) up to `max_redraws` times;
+a channel that never becomes positive is "dead": it is not optimized, its `ok` entry is
+False, its `redraws` entry equals `max_redraws`, and its image is filled with NaN (so it
+can never be mistaken for a real pseudo-image; `sigmoid_normalize` keeps it NaN and
+matplotlib's imshow leaves NaN pixels blank). The SPEC's "give up after a timeout" is this
+redraw count, which is deterministic where a wall-clock timeout is not.
+
+Receptive fields. With r_0 = 1, j_0 = 1, a k x k conv of stride s maps
+r <- r + (k - 1) * j and j <- j * s (1x1 shortcut convs do not widen anything):
+
+    stem 3x3 conv:             r = 3,                      j = 1
+    stage 1 (4 convs, s 1):    r = 3 + 4 * 2 * 1   = 11,   j = 1
+    stage 2 (first conv s 2):  r = 11 + 2 * 1 + 3 * 2 * 2 = 25,   j = 2
+    stage 3:                   r = 25 + 2 * 2 + 3 * 2 * 4 = 53,   j = 4
+    stage 4:                   r = 53 + 2 * 4 + 3 * 2 * 8 = 109,  j = 8
+
+so the true receptive fields are 11, 25, 53, 109 (`TRUE_RECEPTIVE_FIELDS`, checked by a
+gradient test). The thesis's patch sizes 11, 19, 27, 35 (= 3 + 8b: "each BasicBlock adds two
+3x3 convs, each conv adds 2 pixels", which ignores that a conv after a stride-2 layer adds
+2 * j input pixels) are exact only for block 1. We keep the thesis's sizes as the patch sizes
+(`RECEPTIVE_FIELDS`, the SPEC's values): the central position's true receptive field
+contains the whole patch (see `true_window`), so every patch pixel affects the objective, and
+the part of the true field outside the patch is the conv's zero padding, i.e. fixed at 0 --
+the optimized patch is a central crop of the true receptive field, as in the reference code.
+`BLOCK_STRIDES` is the total stride j of the feature map after each block.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ssl_dynamics.errors import UserError
+
+# Patch sizes of the thesis (SPEC.md): 3 + 8 * block. See the module docstring for why they
+# are smaller than the true receptive fields for blocks 2-4.
+RECEPTIVE_FIELDS: dict[int, int] = {1: 11, 2: 19, 3: 27, 4: 35}
+# Total stride of the feature map after each block: stage strides 1, 2, 2, 2 multiplied.
+BLOCK_STRIDES: dict[int, int] = {1: 1, 2: 2, 3: 4, 4: 8}
+# True receptive field of one feature-map position after each block (derived above).
+TRUE_RECEPTIVE_FIELDS: dict[int, int] = {1: 11, 2: 25, 3: 53, 4: 109}
+
+BLOCKS = (1, 2, 3, 4)
+
+
+def _check_block(block: int) -> None:
+    if block not in RECEPTIVE_FIELDS:
+        raise UserError(f"block must be one of {list(BLOCKS)}, got {block!r}")
+
+
+def derive_receptive_field(
+    block: int, stage_strides: Sequence[int] = (1, 2, 2, 2), blocks_per_stage: int = 2
+) -> tuple[int, int]:
+    """(receptive field, total stride) after `block` stages, from the architecture.
+
+    Stem: one 3x3 conv of stride 1; every BasicBlock: a 3x3 conv (with the stage's stride
+    in the first block of a stage) then a 3x3 conv of stride 1.
+    """
+    _check_block(block)
+    r, j = 3, 1  # stem conv
+    for stride in stage_strides[:block]:
+        for i in range(blocks_per_stage):
+            r += 2 * j  # conv1 (3x3) sees the input grid before its stride
+            j *= stride if i == 0 else 1
+            r += 2 * j  # conv2 (3x3, stride 1)
+    return r, j
+
+
+def central_position(block: int) -> int:
+    """Index (row = column) of the feature-map position whose activation is maximized."""
+    _check_block(block)
+    return (RECEPTIVE_FIELDS[block] - 1) // (2 * BLOCK_STRIDES[block])
+
+
+def true_window(block: int, position: int | None = None) -> tuple[int, int]:
+    """Inclusive input-pixel range [lo, hi] (per axis) that feature position `position`
+    after `block` depends on; defaults to `central_position(block)`. With padding 1 in every
+    3x3 conv, position p is centred on input pixel p * stride. Parts of the range outside
+    the input are zero padding."""
+    _check_block(block)
+    if position is None:
+        position = central_position(block)
+    centre = position * BLOCK_STRIDES[block]
+    half = (TRUE_RECEPTIVE_FIELDS[block] - 1) // 2
+    return centre - half, centre + half
+
+
+def _cifar_backbone(model: nn.Module) -> nn.Module:
+    """Accept a CifarResNet18 or a Network wrapping one."""
+    if hasattr(model, "forward_to"):
+        return model
+    inner = getattr(model, "backbone", None)
+    if inner is not None and hasattr(inner, "forward_to"):
+        return inner
+    raise UserError(
+        f"activation maximization needs a CifarResNet18 backbone (with forward_to), got "
+        f"{type(model).__name__}"
+    )
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _channel_generator(seed: int, channel: int) -> torch.Generator:
+    """A CPU generator that depends only on (seed, channel): the start of a channel does not
+    depend on the other channels of the batch, nor on the device."""
+    digest = hashlib.sha256(f"activations:{int(seed)}:{int(channel)}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def central_activations(
+    backbone: nn.Module, block: int, images: torch.Tensor, channels: Sequence[int]
+) -> torch.Tensor:
+    """[n] activation of channel channels[c] at the central position for image c.
+
+    Runs the model as it is (call it in eval mode); differentiable w.r.t. `images`."""
+    _check_block(block)
+    net = _cifar_backbone(backbone)
+    p = central_position(block)
+    out = net.forward_to(images, block)
+    if p >= out.shape[-1] or p >= out.shape[-2]:
+        raise UserError(
+            f"input of size {tuple(images.shape[-2:])} is too small for block {block}: "
+            f"the feature map is {tuple(out.shape[-2:])}, the central position is {p}"
+        )
+    idx = torch.as_tensor(list(channels), dtype=torch.long, device=out.device)
+    return out[torch.arange(out.shape[0], device=out.device), idx, p, p]
+
+
+def maximize_activations(
+    backbone: nn.Module,
+    block: int,
+    channels: Sequence[int],
+    *,
+    steps: int = 1000,
+    lr: float = 1.0,
+    l2: float = 0.01,
+    seed: int,
+    max_redraws: int = 100,
+    device: torch.device | str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Maximize each channel of `channels` (after `block`) at the central position.
+
+    `backbone` is a CifarResNet18 (or a Network wrapping one). The optimization runs on
+    `device` (default: the model's device; a different device gets a copy of the model). The
+    model's train/eval flags are restored afterwards and its parameters get no gradients.
+
+    Returns CPU tensors:
+      images      [n, 3, s, s] float32, s = RECEPTIVE_FIELDS[block]; NaN for dead channels
+      ok          [n] bool, False for dead channels
+      redraws     [n] int64, how many times the start was redrawn (max_redraws when dead)
+      activation  [n] float32, final central activation (NaN for dead channels)
+      objective   [steps + 1, n] float32, f_c before each step and after the last one
+                  (NaN columns for dead channels)
+    """
+    _check_block(block)
+    channels = [int(c) for c in channels]
+    if steps < 0:
+        raise UserError(f"steps must be >= 0, got {steps}")
+    if max_redraws < 0:
+        raise UserError(f"max_redraws must be >= 0, got {max_redraws}")
+    net = _cifar_backbone(backbone)
+    device = _model_device(net) if device is None else torch.device(device)
+    if _model_device(net) != device:
+        net = copy.deepcopy(net).to(device)
+
+    size = RECEPTIVE_FIELDS[block]
+    n = len(channels)
+    images = torch.full((n, 3, size, size), float("nan"))
+    ok = torch.zeros(n, dtype=torch.bool)
+    redraws = torch.zeros(n, dtype=torch.long)
+    activation = torch.full((n,), float("nan"))
+    objective = torch.full((steps + 1, n), float("nan"))
+    if n == 0:
+        return dict(images=images, ok=ok, redraws=redraws, activation=activation,
+                    objective=objective)
+
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        # Number of channels in the block's output, for a one-line error on a bad index.
+        with torch.no_grad():
+            probe = net.forward_to(torch.zeros(1, 3, size, size, device=device), block)
+        n_out = probe.shape[1]
+        bad = [c for c in channels if not 0 <= c < n_out]
+        if bad:
+            raise UserError(f"block {block} has {n_out} channels; got channel indices {bad}")
+
+        # Starting points: redraw only the channels whose activation is not > 0.
+        gens = [_channel_generator(seed, c) for c in channels]
+        start = torch.stack([torch.rand(3, size, size, generator=g) for g in gens])
+        pending = list(range(n))
+        for attempt in range(max_redraws + 1):
+            if attempt > 0:
+                for i in pending:
+                    start[i] = torch.rand(3, size, size, generator=gens[i])
+                    redraws[i] += 1
+            with torch.no_grad():
+                act = central_activations(
+                    net, block, start[pending].to(device), [channels[i] for i in pending]
+                ).cpu()
+            for i, a in zip(list(pending), act.tolist()):
+                if a > 0:
+                    ok[i] = True
+            pending = [i for i in pending if not ok[i]]
+            if not pending:
+                break
+
+        alive = [i for i in range(n) if ok[i]]
+        if alive:
+            alive_channels = [channels[i] for i in alive]
+            x = start[alive].to(device)
+            history = []
+            with torch.enable_grad():
+                for step in range(steps + 1):
+                    x = x.detach().requires_grad_(True)
+                    act = central_activations(net, block, x, alive_channels)
+                    f = act - l2 * x.pow(2).sum(dim=(1, 2, 3))
+                    history.append(f.detach())
+                    if step == steps:
+                        break
+                    # Summed objective: image c's gradient is that of its own f_c.
+                    (grad,) = torch.autograd.grad(f.sum(), x)
+                    x = x.detach() + lr * grad
+            images[alive] = x.detach().float().cpu()
+            activation[alive] = act.detach().float().cpu()
+            objective[:, alive] = torch.stack(history).float().cpu()
+    finally:
+        for m, training in modes:
+            m.train(training)
+    return dict(images=images, ok=ok, redraws=redraws, activation=activation,
+                objective=objective)
+
+
+def choose_channels(n_channels_in_block: int, count: int = 36, *, seed: int) -> list[int]:
+    """The first `count` entries (all if fewer channels) of a seeded permutation."""
+    if n_channels_in_block < 0 or count < 0:
+        raise UserError(
+            f"need non-negative counts, got n_channels={n_channels_in_block}, count={count}"
+        )
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(n_channels_in_block, generator=g)[:count].tolist()
+
+
+def sigmoid_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Eq. 5.4: sigmoid((x - mean(x)) / std(x)) per pseudo-image, std unbiased.
+
+    `x` is one image [C, H, W] or a batch [..., C, H, W]; mean and std are taken over each
+    image's C*H*W values. A constant image (including a one-pixel one) returns 0.5
+    everywhere instead of NaN; NaN images (dead channels) stay NaN.
+    """
+    if x.dim() < 3:
+        raise UserError(f"sigmoid_normalize expects [..., C, H, W], got shape {tuple(x.shape)}")
+    dims = (-3, -2, -1)
+    mean = x.mean(dim=dims, keepdim=True)
+    constant = x.amax(dim=dims, keepdim=True) == x.amin(dim=dims, keepdim=True)
+    if x.shape[-3:].numel() == 1:  # one value per image: constant, and std would warn
+        return torch.full_like(x, 0.5)
+    std = x.std(dim=dims, keepdim=True, unbiased=True)
+    safe_std = torch.where(constant, torch.ones_like(std), std)
+    z = torch.where(constant, torch.zeros_like(x), (x - mean) / safe_std)
+    return torch.sigmoid(z)

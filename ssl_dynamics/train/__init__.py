@@ -1,0 +1,1 @@
+"""Phase one: train every (setup, seed) with a checkpoint per epoch."""

@@ -1,0 +1,105 @@
+"""`train`: phase one from the command line (a thin layer over train.grid)."""
+from __future__ import annotations
+
+import click
+
+from ..cli_util import run_cli
+from ..config import SETUP_NAMES, override, parse_seeds, preset
+from ..errors import UserError
+from .grid import grid_status, load_run_config, train_grid
+from .loop import TrainOptions, resolve_device
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """Phase one: train SimCLR, supervised and random-label ResNet-18s, one checkpoint per epoch.
+
+    Checkpoints go to OUT/checkpoints/<setup>/seed-SS/epoch-EEEE.safetensors (epoch 0 is the
+    initialization). Every command can be rerun: completed epochs are never redone.
+    """
+
+
+@cli.command("run")
+@click.option("--setup", "setups", multiple=True,
+              help=f"Setup(s) to train (repeatable; default: all). One of {', '.join(SETUP_NAMES)}.")
+@click.option("--seeds", default=None, help="Seeds, e.g. 0-29, 0,3,7 or 0-3,10 (default: the preset's).")
+@click.option("--epochs", type=int, default=None, help="Epochs for every selected setup (default: the preset's).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--preset", "preset_name", default="thesis", show_default=True,
+              help="thesis (CIFAR-10, 30 seeds), demo (embedded digits, CPU) or smoke (synthetic, tiny).")
+@click.option("--dataset", default=None, help="cifar10 | digits | synthetic | imagefolder:<path>.")
+@click.option("--data-root", default=None, help="Where CIFAR-10 is (or is downloaded to).")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override any hyperparameter: lr=0.1 (all setups), simclr.temperature=0.5, "
+                   "supervised.schedule=cosine, width=16, train_subset=5000 ...")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+              show_default=True, help="auto: bf16 autocast on a GPU, fp32 on the CPU.")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="NHWC memory format (default: on for a GPU).")
+@click.option("--deterministic", is_flag=True, help="Deterministic kernels (bit-reproducible resumes).")
+@click.option("--ignore-disk-check", is_flag=True, help="Start even if the checkpoints may not fit.")
+@click.option("--no-download", is_flag=True, help="Never download CIFAR-10.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignments, device,
+            precision, channels_last, deterministic, ignore_disk_check, no_download, no_progress):
+    """Train (setup, seed) pairs into OUT, resuming whatever is incomplete.
+
+    \b
+    Examples:
+      train run --out artifacts/thesis                      # the whole thesis grid
+      train run --setup simclr --seeds 0-3 --epochs 10 --out artifacts/x
+      train run --preset demo --out artifacts/demo          # CPU, minutes
+    """
+    cfg = preset(preset_name)
+    extra = list(assignments)
+    if dataset:
+        extra.insert(0, f"dataset={dataset}")
+    if data_root:
+        extra.insert(0, f"data_root={data_root}")
+    if epochs is not None:
+        extra.insert(0, f"epochs={epochs}")
+    cfg = override(cfg, extra)
+    if seeds is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, seeds=parse_seeds(seeds))
+    chosen = list(setups) or list(cfg.setups)
+    for s in chosen:
+        if s not in cfg.setups:
+            raise UserError(f"unknown setup {s!r}: choose from {', '.join(cfg.setups)}")
+    dev = resolve_device(device)
+    on_gpu = dev.startswith("cuda")
+    opts = TrainOptions(
+        device=dev,
+        bf16=(precision == "bf16") or (precision == "auto" and on_gpu),
+        channels_last=on_gpu if channels_last is None else channels_last,
+        deterministic=deterministic,
+    )
+    click.echo(f"training {', '.join(chosen)} x seeds {list(cfg.seeds)} on {dev} "
+               f"({'bf16' if opts.bf16 else 'fp32'}) into {out}")
+    status = train_grid(out, cfg, chosen, opts, check_disk=not ignore_disk_check,
+                        download=not no_download, echo=click.echo, progress=not no_progress)
+    done = sum(s.state == "complete" for s in status)
+    click.echo(f"done: {done}/{len(status)} runs complete")
+
+
+@cli.command("status")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def status_cmd(run_dir):
+    """Which (setup, seed) runs of RUN_DIR are complete, partial or missing."""
+    rows = grid_status(run_dir)
+    click.echo(f"{'setup':<20} {'seed':>4}  {'state':<9} {'epoch':>11}")
+    for r in rows:
+        last = "-" if r.last_epoch is None else str(r.last_epoch)
+        click.echo(f"{r.setup:<20} {r.seed:>4}  {r.state:<9} {last:>5}/{r.epochs:<5}")
+    counts = {k: sum(r.state == k for r in rows) for k in ("complete", "partial", "missing")}
+    click.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+def main() -> None:
+    run_cli(cli)
+
+
+if __name__ == "__main__":
+    main()

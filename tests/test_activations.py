@@ -1,0 +1,255 @@
+"""Activation maximization (SPEC.md, Fig. 5.4): receptive fields, eq. 5.4, the optimizer."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ssl_dynamics.errors import UserError
+from ssl_dynamics.inspect.activations import (
+    BLOCK_STRIDES,
+    BLOCKS,
+    RECEPTIVE_FIELDS,
+    TRUE_RECEPTIVE_FIELDS,
+    central_activations,
+    central_position,
+    choose_channels,
+    derive_receptive_field,
+    maximize_activations,
+    sigmoid_normalize,
+    true_window,
+)
+from ssl_dynamics.models import CifarResNet18, Network
+
+WIDTH = 4
+
+
+def _model(seed: int = 0) -> CifarResNet18:
+    torch.manual_seed(seed)
+    return CifarResNet18(WIDTH).eval()
+
+
+# ---------------------------------------------------------------- receptive fields
+
+
+def test_constants_match_spec_and_architecture():
+    assert RECEPTIVE_FIELDS == {1: 11, 2: 19, 3: 27, 4: 35}  # the thesis's patch sizes
+    assert BLOCK_STRIDES == {1: 1, 2: 2, 3: 4, 4: 8}
+    for b in BLOCKS:
+        r, j = derive_receptive_field(
+            b, CifarResNet18.STAGE_STRIDES, CifarResNet18.BLOCKS_PER_STAGE
+        )
+        assert (r, j) == (TRUE_RECEPTIVE_FIELDS[b], BLOCK_STRIDES[b])
+    assert [central_position(b) for b in BLOCKS] == [5, 4, 3, 2]
+    with pytest.raises(UserError):
+        central_position(5)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_receptive_field_by_gradient(block):
+    """Random CifarResNet18(width=4) in eval mode on a 160x160 input (large enough to hold the
+    true receptive field of block 4, 109 px, away from the border). The gradient of one
+    channel's activation at the central feature position p = 160 / (2 * stride) w.r.t. the
+    input is exactly zero outside the window centred on input pixel p * stride with side
+    TRUE_RECEPTIVE_FIELDS[block], and the bounding box of the nonzero-gradient pixels is
+    exactly that window (extent = 11, 25, 53, 109 in both rows and columns)."""
+    model = _model()
+    n, stride = 160, BLOCK_STRIDES[block]
+    p = n // (2 * stride)
+    x = torch.rand(1, 3, n, n, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    out = model.forward_to(x, block)
+    channel = int(torch.nonzero(out[0, :, p, p] > 0)[0])  # positive: gradient passes the ReLU
+    (grad,) = torch.autograd.grad(out[0, channel, p, p], x)
+    nonzero = grad[0].abs().sum(0) != 0
+    lo, hi = true_window(block, p)
+    assert (lo, hi) == (p * stride - (TRUE_RECEPTIVE_FIELDS[block] - 1) // 2,
+                        p * stride + (TRUE_RECEPTIVE_FIELDS[block] - 1) // 2)
+    outside = torch.ones_like(nonzero)
+    outside[lo : hi + 1, lo : hi + 1] = False
+    assert not nonzero[outside].any()
+    assert (grad[0][:, outside] == 0).all()
+    rows = torch.nonzero(nonzero.any(1)).flatten()
+    cols = torch.nonzero(nonzero.any(0)).flatten()
+    assert (rows.min().item(), rows.max().item()) == (lo, hi)
+    assert (cols.min().item(), cols.max().item()) == (lo, hi)
+    assert hi - lo + 1 == TRUE_RECEPTIVE_FIELDS[block]
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_patch_lies_inside_true_receptive_field(block):
+    """The thesis's patch (side RECEPTIVE_FIELDS[block]) is covered by the true receptive field
+    of the central position (exactly the whole patch for block 1), so the nonzero gradient of
+    the central activation reaches every row and column of the patch. (Single pixels can
+    still get a zero gradient where every path to them crosses an inactive ReLU, e.g. the
+    corners of the 11x11 patch, which are reached by one spatial path only.)"""
+    size = RECEPTIVE_FIELDS[block]
+    lo, hi = true_window(block)
+    assert lo <= 0 and hi >= size - 1
+    model = _model()
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(2),
+                   requires_grad=True)
+    p = central_position(block)
+    out = model.forward_to(x, block)
+    assert p < out.shape[-1]
+    channel = int(torch.nonzero(out[0, :, p, p] > 0)[0])
+    (grad,) = torch.autograd.grad(out[0, channel, p, p], x)
+    nonzero = grad[0].abs().sum(0) != 0
+    assert nonzero.any(0).all() and nonzero.any(1).all()
+
+
+# ---------------------------------------------------------------- eq. 5.4
+
+
+def _slow_normalize(values: list[float]) -> list[float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return [1 / (1 + math.exp(-(v - mean) / std)) for v in values]
+
+
+def test_sigmoid_normalize_hand_computed():
+    x = torch.tensor([0.0, 1.0, 2.0, 3.0]).reshape(1, 2, 2)
+    # mean 1.5, unbiased std sqrt(5/3) = 1.2910: z = -1.1619, -0.3873, 0.3873, 1.1619
+    expected = torch.tensor([0.238323, 0.404368, 0.595632, 0.761677]).reshape(1, 2, 2)
+    torch.testing.assert_close(sigmoid_normalize(x), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        sigmoid_normalize(x).flatten(), torch.tensor(_slow_normalize([0.0, 1.0, 2.0, 3.0])),
+        atol=1e-6, rtol=0,
+    )
+
+
+def test_sigmoid_normalize_per_image_against_slow_formula():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 5, 5, generator=g, dtype=torch.float64) * torch.tensor(
+        [1.0, 10.0, 0.01], dtype=torch.float64
+    ).reshape(3, 1, 1, 1) + 4
+    y = sigmoid_normalize(x)
+    assert y.shape == x.shape
+    assert ((y > 0) & (y < 1)).all()
+    for i in range(3):
+        slow = torch.tensor(_slow_normalize(x[i].flatten().tolist()), dtype=torch.float64)
+        torch.testing.assert_close(y[i].flatten(), slow)
+    # One image alone gives the same as inside the batch (normalization is per image).
+    torch.testing.assert_close(sigmoid_normalize(x[1]), y[1])
+
+
+def test_sigmoid_normalize_constant_and_nan_images():
+    x = torch.stack([torch.full((3, 4, 4), 0.3), torch.rand(3, 4, 4),
+                     torch.full((3, 4, 4), float("nan"))])
+    y = sigmoid_normalize(x)
+    assert (y[0] == 0.5).all()
+    assert ((y[1] > 0) & (y[1] < 1)).all()
+    assert torch.isnan(y[2]).all()
+    assert (sigmoid_normalize(torch.ones(1, 1, 1)) == 0.5).all()
+    with pytest.raises(UserError):
+        sigmoid_normalize(torch.zeros(4))
+
+
+# ---------------------------------------------------------------- optimization
+
+
+def test_batched_equals_each_channel_alone():
+    model = _model()
+    block, channels = 2, [5, 0, 3]
+    together = maximize_activations(model, block, channels, steps=5, seed=7, max_redraws=20)
+    assert together["images"].shape == (3, 3, 19, 19)
+    assert together["ok"].all()
+    for i, c in enumerate(channels):
+        alone = maximize_activations(model, block, [c], steps=5, seed=7, max_redraws=20)
+        assert alone["redraws"][0] == together["redraws"][i]
+        torch.testing.assert_close(alone["images"][0], together["images"][i],
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(alone["objective"][:, 0], together["objective"][:, i],
+                                   atol=1e-4, rtol=1e-4)
+    # Same seed, same result; the start does not depend on the channel order.
+    again = maximize_activations(model, block, channels[::-1], steps=5, seed=7, max_redraws=20)
+    torch.testing.assert_close(again["images"].flip(0), together["images"], atol=1e-4,
+                               rtol=1e-4)
+    other = maximize_activations(model, block, channels, steps=5, seed=8, max_redraws=20)
+    assert not torch.allclose(other["images"], together["images"])
+
+
+def test_zero_steps_returns_uniform_start_and_network_is_restored():
+    model = _model()
+    model.train()
+    net = Network(model, 10)  # a Network is accepted too
+    params = {k: v.clone() for k, v in net.state_dict().items()}
+    res = maximize_activations(net, 1, [0, 1], steps=0, seed=3, max_redraws=20)
+    assert res["images"].min() >= 0 and res["images"].max() < 1
+    assert res["objective"].shape == (1, 2)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(p.grad is None for p in net.parameters())
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, params[k]), k  # running stats untouched: eval mode was used
+
+
+def test_objective_increases():
+    model = _model()
+    block = 3
+    res = maximize_activations(model, block, [0, 1, 2, 3], steps=30, seed=0, max_redraws=50)
+    ok = res["ok"]
+    assert ok.any()
+    obj = res["objective"][:, ok]
+    assert obj.shape == (31, int(ok.sum()))
+    assert (obj[-1] > obj[0]).all()
+    assert (obj[1:] >= obj[:-1] - 1e-4).float().mean() > 0.9  # (almost) monotone ascent
+    # The reported objective is the central activation minus 0.01 * ||x||^2 of the images.
+    imgs = res["images"][ok]
+    acts = central_activations(model, block, imgs, [c for c, k in zip([0, 1, 2, 3], ok) if k])
+    torch.testing.assert_close(res["activation"][ok], acts.detach(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        obj[-1], acts.detach() - 0.01 * imgs.pow(2).sum(dim=(1, 2, 3)), atol=1e-4, rtol=1e-4
+    )
+
+
+def test_dead_channel_is_reported():
+    model = _model()
+    block, dead = 2, 1
+    bn = model.stages[block - 1][-1].bn2  # last BN before the block's final ReLU
+    with torch.no_grad():
+        bn.weight[dead] = 0.0
+        bn.bias[dead] = -1e6  # output = relu(-1e6 + shortcut) = 0 for any patch in [0, 1)
+    res = maximize_activations(model, block, [0, dead, 2], steps=3, seed=0, max_redraws=4)
+    assert res["ok"].tolist() == [True, False, True]
+    assert res["redraws"][1] == 4
+    assert torch.isnan(res["images"][1]).all()
+    assert torch.isnan(res["activation"][1]) and torch.isnan(res["objective"][:, 1]).all()
+    assert torch.isfinite(res["images"][[0, 2]]).all()
+    assert (res["activation"][[0, 2]] > 0).all()
+    only_dead = maximize_activations(model, block, [dead], steps=3, seed=0, max_redraws=0)
+    assert only_dead["ok"].tolist() == [False] and only_dead["redraws"].tolist() == [0]
+
+
+def test_bad_arguments():
+    model = _model()
+    with pytest.raises(UserError):
+        maximize_activations(model, 1, [WIDTH], steps=1, seed=0)  # block 1 has WIDTH channels
+    with pytest.raises(UserError):
+        maximize_activations(model, 0, [0], steps=1, seed=0)
+    with pytest.raises(UserError):
+        maximize_activations(torch.nn.Linear(2, 2), 1, [0], steps=1, seed=0)
+    empty = maximize_activations(model, 4, [], steps=1, seed=0)
+    assert empty["images"].shape == (0, 3, 35, 35)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    model = _model()
+    cpu = maximize_activations(model, 2, [0, 1], steps=5, seed=0, max_redraws=20)
+    gpu = maximize_activations(model.cuda(), 2, [0, 1], steps=5, seed=0, max_redraws=20)
+    assert gpu["images"].device.type == "cpu"
+    torch.testing.assert_close(gpu["images"], cpu["images"], atol=1e-3, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- channel choice
+
+
+def test_choose_channels():
+    a = choose_channels(128, 36, seed=0)
+    assert a == choose_channels(128, 36, seed=0)
+    assert len(a) == 36 and len(set(a)) == 36 and all(0 <= c < 128 for c in a)
+    assert a != choose_channels(128, 36, seed=1)
+    assert a[:10] == choose_channels(128, 10, seed=0)
+    assert sorted(choose_channels(8, 36, seed=0)) == list(range(8))
+    assert choose_channels(0, 36, seed=0) == []
