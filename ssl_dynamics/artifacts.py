@@ -59,6 +59,15 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temps(folder: str | Path) -> int:
+    """Delete temporary files a killed writer left behind (one writer per folder)."""
+    removed = 0
+    for tmp in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else []:
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def write_bytes_atomic(target: str | Path, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
@@ -148,14 +157,37 @@ class RunPaths:
 
 # --------------------------------------------------------------------------- checkpoints
 
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                      torch.float64: "F64", torch.int64: "I64", torch.int32: "I32",
+                      torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors format written byte-for-byte deterministically.
+
+    The reference writer orders header keys through a hash map, so two identical states
+    can give different bytes. Here keys are sorted, so equal weights give equal files
+    and the manifest's sha256 doubles as a content hash across runs and machines.
+    """
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    chunks, offset = [], 0
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8-byte alignment
+    return len(text).to_bytes(8, "little") + text + b"".join(chunks)
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> str:
     """Weights (and BN buffers) as safetensors with JSON metadata; returns the sha256."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
     metadata = {"format": CHECKPOINT_FORMAT, "schema_version": str(SCHEMA_VERSION),
                 "meta": canonical_json(meta)}
-    data = save(state, metadata=metadata)
+    data = safetensors_bytes(unwrap(model).state_dict(), metadata)
     write_bytes_atomic(path, data)
     return hashlib.sha256(data).hexdigest()
 

@@ -152,14 +152,23 @@ def make_synthetic(n_train: int = 256, n_test: int = 64, n_classes: int = 10, si
 
 
 def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """Sorted indices of a seeded class-stratified subset of about n examples."""
+    """Sorted indices of a seeded class-stratified subset of exactly n examples.
+
+    Each class gets floor(n * share) examples; the few left over go to the classes with
+    the largest remainders (ties by class order), so class proportions are kept.
+    """
     g = torch.Generator().manual_seed(seed)
-    classes = torch.unique(labels)
-    per_class = n // len(classes)
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * n / len(labels)
+    quota = torch.floor(exact).long()
+    leftover = n - int(quota.sum())
+    if leftover:
+        order = torch.argsort(-(exact - quota), stable=True)
+        quota[order[:leftover]] += 1
     picks = []
-    for c in classes:
+    for c, q in zip(classes, quota):
         idx = torch.nonzero(labels == c).flatten()
-        picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:int(q)]])
     return torch.sort(torch.cat(picks)).values
 
 

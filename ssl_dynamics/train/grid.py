@@ -71,10 +71,11 @@ def check_writable(root: Path) -> None:
         raise UserError(f"output directory {root} is not writable: {e.strerror}") from None
 
 
-def prepare_run(root: str | Path, cfg: RunConfig, setups: list[str], dataset: Dataset) -> art.RunPaths:
-    """Create or check the run directory; refuse one made with a different config."""
-    paths = art.RunPaths(root)
-    check_writable(paths.root)
+def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: Dataset) -> np.ndarray:
+    """Refuse a run directory made with a different config; returns the label permutation.
+
+    Reads only: nothing is written until every check has passed.
+    """
     identity = dataset.identity()
     if paths.run_json.exists():
         old = art.read_json(paths.run_json)
@@ -85,35 +86,43 @@ def prepare_run(root: str | Path, cfg: RunConfig, setups: list[str], dataset: Da
             raise UserError(f"{paths.root} was made with a different config ({', '.join(diffs)} "
                             f"differ); use another --out or the same settings")
     perm = label_permutation(dataset.train_y, cfg.label_seed)
-    if paths.random_labels.exists():
-        stored = np.load(paths.random_labels)
-        if not np.array_equal(stored, perm):
-            raise UserError(f"{paths.random_labels} differs from the permutation of label_seed "
-                            f"{cfg.label_seed}; the run directory was altered")
-    else:
-        with art.atomic_path(paths.random_labels) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, perm)
+    if paths.random_labels.exists() and not np.array_equal(np.load(paths.random_labels), perm):
+        raise UserError(f"{paths.random_labels} differs from the permutation of label_seed "
+                        f"{cfg.label_seed}; the run directory was altered")
     for name in setups:
-        sc = cfg.setups[name]
         p = paths.setup_json(name)
-        want = {"schema_version": SCHEMA_VERSION, **sc.to_dict()}
         if p.exists():
-            have = art.read_json(p)
+            have, want = art.read_json(p), _setup_record(cfg.setups[name])
             if canonical_json(have) != canonical_json(want):
                 keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
                 raise UserError(f"{p} was made with a different config ({', '.join(keys)} differ); "
                                 f"use another --out or the same settings")
-        else:
-            art.write_json_atomic(p, want)
+    return perm
+
+
+def _setup_record(sc: SetupConfig) -> dict:
+    return {"schema_version": SCHEMA_VERSION, **sc.to_dict()}
+
+
+def prepare_run(root: str | Path, cfg: RunConfig, setups: list[str], dataset: Dataset) -> art.RunPaths:
+    """Check, then create or update run.json, setup.json files and the label permutation."""
+    paths = art.RunPaths(root)
+    check_writable(paths.root)
+    perm = check_run(paths, cfg, setups, dataset)
+    if not paths.random_labels.exists():
+        with art.atomic_path(paths.random_labels) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, perm)
+    for name in setups:
+        if not paths.setup_json(name).exists():
+            art.write_json_atomic(paths.setup_json(name), _setup_record(cfg.setups[name]))
     run_json = art.read_json(paths.run_json) if paths.run_json.exists() else {}
-    seeds = sorted(set(run_json.get("seeds", [])) | set(cfg.seeds))
     run_json.update({
         "schema_version": SCHEMA_VERSION,
         "config": {k: v for k, v in cfg.to_dict().items() if k not in ("setups", "seeds")},
-        "seeds": seeds,
+        "seeds": sorted(set(run_json.get("seeds", [])) | set(cfg.seeds)),
         "setups": sorted(set(run_json.get("setups", [])) | set(setups)),
-        "dataset": identity,
+        "dataset": dataset.identity(),
         "classes": list(dataset.classes),
         "random_labels_sha256": art.sha256_file(paths.random_labels),
     })
@@ -199,7 +208,7 @@ def train_grid(root: str | Path, cfg: RunConfig, setups: list[str], opts: TrainO
     check_writable(root)
     dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.train_subset, cfg.subset_seed,
                            download=download)
-    paths = prepare_run(root, cfg, setups, dataset)
+    check_run(art.RunPaths(root), cfg, setups, dataset)
     sub = replace(cfg, setups={s: cfg.setups[s] for s in setups})
     status = grid_status(root, sub)
     need = disk_estimate(sub, setups, status)
@@ -208,6 +217,7 @@ def train_grid(root: str | Path, cfg: RunConfig, setups: list[str], opts: TrainO
     if check_disk and need > free:
         raise UserError(f"not enough disk space in {root}: need {format_bytes(need)}, "
                         f"have {format_bytes(free)} (--ignore-disk-check overrides)")
+    paths = prepare_run(root, cfg, setups, dataset)
     dev = torch.device(opts.device)
     train_x = dataset.train_x.to(dev)
     true_y = dataset.train_y.to(dev)

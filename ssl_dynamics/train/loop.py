@@ -90,6 +90,7 @@ def train_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: in
     objective = objective_for(setup)
     model = init_network(run, setup, seed)
     optimizer = build_optimizer(model, setup)
+    art.remove_stale_temps(paths.seed_dir(setup.name, seed))
     manifest_path = paths.manifest(setup.name, seed)
     manifest = (art.read_json(manifest_path) if manifest_path.exists() else
                 {"setup": setup.name, "seed": seed, "epochs": setup.epochs, "complete": False,

@@ -1,0 +1,312 @@
+"""Phase one: determinism, resume equivalence, atomic writes, the CLI and its errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ssl_dynamics import artifacts as art
+from ssl_dynamics.augment import make_generator
+from ssl_dynamics.config import override, parse_seeds, preset, thesis_setups
+from ssl_dynamics.errors import UserError
+from ssl_dynamics.train.cli import cli
+from ssl_dynamics.train.grid import grid_status, train_grid
+from ssl_dynamics.train.loop import TrainOptions, batches_per_epoch
+from ssl_dynamics.train.schedules import learning_rate
+from ssl_dynamics.train.setups import objective_for
+
+CPU = TrainOptions(device="cpu", deterministic=True)
+
+
+def tiny(epochs=2, seeds=(0,), n=48, batch=16):
+    """The smoke preset cut to a few seconds: 48 synthetic images, width 4."""
+    cfg = preset("smoke")
+    cfg = override(cfg, [f"epochs={epochs}", f"batch_size={batch}", f"train_subset={n}"])
+    return replace(cfg, seeds=tuple(seeds))
+
+
+def weights(path):
+    state, _ = art.load_checkpoint(path)
+    return state
+
+
+def same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- config
+
+def test_parse_seeds():
+    assert parse_seeds("0-3") == (0, 1, 2, 3)
+    assert parse_seeds("5,1,1") == (1, 5)
+    assert parse_seeds("0-2,7") == (0, 1, 2, 7)
+    for bad in ["3-1", "a", "", "-1", "1-"]:
+        with pytest.raises(UserError, match="malformed seed range"):
+            parse_seeds(bad)
+
+
+def test_override_scopes():
+    cfg = override(preset("thesis"), ["lr=0.1", "simclr.temperature=0.5", "width=16"])
+    assert all(s.lr == 0.1 for s in cfg.setups.values())
+    assert cfg.setups["simclr"].temperature == 0.5 and cfg.setups["supervised"].temperature == 1.0
+    assert cfg.width == 16
+    for bad in ["nokey", "lr=abc", "bogus=1", "simclr.bogus=1", "nosetup.lr=1", "schedule=wild"]:
+        with pytest.raises(UserError):
+            override(preset("thesis"), [bad])
+
+
+def test_thesis_defaults():
+    s = thesis_setups()
+    assert {k: v.epochs for k, v in s.items()} == {
+        "simclr": 200, "supervised": 50, "random_labels": 20, "random_labels_aug": 500}
+    assert s["simclr"].temperature == 0.07 and s["simclr"].head_dim == 128
+    assert s["simclr"].optimizer == "adam" and s["supervised"].optimizer == "sgd"
+    assert all(v.lr == 3e-4 and v.batch_size == 256 and v.weight_decay == 1e-4 for v in s.values())
+    assert s["random_labels"].augment == "none" and s["random_labels_aug"].augment == "supervised"
+
+
+# --------------------------------------------------------------------------- schedules
+
+def test_reference_schedules_hand_values():
+    s = thesis_setups()
+    simclr, sup = s["simclr"], s["supervised"]
+    # simclr: constant for epochs 0..10 (first scheduler step after epoch index 10)
+    assert learning_rate(simclr, 0, 195) == learning_rate(simclr, 10, 195) == 3e-4
+    assert learning_rate(simclr, 11, 195) == pytest.approx(3e-4 * (1 + np.cos(np.pi / 195)) / 2)
+    assert learning_rate(simclr, 199, 195) == pytest.approx(3e-4 * (1 + np.cos(np.pi * 189 / 195)) / 2)
+    # classification: T_max = 200 epochs whatever the run length, periodic beyond
+    assert learning_rate(sup, 0, 195) == pytest.approx(3e-4)
+    assert learning_rate(sup, 100, 195) == pytest.approx(1.5e-4)
+    assert learning_rate(sup, 200, 195) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(sup, 400, 195) == pytest.approx(3e-4)
+    clean = replace(sup, schedule="cosine")
+    assert learning_rate(clean, 25, 195) == pytest.approx(1.5e-4)
+
+
+def test_batches_per_epoch():
+    cfg = thesis_setups()["simclr"]
+    assert batches_per_epoch(50_000, cfg) == 195  # SPEC.md: T_max = 195 batches
+    assert batches_per_epoch(50_000, replace(cfg, drop_last=False)) == 196
+
+
+# --------------------------------------------------------------------------- replay
+
+@pytest.mark.parametrize("setup", ["simclr", "supervised", "random_labels"])
+def test_views_fixed_by_seed_epoch_batch(setup):
+    obj = objective_for(thesis_setups()[setup])
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    a = obj.views(x, make_generator(3, 5, 7, "views"))
+    b = obj.views(x, make_generator(3, 5, 7, "views"))
+    c = obj.views(x, make_generator(3, 5, 8, "views"))
+    assert torch.equal(a, b)
+    assert len(a) == len(x) * obj.views_per_image
+    assert setup == "random_labels" or not torch.equal(a, c)
+
+
+def test_training_is_reproducible(tmp_path):
+    cfg = tiny(epochs=1)
+    train_grid(tmp_path / "a", cfg, ["simclr", "supervised"], CPU, progress=False, echo=lambda *_: None)
+    train_grid(tmp_path / "b", cfg, ["simclr", "supervised"], CPU, progress=False, echo=lambda *_: None)
+    for setup in ("simclr", "supervised"):
+        ma = art.read_json(art.RunPaths(tmp_path / "a").manifest(setup, 0))
+        mb = art.read_json(art.RunPaths(tmp_path / "b").manifest(setup, 0))
+        assert ma["checkpoints"] == mb["checkpoints"] and ma["complete"]
+
+
+# --------------------------------------------------------------------------- resume
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("setup", ["simclr", "random_labels_aug"])
+def test_resume_equals_uninterrupted(tmp_path, setup):
+    cfg = tiny(epochs=3)
+    train_grid(tmp_path / "full", cfg, [setup], CPU, progress=False, echo=lambda *_: None)
+
+    from ssl_dynamics.train import loop
+
+    real = loop.train_seed
+
+    def crash_after_epoch_1(*args, **kw):
+        def on_epoch(epoch, metrics):
+            if epoch == 1:
+                raise Crash
+        kw["on_epoch"] = on_epoch
+        return real(*args, **kw)
+
+    import ssl_dynamics.train.grid as grid
+
+    grid.train_seed = crash_after_epoch_1
+    try:
+        with pytest.raises(Crash):
+            train_grid(tmp_path / "cut", cfg, [setup], CPU, progress=False, echo=lambda *_: None)
+    finally:
+        grid.train_seed = real
+    assert grid_status(tmp_path / "cut", replace(cfg, setups={setup: cfg.setups[setup]}))[0].state == "partial"
+    train_grid(tmp_path / "cut", cfg, [setup], CPU, progress=False, echo=lambda *_: None)
+    full, cut = art.RunPaths(tmp_path / "full"), art.RunPaths(tmp_path / "cut")
+    for epoch in range(4):
+        assert same_state(weights(full.checkpoint(setup, 0, epoch)), weights(cut.checkpoint(setup, 0, epoch)))
+    lines = cut.metrics(setup, 0).read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_killed_process_resumes_to_same_weights(tmp_path):
+    """SIGKILL a real `train run` mid-grid, rerun it, compare with an uninterrupted run."""
+    args = ["--preset", "smoke", "--setup", "supervised", "--seeds", "0", "--epochs", "6",
+            "--set", "train_subset=48", "--set", "batch_size=16", "--device", "cpu",
+            "--deterministic", "--no-progress"]
+    cmd = [sys.executable, "-c", "from ssl_dynamics.train.cli import main; main()", "run"]
+    subprocess.run(cmd + args + ["--out", str(tmp_path / "full")], check=True, capture_output=True)
+    proc = subprocess.Popen(cmd + args + ["--out", str(tmp_path / "cut")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = art.RunPaths(tmp_path / "cut").checkpoint("supervised", 0, 2)
+    deadline = time.time() + 120
+    while not target.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run(cmd + args + ["--out", str(tmp_path / "cut")], check=True, capture_output=True)
+    full, cut = art.RunPaths(tmp_path / "full"), art.RunPaths(tmp_path / "cut")
+    assert art.read_json(full.manifest("supervised", 0))["checkpoints"] == \
+        art.read_json(cut.manifest("supervised", 0))["checkpoints"]
+    assert not list(cut.seed_dir("supervised", 0).glob(".*.tmp"))
+
+
+# --------------------------------------------------------------------------- files
+
+def test_interrupted_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "epoch-0001.safetensors"
+    with pytest.raises(RuntimeError):
+        with art.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half a checkpoint")
+            raise RuntimeError("killed mid-write")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with art.atomic_path(target) as tmp:
+            tmp.write_bytes(b"new but unfinished")
+            raise RuntimeError
+    assert target.read_bytes() == b"old"
+
+
+def test_checkpoint_roundtrip_and_metadata(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    sha = art.save_checkpoint(tmp_path / "c.safetensors", net, {"epoch": 4})
+    state, meta = art.load_checkpoint(tmp_path / "c.safetensors")
+    assert meta == {"epoch": 4} and sha == art.sha256_file(tmp_path / "c.safetensors")
+    assert torch.equal(state["weight"], net.weight.detach())
+
+
+def test_corrupt_checkpoint_is_named(tmp_path):
+    p = tmp_path / "epoch-0003.safetensors"
+    art.save_checkpoint(p, torch.nn.Linear(3, 2), {})
+    p.write_bytes(p.read_bytes()[:40])
+    with pytest.raises(UserError, match="corrupt checkpoint .*epoch-0003"):
+        art.load_checkpoint(p)
+
+
+def test_manifest_and_provenance(tmp_path):
+    cfg = tiny(epochs=1)
+    train_grid(tmp_path, cfg, ["random_labels"], CPU, progress=False, echo=lambda *_: None)
+    paths = art.RunPaths(tmp_path)
+    m = art.read_json(paths.manifest("random_labels", 0))
+    for e, sha in m["checkpoints"].items():
+        assert art.sha256_file(paths.checkpoint("random_labels", 0, int(e))) == sha
+    run = art.read_json(paths.run_json)
+    assert run["dataset"]["n_train"] == 48 and "torch" in run["provenance"]["versions"]
+    assert run["random_labels_sha256"] == art.sha256_file(paths.random_labels)
+    perm = np.load(paths.random_labels)
+    # one permutation of the label vector: same class counts, different order
+    from ssl_dynamics.data import load_dataset
+    y = load_dataset("synthetic", train_subset=48).train_y.numpy()
+    assert np.array_equal(np.bincount(perm), np.bincount(y)) and not np.array_equal(perm, y)
+    assert set(art.read_json(paths.setup_json("random_labels"))) >= {"lr", "epochs", "schedule"}
+
+
+# --------------------------------------------------------------------------- CLI
+
+SMOKE = ["--preset", "smoke", "--set", "train_subset=32", "--set", "batch_size=16", "--no-progress"]
+
+
+def test_cli_end_to_end(tmp_path):
+    r = CliRunner().invoke(cli, ["run", "--out", str(tmp_path), "--setup", "simclr",
+                                 "--setup", "random_labels", "--seeds", "0-1", "--epochs", "1", *SMOKE])
+    assert r.exit_code == 0, r.output
+    assert "checkpoints to write" in r.output and "done: 4/4" in r.output
+    s = CliRunner().invoke(cli, ["status", str(tmp_path)])
+    assert s.exit_code == 0 and "4 complete, 0 partial, 0 missing" in s.output
+    # rerun: nothing redone, nothing rewritten
+    ck = art.RunPaths(tmp_path).checkpoint("simclr", 1, 1)
+    before = ck.stat().st_mtime_ns
+    r2 = CliRunner().invoke(cli, ["run", "--out", str(tmp_path), "--setup", "simclr", "--seeds", "0-1",
+                                  "--epochs", "1", *SMOKE])
+    assert r2.exit_code == 0 and ck.stat().st_mtime_ns == before
+
+
+def run_main(args):
+    """The installed entry point as a user sees it: stderr line and exit status."""
+    return subprocess.run([sys.executable, "-c", "from ssl_dynamics.train.cli import main; main()", *args],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--out", "{tmp}", "--setup", "simkl"], "unknown setup 'simkl'"),
+    (["run", "--out", "{tmp}", "--preset", "huge"], "unknown preset 'huge'"),
+    (["run", "--out", "{tmp}", "--seeds", "3-1"], "malformed seed range"),
+    (["run", "--out", "/proc/forbidden/run"], "not writable"),
+    (["status", "{tmp}/nothing"], "not a run directory"),
+])
+def test_cli_bad_input_one_line_exit_2(tmp_path, args, message):
+    r = run_main([a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and message in r.stderr
+
+
+def test_cli_refuses_changed_config_and_keeps_files(tmp_path):
+    base = ["run", "--out", str(tmp_path), "--setup", "supervised", "--seeds", "0", "--epochs", "1", *SMOKE]
+    assert CliRunner().invoke(cli, base).exit_code == 0
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    r = run_main(base[:-1] + ["--set", "supervised.lr=0.5", "--no-progress"])
+    assert r.returncode == 2 and "different config (lr differ)" in r.stderr
+    r = run_main(base[:-1] + ["--set", "width=8", "--no-progress"])
+    assert r.returncode == 2 and "width" in r.stderr
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_cli_corrupt_checkpoint_on_resume(tmp_path):
+    base = ["run", "--out", str(tmp_path), "--setup", "supervised", "--seeds", "0", *SMOKE]
+    assert CliRunner().invoke(cli, base + ["--epochs", "1"]).exit_code == 0
+    # make the run incomplete again by asking for... the same config: instead corrupt + delete manifest flag
+    paths = art.RunPaths(tmp_path)
+    m = art.read_json(paths.manifest("supervised", 0))
+    m["complete"] = False
+    art.write_json_atomic(paths.manifest("supervised", 0), m)
+    ck = paths.checkpoint("supervised", 0, 1)
+    ck.write_bytes(ck.read_bytes()[:100])
+    r = run_main(base + ["--epochs", "1"])
+    assert r.returncode == 2 and "corrupt checkpoint" in r.stderr and "epoch-0001" in r.stderr
+
+
+def test_disk_check_refuses(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(1, 1, 10))
+    with pytest.raises(UserError, match="not enough disk space"):
+        train_grid(tmp_path, tiny(epochs=1), ["simclr"], CPU, progress=False, echo=lambda *_: None)
+    assert not art.RunPaths(tmp_path).run_json.exists()  # refused before writing anything
+    train_grid(tmp_path, tiny(epochs=1), ["simclr"], CPU, check_disk=False, progress=False,
+               echo=lambda *_: None)
+    assert art.RunPaths(tmp_path).checkpoint("simclr", 0, 1).exists()
