@@ -1,0 +1,152 @@
+"""`inspect`: phase two from the command line (a thin layer over the inspect modules).
+
+Never trains. `inspect rt` evaluates checkpoints into the r_t store; every other command
+reads only stored arrays, so re-plotting takes seconds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..cli_util import run_cli
+from ..errors import UserError
+from ..train.loop import resolve_device
+
+RUN_DIR = click.argument("run_dir", type=click.Path(file_okay=False))
+STORE = click.option("--store", default=None, type=click.Path(),
+                     help="r_t store: *.zarr (default RUN_DIR/inspect/rt.zarr) or *.h5.")
+SETUPS = click.option("--setups", default=None,
+                      help="Comma-separated setups (default: all in the store/run).")
+
+
+def parse_list(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} {text!r}: use comma-separated integers, e.g. 1,5,10") from None
+
+
+def split_setups(text: str | None) -> list[str] | None:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+def store_path(run_dir: str, store: str | None) -> Path:
+    return Path(store) if store else Path(run_dir) / "inspect" / "rt.zarr"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """Phase two: per-example learning dynamics from archived checkpoints.
+
+    \b
+    Order of work:
+      inspect rt RUN_DIR          evaluate checkpoints on a fixed augmentation bank
+      inspect dynamics RUN_DIR    sorted r_t curves, epoch alignment (Fig. 4.1, 4.2)
+      inspect binomial RUN_DIR    chi-square and MAE vs binomial noise (Tables 4.1, 4.2)
+      inspect classes RUN_DIR     per-class r_t dynamics (Fig. 5.3)
+    Outputs go to RUN_DIR/inspect/ (figures/, tables/, analysis.h5).
+    """
+
+
+@cli.command("rt")
+@RUN_DIR
+@STORE
+@SETUPS
+@click.option("--epochs", default=None, help="Only these epochs (comma-separated; default: all).")
+@click.option("--shard", default=None, metavar="I/N", help="Take every N-th pending checkpoint, from I.")
+@click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
+@click.option("--bank", "bank_path", default=None, type=click.Path(dir_okay=False),
+              help="Bank file (default RUN_DIR/inspect/bank.h5; built on first use).")
+@click.option("--probes", type=int, default=None, help="K: probe images in the bank [new bank: 1024].")
+@click.option("--replays", type=int, default=None, help="M: augmentations per probe image [new bank: 10].")
+@click.option("--bank-seed", type=int, default=None, help="Seed of the probe choice and replays [new bank: 0].")
+@click.option("--simclr-batch", type=int, default=None,
+              help="B: SimCLR views are classified within fixed batches of B images [new bank: 256].")
+@click.option("--data-root", default=None, help="Where the run's dataset is now (to build the bank).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--no-progress", is_flag=True)
+def rt_cmd(run_dir, store, setups, epochs, shard, allow_missing, bank_path, probes, replays,
+           bank_seed, simclr_batch, data_root, device, precision, no_progress):
+    """Evaluate every checkpoint of RUN_DIR on the bank into the r_t store (resumable)."""
+    from .rt import compute_rt
+
+    res = compute_rt(run_dir, store_path(run_dir, store), split_setups(setups),
+                     parse_list(epochs, "--epochs"), shard, allow_missing, resolve_device(device),
+                     precision == "bf16", probes, replays, bank_seed, simclr_batch, bank_path,
+                     data_root, progress=not no_progress, echo=click.echo)
+    click.echo(f"evaluated {res['evaluated']} checkpoints in {res['seconds']:.1f} s "
+               f"({res['checkpoints_per_s']:.2f} ckpt/s, {res['images_per_s']:.0f} images/s) "
+               f"-> {res['store']}")
+
+
+def _print_result(res: dict) -> None:
+    from .outputs import format_table
+
+    for name, rows in res.get("tables", {}).items():
+        click.echo(f"\n{name}\n{format_table(rows)}")
+    for note in res.get("notes", []):
+        click.echo(f"note: {note}")
+    for fig in res.get("figures", []):
+        click.echo(f"figure: {fig}")
+
+
+@cli.command("dynamics")
+@RUN_DIR
+@STORE
+@SETUPS
+@click.option("--epochs", default="1,5,10,25,50,200", show_default=True,
+              help="Epochs of the reference setup to align the others to (eq. 4.4).")
+@click.option("--reference", default="simclr", show_default=True, help="Reference setup A.")
+def dynamics_cmd(run_dir, store, setups, epochs, reference):
+    """Sorted r_t curves (Fig. 4.1) and the epoch-aligned comparison (Fig. 4.2)."""
+    from .dynamics import run_dynamics
+    from .outputs import Outputs
+    from .store import load_rt
+
+    data = load_rt(store_path(run_dir, store), split_setups(setups))
+    _print_result(run_dynamics(data, Outputs(run_dir), ref_setup=reference,
+                               ref_epochs=tuple(parse_list(epochs, "--epochs"))))
+
+
+@cli.command("binomial")
+@RUN_DIR
+@STORE
+@SETUPS
+@click.option("--draws", default=10, show_default=True, help="Binomial noise draws for the MAE.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the binomial draws.")
+def binomial_cmd(run_dir, store, setups, draws, seed):
+    """Tables 4.1 (chi-square) and 4.2 (MAE vs binomial noise); Fig. 4.3, 4.4, 4.5, B.1."""
+    from .binomial import run_binomial
+    from .outputs import Outputs
+    from .store import load_rt
+
+    data = load_rt(store_path(run_dir, store), split_setups(setups))
+    _print_result(run_binomial(data, Outputs(run_dir), draws=draws, seed=seed))
+
+
+@cli.command("classes")
+@RUN_DIR
+@STORE
+@SETUPS
+def classes_cmd(run_dir, store, setups):
+    """Per-class r_t dynamics (Fig. 5.3)."""
+    from ..train.grid import load_run_config
+    from .classes import run_classes
+    from .outputs import Outputs
+    from .store import load_rt
+
+    _, meta = load_run_config(run_dir)
+    data = load_rt(store_path(run_dir, store), split_setups(setups))
+    _print_result(run_classes(data, Outputs(run_dir), meta.get("classes") or []))
+
+
+def main() -> None:
+    run_cli(cli)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Phase two, evaluation half: the bank, the r_t store, sharding, resume and refusals."""
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from ssl_dynamics import artifacts as art
+from ssl_dynamics.augment import apply_params, make_generator, sample_params
+from ssl_dynamics.config import override, preset, thesis_setups
+from ssl_dynamics.errors import UserError
+from ssl_dynamics.inspect import bank as bank_mod
+from ssl_dynamics.inspect.rt import compress_ranges, compute_rt, evaluate, parse_shard
+from ssl_dynamics.inspect.store import load_rt
+from ssl_dynamics.losses import pair_logits, partner_index
+from ssl_dynamics.models import build_network
+from ssl_dynamics.train.grid import train_grid
+from ssl_dynamics.train.loop import TrainOptions
+from ssl_dynamics.train.setups import objective_for
+
+BANK = dict(n_probe=24, n_replays=3, simclr_batch=8)  # 3 SimCLR batches of 8 images
+QUIET = dict(progress=False, echo=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished tiny phase-one run: 4 setups x 2 seeds x 2 epochs on 48 synthetic images."""
+    root = tmp_path_factory.mktemp("runs") / "run"
+    cfg = override(preset("smoke"), ["epochs=2", "batch_size=16", "train_subset=48"])
+    train_grid(root, replace(cfg, seeds=(0, 1)), list(cfg.setups), TrainOptions(device="cpu"), **QUIET)
+    return root
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    """A private copy of the trained run (tests may damage it)."""
+    dst = tmp_path / "run"
+    shutil.copytree(trained, dst)
+    return dst
+
+
+def test_rt_end_to_end_shapes_ranges_and_resume(run):
+    res = compute_rt(run, device="cpu", **BANK, **QUIET)
+    assert res["evaluated"] == 4 * 2 * 3  # setups x seeds x epochs 0..2
+    data = load_rt(run / "inspect" / "rt.zarr")
+    assert set(data) == {"simclr", "supervised", "random_labels", "random_labels_aug"}
+    for name, d in data.items():
+        m = 1 if name == "random_labels" else 3  # 'none' is a point mass: one replay
+        assert d.correct.shape == (2, 3, m, 24) and d.p_true.shape == (2, 3, m, 24)
+        assert d.valid.all() and set(np.unique(d.correct)) <= {0, 1}
+        assert np.all((d.p_true >= 0) & (d.p_true <= 1))
+        assert (d.correct_second is not None) == (name == "simclr")
+    perm = np.load(art.RunPaths(run).random_labels)
+    assert np.array_equal(data["random_labels"].targets, perm[data["random_labels"].probe_indices])
+    assert np.array_equal(data["supervised"].targets, data["supervised"].labels)
+    again = compute_rt(run, device="cpu", **QUIET)  # bank settings come from the bank
+    assert again["evaluated"] == 0
+
+
+def test_shards_fill_the_same_store_as_one_process(run, tmp_path):
+    one = tmp_path / "one.zarr"
+    compute_rt(run, one, device="cpu", **BANK, **QUIET)
+    shared = tmp_path / "shared.zarr"
+    n = [compute_rt(run, shared, shard=f"{i}/3", device="cpu", **QUIET)["evaluated"] for i in range(3)]
+    assert sum(n) == 24 and all(k > 0 for k in n)
+    a, b = load_rt(one), load_rt(shared)
+    for s in a:
+        assert np.array_equal(a[s].correct, b[s].correct) and np.allclose(a[s].p_true, b[s].p_true)
+        assert b[s].valid.all()
+
+
+def test_parallel_shard_processes(run, tmp_path):
+    """Two real processes on one Zarr store at once (creation races included)."""
+    compute_rt(run, tmp_path / "warm.zarr", setups=["random_labels"], device="cpu", **BANK, **QUIET)
+    store = tmp_path / "par.zarr"
+    cmd = [sys.executable, "-c", "from ssl_dynamics.inspect.cli import main; main()", "rt", str(run),
+           "--store", str(store), "--device", "cpu", "--no-progress"]
+    procs = [subprocess.Popen(cmd + ["--shard", f"{i}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+    assert all(d.valid.all() for d in load_rt(store).values())
+
+
+def test_h5_store_matches_zarr(run, tmp_path):
+    compute_rt(run, tmp_path / "a.zarr", device="cpu", **BANK, **QUIET)
+    compute_rt(run, tmp_path / "b.h5", device="cpu", **QUIET)
+    a, b = load_rt(tmp_path / "a.zarr"), load_rt(tmp_path / "b.h5")
+    for s in a:
+        assert np.array_equal(a[s].correct, b[s].correct)
+        assert np.array_equal(a[s].epochs, b[s].epochs) and np.array_equal(a[s].seeds, b[s].seeds)
+    with pytest.raises(UserError, match="--shard needs a .zarr"):
+        compute_rt(run, tmp_path / "c.h5", shard="0/2", device="cpu", **QUIET)
+
+
+def test_bank_is_deterministic_and_replays_the_stored_params(run, tmp_path):
+    x = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(30) % 10
+    a = bank_mod.build_bank(tmp_path / "a.h5", x, y, ["simclr", "supervised", "none"], "sha", 12, 2, 5, 4)
+    b = bank_mod.build_bank(tmp_path / "b.h5", x, y, ["simclr", "supervised", "none"], "sha", 12, 2, 5, 4)
+    assert a.fingerprint == b.fingerprint and np.array_equal(a.probe_indices, b.probe_indices)
+    assert len(set(a.probe_indices.tolist())) == 12
+    assert a.views["simclr"].shape == (2, 12, 2, 3, 32, 32) and a.views["none"].shape[0] == 1
+    # replay j of kind k is the phase-one augmentation code with generator (seed, "bank", k, j)
+    imgs = x[torch.from_numpy(a.probe_indices)].repeat_interleave(2, 0)
+    p = sample_params("simclr", len(imgs), make_generator(5, "bank", "simclr", 1), 32)
+    assert np.allclose(apply_params("simclr", imgs, p).numpy().reshape(12, 2, 3, 32, 32), a.views["simclr"][1])
+    c = bank_mod.build_bank(tmp_path / "c.h5", x, y, ["simclr"], "sha", 12, 2, 6, 4)
+    assert c.fingerprint != a.fingerprint
+
+
+def test_evaluate_matches_slow_loops():
+    torch.manual_seed(0)
+    setups = thesis_setups()
+    net = build_network("resnet18_cifar", 10, width=4).eval()
+    views = torch.rand(2, 5, 1, 3, 32, 32)
+    targets = torch.randint(0, 10, (5,))
+    correct, p_true = evaluate(net, objective_for(setups["supervised"]), views, targets, 256)
+    for j in range(2):
+        for k in range(5):
+            logits = net(views[j, k])["out"][0]
+            assert correct[j, k, 0] == (logits.argmax() == targets[k]).item()
+            assert p_true[j, k, 0] == pytest.approx(torch.softmax(logits, 0)[targets[k]].item(), abs=1e-5)
+    sim = build_network("resnet18_cifar", 128, width=4).eval()
+    views = torch.rand(2, 6, 2, 3, 32, 32)
+    correct, p_true = evaluate(sim, objective_for(setups["simclr"]), views, targets, 4)
+    for j in range(2):
+        for b0, b1 in ((0, 4), (4, 6)):  # fixed batches of B = 4 images (last one short)
+            z = sim(views[j, b0:b1].reshape(-1, 3, 32, 32))["out"]
+            logits = pair_logits(z, 0.07)
+            want = logits.argmax(1) == partner_index(len(z))
+            assert np.array_equal(correct[j, b0:b1].reshape(-1), want.numpy())
+
+
+def test_missing_checkpoints_are_named_then_skipped(run):
+    paths = art.RunPaths(run)
+    paths.checkpoint("supervised", 1, 2).unlink()
+    with pytest.raises(UserError, match="supervised seed 1 epochs 2 .*--allow-missing"):
+        compute_rt(run, device="cpu", **BANK, **QUIET)
+    compute_rt(run, device="cpu", allow_missing=True, **BANK, **QUIET)
+    d = load_rt(run / "inspect" / "rt.zarr")["supervised"]
+    assert d.valid.sum(axis=0).tolist() == [2, 2, 1]
+
+
+def test_corrupt_checkpoint_named(run):
+    p = art.RunPaths(run).checkpoint("simclr", 0, 1)
+    p.write_bytes(p.read_bytes()[:64])
+    with pytest.raises(UserError, match="corrupt checkpoint .*simclr/seed-00/epoch-0001"):
+        compute_rt(run, device="cpu", **BANK, **QUIET)
+    # what was evaluated before the bad file is kept; fix the file and it resumes
+    assert load_rt(run / "inspect" / "rt.zarr")["random_labels"].valid.all()
+
+
+def test_foreign_checkpoint_refused(run):
+    paths = art.RunPaths(run)
+    state, meta = art.load_checkpoint(paths.checkpoint("supervised", 0, 1))
+    meta["setup_config"]["lr"] = 123.0
+    net = build_network("resnet18_cifar", 10, width=4)
+    net.load_state_dict(state)
+    art.save_checkpoint(paths.checkpoint("supervised", 0, 1), net, meta)
+    with pytest.raises(UserError, match="different config"):
+        compute_rt(run, setups=["supervised"], device="cpu", **BANK, **QUIET)
+    meta["setup_config"]["lr"] = art.read_json(paths.setup_json("supervised"))["lr"]
+    meta["dataset_sha256"] = "0" * 64
+    art.save_checkpoint(paths.checkpoint("supervised", 0, 1), net, meta)
+    with pytest.raises(UserError, match="different dataset"):
+        compute_rt(run, setups=["supervised"], device="cpu", **BANK, **QUIET)
+
+
+def test_refusals(run, tmp_path):
+    with pytest.raises(UserError, match="not a run directory"):
+        compute_rt(tmp_path / "nowhere", **QUIET)
+    with pytest.raises(UserError, match=r"epoch\(s\) 7 not in this run .*simclr: 0-2"):
+        compute_rt(run, epochs=[1, 7], device="cpu", **BANK, **QUIET)
+    with pytest.raises(UserError, match="not in this run"):
+        compute_rt(run, setups=["byol"], **QUIET)
+    compute_rt(run, setups=["random_labels"], device="cpu", **BANK, **QUIET)
+    with pytest.raises(UserError, match="built with other settings"):
+        compute_rt(run, setups=["random_labels"], n_probe=12, **QUIET)
+    # a new bank (other seed) against the old store: refused, store untouched
+    (run / "inspect" / "bank.h5").rename(tmp_path / "old-bank.h5")
+    with pytest.raises(UserError, match="different bank"):
+        compute_rt(run, setups=["random_labels"], device="cpu", bank_seed=9, **{**BANK}, **QUIET)
+    with pytest.raises(UserError):
+        parse_shard("3/2")
+
+
+def test_compress_ranges():
+    assert compress_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert compress_ranges([4]) == "4"
+
+
+def test_cli_rt_errors_are_one_line(run, tmp_path):
+    cmd = [sys.executable, "-c", "from ssl_dynamics.inspect.cli import main; main()"]
+    r = subprocess.run(cmd + ["rt", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a run directory" in r.stderr
+    r = subprocess.run(cmd + ["rt", str(run), "--epochs", "x"], capture_output=True, text=True)
+    assert r.returncode == 2 and "comma-separated integers" in r.stderr
