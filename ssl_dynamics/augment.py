@@ -146,35 +146,59 @@ def adjust_saturation(x, f):
     return _blend(x, rgb_to_gray(x), f)
 
 
+def _is_zero(d: torch.Tensor) -> torch.Tensor:
+    """1.0 where d == 0 else 0.0, for d >= 0 (float arithmetic: cheaper than bool masks)."""
+    return 1 - torch.sign(d)
+
+
+def _hat(i: torch.Tensor, k: int) -> torch.Tensor:
+    """1.0 where the integer-valued float i equals k, else 0.0."""
+    return (1 - (i - k).abs()).clamp_(min=0)
+
+
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """torchvision's float hue adjustment: RGB -> HSV, rotate H, HSV -> RGB."""
+    """torchvision's float hue adjustment: RGB -> HSV, rotate H, HSV -> RGB.
+
+    Numerically the same as torchvision's `_rgb2hsv` / `_hsv2rgb`, with every selection
+    written as float arithmetic, which is exact here (a product with a 0/1 mask, sums in
+    which all but one term are zero) and much faster on the CPU than bool masks and `where`:
+    * torchvision's `where(eqc, 1, maxc)` and `where(eqc, 1, cr)` only matter when
+      cr == 0, where any non-zero divisor gives 0; adding the 0/1 mask `eqc` is one.
+    * fmod(y, 1) and remainder(y, 1) equal y - floor(y) exactly for y > -1.
+    * the one-hot einsum over the six hue sectors is a sum of mask * candidate.
+    """
     r, g, b = x.unbind(1)
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
-    eqc = maxc == minc
+    maxc = x.amax(dim=1)
+    minc = x.amin(dim=1)
     cr = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = cr / torch.where(eqc, ones, maxc)
-    cr_div = torch.where(eqc, ones, cr)
-    rc, gc, bc = (maxc - r) / cr_div, (maxc - g) / cr_div, (maxc - b) / cr_div
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
-    h = torch.remainder(h + shift.view(-1, 1, 1), 1.0)
+    eqc = _is_zero(cr)  # maxc == minc
+    s = cr / (maxc + eqc)
+    cr_div = cr + eqc
+    dr, dg = maxc - r, maxc - g
+    rc, gc, bc = dr / cr_div, dg / cr_div, (maxc - b) / cr_div
+    is_r = _is_zero(dr)  # maxc == r
+    not_r = 1 - is_r
+    is_g = _is_zero(dg) * not_r  # (maxc == g) & (maxc != r)
+    is_b = (1 - _is_zero(dg)) * not_r  # (maxc != g) & (maxc != r)
+    h = is_r * (bc - gc) + is_g * (2.0 + rc - bc) + is_b * (4.0 + gc - rc)
+    h = h / 6.0 + 1.0
+    h = h - h.floor()  # fmod(h, 1): h >= 0
+    h = h + shift.view(-1, 1, 1)
+    h = h - h.floor()  # remainder(h, 1): h > -1
     v = maxc
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.to(torch.int32) % 6
-    p = (v * (1 - s)).clamp(0, 1)
-    q = (v * (1 - s * f)).clamp(0, 1)
-    t = (v * (1 - s * (1 - f))).clamp(0, 1)
-    mask = i.unsqueeze(1) == torch.arange(6, device=x.device).view(1, -1, 1, 1)
-    a1 = torch.stack((v, q, p, p, t, v), dim=1)
-    a2 = torch.stack((t, v, v, q, p, p), dim=1)
-    a3 = torch.stack((p, p, t, v, v, q), dim=1)
-    a4 = torch.stack((a1, a2, a3), dim=1)  # [n, 3, 6, H, W]
-    return torch.einsum("nijhw,njhw->nihw", a4, mask.to(x.dtype))
+    h6 = h * 6.0
+    i = torch.floor(h6)
+    f = h6 - i
+    i = i - 6 * torch.floor(i / 6)  # i % 6 (i in 0..6)
+    p = (v * (1 - s)).clamp_(0, 1)
+    q = (v * (1 - s * f)).clamp_(0, 1)
+    t = (v * (1 - s * (1 - f))).clamp_(0, 1)
+    m = [_hat(i, k) for k in range(6)]  # one-hot hue sector
+    # torchvision's a1 = (v, q, p, p, t, v), a2 = (t, v, v, q, p, p), a3 = (p, p, t, v, v, q)
+    red = (m[0] + m[5]) * v + m[1] * q + (m[2] + m[3]) * p + m[4] * t
+    green = (m[1] + m[2]) * v + m[3] * q + (m[4] + m[5]) * p + m[0] * t
+    blue = (m[3] + m[4]) * v + m[5] * q + (m[0] + m[1]) * p + m[2] * t
+    return torch.stack((red, green, blue), dim=1)
 
 
 JITTER_OPS: tuple[tuple[str, Callable], ...] = (
@@ -184,14 +208,37 @@ JITTER_OPS: tuple[tuple[str, Callable], ...] = (
 
 
 def color_jitter(x: torch.Tensor, p: Params) -> torch.Tensor:
-    """ColorJitter with per-sample factors and per-sample op order, applied where p['jitter']."""
-    order = p["order"].to(x.device)
-    active = p["jitter"].to(x.device)
+    """ColorJitter with per-sample factors and per-sample op order, applied where p['jitter'].
+
+    At each of the four positions, the samples whose op there is brightness, contrast or
+    saturation run one `_blend(x, base, f)` together, with base = 0, the grey mean or the
+    grey image per sample; the samples whose op is hue run `adjust_hue` together. Which
+    sample runs what is decided from the CPU parameters (no device synchronisation).
+    """
+    dev = x.device
+    order, active = p["order"].cpu(), p["jitter"].cpu()
+    names = [name for name, _ in JITTER_OPS]
+    factors = torch.stack([p[name].cpu().to(torch.float32) for name in names[:3]], 1)  # [n, 3]
+    hue = p["hue"].cpu()
+    x = x.clone()
     for pos in range(4):
-        for op_idx, (name, fn) in enumerate(JITTER_OPS):
-            sel = torch.nonzero(active & (order[:, pos] == op_idx)).flatten()
-            if len(sel):
-                x = x.index_copy(0, sel, fn(x[sel], p[name].to(x.device)[sel]))
+        op = torch.where(active, order[:, pos], -1)  # -1: jitter not applied to this sample
+        sel = torch.nonzero((op >= 0) & (op < 3)).flatten()
+        if len(sel):
+            o = op[sel]
+            f = factors[sel].gather(1, o.view(-1, 1)).view(-1, 1, 1, 1).to(dev, x.dtype)
+            use_mean = (o == 1).to(dev, x.dtype).view(-1, 1, 1, 1)
+            use_gray = (o == 2).to(dev, x.dtype).view(-1, 1, 1, 1)
+            sel_d = sel.to(dev)
+            xs = x.index_select(0, sel_d)
+            gray = rgb_to_gray(xs)
+            mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+            base = use_mean * mean + use_gray * gray  # 0 (brightness), mean or grey image
+            x.index_copy_(0, sel_d, _blend(xs, base, f))
+        sel = torch.nonzero(op == 3).flatten()
+        if len(sel):
+            sel_d = sel.to(dev)
+            x.index_copy_(0, sel_d, adjust_hue(x.index_select(0, sel_d), hue[sel].to(dev)))
     return x
 
 
@@ -208,25 +255,53 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def resized_crop(x: torch.Tensor, p: Params, size: int) -> torch.Tensor:
-    """Bilinear resize of each box to size x size (flip folded in), one grid_sample call.
+def _bilinear_taps(start: torch.Tensor, length: torch.Tensor, size: int, dtype, device):
+    """Source indices and weights of torch's bilinear resize (align_corners=False) of the
+    segment [start, start + length) to `size` samples, per row: i0, i1, w0, w1 of [n, size].
 
-    The affine map sends output pixel centres to the box's pixel centres exactly as
-    torch's bilinear resize with align_corners=False does; border padding reproduces its
-    clamping at the box edges.
+    This is ATen's `area_pixel_compute_source_index` + `compute_indices_weights_linear`:
+    src = scale * (dst + 0.5) - 0.5 clamped at 0, i1 = i0 + 1 except at the last pixel of
+    the segment, so pixels outside the box are never read.
     """
-    n, _, H, W = x.shape
+    length = length.to(device)
+    scale = (length.to(dtype) / size).view(-1, 1)
+    dst = torch.arange(size, device=device, dtype=dtype).view(1, -1)
+    src = (scale * (dst + 0.5) - 0.5).clamp_min(0)
+    i0 = src.long()  # src >= 0, so truncation is floor
+    w1 = (src - i0).clamp(0, 1)
+    i1 = i0 + (i0 < length.view(-1, 1) - 1).long()
+    off = start.to(device).view(-1, 1)
+    return i0 + off, i1 + off, 1 - w1, w1
+
+
+def resized_crop(x: torch.Tensor, p: Params, size: int) -> torch.Tensor:
+    """Crop each box (top, left, h, w) and resize it bilinearly to size x size, flip folded in.
+
+    The arithmetic of torch's bilinear kernel with its indices and weights
+    (`_bilinear_taps`): along W, t = cw0 * x[..., c0] + cw1 * x[..., c1]; then along H,
+    out = rw0 * t[r0] + rw1 * t[r1]. So the result equals torchvision's
+    `resized_crop(..., BILINEAR)` (+ `hflip`) on float images up to float rounding.
+    Columns and rows are picked as whole contiguous lines with `index_select` on
+    transposed copies (much faster than element-wise gathers).
+    """
+    n, c, H, W = x.shape
     dev, dt = x.device, x.dtype
-    top, left = p["top"].to(dev, dt), p["left"].to(dev, dt)
-    h, w = p["h"].to(dev, dt), p["w"].to(dev, dt)
-    sx = w / W * torch.where(p["flip"].to(dev), -1.0, 1.0).to(dt)
-    theta = torch.zeros(n, 2, 3, device=dev, dtype=dt)
-    theta[:, 0, 0] = sx
-    theta[:, 0, 2] = (2 * left + w) / W - 1
-    theta[:, 1, 1] = h / H
-    theta[:, 1, 2] = (2 * top + h) / H - 1
-    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    c0, c1, cw0, cw1 = _bilinear_taps(p["left"], p["w"], size, dt, dev)
+    flip = p["flip"].to(dev).view(-1, 1)
+    c0, c1 = torch.where(flip, c0.flip(1), c0), torch.where(flip, c1.flip(1), c1)
+    cw0, cw1 = torch.where(flip, cw0.flip(1), cw0), torch.where(flip, cw1.flip(1), cw1)
+    r0, r1, rw0, rw1 = _bilinear_taps(p["top"], p["h"], size, dt, dev)
+
+    def pick(lines, i, length):  # lines [n * length, L] -> [n, size, L]
+        return lines.index_select(0, ((torch.arange(n, device=dev) * length).view(n, 1) + i).view(-1))
+
+    cols = x.permute(0, 3, 1, 2).reshape(n * W, c * H)  # line (k, w) = x[k, :, :, w]
+    t = (cw0.view(n, size, 1) * pick(cols, c0, W).view(n, size, c * H)
+         + cw1.view(n, size, 1) * pick(cols, c1, W).view(n, size, c * H))  # [n, size_w, c, H]
+    rows = t.view(n, size, c, H).permute(0, 3, 2, 1).reshape(n * H, c * size)  # [n, H, c, size_w]
+    out = (rw0.view(n, size, 1) * pick(rows, r0, H).view(n, size, c * size)
+           + rw1.view(n, size, 1) * pick(rows, r1, H).view(n, size, c * size))  # [n, size_h, c, size_w]
+    return out.view(n, size, c, size).permute(0, 2, 1, 3).contiguous()
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -243,8 +318,9 @@ def apply_simclr(x: torch.Tensor, p: Params) -> torch.Tensor:
     size = x.shape[-1]
     out = resized_crop(to_float(x), p, size)
     out = color_jitter(out, p)
-    gray = p["gray"].to(x.device).view(-1, 1, 1, 1)
-    out = torch.where(gray, rgb_to_gray(out).expand_as(out), out)
+    sel = torch.nonzero(p["gray"].cpu()).flatten().to(x.device)  # RandomGrayscale
+    if len(sel):
+        out.index_copy_(0, sel, rgb_to_gray(out.index_select(0, sel)).expand(-1, 3, -1, -1))
     return gaussian_blur(out, p["sigma"])
 
 

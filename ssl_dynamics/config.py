@@ -18,6 +18,11 @@ SCHEMA_VERSION = 1  # bump when the meaning of a stored field changes
 SETUP_NAMES = ("simclr", "supervised", "random_labels", "random_labels_aug")
 
 
+def canonical_order(names) -> list[str]:
+    """The thesis's order (simclr, supervised, random_labels, random_labels_aug), then others."""
+    return sorted(names, key=lambda n: (SETUP_NAMES.index(n) if n in SETUP_NAMES else len(SETUP_NAMES), n))
+
+
 @dataclass(frozen=True)
 class SetupConfig:
     """Everything that defines how one setup trains (identical for all of its seeds)."""

@@ -47,7 +47,12 @@ def cli():
       inspect dynamics RUN_DIR    sorted r_t curves, epoch alignment (Fig. 4.1, 4.2)
       inspect binomial RUN_DIR    chi-square and MAE vs binomial noise (Tables 4.1, 4.2)
       inspect classes RUN_DIR     per-class r_t dynamics (Fig. 5.3)
-    Outputs go to RUN_DIR/inspect/ (figures/, tables/, analysis.h5).
+      inspect probe RUN_DIR       linear probes (Table B.1)
+      inspect embed RUN_DIR       t-SNE and KL between class Gaussians (Fig. 5.1, 5.2)
+      inspect activations RUN_DIR activation maximization (Fig. 5.4)
+      inspect report RUN_DIR      one HTML page with everything
+      inspect all RUN_DIR         all of the above, in order
+    Outputs go to RUN_DIR/inspect/ (figures/, tables/, analysis.h5, report/).
     """
 
 
@@ -142,6 +147,145 @@ def classes_cmd(run_dir, store, setups):
     _, meta = load_run_config(run_dir)
     data = load_rt(store_path(run_dir, store), split_setups(setups))
     _print_result(run_classes(data, Outputs(run_dir), meta.get("classes") or []))
+
+
+EPOCH = click.option("--epoch", type=int, default=None,
+                     help="Checkpoint epoch to analyse (default: each setup's last).")
+DEVICE = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
+DATA_ROOT = click.option("--data-root", default=None, help="Where the run's dataset is now.")
+
+
+def _run_setups(run_dir: str, setups: str | None) -> list[str]:
+    from ..train.grid import load_run_config
+    from .rt import select_setups
+
+    cfg, _ = load_run_config(run_dir)
+    return select_setups(cfg, split_setups(setups))
+
+
+def _cache(run_dir, device, data_root):
+    from .features import FeatureCache
+
+    return FeatureCache(run_dir, resolve_device(device), data_root, echo=click.echo)
+
+
+@cli.command("probe")
+@RUN_DIR
+@SETUPS
+@EPOCH
+@DEVICE
+@DATA_ROOT
+@click.option("--seed", default=0, show_default=True, help="Seed of the probe's init and shuffling.")
+def probe_cmd(run_dir, setups, epoch, device, data_root, seed):
+    """Table B.1: linear probes on frozen representations, plus random init and raw pixels."""
+    from .outputs import Outputs
+    from .representations import run_probe
+
+    names = _run_setups(run_dir, setups)
+    _print_result(run_probe(_cache(run_dir, device, data_root), Outputs(run_dir), names, epoch,
+                            seed, resolve_device(device)))
+
+
+@cli.command("embed")
+@RUN_DIR
+@SETUPS
+@EPOCH
+@DEVICE
+@DATA_ROOT
+@click.option("--seed", type=int, default=None, help="Model seed to embed (default: the first).")
+@click.option("--tsne-seed", default=0, show_default=True)
+@click.option("--tsne-method", type=click.Choice(["auto", "opentsne", "sklearn"]), default="auto",
+              show_default=True)
+@click.option("--shrinkage", default=0.0, show_default=True,
+              help="Shrink class covariances towards a scaled identity (for singular ones).")
+def embed_cmd(run_dir, setups, epoch, device, data_root, seed, tsne_seed, tsne_method, shrinkage):
+    """Fig. 5.1 (t-SNE of a stratified 25% of train) and Fig. 5.2 (KL between class Gaussians)."""
+    from .outputs import Outputs
+    from .representations import run_embed
+
+    names = _run_setups(run_dir, setups)
+    _print_result(run_embed(_cache(run_dir, device, data_root), Outputs(run_dir), names, epoch, seed,
+                            tsne_seed, shrinkage, tsne_method))
+
+
+@cli.command("activations")
+@RUN_DIR
+@SETUPS
+@EPOCH
+@DEVICE
+@click.option("--seed", type=int, default=None, help="Model seed (default: the first).")
+@click.option("--steps", default=1000, show_default=True, help="Gradient-ascent iterations.")
+@click.option("--channels", default=36, show_default=True, help="Channels per (setup, block).")
+@click.option("--channel-seed", default=0, show_default=True, help="Seed of the channel choice and starts.")
+def activations_cmd(run_dir, setups, epoch, device, seed, steps, channels, channel_seed):
+    """Fig. 5.4: gradient-ascent pseudo-images per (setup, block), sigmoid-normalized."""
+    from .activation_figure import run_activations
+    from .outputs import Outputs
+
+    names = _run_setups(run_dir, setups)
+    _print_result(run_activations(run_dir, Outputs(run_dir), names, epoch, seed, steps, channels,
+                                  channel_seed, resolve_device(device), echo=click.echo))
+
+
+@cli.command("report")
+@RUN_DIR
+def report_cmd(run_dir):
+    """One self-contained HTML page with every figure and table of RUN_DIR."""
+    from .report import build_report
+
+    click.echo(f"report: {build_report(run_dir)}")
+
+
+@cli.command("all")
+@RUN_DIR
+@SETUPS
+@EPOCH
+@DEVICE
+@DATA_ROOT
+@click.option("--ref-epochs", default="1,5,10,25,50,200", show_default=True,
+              help="Reference epochs for `dynamics` (those the run lacks are skipped).")
+@click.option("--steps", default=1000, show_default=True, help="Activation-maximization iterations.")
+@click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
+@click.option("--no-progress", is_flag=True)
+def all_cmd(run_dir, setups, epoch, device, data_root, ref_epochs, steps, allow_missing, no_progress):
+    """Every analysis, then the report: rt, dynamics, binomial, classes, probe, embed, activations."""
+    from ..train.grid import load_run_config
+    from .activation_figure import run_activations
+    from .binomial import run_binomial
+    from .classes import run_classes
+    from .dynamics import run_dynamics, usable_ref_epochs
+    from .outputs import Outputs
+    from .report import build_report
+    from .representations import run_embed, run_probe
+    from .rt import compute_rt
+    from .store import load_rt
+
+    dev = resolve_device(device)
+    names = _run_setups(run_dir, setups)
+    cfg, meta = load_run_config(run_dir)
+    click.echo("== rt")
+    compute_rt(run_dir, setups=names, allow_missing=allow_missing, device=dev, data_root=data_root,
+               progress=not no_progress, echo=click.echo)
+    data = load_rt(store_path(run_dir, None), names)
+    out = Outputs(run_dir)
+    ref = "simclr" if "simclr" in names else names[0]
+    usable = usable_ref_epochs(data, ref, parse_list(ref_epochs, "--ref-epochs"))
+    if not usable:  # none of the asked epochs was evaluated: compare at the last one
+        usable = (int(data[ref].evaluated_epochs()[-1]),)
+    click.echo("== dynamics")
+    _print_result(run_dynamics(data, out, ref_setup=ref, ref_epochs=usable))
+    click.echo("== binomial")
+    _print_result(run_binomial(data, out))
+    click.echo("== classes")
+    _print_result(run_classes(data, out, meta.get("classes") or []))
+    cache = _cache(run_dir, device, data_root)
+    click.echo("== probe")
+    _print_result(run_probe(cache, out, names, epoch, device=dev))
+    click.echo("== embed")
+    _print_result(run_embed(cache, out, names, epoch))
+    click.echo("== activations")
+    _print_result(run_activations(run_dir, out, names, epoch, steps=steps, device=dev, echo=click.echo))
+    click.echo(f"report: {build_report(run_dir)}")
 
 
 def main() -> None:

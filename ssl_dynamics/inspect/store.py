@@ -31,11 +31,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import artifacts as art
-from ..config import SCHEMA_VERSION, canonical_json
+from ..config import SCHEMA_VERSION, canonical_json, canonical_order
 from ..errors import UserError
 from .rtdata import SetupRt
 
 ARRAYS = ("correct", "p_true")
+
 
 
 def work_path(path: str | Path) -> Path:
@@ -107,7 +108,7 @@ class RtStore:
             g.attrs.update({"schema_version": SCHEMA_VERSION, **want})
 
     def setups(self) -> list[str]:
-        return sorted(self.group.group_keys())
+        return canonical_order(self.group.group_keys())
 
     def attrs(self, setup: str) -> dict[str, Any]:
         return dict(self.group[setup].attrs)
@@ -180,7 +181,7 @@ def load_rt(path: str | Path, setups: list[str] | None = None) -> dict[str, Setu
         try:
             with h5py.File(path, "r") as f:
                 idx, labels = f["probe_indices"][:], f["labels"][:]
-                names = [k for k in f.keys() if isinstance(f[k], h5py.Group)]
+                names = canonical_order(k for k in f.keys() if isinstance(f[k], h5py.Group))
                 out = {}
                 for s in names:
                     if setups and s not in setups:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .. import artifacts as art
-from ..config import SCHEMA_VERSION, RunConfig, SetupConfig, canonical_json
+from ..config import SCHEMA_VERSION, RunConfig, canonical_order, SetupConfig, canonical_json
 from ..data import Dataset, load_dataset
 from ..errors import UserError
 from ..models import build_network, count_parameters
@@ -139,8 +139,9 @@ def load_run_config(root: str | Path) -> tuple[RunConfig, dict]:
     if not paths.run_json.exists():
         raise UserError(f"{root} is not a run directory (no run.json)")
     meta = art.read_json(paths.run_json)
+    names = canonical_order(paths.setups())
     setups = {n: SetupConfig(**{k: v for k, v in art.read_json(paths.setup_json(n)).items()
-                                if k != "schema_version"}) for n in paths.setups()}
+                                if k != "schema_version"}) for n in names}
     c = meta["config"]
     cfg = RunConfig(**{k: c[k] for k in c if k in RunConfig.__dataclass_fields__},
                     seeds=tuple(meta["seeds"]), setups=setups)

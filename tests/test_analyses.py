@@ -1,0 +1,330 @@
+"""Tests for the phase-two analyses: dynamics (Fig. 4.1/4.2), binomial (Tables 4.1/4.2,
+Fig. 4.3-4.5, B.1) and classes (Fig. 5.3), on small synthetic r_t arrays."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from ssl_dynamics.errors import UserError
+from ssl_dynamics.inspect import binomial as bn
+from ssl_dynamics.inspect import stats as st
+from ssl_dynamics.inspect.binomial import run_binomial
+from ssl_dynamics.inspect.classes import run_classes
+from ssl_dynamics.inspect.dynamics import run_dynamics, usable_ref_epochs
+from ssl_dynamics.inspect.outputs import Outputs
+from ssl_dynamics.inspect.plots import compress_ints, seed_count_note, setup_label
+from ssl_dynamics.inspect.rtdata import SetupRt
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+EPOCHS = np.array([0, 1, 2, 5, 10, 20])  # numbers differ from indices on purpose
+
+
+def make_setup(name, seed, s=5, m=3, k=200, epochs=EPOCHS, speed=1.0, spread=1.0,
+               second=False, valid=None, labels=None):
+    """Correctness drawn from per-image difficulties; P(correct) grows with the epoch."""
+    rng = np.random.default_rng(seed)
+    e = len(epochs)
+    labels = rng.integers(0, 10, k) if labels is None else labels
+    difficulty = rng.random(k) * spread + 0.15 * labels / 10  # some classes harder
+    progress = speed * np.linspace(-0.2, 1.4, e)
+    logits = 6 * (progress[:, None, None] - difficulty[None, None, :])  # [E, 1, K]
+    logits = logits + rng.normal(0, 0.7, (e, m, k))  # per-augmentation difficulty
+    prob = 1 / (1 + np.exp(-logits))
+
+    def draw():
+        return (rng.random((s, e, m, k)) < prob[None]).astype(np.uint8)
+
+    correct = draw()
+    return SetupRt(
+        setup=name, correct=correct, p_true=prob[None].repeat(s, 0).astype(np.float32),
+        valid=np.ones((s, e), bool) if valid is None else valid, seeds=np.arange(s),
+        epochs=np.asarray(epochs), labels=labels, targets=labels, probe_indices=np.arange(k),
+        correct_second=draw() if second else None, p_true_second=None)
+
+
+def staircase_setup(name, fractions, s=4, m=2, k=100, epochs=None, valid=None):
+    """At epoch index e exactly the first fractions[e]*K images are correct (all seeds/augs)."""
+    e = len(fractions)
+    correct = np.zeros((s, e, m, k), np.uint8)
+    for i, f in enumerate(fractions):
+        correct[:, i, :, : int(round(f * k))] = 1
+    epochs = np.arange(e) * 3 + 1 if epochs is None else np.asarray(epochs)
+    return SetupRt(setup=name, correct=correct, p_true=correct.astype(np.float32),
+                   valid=np.ones((s, e), bool) if valid is None else valid, seeds=np.arange(s),
+                   epochs=epochs, labels=np.arange(k) % 10, targets=np.arange(k) % 10,
+                   probe_indices=np.arange(k))
+
+
+def three_setups():
+    return {
+        "simclr": make_setup("simclr", 1, speed=0.9, spread=0.6, second=True),
+        "supervised": make_setup("supervised", 2, speed=1.2, spread=1.0),
+        "random_labels": make_setup("random_labels", 3, speed=0.7, spread=0.2),
+    }
+
+
+FIGURES = ["fig4_1_sorted_rt", "fig4_2_aligned", "fig4_3_binomial_counts", "fig4_3_sorted_rtilde",
+           "fig4_4_binomial_noise", "fig4_5_aug_spread", "figB_1_first_second", "fig5_3_class_rt"]
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """All three analyses on three synthetic setups, run once."""
+    run = tmp_path_factory.mktemp("full") / "run"
+    data = three_setups()
+    out = Outputs(run)
+    res = {
+        "dynamics": run_dynamics(data, out, ref_setup="simclr", ref_epochs=(1, 5, 20)),
+        "binomial": run_binomial(data, out, draws=4, seed=0),
+        "classes": run_classes(data, out, CLASSES),
+    }
+    return data, out, res
+
+
+def table(out: Outputs, name: str) -> list[dict]:
+    return json.loads((out.tables / f"{name}.json").read_text())["rows"]
+
+
+# ---------------------------------------------------------------------------- outputs exist
+
+
+def test_every_figure_png_and_pdf_written(full):
+    _, out, res = full
+    for name in FIGURES:
+        for ext in ("png", "pdf"):
+            p = out.figures / f"{name}.{ext}"
+            assert p.exists() and p.stat().st_size > 1000, p
+    listed = [p for r in res.values() for p in r["figures"]]
+    assert sorted(listed) == sorted(str(out.figures / f"{n}.png") for n in FIGURES)
+
+
+def test_tables_have_expected_rows_and_columns(full):
+    _, out, res = full
+    aligned = res["dynamics"]["tables"]["aligned_epochs"]
+    assert [r["ref_epoch"] for r in aligned] == [1, 5, 20]
+    for r in aligned:
+        for s in ("simclr", "supervised", "random_labels"):
+            assert f"{s}_epoch" in r and f"{s}_mean_rt" in r
+        assert r["simclr_epoch"] == r["ref_epoch"]
+    chi = res["binomial"]["tables"]["table4_1_chisquare"]
+    assert len(chi) == 9
+    assert [(r["setup"], r["p0"]) for r in chi[:3]] == [("simclr", 0.25), ("simclr", 0.5), ("simclr", 0.75)]
+    for col in ("epoch", "n_seeds", "p_hat0", "chi2_thesis_allbins", "p_thesis_allbins", "chi2_pooled",
+                "dof_pooled", "p_pooled", "g_pooled", "p_g", "pooled_tails"):
+        assert col in chi[0]
+    mae = res["binomial"]["tables"]["table4_2_mae"]
+    assert len(mae) == 9 and {"mae_mean", "mae_std", "mae", "p_hat0", "epoch"} <= set(mae[0])
+    assert all(r["mae_std"] >= 0 for r in mae if r["epoch"] is not None)
+    classes = res["classes"]["tables"]["class_rt"]
+    assert len(classes) == 30
+    assert [r["class"] for r in classes[:10]] == CLASSES
+    assert {"mean_rt_last", "epoch_reaching_0.5", "n_images"} <= set(classes[0])
+    fs = res["binomial"]["tables"]["first_second_diff"]
+    assert fs and all(r["setup"] == "simclr" for r in fs)
+    # the same rows went to CSV and JSON
+    for name in ("aligned_epochs", "table4_1_chisquare", "table4_2_mae", "class_rt"):
+        assert (out.tables / f"{name}.csv").exists()
+        assert len(table(out, name)) == len(
+            {**res["dynamics"]["tables"], **res["binomial"]["tables"], **res["classes"]["tables"]}[name])
+
+
+def test_analysis_h5_groups(full):
+    data, out, _ = full
+    with h5py.File(out.analysis, "r") as f:
+        assert {"dynamics", "binomial", "classes"} <= set(f)
+        r = f["dynamics/simclr/r_t"][()]
+        np.testing.assert_allclose(r, st.r_t(data["simclr"].correct), rtol=1e-6)
+        assert f["binomial/simclr/first_second/r_t_second"].shape == r.shape
+        assert f["classes/supervised/class_mean_r_t"].shape == (len(EPOCHS), 10)
+        assert list(f["dynamics/alignment/ref_epochs"][()]) == [1, 5, 20]
+
+
+def test_class_means_match_stats(full):
+    data, _, res = full
+    rows = res["classes"]["tables"]["class_rt"]
+    d = data["supervised"]
+    cm = st.per_class_mean(st.r_t(d.correct, d.valid), d.labels, 10)
+    got = [r for r in rows if r["setup"] == "supervised"]
+    np.testing.assert_allclose([r["mean_rt_last"] for r in got], cm[-1])
+    for c, r in enumerate(got):
+        t = st.first_epoch_reaching(cm[:, c], 0.5)
+        assert r["epoch_reaching_0.5"] == (None if t is None else int(EPOCHS[t]))
+
+
+# ---------------------------------------------------------------------------- dynamics
+
+
+def test_aligned_epochs_equal_hand_computed_argmin(tmp_run, monkeypatch):
+    no_figures(monkeypatch)
+    ref = staircase_setup("simclr", [0.1, 0.3, 0.5, 0.7, 0.9], epochs=[1, 2, 3, 4, 5])
+    other = staircase_setup("supervised", [0.05, 0.2, 0.45, 0.6, 0.62, 0.95], epochs=[0, 10, 20, 30, 40, 50])
+    res = run_dynamics({"simclr": ref, "supervised": other}, Outputs(tmp_run), "simclr", (1, 3, 4, 5))
+    # |0.1-0.05|<|0.1-0.2| -> 0; 0.5 vs 0.45 -> 20; 0.7 vs 0.62 (0.08) < 0.95 -> 40; 0.9 -> 50
+    assert res["aligned"]["supervised"] == [0, 20, 40, 50]
+    rows = res["tables"]["aligned_epochs"]
+    assert [r["supervised_epoch"] for r in rows] == [0, 20, 40, 50]
+    np.testing.assert_allclose([r["supervised_mean_rt"] for r in rows], [0.05, 0.45, 0.62, 0.95])
+    np.testing.assert_allclose([r["simclr_mean_rt"] for r in rows], [0.1, 0.5, 0.7, 0.9])
+
+
+def test_bad_reference_epoch_lists_available(tmp_run):
+    data = {"simclr": make_setup("simclr", 1, k=40)}
+    with pytest.raises(UserError, match=r"7.*0-2, 5, 10, 20"):
+        run_dynamics(data, Outputs(tmp_run), "simclr", (1, 7))
+    assert usable_ref_epochs(data, "simclr", (1, 7, 20)) == (1, 20)
+
+
+def test_missing_reference_setup_falls_back_to_first(tmp_run, monkeypatch):
+    no_figures(monkeypatch)
+    data = {"supervised": make_setup("supervised", 2, k=40), "random_labels": make_setup("random_labels", 3, k=40)}
+    res = run_dynamics(data, Outputs(tmp_run), "simclr", (0, 20), curve_epochs="all")
+    assert res["ref_setup"] == "supervised"
+    assert any("simclr" in n and "supervised" in n for n in res["notes"])
+
+
+# ---------------------------------------------------------------------------- binomial
+
+
+def test_table41_equals_direct_stats_calls(full):
+    data, _, res = full
+    rows = res["binomial"]["tables"]["table4_1_chisquare"]
+    for row in rows:
+        d = data[row["setup"]]
+        p_tilde = st.epoch_means(st.r_tilde(d.correct, 0, d.valid))
+        t = st.first_epoch_reaching(p_tilde, row["p0"])
+        if t is None:
+            assert row["epoch"] is None
+            continue
+        assert row["epoch"] == int(d.epochs[t])
+        counts = d.correct[:, t, 0, :].sum(axis=0)
+        n = d.correct.shape[0]
+        p_hat = counts.sum() / (n * counts.size)
+        assert row["n_seeds"] == n
+        assert row["p_hat0"] == pytest.approx(p_hat)
+        chi, p = st.chisquare_faithful(counts, n, p_hat)
+        assert row["chi2_thesis_allbins"] == pytest.approx(chi)
+        assert row["p_thesis_allbins"] == pytest.approx(p)
+        chi_p, p_p, dof, _ = st.chisquare_pooled(counts, n, p_hat)
+        assert (row["chi2_pooled"], row["dof_pooled"]) == (pytest.approx(chi_p), dof)
+        assert row["p_pooled"] == pytest.approx(p_p, nan_ok=True)
+        g, p_g, _, _ = st.g_test_pooled(counts, n, p_hat)
+        assert row["g_pooled"] == pytest.approx(g)
+        assert row["p_g"] == pytest.approx(p_g, nan_ok=True)
+
+
+def test_table42_equals_direct_mae(full):
+    data, _, res = full
+    for row in res["binomial"]["tables"]["table4_2_mae"]:
+        if row["epoch"] is None:
+            continue
+        d = data[row["setup"]]
+        r = st.r_t(d.correct, d.valid)
+        t = st.first_epoch_reaching(st.epoch_means(r), row["p0"])
+        assert row["epoch"] == int(d.epochs[t])
+        mean, std, _ = st.binomial_mae(r[t], 5, row["p_hat0"], 4,
+                                       rng=bn._rng(0, row["setup"], row["p0"], bn.STREAM_MAE))
+        assert (row["mae_mean"], row["mae_std"]) == (pytest.approx(mean), pytest.approx(std))
+
+
+def no_figures(monkeypatch):
+    """Skip rendering (the slow part) in tests that only look at numbers."""
+    def close(self, fig, name):
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        return self.figures / f"{name}.png"
+
+    monkeypatch.setattr(Outputs, "save_figure", close)
+
+
+def test_mae_deterministic_given_seed(tmp_path, monkeypatch):
+    no_figures(monkeypatch)
+    data = {"supervised": make_setup("supervised", 2, k=60)}
+
+    def maes(seed, name):
+        res = run_binomial(data, Outputs(tmp_path / name), p0s=(0.5,), draws=3, seed=seed)
+        return [(r["mae_mean"], r["mae_std"]) for r in res["tables"]["table4_2_mae"]]
+
+    a, b, c = maes(7, "a"), maes(7, "b"), maes(8, "c")
+    assert a == b
+    assert a != c
+    # adding another setup does not change this setup's draws
+    both = dict(data, simclr=make_setup("simclr", 1, k=60))
+    res = run_binomial(both, Outputs(tmp_path / "d"), p0s=(0.5,), draws=3, seed=7)
+    got = [(r["mae_mean"], r["mae_std"]) for r in res["tables"]["table4_2_mae"] if r["setup"] == "supervised"]
+    assert got == a
+
+
+def test_p0_never_reached_gives_nan_row(tmp_run):
+    data = {"random_labels": staircase_setup("random_labels", [0.0, 0.1, 0.2, 0.3])}
+    out = Outputs(tmp_run)
+    res = run_binomial(data, out, p0s=(0.25, 0.5, 0.75), draws=2)
+    chi = res["tables"]["table4_1_chisquare"]
+    assert chi[0]["epoch"] == 10 and chi[0]["p_hat0"] == pytest.approx(0.3)
+    for row in chi[1:] + res["tables"]["table4_2_mae"][1:]:
+        assert row["epoch"] is None and np.isnan(row["p_hat0"])
+        assert "never reaches" in row["note"]
+    assert any("never reaches p0 = 0.75" in n for n in res["notes"])
+    assert table(out, "table4_1_chisquare")[2]["p_hat0"] is None  # NaN -> null in JSON
+    assert (out.figures / "fig4_3_binomial_counts.png").exists()
+
+
+def test_missing_checkpoint_changes_n_and_is_reported(tmp_run, monkeypatch):
+    no_figures(monkeypatch)
+    valid = np.ones((4, 6), bool)
+    valid[1, 3] = False  # seed 1 never evaluated at epoch index 3 (epoch number 10)
+    d = staircase_setup("supervised", [0.0, 0.1, 0.3, 0.55, 0.8, 1.0], valid=valid)
+    d.correct[1, 3] = 1  # would raise the counts if the missing checkpoint were used
+    data = {"supervised": d}
+    out = Outputs(tmp_run)
+    res = run_binomial(data, out, draws=2)
+    chi = {r["p0"]: r for r in res["tables"]["table4_1_chisquare"]}
+    assert [chi[p]["epoch"] for p in (0.25, 0.5, 0.75)] == [7, 10, 13]
+    assert [chi[p]["n_seeds"] for p in (0.25, 0.5, 0.75)] == [4, 3, 4]
+    assert chi[0.5]["p_hat0"] == pytest.approx(0.55)  # the missing seed's ones are left out
+    mae = {r["p0"]: r for r in res["tables"]["table4_2_mae"]}
+    assert mae[0.5]["n_seeds"] == 3
+    assert any("3 at epochs 10" in n for n in res["notes"])
+    with h5py.File(out.analysis, "r") as f:
+        assert f["binomial/supervised/chisq_p0_0.5/f_obs"].shape == (4,)  # counts 0..3
+        assert list(f["binomial/supervised/n_seeds"][()]) == [4, 4, 4, 3, 4, 4]
+    dyn = run_dynamics(data, out, "supervised", (7, 10))
+    assert any("3 at epochs 10" in n for n in dyn["notes"])
+
+
+def test_single_seed_and_single_setup_do_not_crash(tmp_run):
+    data = {"simclr": make_setup("simclr", 5, s=1, m=2, k=30, second=True)}
+    out = Outputs(tmp_run)
+    res = run_binomial(data, out, draws=2)
+    for row in res["tables"]["table4_1_chisquare"]:
+        if row["epoch"] is not None:
+            assert np.isnan(row["chi2_thesis_allbins"]) and np.isnan(row["p_pooled"])
+    assert (out.figures / "figB_1_first_second.pdf").exists()
+    run_classes(data, out, CLASSES[:3])  # fewer names than classes: numbered
+    assert (out.figures / "fig5_3_class_rt.png").exists()
+
+
+def test_bad_arguments_raise_user_error(tmp_run):
+    data = {"simclr": make_setup("simclr", 1, k=20)}
+    with pytest.raises(UserError):
+        run_binomial(data, Outputs(tmp_run), p0s=(1.5,))
+    with pytest.raises(UserError):
+        run_binomial(data, Outputs(tmp_run), draws=0)
+    with pytest.raises(UserError):
+        run_dynamics({}, Outputs(tmp_run))
+
+
+# ---------------------------------------------------------------------------- plot helpers
+
+
+def test_plot_helpers():
+    assert compress_ints(range(201)) == "0-200"
+    assert compress_ints([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
+    assert setup_label("simclr") == "SimCLR" and setup_label("other") == "other"
+    assert seed_count_note("s", np.array([5, 5, 5]), [1, 2, 3]) is None
+    note = seed_count_note("s", np.array([5, 4, 0, 4]), [1, 2, 3, 4])
+    assert "epochs 3 not evaluated" in note and "4 at epochs 2, 4" in note
