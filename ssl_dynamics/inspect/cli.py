@@ -246,8 +246,10 @@ def report_cmd(run_dir):
               help="Reference epochs for `dynamics` (those the run lacks are skipped).")
 @click.option("--steps", default=1000, show_default=True, help="Activation-maximization iterations.")
 @click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
+@click.option("--shrinkage", default=0.0, show_default=True, help="KL covariance shrinkage (see embed).")
 @click.option("--no-progress", is_flag=True)
-def all_cmd(run_dir, setups, epoch, device, data_root, ref_epochs, steps, allow_missing, no_progress):
+def all_cmd(run_dir, setups, epoch, device, data_root, ref_epochs, steps, allow_missing, shrinkage,
+            no_progress):
     """Every analysis, then the report: rt, dynamics, binomial, classes, probe, embed, activations."""
     from ..train.grid import load_run_config
     from .activation_figure import run_activations
@@ -282,7 +284,7 @@ def all_cmd(run_dir, setups, epoch, device, data_root, ref_epochs, steps, allow_
     click.echo("== probe")
     _print_result(run_probe(cache, out, names, epoch, device=dev))
     click.echo("== embed")
-    _print_result(run_embed(cache, out, names, epoch))
+    _print_result(run_embed(cache, out, names, epoch, shrinkage=shrinkage))
     click.echo("== activations")
     _print_result(run_activations(run_dir, out, names, epoch, steps=steps, device=dev, echo=click.echo))
     click.echo(f"report: {build_report(run_dir)}")
