@@ -23,6 +23,7 @@ setup(
         "safetensors>=0.4",
         "tqdm>=4.64",
         "openTSNE>=1.0",
+        "threadpoolctl>=3.1",
     ],
     extras_require={"dev": ["pytest>=7"]},
     entry_points={

@@ -90,13 +90,13 @@ class RunConfig:
 
 
 def _scaled_setups(epochs: dict[str, int], batch_size: int, n_classes: int = 10,
-                   lr_scale: float = 1.0) -> dict[str, SetupConfig]:
+                   lr_scale: float = 1.0, adam_scale: float = 1.0) -> dict[str, SetupConfig]:
     base = thesis_setups(n_classes)
     out = {}
     for name, cfg in base.items():
-        # On a few hundred images the thesis's SGD lr 3e-4 barely moves in a few epochs;
-        # demo/smoke raise the classification lr so that r_t has visible dynamics.
-        lr = cfg.lr * (lr_scale if cfg.optimizer == "sgd" else 1.0)
+        # On a few hundred images the thesis's lrs barely move a network in a few epochs;
+        # demo/smoke raise them so that r_t has visible dynamics.
+        lr = cfg.lr * (lr_scale if cfg.optimizer == "sgd" else adam_scale)
         out[name] = replace(cfg, epochs=epochs[name], batch_size=batch_size, lr=lr,
                             constant_lr_epochs=min(cfg.constant_lr_epochs, epochs[name] // 2),
                             cosine_period_epochs=max(epochs.values()))
@@ -112,7 +112,7 @@ def preset(name: str) -> RunConfig:
         return RunConfig(
             preset="demo", dataset="digits", width=8, seeds=tuple(range(4)),
             # 64 images a batch: the digits train split has 1,437 images (22 batches)
-            setups=_scaled_setups(epochs, batch_size=64, lr_scale=300.0),
+            setups=_scaled_setups(epochs, batch_size=64, lr_scale=300.0, adam_scale=3.0),
         )
     if name == "smoke":
         epochs = {"simclr": 2, "supervised": 2, "random_labels": 2, "random_labels_aug": 2}

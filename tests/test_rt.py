@@ -13,7 +13,7 @@ from ssl_dynamics.augment import apply_params, make_generator, sample_params
 from ssl_dynamics.config import override, preset, thesis_setups
 from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect import bank as bank_mod
-from ssl_dynamics.inspect.rt import compress_ranges, compute_rt, evaluate, parse_shard
+from ssl_dynamics.inspect.rt import compute_rt, evaluate, parse_shard
 from ssl_dynamics.inspect.store import load_rt
 from ssl_dynamics.losses import pair_logits, partner_index
 from ssl_dynamics.models import build_network
@@ -187,11 +187,6 @@ def test_refusals(run, tmp_path):
         compute_rt(run, setups=["random_labels"], device="cpu", bank_seed=9, **{**BANK}, **QUIET)
     with pytest.raises(UserError):
         parse_shard("3/2")
-
-
-def test_compress_ranges():
-    assert compress_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
-    assert compress_ranges([4]) == "4"
 
 
 def test_cli_rt_errors_are_one_line(run, tmp_path):

@@ -24,6 +24,7 @@ from ..models import build_network
 from ..train.grid import load_run_config
 from ..train.setups import objective_for
 from . import bank as bank_mod
+from .plots import compress_ints
 from .store import RtStore, export_h5
 
 EVAL_CHUNK = 2048  # views per forward pass: large enough to fill a GPU, small for 2 CPU cores
@@ -35,19 +36,6 @@ class Task:
     seed: int
     epoch: int
     s_idx: int
-
-
-def compress_ranges(values: list[int]) -> str:
-    """[0,1,2,5,7,8] -> '0-2,5,7-8'."""
-    values = sorted(values)
-    parts, i = [], 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
-            j += 1
-        parts.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
-        i = j + 1
-    return ",".join(parts)
 
 
 def find_missing(paths: art.RunPaths, setup: SetupConfig, seeds: list[int]) -> dict[int, list[int]]:
@@ -65,7 +53,7 @@ def describe_missing(missing: dict[str, dict[int, list[int]]]) -> str:
     parts = []
     for setup, seeds in missing.items():
         for seed, epochs in seeds.items():
-            parts.append(f"{setup} seed {seed} epochs {compress_ranges(epochs)}")
+            parts.append(f"{setup} seed {seed} epochs {compress_ints(epochs)}")
     shown = "; ".join(parts[:6]) + (f"; and {len(parts) - 6} more" if len(parts) > 6 else "")
     return shown
 
@@ -259,4 +247,4 @@ def check_epochs(cfg: RunConfig, setups: list[str], epochs: list[int]) -> None:
     bad = [e for e in epochs if e < 0 or e > top]
     if bad:
         have = ", ".join(f"{s}: 0-{cfg.setups[s].epochs}" for s in setups)
-        raise UserError(f"epoch(s) {compress_ranges(bad)} not in this run (it has {have})")
+        raise UserError(f"epoch(s) {compress_ints(bad)} not in this run (it has {have})")

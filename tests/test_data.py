@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_dynamics.data import load_cifar10, load_dataset, load_digits, load_imagefolder, make_synthetic, stratified_subset
+from ssl_dynamics.errors import UserError
+
+
+def test_digits_is_offline_32x32_rgb_uint8():
+    ds = load_digits()
+    assert ds.train_x.dtype == torch.uint8 and ds.train_x.shape[1:] == (3, 32, 32)
+    assert len(ds.train_y) + len(ds.test_y) == 1797 and ds.n_classes == 10
+    assert torch.equal(ds.train_x[:, 0], ds.train_x[:, 1])  # grey replicated to RGB
+    assert ds.identity() == load_digits().identity()  # fixed split, stable checksum
+
+
+def test_synthetic_is_seeded_and_balanced():
+    a, b = make_synthetic(seed=1), make_synthetic(seed=1)
+    assert torch.equal(a.train_x, b.train_x)
+    assert make_synthetic(seed=2).identity()["sha256"] != a.identity()["sha256"]
+    assert torch.bincount(a.train_y).tolist() == [26] * 6 + [25] * 4
+
+
+def test_stratified_subset_exact_size_and_proportions():
+    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    idx = stratified_subset(y, 10, seed=0)
+    assert len(idx) == 10 and torch.bincount(y[idx]).tolist() == [5, 3, 2]
+    assert torch.equal(idx, stratified_subset(y, 10, seed=0)) and torch.all(idx[1:] > idx[:-1])
+    idx = stratified_subset(y, 7, seed=3)  # remainders go to the largest fractional parts
+    assert len(idx) == 7 and torch.bincount(y[idx], minlength=3).tolist() == [4, 2, 1]
+
+
+def test_imagefolder_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("test", 2)):
+        for cls in ("cat", "airplane"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+                    tmp_path / split / cls / f"{i:04d}.png")
+    ds = load_imagefolder(tmp_path)
+    assert ds.classes == ("airplane", "cat")  # sorted class folders
+    assert ds.train_x.shape == (6, 3, 32, 32) and ds.train_y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert load_dataset(f"imagefolder:{tmp_path}").identity() == ds.identity()
+    (tmp_path / "train" / "cat" / "0009.png").write_bytes(b"not an image")
+    with pytest.raises(UserError, match="cannot read image .*0009.png"):
+        load_imagefolder(tmp_path)
+    with pytest.raises(UserError, match="must contain train"):
+        load_imagefolder(tmp_path / "train")
+
+
+def test_cifar_missing_gives_one_line_with_the_place(tmp_path):
+    with pytest.raises(UserError) as e:
+        load_cifar10(tmp_path, download=False)
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path) in msg and "cifar-10-batches-py" in msg
+
+
+def test_unknown_dataset():
+    with pytest.raises(UserError, match="unknown dataset"):
+        load_dataset("mnist")
+
+
+def test_train_subset_changes_identity():
+    full, sub = load_dataset("digits"), load_dataset("digits", train_subset=100)
+    assert len(sub.train_y) == 100 and sub.identity()["sha256"] != full.identity()["sha256"]
