@@ -130,7 +130,7 @@ def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
 
 def _blend(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     f = f.view(-1, 1, 1, 1)
-    return (f * a + (1 - f) * b).clamp(0, 1)
+    return (f * a).add_((1 - f) * b).clamp_(0, 1)  # (f * a + (1 - f) * b).clamp(0, 1)
 
 
 def adjust_brightness(x, f):
@@ -148,12 +148,12 @@ def adjust_saturation(x, f):
 
 def _is_zero(d: torch.Tensor) -> torch.Tensor:
     """1.0 where d == 0 else 0.0, for d >= 0 (float arithmetic: cheaper than bool masks)."""
-    return 1 - torch.sign(d)
+    return torch.sign(d).neg_().add_(1)
 
 
 def _hat(i: torch.Tensor, k: int) -> torch.Tensor:
     """1.0 where the integer-valued float i equals k, else 0.0."""
-    return (1 - (i - k).abs()).clamp_(min=0)
+    return (i - k).abs_().neg_().add_(1).clamp_(min=0)
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -173,32 +173,39 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     cr = maxc - minc
     eqc = _is_zero(cr)  # maxc == minc
     s = cr / (maxc + eqc)
-    cr_div = cr + eqc
-    dr, dg = maxc - r, maxc - g
-    rc, gc, bc = dr / cr_div, dg / cr_div, (maxc - b) / cr_div
+    cr_div = cr.add_(eqc)  # cr is not needed any more
+    dr, dg, db = maxc - r, maxc - g, maxc - b
     is_r = _is_zero(dr)  # maxc == r
+    g_max = _is_zero(dg)  # maxc == g
+    rc, gc, bc = dr.div_(cr_div), dg.div_(cr_div), db.div_(cr_div)
     not_r = 1 - is_r
-    is_g = _is_zero(dg) * not_r  # (maxc == g) & (maxc != r)
-    is_b = (1 - _is_zero(dg)) * not_r  # (maxc != g) & (maxc != r)
-    h = is_r * (bc - gc) + is_g * (2.0 + rc - bc) + is_b * (4.0 + gc - rc)
-    h = h / 6.0 + 1.0
-    h = h - h.floor()  # fmod(h, 1): h >= 0
-    h = h + shift.view(-1, 1, 1)
-    h = h - h.floor()  # remainder(h, 1): h > -1
+    is_g = g_max * not_r  # (maxc == g) & (maxc != r)
+    is_b = g_max.neg_().add_(1).mul_(not_r)  # (maxc != g) & (maxc != r)
+    # h = is_r * (bc - gc) + is_g * (2 + rc - bc) + is_b * (4 + gc - rc), in place
+    h = (bc - gc).mul_(is_r)
+    h.add_((2.0 + rc).sub_(bc).mul_(is_g)).add_((4.0 + gc).sub_(rc).mul_(is_b))
+    h.div_(6.0).add_(1.0)
+    h.sub_(h.floor())  # fmod(h, 1): h >= 0
+    h.add_(shift.to(x.device).view(-1, 1, 1))
+    h.sub_(h.floor())  # remainder(h, 1): h > -1
     v = maxc
-    h6 = h * 6.0
+    h6 = h.mul_(6.0)
     i = torch.floor(h6)
-    f = h6 - i
-    i = i - 6 * torch.floor(i / 6)  # i % 6 (i in 0..6)
-    p = (v * (1 - s)).clamp_(0, 1)
-    q = (v * (1 - s * f)).clamp_(0, 1)
-    t = (v * (1 - s * (1 - f))).clamp_(0, 1)
+    f = h6.sub_(i)
+    i.sub_(torch.floor(i / 6).mul_(6))  # i % 6 (i in 0..6)
+    p = (1 - s).mul_(v).clamp_(0, 1)  # v * (1 - s)
+    q = (s * f).neg_().add_(1).mul_(v).clamp_(0, 1)  # v * (1 - s * f)
+    t = (1 - f).mul_(s).neg_().add_(1).mul_(v).clamp_(0, 1)  # v * (1 - s * (1 - f))
     m = [_hat(i, k) for k in range(6)]  # one-hot hue sector
-    # torchvision's a1 = (v, q, p, p, t, v), a2 = (t, v, v, q, p, p), a3 = (p, p, t, v, v, q)
-    red = (m[0] + m[5]) * v + m[1] * q + (m[2] + m[3]) * p + m[4] * t
-    green = (m[1] + m[2]) * v + m[3] * q + (m[4] + m[5]) * p + m[0] * t
-    blue = (m[3] + m[4]) * v + m[5] * q + (m[0] + m[1]) * p + m[2] * t
-    return torch.stack((red, green, blue), dim=1)
+    # torchvision's a1 = (v, q, p, p, t, v), a2 = (t, v, v, q, p, p), a3 = (p, p, t, v, v, q):
+    # channel = sum over {v, q, p, t} of (mask of the sectors taking it) * it
+    out = torch.empty_like(x)
+    for ch, (mv, mq, mp, mt) in enumerate((((0, 5), 1, (2, 3), 4), ((1, 2), 3, (4, 5), 0),
+                                            ((3, 4), 5, (0, 1), 2))):
+        o = out[:, ch]
+        torch.add(m[mv[0]], m[mv[1]], out=o)
+        o.mul_(v).add_(m[mq] * q).add_((m[mp[0]] + m[mp[1]]).mul_(p)).add_(m[mt] * t)
+    return out
 
 
 JITTER_OPS: tuple[tuple[str, Callable], ...] = (
@@ -250,9 +257,16 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     k = k / k.sum(dim=1, keepdim=True)  # [n, K]
     xp = F.pad(x, (radius, radius, radius, radius), mode="reflect")
     h, w = x.shape[-2:]
-    out = sum(k[:, i].view(-1, 1, 1, 1) * xp[..., :, i:i + w] for i in range(BLUR_KERNEL))
-    out = sum(k[:, i].view(-1, 1, 1, 1) * out[..., i:i + h, :] for i in range(BLUR_KERNEL))
-    return out
+    k = [k[:, i].view(-1, 1, 1, 1) for i in range(BLUR_KERNEL)]
+    # tap sums written as a chain (Python's sum() would add a leading 0: same numbers, one
+    # more pass over the batch)
+    out = k[0] * xp[..., :, 0:w]
+    for i in range(1, BLUR_KERNEL):
+        out.add_(k[i] * xp[..., :, i:i + w])
+    res = k[0] * out[..., 0:h, :]
+    for i in range(1, BLUR_KERNEL):
+        res.add_(k[i] * out[..., i:i + h, :])
+    return res
 
 
 def _bilinear_taps(start: torch.Tensor, length: torch.Tensor, size: int, dtype, device):
@@ -296,11 +310,11 @@ def resized_crop(x: torch.Tensor, p: Params, size: int) -> torch.Tensor:
         return lines.index_select(0, ((torch.arange(n, device=dev) * length).view(n, 1) + i).view(-1))
 
     cols = x.permute(0, 3, 1, 2).reshape(n * W, c * H)  # line (k, w) = x[k, :, :, w]
-    t = (cw0.view(n, size, 1) * pick(cols, c0, W).view(n, size, c * H)
-         + cw1.view(n, size, 1) * pick(cols, c1, W).view(n, size, c * H))  # [n, size_w, c, H]
+    t = pick(cols, c0, W).view(n, size, c * H).mul_(cw0.view(n, size, 1))
+    t.add_(pick(cols, c1, W).view(n, size, c * H).mul_(cw1.view(n, size, 1)))  # [n, size_w, c, H]
     rows = t.view(n, size, c, H).permute(0, 3, 2, 1).reshape(n * H, c * size)  # [n, H, c, size_w]
-    out = (rw0.view(n, size, 1) * pick(rows, r0, H).view(n, size, c * size)
-           + rw1.view(n, size, 1) * pick(rows, r1, H).view(n, size, c * size))  # [n, size_h, c, size_w]
+    out = pick(rows, r0, H).view(n, size, c * size).mul_(rw0.view(n, size, 1))
+    out.add_(pick(rows, r1, H).view(n, size, c * size).mul_(rw1.view(n, size, 1)))  # [n, size_h, c, size_w]
     return out.view(n, size, c, size).permute(0, 2, 1, 3).contiguous()
 
 
@@ -325,17 +339,21 @@ def apply_simclr(x: torch.Tensor, p: Params) -> torch.Tensor:
 
 
 def apply_supervised(x: torch.Tensor, p: Params) -> torch.Tensor:
-    """RandomCrop with zero padding + horizontal flip as one gather on uint8, then normalize."""
-    n, _, H, W = x.shape
+    """RandomCrop with zero padding + horizontal flip on uint8, then normalize.
+
+    Rows of the padded image are picked as whole lines (`index_select`), then the columns
+    (flip folded in) with one `gather`.
+    """
+    n, c, H, W = x.shape
     dev = x.device
+    Hp, Wp = H + 2 * PAD, W + 2 * PAD
     xp = F.pad(x, (PAD, PAD, PAD, PAD))
-    ar_h, ar_w = torch.arange(H, device=dev), torch.arange(W, device=dev)
-    rows = p["dy"].to(dev).view(-1, 1) + ar_h.view(1, -1)
-    cols_fwd = ar_w.view(1, -1)
-    cols = torch.where(p["flip"].to(dev).view(-1, 1), (W - 1) - cols_fwd, cols_fwd)
-    cols = p["dx"].to(dev).view(-1, 1) + cols
-    out = xp[torch.arange(n, device=dev).view(-1, 1, 1, 1), torch.arange(3, device=dev).view(1, 3, 1, 1),
-             rows.view(n, 1, H, 1), cols.view(n, 1, 1, W)]
+    rows = (torch.arange(n * c, device=dev).view(n, c, 1) * Hp + p["dy"].to(dev).view(n, 1, 1)
+            + torch.arange(H, device=dev).view(1, 1, H))
+    out = xp.reshape(n * c * Hp, Wp).index_select(0, rows.view(-1)).view(n, c, H, Wp)
+    cols = torch.arange(W, device=dev).view(1, W)
+    cols = torch.where(p["flip"].to(dev).view(n, 1), (W - 1) - cols, cols) + p["dx"].to(dev).view(n, 1)
+    out = out.gather(3, cols.view(n, 1, 1, W).expand(n, c, H, W))
     return normalize(to_float(out))
 
 

@@ -63,17 +63,21 @@ def _locked(path: Path) -> Iterator[None]:
 
 class RtStore:
     def __init__(self, path: str | Path):
+        self.path = work_path(path)
+        self.group = self._open()
+
+    def _open(self):
+        """(Re)read the group: metadata is cached per handle, and other shards may have written."""
         import zarr
 
-        self.path = work_path(path)
         try:
-            self.group = zarr.open_group(str(self.path), mode="a")
+            return zarr.open_group(str(self.path), mode="a")
         except Exception as e:
             raise UserError(f"cannot open r_t store {self.path}: {e}") from None
 
     def init_probes(self, probe_indices: np.ndarray, labels: np.ndarray, bank_fingerprint: str) -> None:
         with _locked(self.path):
-            g = self.group
+            g = self.group = self._open()
             if "probe_indices" in g:
                 if g.attrs.get("bank_fingerprint") != bank_fingerprint:
                     raise UserError(f"{self.path} was made from a different bank; use another "
@@ -89,6 +93,7 @@ class RtStore:
         want = {"seeds": list(map(int, seeds)), "epochs": list(range(n_epochs)),
                 "shape": [len(seeds), n_epochs, m, k, v], **attrs}
         with _locked(self.path):
+            self.group = self._open()
             if setup in self.group:
                 have = dict(self.group[setup].attrs)
                 diffs = [key for key in want if canonical_json(have.get(key)) != canonical_json(want[key])]
