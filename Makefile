@@ -20,7 +20,7 @@ inspect-all:  ## every phase-two analysis and the HTML report for $(RUN)
 
 demo:  ## the whole two-phase pipeline at demo scale on the embedded digits, on the CPU
 	train run --preset demo --out $(DEMO) --device cpu
-	inspect all $(DEMO) --device cpu
+	inspect all $(DEMO) --device cpu --probes 512 --replays 5
 
 bench:  ## throughput benchmarks on the current device (JSON under benchmarks/results/)
 	$(PYTHON) benchmarks/bench_train.py

@@ -85,3 +85,15 @@ def test_raw_pixel_features():
         raw_pixel_features(imgs.float())
     with pytest.raises(UserError):
         raw_pixel_features(imgs[:, :1])
+
+
+def test_standardize_uses_train_statistics_only():
+    import numpy as np
+
+    from ssl_dynamics.inspect.representations import standardize
+
+    train = np.array([[1.0, 5.0], [3.0, 5.0]])
+    test = np.array([[2.0, 7.0]])
+    ztr, zte = standardize(train, test)
+    assert np.allclose(ztr, [[-1.0, 0.0], [1.0, 0.0]])  # constant column stays 0, no NaN
+    assert np.allclose(zte, [[0.0, 2.0]])

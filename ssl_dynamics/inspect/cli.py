@@ -69,7 +69,8 @@ def cli():
 @click.option("--replays", type=int, default=None, help="M: augmentations per probe image [new bank: 10].")
 @click.option("--bank-seed", type=int, default=None, help="Seed of the probe choice and replays [new bank: 0].")
 @click.option("--simclr-batch", type=int, default=None,
-              help="B: SimCLR views are classified within fixed batches of B images [new bank: 256].")
+              help="B: SimCLR views are classified within fixed batches of B images "
+                   "[new bank: the simclr setup's training batch size, 256 in the thesis].")
 @click.option("--data-root", default=None, help="Where the run's dataset is now (to build the bank).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
@@ -247,9 +248,11 @@ def report_cmd(run_dir):
 @click.option("--steps", default=1000, show_default=True, help="Activation-maximization iterations.")
 @click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
 @click.option("--shrinkage", default=0.0, show_default=True, help="KL covariance shrinkage (see embed).")
+@click.option("--probes", type=int, default=None, help="K for a new bank [1024].")
+@click.option("--replays", type=int, default=None, help="M for a new bank [10].")
 @click.option("--no-progress", is_flag=True)
 def all_cmd(run_dir, setups, epoch, device, data_root, ref_epochs, steps, allow_missing, shrinkage,
-            no_progress):
+            probes, replays, no_progress):
     """Every analysis, then the report: rt, dynamics, binomial, classes, probe, embed, activations."""
     from ..train.grid import load_run_config
     from .activation_figure import run_activations
@@ -266,8 +269,10 @@ def all_cmd(run_dir, setups, epoch, device, data_root, ref_epochs, steps, allow_
     names = _run_setups(run_dir, setups)
     cfg, meta = load_run_config(run_dir)
     click.echo("== rt")
-    compute_rt(run_dir, setups=names, allow_missing=allow_missing, device=dev, data_root=data_root,
-               progress=not no_progress, echo=click.echo)
+    res = compute_rt(run_dir, setups=names, allow_missing=allow_missing, device=dev,
+                     n_probe=probes, n_replays=replays, data_root=data_root,
+                     progress=not no_progress, echo=click.echo)
+    click.echo(f"evaluated {res['evaluated']} checkpoints in {res['seconds']:.1f} s")
     data = load_rt(store_path(run_dir, None), names)
     out = Outputs(run_dir)
     ref = "simclr" if "simclr" in names else names[0]

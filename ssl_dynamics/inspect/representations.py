@@ -22,6 +22,14 @@ THESIS_PROBE = {"simclr": (0.8186, 0.8060), "supervised": (1.0000, 0.9532),
 TSNE_FRACTION = 0.25  # SPEC.md: a class-stratified 25% of the training set
 
 
+def standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """z-score both splits with the training split's per-feature mean and std."""
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)  # a constant feature stays 0 instead of dividing by 0
+    return (train - mean) / std, (test - mean) / std
+
+
 def _seeds_or_fail(cache: FeatureCache, setup: str, epoch: int) -> list[int]:
     seeds = cache.seeds_with(setup, epoch)
     if not seeds:
@@ -45,14 +53,24 @@ def run_probe(cache: FeatureCache, out: Outputs, setups: list[str], epoch: int |
     def probe_row(name: str, feats: list[tuple[np.ndarray, np.ndarray]], at_epoch) -> None:
         accs = [train_linear_probe(tr, y_tr, te, y_te, n_classes=n_classes, seed=seed, device=device)
                 for tr, te in feats]
+        # The same probe on z-scored features (train mean/std): SPEC's probe is scale-sensitive,
+        # and a fresh network in eval mode has tiny features (BatchNorm's running stats are 0/1).
+        zaccs = []
+        for tr, te in feats:
+            ztr, zte = standardize(tr, te)
+            zaccs.append(train_linear_probe(ztr, y_tr, zte, y_te, n_classes=n_classes, seed=seed,
+                                            device=device))
         tr_m, tr_s = _mean_std([a["train_acc"] for a in accs])
         te_m, te_s = _mean_std([a["test_acc"] for a in accs])
         thesis = THESIS_PROBE.get(name, (None, None))
         rows.append({"model": name, "epoch": at_epoch, "seeds": len(accs), "dim": feats[0][0].shape[1],
                      "train_acc": tr_m, "train_std": tr_s, "test_acc": te_m, "test_std": te_s,
+                     "train_acc_z": _mean_std([a["train_acc"] for a in zaccs])[0],
+                     "test_acc_z": _mean_std([a["test_acc"] for a in zaccs])[0],
                      "thesis_train": thesis[0], "thesis_test": thesis[1]})
         arrays[f"{name}_train_acc"] = np.array([a["train_acc"] for a in accs])
         arrays[f"{name}_test_acc"] = np.array([a["test_acc"] for a in accs])
+        arrays[f"{name}_test_acc_z"] = np.array([a["test_acc"] for a in zaccs])
 
     for s in setups:
         e = resolve_epoch(cache.cfg, s, epoch)
@@ -62,7 +80,8 @@ def run_probe(cache: FeatureCache, out: Outputs, setups: list[str], epoch: int |
     probe_row("random_init", [cache.get(base, sd, 0) for sd in _seeds_or_fail(cache, base, 0)], 0)
     probe_row("raw_pixels", [(raw_pixel_features(ds.train_x), raw_pixel_features(ds.test_x))], None)
     note = ("Linear probe on frozen representations (Adam lr 1e-3, 10 epochs, batch 256, no "
-            "regularization); mean and sample std over seeds. thesis_* = Table B.1 (one seed, CIFAR-10).")
+            "regularization); mean and sample std over seeds. *_z: the same probe on features "
+            "z-scored with the training mean and std. thesis_* = Table B.1 (one seed, CIFAR-10).")
     out.write_table("tableB_1_probe", rows, note)
     out.write_arrays("probe", arrays, {"note": note})
     return {"tables": {"tableB_1_probe": rows}, "notes": [note], "figures": []}

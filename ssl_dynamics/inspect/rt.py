@@ -77,6 +77,8 @@ def ensure_bank(run_dir: Path, cfg: RunConfig, meta: dict, setups: list[str], ba
     kinds = sorted({cfg.setups[s].augment for s in setups})
     sha = meta["dataset"]["sha256"]
     n_train = int(meta["dataset"]["n_train"])
+    if simclr_batch is None and not bank_path.exists() and "simclr" in cfg.setups:
+        simclr_batch = cfg.setups["simclr"].batch_size  # B of the bank = B of training (SPEC)
     settings = bank_mod.resolve_settings(bank_path, kinds, n_train, sha, n_probe, n_replays, seed,
                                          simclr_batch)
     if bank_path.exists():
@@ -92,12 +94,17 @@ def ensure_bank(run_dir: Path, cfg: RunConfig, meta: dict, setups: list[str], ba
     return bank_mod.build_bank(bank_path, dataset.train_x, dataset.train_y, all_kinds, sha, **settings)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: torch.nn.Module, objective, views: torch.Tensor, targets: torch.Tensor,
              simclr_batch: int, bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """correct, p_true [M, K, V] of one network on bank views [M, K, V, 3, H, W]."""
+    """correct, p_true [M, K, V] of one network on bank views [M, K, V, 3, H, W].
+
+    Runs in channels_last (NHWC): the same fp32 arithmetic, ~1.5x faster convolutions on
+    CPUs and tensor cores alike.
+    """
     m, k, v = views.shape[:3]
-    flat = views.reshape(m * k * v, *views.shape[3:])
+    model = model.to(memory_format=torch.channels_last)
+    flat = views.reshape(m * k * v, *views.shape[3:]).contiguous(memory_format=torch.channels_last)
     dev = flat.device
     outs = []
     for start in range(0, len(flat), EVAL_CHUNK):
