@@ -78,7 +78,7 @@ def run_probe(cache: FeatureCache, out: Outputs, setups: list[str], epoch: int |
     # Epoch 0 of any setup is a randomly initialised network (its head is never used here).
     base = setups[0]
     probe_row("random_init", [cache.get(base, sd, 0) for sd in _seeds_or_fail(cache, base, 0)], 0)
-    probe_row("raw_pixels", [(raw_pixel_features(ds.train_x), raw_pixel_features(ds.test_x))], None)
+    probe_row("raw_pixels", [(raw_pixel_features(ds.train_x.numpy()), raw_pixel_features(ds.test_x.numpy()))], None)
     note = ("Linear probe on frozen representations (Adam lr 1e-3, 10 epochs, batch 256, no "
             "regularization); mean and sample std over seeds. *_z: the same probe on features "
             "z-scored with the training mean and std. thesis_* = Table B.1 (one seed, CIFAR-10).")

@@ -94,7 +94,7 @@ def ensure_bank(run_dir: Path, cfg: RunConfig, meta: dict, setups: list[str], ba
     return bank_mod.build_bank(bank_path, dataset.train_x, dataset.train_y, all_kinds, sha, **settings)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def evaluate(model: torch.nn.Module, objective, views: torch.Tensor, targets: torch.Tensor,
              simclr_batch: int, bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """correct, p_true [M, K, V] of one network on bank views [M, K, V, 3, H, W].
