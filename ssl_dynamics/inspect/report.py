@@ -28,6 +28,11 @@ SECTIONS = [
      "the pooled test merges tail bins until every expected count is at least 5."),
     ("fig4_3_binomial_counts", "Fig. 4.3: observed vs binomial counts",
      "How many images were classified correctly by n of N seeds, against the binomial expectation."),
+    ("fig4_3_sorted_rtilde", "Fig. 4.3 (as drawn in the thesis): sorted r̃_t vs binomial noise",
+     "r̃_t for one fixed augmentation, sorted over images (solid), beside sorted binomial noise "
+     "with the same mean (dashed), at the first epochs reaching each p0."),
+    ("first_second_diff", "First vs second view, per epoch",
+     "Mean absolute difference and correlation between r_t (and r̃_t) from first and second views."),
     ("table4_2_mae", "Table 4.2: MAE to binomial noise",
      "Mean absolute difference between sorted r_t and sorted binomial noise with the same mean "
      "(mean ± std over draws): small values mean uniform difficulty."),
