@@ -29,6 +29,8 @@ import torch
 from .config import SCHEMA_VERSION, canonical_json
 from .errors import UserError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: os.umask can only be read by setting it
 CHECKPOINT_FORMAT = "ssl-dynamics-checkpoint/1"  # written into every checkpoint's metadata
 EPOCH_RE = re.compile(r"^epoch-(\d{4,})\.safetensors$")
 SEED_RE = re.compile(r"^seed-(\d{2,})$")
@@ -46,6 +48,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes 0600 files; give the result the permissions a plain open() would
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, target)

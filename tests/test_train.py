@@ -197,6 +197,10 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path):
             tmp.write_bytes(b"new but unfinished")
             raise RuntimeError
     assert target.read_bytes() == b"old"
+    with art.atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~art._UMASK  # not mkstemp's private 0600
 
 
 def test_checkpoint_roundtrip_and_metadata(tmp_path):
