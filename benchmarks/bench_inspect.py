@@ -27,9 +27,9 @@ from ssl_dynamics import artifacts as art
 from ssl_dynamics.augment import CIFAR_MEAN, CIFAR_STD
 from ssl_dynamics.config import thesis_setups
 from ssl_dynamics.inspect.bank import replay_views
-from ssl_dynamics.inspect.rt import evaluate
+from ssl_dynamics.inspect.evaluate import evaluate
 from ssl_dynamics.models import build_network
-from ssl_dynamics.train.setups import objective_for
+from ssl_dynamics.objectives import objective_for
 
 
 def reference_transform(kind: str):

@@ -37,7 +37,7 @@ from ssl_dynamics.augment import make_generator
 from ssl_dynamics.config import SETUP_NAMES, thesis_setups
 from ssl_dynamics.models import build_network
 from ssl_dynamics.train.loop import build_optimizer, resolve_device
-from ssl_dynamics.train.setups import objective_for
+from ssl_dynamics.objectives import objective_for
 
 SIZE = 32
 

@@ -1,26 +1,78 @@
-"""What both command lines share: one-line errors with exit status 2, device options."""
+"""What both command lines share: one-line errors with exit status 2, signals, option parsing.
+
+Exit statuses: 0 success; 2 bad input or a file the user can fix (one line `error: ...`);
+3 `inspect all` finished with some analyses skipped; 130 interrupted (finished work kept).
+"""
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 import click
 
 from .errors import UserError
 
+EXIT_USER_ERROR = 2
+EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
 
-def run_cli(group: click.Group) -> None:
-    """Call a click group; a UserError becomes `error: <message>` and exit status 2."""
+
+def run_cli(group: click.Group, resume_hint: str) -> None:
+    """Call a click group; user-fixable failures become `error: <message>` and exit 2."""
     try:
         group.main(standalone_mode=False)
     except UserError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        _fail(str(e))
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        click.echo(f"interrupted: {resume_hint}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        _fail(_click_message(e))
     except KeyboardInterrupt:
-        click.echo("interrupted: completed epochs/chunks are on disk; rerun to resume", err=True)
-        sys.exit(130)
+        click.echo(f"interrupted: {resume_hint}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except OSError as e:
+        from .artifacts import is_no_space
+
+        where = f" while writing {e.filename}" if e.filename else ""
+        if is_no_space(e):
+            _fail(f"no space left on the device{where}; free some space and rerun the same "
+                  f"command: finished work is kept")
+        _fail(f"{e.strerror or e}{where or (f': {e.filename}' if e.filename else '')}")
+
+
+def _click_message(e: click.ClickException) -> str:
+    """click's own usage errors, on one line (with a pointer to --help)."""
+    if isinstance(e, click.UsageError) and e.ctx is not None:
+        return f"{e.format_message()} (see `{e.ctx.command_path} --help`)"
+    return e.format_message()
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Library code raises ValueError for bad arguments; at the command line that is bad input."""
+    try:
+        yield
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def split_names(values: tuple[str, ...] | None) -> list[str] | None:
+    """`--setup a --setup b,c` -> [a, b, c]; None when not given."""
+    names = [n.strip() for v in values or () for n in v.split(",") if n.strip()]
+    return names or None
+
+
+def parse_int_list(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} {text!r}: use comma-separated integers, e.g. 1,5,10") from None

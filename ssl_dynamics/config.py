@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -181,20 +182,54 @@ def override(cfg: RunConfig, assignments: list[str]) -> RunConfig:
     return cfg
 
 
+CHOICES = {"objective": ("simclr", "classify"), "augment": ("simclr", "supervised", "none"),
+           "optimizer": ("adam", "sgd"), "schedule": ("reference", "cosine", "constant")}
+# (field, lowest allowed value, whether the lowest value itself is allowed)
+SETUP_BOUNDS = (("epochs", 1, True), ("batch_size", 1, True), ("head_dim", 1, True),
+                ("constant_lr_epochs", 0, True), ("cosine_period_epochs", 1, True),
+                ("lr", 0.0, False), ("temperature", 0.0, False), ("weight_decay", 0.0, True),
+                ("momentum", 0.0, True))
+RUN_BOUNDS = (("width", 1, True), ("train_subset", 0, True), ("label_seed", 0, True),
+              ("subset_seed", 0, True))
+DATASETS = ("cifar10", "digits", "synthetic")  # plus imagefolder:<path>
+
+
+def _check_number(owner: str, name: str, value: Any, low: float, inclusive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{owner}{name} must be a finite number, got {value!r}")
+    if value < low or (value == low and not inclusive):
+        raise UserError(f"{owner}{name} must be {'>=' if inclusive else '>'} {low}, got {value!r}")
+
+
+def validate_setup(s: SetupConfig) -> None:
+    """Every value a later step would reject, refused now with one line."""
+    owner = f"setup {s.name}: "
+    for name, allowed in CHOICES.items():
+        if getattr(s, name) not in allowed:
+            raise UserError(f"{owner}{name} must be one of {', '.join(allowed)}, got {getattr(s, name)!r}")
+    for name, low, inclusive in SETUP_BOUNDS:
+        _check_number(owner, name, getattr(s, name), low, inclusive)
+    if s.momentum >= 1:
+        raise UserError(f"{owner}momentum must be below 1, got {s.momentum!r}")
+    if not isinstance(s.drop_last, bool) or not isinstance(s.random_labels, bool):
+        raise UserError(f"{owner}drop_last and random_labels must be true or false")
+
+
 def validate(cfg: RunConfig) -> None:
-    for s in cfg.setups.values():
-        if s.objective not in ("simclr", "classify"):
-            raise UserError(f"setup {s.name}: objective must be simclr or classify")
-        if s.augment not in ("simclr", "supervised", "none"):
-            raise UserError(f"setup {s.name}: augment must be simclr, supervised or none")
-        if s.optimizer not in ("adam", "sgd"):
-            raise UserError(f"setup {s.name}: optimizer must be adam or sgd")
-        if s.schedule not in ("reference", "cosine", "constant"):
-            raise UserError(f"setup {s.name}: schedule must be reference, cosine or constant")
-        if s.epochs < 1 or s.batch_size < 1 or s.lr <= 0 or s.temperature <= 0:
-            raise UserError(f"setup {s.name}: epochs, batch_size, lr and temperature must be positive")
-    if cfg.width < 1:
-        raise UserError("width must be positive")
+    for key, s in cfg.setups.items():
+        if s.name != key:
+            raise UserError(f"setup {key!r} is named {s.name!r} in its own config")
+        validate_setup(s)
+    for name, low, inclusive in RUN_BOUNDS:
+        _check_number("", name, getattr(cfg, name), low, inclusive)
+    if not cfg.seeds or any(not isinstance(s, int) or s < 0 for s in cfg.seeds):
+        raise UserError("seeds must be a non-empty list of non-negative integers")
+    if cfg.dataset not in DATASETS and not cfg.dataset.startswith("imagefolder:"):
+        raise UserError(f"unknown dataset {cfg.dataset!r}: use cifar10, digits, synthetic or "
+                        f"imagefolder:<path>")
+    from .models import check_backbone
+
+    check_backbone(cfg.backbone)
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -218,8 +253,17 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(seeds)))
 
 
-def setup_from_dict(d: dict[str, Any]) -> SetupConfig:
-    return SetupConfig(**d)
+def setup_from_dict(d: Any, source: str = "setup config") -> SetupConfig:
+    """A SetupConfig from its stored form (extra keys like schema_version ignored), checked."""
+    if not isinstance(d, dict):
+        raise UserError(f"corrupt {source}: expected a JSON object")
+    known = {f.name for f in fields(SetupConfig)}
+    try:
+        sc = SetupConfig(**{k: v for k, v in d.items() if k in known})
+    except TypeError as e:
+        raise UserError(f"corrupt {source}: {e}") from None
+    validate_setup(sc)
+    return sc
 
 
 def canonical_json(d: Any) -> str:

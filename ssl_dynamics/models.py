@@ -93,6 +93,22 @@ class TimmBackbone(nn.Module):
 BACKBONES: dict[str, Callable[..., nn.Module]] = {"resnet18_cifar": CifarResNet18}
 
 
+def check_backbone(name: str) -> None:
+    """UserError unless `name` is a registered backbone or a model timm knows."""
+    from .errors import UserError
+
+    if name in BACKBONES:
+        return
+    if name.startswith("timm:"):
+        import timm
+
+        if timm.is_model(name[len("timm:"):]):
+            return
+        raise UserError(f"timm has no model {name[len('timm:'):]!r} (backbone={name})")
+    raise UserError(f"unknown backbone {name!r}: use one of {', '.join(sorted(BACKBONES))} "
+                    f"or timm:<model name>")
+
+
 def build_backbone(name: str, width: int = 64) -> nn.Module:
     """`resnet18_cifar` (the thesis network) or `timm:<model name>`."""
     if name in BACKBONES:

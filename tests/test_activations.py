@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect.activations import (
     BLOCK_STRIDES,
     BLOCKS,
@@ -42,7 +41,7 @@ def test_constants_match_spec_and_architecture():
         )
         assert (r, j) == (TRUE_RECEPTIVE_FIELDS[b], BLOCK_STRIDES[b])
     assert [central_position(b) for b in BLOCKS] == [5, 4, 3, 2]
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         central_position(5)
 
 
@@ -142,7 +141,7 @@ def test_sigmoid_normalize_constant_and_nan_images():
     assert ((y[1] > 0) & (y[1] < 1)).all()
     assert torch.isnan(y[2]).all()
     assert (sigmoid_normalize(torch.ones(1, 1, 1)) == 0.5).all()
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         sigmoid_normalize(torch.zeros(4))
 
 
@@ -223,11 +222,11 @@ def test_dead_channel_is_reported():
 
 def test_bad_arguments():
     model = _model()
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         maximize_activations(model, 1, [WIDTH], steps=1, seed=0)  # block 1 has WIDTH channels
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         maximize_activations(model, 0, [0], steps=1, seed=0)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         maximize_activations(torch.nn.Linear(2, 2), 1, [0], steps=1, seed=0)
     empty = maximize_activations(model, 4, [], steps=1, seed=0)
     assert empty["images"].shape == (0, 3, 35, 35)

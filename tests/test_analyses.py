@@ -14,7 +14,7 @@ from ssl_dynamics.inspect import binomial as bn
 from ssl_dynamics.inspect import stats as st
 from ssl_dynamics.inspect.binomial import run_binomial
 from ssl_dynamics.inspect.classes import run_classes
-from ssl_dynamics.inspect.dynamics import run_dynamics, usable_ref_epochs
+from ssl_dynamics.inspect.dynamics import default_ref_epochs, run_dynamics
 from ssl_dynamics.inspect.outputs import Outputs
 from ssl_dynamics.inspect.plots import compress_ints, seed_count_note, setup_label
 from ssl_dynamics.inspect.rtdata import SetupRt
@@ -162,28 +162,43 @@ def test_aligned_epochs_equal_hand_computed_argmin(tmp_run, monkeypatch):
     no_figures(monkeypatch)
     ref = staircase_setup("simclr", [0.1, 0.3, 0.5, 0.7, 0.9], epochs=[1, 2, 3, 4, 5])
     other = staircase_setup("supervised", [0.05, 0.2, 0.45, 0.6, 0.62, 0.95], epochs=[0, 10, 20, 30, 40, 50])
-    res = run_dynamics({"simclr": ref, "supervised": other}, Outputs(tmp_run), "simclr", (1, 3, 4, 5))
-    # |0.1-0.05|<|0.1-0.2| -> 0; 0.5 vs 0.45 -> 20; 0.7 vs 0.62 (0.08) < 0.95 -> 40; 0.9 -> 50
-    assert res["aligned"]["supervised"] == [0, 20, 40, 50]
+    data = {"simclr": ref, "supervised": other}
+    res = run_dynamics(data, Outputs(tmp_run), "simclr", (1, 3, 4, 5))
+    # epoch 0 (the initialization) is no candidate: 0.1 -> 10 (0.2); 0.5 vs 0.45 -> 20;
+    # 0.7 vs 0.62 (0.08) < 0.95 -> 40; 0.9 -> 50
+    assert res["aligned"]["supervised"] == [10, 20, 40, 50]
     rows = res["tables"]["aligned_epochs"]
-    assert [r["supervised_epoch"] for r in rows] == [0, 20, 40, 50]
-    np.testing.assert_allclose([r["supervised_mean_rt"] for r in rows], [0.05, 0.45, 0.62, 0.95])
+    assert [r["supervised_epoch"] for r in rows] == [10, 20, 40, 50]
+    np.testing.assert_allclose([r["supervised_mean_rt"] for r in rows], [0.2, 0.45, 0.62, 0.95])
     np.testing.assert_allclose([r["simclr_mean_rt"] for r in rows], [0.1, 0.5, 0.7, 0.9])
+    # with the initialization allowed, |0.1 - 0.05| < |0.1 - 0.2| picks epoch 0
+    res = run_dynamics(data, Outputs(tmp_run), "simclr", (1, 3, 4, 5), include_init=True)
+    assert res["aligned"]["supervised"] == [0, 20, 40, 50]
 
 
 def test_bad_reference_epoch_lists_available(tmp_run):
     data = {"simclr": make_setup("simclr", 1, k=40)}
     with pytest.raises(UserError, match=r"7.*0-2, 5, 10, 20"):
         run_dynamics(data, Outputs(tmp_run), "simclr", (1, 7))
-    assert usable_ref_epochs(data, "simclr", (1, 7, 20)) == (1, 20)
+    with pytest.raises(UserError, match="reference setup 'foo' is not in the data"):
+        run_dynamics(data, Outputs(tmp_run), "foo", (1,))
 
 
-def test_missing_reference_setup_falls_back_to_first(tmp_run, monkeypatch):
+def test_default_reference_epochs_fit_short_runs():
+    # the thesis's epochs where the run has them (epoch 0 never) ...
+    assert default_ref_epochs(make_setup("simclr", 1, k=10, epochs=np.arange(0, 60)))[0] == (1, 5, 10, 25, 50)
+    # ... and a log-spread of what a short run has otherwise, with a note saying so
+    epochs, note = default_ref_epochs(make_setup("simclr", 1, k=10, epochs=np.arange(0, 4)))
+    assert epochs == (1, 2, 3) and "aligning at epochs 1-3" in note
+
+
+def test_default_reference_is_simclr_else_the_first(tmp_run, monkeypatch):
     no_figures(monkeypatch)
     data = {"supervised": make_setup("supervised", 2, k=40), "random_labels": make_setup("random_labels", 3, k=40)}
-    res = run_dynamics(data, Outputs(tmp_run), "simclr", (0, 20), curve_epochs="all")
+    res = run_dynamics(data, Outputs(tmp_run), None, (0, 20), curve_epochs="all")
     assert res["ref_setup"] == "supervised"
-    assert any("simclr" in n and "supervised" in n for n in res["notes"])
+    data["simclr"] = make_setup("simclr", 4, k=40)
+    assert run_dynamics(data, Outputs(tmp_run), None, (1,))["ref_setup"] == "simclr"
 
 
 # ---------------------------------------------------------------------------- binomial

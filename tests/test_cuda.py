@@ -8,11 +8,11 @@ import torch
 from ssl_dynamics import artifacts as art
 from ssl_dynamics.augment import apply_params, make_generator, sample_params
 from ssl_dynamics.config import override, preset, thesis_setups
-from ssl_dynamics.inspect.rt import evaluate
+from ssl_dynamics.inspect.evaluate import evaluate
 from ssl_dynamics.models import build_network
 from ssl_dynamics.train.grid import train_grid
 from ssl_dynamics.train.loop import TrainOptions
-from ssl_dynamics.train.setups import objective_for
+from ssl_dynamics.objectives import objective_for
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

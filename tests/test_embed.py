@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect import embed
 from ssl_dynamics.inspect.embed import stratified_subset, tsne_2d
 
@@ -29,7 +28,7 @@ def test_stratified_subset_cifar_size():
 
 @pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])
 def test_stratified_subset_bad_fraction(fraction):
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         stratified_subset(np.zeros(10, dtype=int), fraction, seed=0)
 
 
@@ -65,11 +64,11 @@ def test_tsne_auto_uses_benchmark_winner():
 
 
 def test_tsne_invalid_input():
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         tsne_2d(np.zeros(10), seed=0)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         tsne_2d(np.zeros((10, 3)), seed=0, method="umap")
     bad = np.zeros((10, 3))
     bad[0, 0] = np.nan
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         tsne_2d(bad, seed=0)

@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 
-from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect.kl import class_gaussians, gaussian_kl, kl_matrix, shrink_covariance
 
 
@@ -87,7 +86,7 @@ def test_too_few_samples_singular_raises_and_shrinkage_fixes():
     x = np.concatenate([rng.normal(size=(200, d)), rng.normal(size=(10, d)) + 1.0])  # class 1: 10 < d+1
     y = np.array([0] * 200 + [1] * 10)
     means, covs = class_gaussians(x, y, 2)
-    with pytest.raises(UserError, match=r"class 1.*(?s:.*)shrinkage") as info:
+    with pytest.raises(ValueError, match=r"class 1.*(?s:.*)shrinkage") as info:
         kl_matrix(means, covs)
     assert "D + 1" in str(info.value) and "\n" not in str(info.value)
     m = kl_matrix(means, covs, shrinkage=0.1)
@@ -98,9 +97,9 @@ def test_exactly_singular_and_indefinite_raise():
     mu = np.zeros(3)
     singular = np.diag([1.0, 1.0, 0.0])
     indefinite = np.diag([1.0, -1.0, 1.0])
-    with pytest.raises(UserError, match="class 0"):
+    with pytest.raises(ValueError, match="class 0"):
         kl_matrix(np.stack([mu, mu]), np.stack([singular, np.eye(3)]))
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         gaussian_kl(mu, np.eye(3), mu, indefinite)
     m = kl_matrix(np.stack([mu, mu + 1]), np.stack([singular, np.eye(3)]), shrinkage=0.05)
     assert np.all(np.isfinite(m))
@@ -109,12 +108,12 @@ def test_exactly_singular_and_indefinite_raise():
 def test_shrinkage_formula_and_validation():
     cov = np.diag([1.0, 3.0])
     np.testing.assert_allclose(shrink_covariance(cov, 0.5), np.diag([1.5, 2.5]))
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         kl_matrix(np.zeros((2, 2)), np.stack([np.eye(2)] * 2), shrinkage=1.5)
 
 
 def test_class_gaussians_validation():
-    with pytest.raises(UserError, match="class 2"):
+    with pytest.raises(ValueError, match="class 2"):
         class_gaussians(np.zeros((4, 2)), np.array([0, 0, 1, 1]), 3)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         class_gaussians(np.zeros((4, 2)), np.array([0, 0, 1, 5]), 3)

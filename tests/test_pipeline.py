@@ -68,10 +68,10 @@ def test_inspect_all_and_report(run, tmp_path):
                                             "random_init", "raw_pixels"]
     assert all(0 <= r["test_acc"] <= 1 for r in probe) and probe[0]["seeds"] == 3
     with h5py.File(local / "inspect" / "analysis.h5") as f:
-        assert {"probe", "embed", "activations"} <= set(f)
-        assert f["embed/simclr_kl"].shape == (10, 10) and np.isfinite(f["embed/simclr_kl"][:]).all()
+        assert {"probe", "tsne", "kl", "activations"} <= set(f)
+        assert f["kl/simclr_kl"].shape == (10, 10) and np.isfinite(f["kl/simclr_kl"][:]).all()
     # the cached representations are reused: a second probe extracts nothing
-    out = invoke("probe", local, "--device", "cpu", "--setups", "simclr")
+    out = invoke("probe", local, "--device", "cpu", "--setup", "simclr")
     assert "extracting" not in out
 
 
@@ -90,6 +90,12 @@ def test_analysis_errors_are_one_line(run, tmp_path):
 
     cmd = [sys.executable, "-c", "from ssl_dynamics.inspect.cli import main; main()"]
     r = subprocess.run(cmd + ["dynamics", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "not a run directory" in r.stderr and r.stderr.count("\n") == 1
+    bare = tmp_path / "bare"
+    shutil.copytree(run / "checkpoints", bare / "checkpoints")
+    for f in ("run.json", "random_labels.npy"):
+        shutil.copy(run / f, bare / f)
+    r = subprocess.run(cmd + ["dynamics", str(bare)], capture_output=True, text=True)
     assert r.returncode == 2 and "no r_t store" in r.stderr and r.stderr.count("\n") == 1
     r = subprocess.run(cmd + ["probe", str(run), "--epoch", "99", "--device", "cpu"], capture_output=True, text=True)
     assert r.returncode == 2 and "has epochs 0-3, not 99" in r.stderr

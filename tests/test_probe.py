@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect.probe import raw_pixel_features, train_linear_probe
 
 
@@ -63,11 +62,11 @@ def test_does_not_touch_global_rng():
 
 def test_invalid_inputs():
     x, y = _blobs(10, seed=0)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         train_linear_probe(x, y, x, y, n_classes=2)  # labels out of range
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         train_linear_probe(x, y.astype(np.float32), x, y, n_classes=3)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         train_linear_probe(x, y, x[:, :5], y, n_classes=3)
 
 
@@ -81,9 +80,9 @@ def test_raw_pixel_features():
     g = raw_pixel_features(imgs.numpy())
     assert isinstance(g, np.ndarray) and g.dtype == np.float32 and g.shape == (4, 192)
     np.testing.assert_allclose(g, f.numpy())
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         raw_pixel_features(imgs.float())
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         raw_pixel_features(imgs[:, :1])
 
 

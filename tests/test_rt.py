@@ -13,13 +13,15 @@ from ssl_dynamics.augment import apply_params, make_generator, sample_params
 from ssl_dynamics.config import override, preset, thesis_setups
 from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect import bank as bank_mod
-from ssl_dynamics.inspect.rt import compute_rt, evaluate, parse_shard
-from ssl_dynamics.inspect.store import load_rt
+from ssl_dynamics.inspect.evaluate import evaluate
+from ssl_dynamics.inspect.rt import parse_shard
+from _util import rt
+from ssl_dynamics.inspect.rtdata import load_rt
 from ssl_dynamics.losses import pair_logits, partner_index
 from ssl_dynamics.models import build_network
 from ssl_dynamics.train.grid import train_grid
 from ssl_dynamics.train.loop import TrainOptions
-from ssl_dynamics.train.setups import objective_for
+from ssl_dynamics.objectives import objective_for
 
 BANK = dict(n_probe=24, n_replays=3, simclr_batch=8)  # 3 SimCLR batches of 8 images
 QUIET = dict(progress=False, echo=lambda *_: None)
@@ -43,7 +45,7 @@ def run(trained, tmp_path):
 
 
 def test_rt_end_to_end_shapes_ranges_and_resume(run):
-    res = compute_rt(run, device="cpu", **BANK, **QUIET)
+    res = rt(run, device="cpu", **BANK, **QUIET)
     assert res["evaluated"] == 4 * 2 * 3  # setups x seeds x epochs 0..2
     data = load_rt(run / "inspect" / "rt.zarr")
     assert set(data) == {"simclr", "supervised", "random_labels", "random_labels_aug"}
@@ -56,15 +58,15 @@ def test_rt_end_to_end_shapes_ranges_and_resume(run):
     perm = np.load(art.RunPaths(run).random_labels)
     assert np.array_equal(data["random_labels"].targets, perm[data["random_labels"].probe_indices])
     assert np.array_equal(data["supervised"].targets, data["supervised"].labels)
-    again = compute_rt(run, device="cpu", **QUIET)  # bank settings come from the bank
+    again = rt(run, device="cpu", **QUIET)  # bank settings come from the bank
     assert again["evaluated"] == 0
 
 
 def test_shards_fill_the_same_store_as_one_process(run, tmp_path):
     one = tmp_path / "one.zarr"
-    compute_rt(run, one, device="cpu", **BANK, **QUIET)
+    rt(run, one, device="cpu", **BANK, **QUIET)
     shared = tmp_path / "shared.zarr"
-    n = [compute_rt(run, shared, shard=f"{i}/3", device="cpu", **QUIET)["evaluated"] for i in range(3)]
+    n = [rt(run, shared, shard=f"{i}/3", device="cpu", **QUIET)["evaluated"] for i in range(3)]
     assert sum(n) == 24 and all(k > 0 for k in n)
     a, b = load_rt(one), load_rt(shared)
     for s in a:
@@ -74,7 +76,7 @@ def test_shards_fill_the_same_store_as_one_process(run, tmp_path):
 
 def test_parallel_shard_processes(run, tmp_path):
     """Two real processes on one Zarr store at once (creation races included)."""
-    compute_rt(run, tmp_path / "warm.zarr", setups=["random_labels"], device="cpu", **BANK, **QUIET)
+    rt(run, tmp_path / "warm.zarr", setups=["random_labels"], device="cpu", **BANK, **QUIET)
     store = tmp_path / "par.zarr"
     cmd = [sys.executable, "-c", "from ssl_dynamics.inspect.cli import main; main()", "rt", str(run),
            "--store", str(store), "--device", "cpu", "--no-progress"]
@@ -87,29 +89,31 @@ def test_parallel_shard_processes(run, tmp_path):
 
 
 def test_h5_store_matches_zarr(run, tmp_path):
-    compute_rt(run, tmp_path / "a.zarr", device="cpu", **BANK, **QUIET)
-    compute_rt(run, tmp_path / "b.h5", device="cpu", **QUIET)
+    rt(run, tmp_path / "a.zarr", device="cpu", **BANK, **QUIET)
+    rt(run, tmp_path / "b.h5", device="cpu", **QUIET)
     a, b = load_rt(tmp_path / "a.zarr"), load_rt(tmp_path / "b.h5")
     for s in a:
         assert np.array_equal(a[s].correct, b[s].correct)
         assert np.array_equal(a[s].epochs, b[s].epochs) and np.array_equal(a[s].seeds, b[s].seeds)
     with pytest.raises(UserError, match="--shard needs a .zarr"):
-        compute_rt(run, tmp_path / "c.h5", shard="0/2", device="cpu", **QUIET)
+        rt(run, tmp_path / "c.h5", shard="0/2", device="cpu", **QUIET)
 
 
 def test_bank_is_deterministic_and_replays_the_stored_params(run, tmp_path):
     x = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8)
     y = torch.arange(30) % 10
-    a = bank_mod.build_bank(tmp_path / "a.h5", x, y, ["simclr", "supervised", "none"], "sha", 12, 2, 5, 4)
-    b = bank_mod.build_bank(tmp_path / "b.h5", x, y, ["simclr", "supervised", "none"], "sha", 12, 2, 5, 4)
+    keys = [("simclr", 2), ("supervised", 1), ("none", 1)]
+    spec = bank_mod.BankSpec(12, 2, 5, 4)
+    a = bank_mod.build_bank(tmp_path / "a.h5", x, y, keys, "sha", spec)
+    b = bank_mod.build_bank(tmp_path / "b.h5", x, y, keys, "sha", spec)
     assert a.fingerprint == b.fingerprint and np.array_equal(a.probe_indices, b.probe_indices)
     assert len(set(a.probe_indices.tolist())) == 12
-    assert a.views["simclr"].shape == (2, 12, 2, 3, 32, 32) and a.views["none"].shape[0] == 1
+    assert a.views[("simclr", 2)].shape == (2, 12, 2, 3, 32, 32) and a.views[("none", 1)].shape[0] == 1
     # replay j of kind k is the phase-one augmentation code with generator (seed, "bank", k, j)
     imgs = x[torch.from_numpy(a.probe_indices)].repeat_interleave(2, 0)
     p = sample_params("simclr", len(imgs), make_generator(5, "bank", "simclr", 1), 32)
-    assert np.allclose(apply_params("simclr", imgs, p).numpy().reshape(12, 2, 3, 32, 32), a.views["simclr"][1])
-    c = bank_mod.build_bank(tmp_path / "c.h5", x, y, ["simclr"], "sha", 12, 2, 6, 4)
+    assert np.allclose(apply_params("simclr", imgs, p).numpy().reshape(12, 2, 3, 32, 32), a.views[("simclr", 2)][1])
+    c = bank_mod.build_bank(tmp_path / "c.h5", x, y, [("simclr", 2)], "sha", bank_mod.BankSpec(12, 2, 6, 4))
     assert c.fingerprint != a.fingerprint
 
 
@@ -140,8 +144,8 @@ def test_missing_checkpoints_are_named_then_skipped(run):
     paths = art.RunPaths(run)
     paths.checkpoint("supervised", 1, 2).unlink()
     with pytest.raises(UserError, match="supervised seed 1 epochs 2 .*--allow-missing"):
-        compute_rt(run, device="cpu", **BANK, **QUIET)
-    compute_rt(run, device="cpu", allow_missing=True, **BANK, **QUIET)
+        rt(run, device="cpu", **BANK, **QUIET)
+    rt(run, device="cpu", allow_missing=True, **BANK, **QUIET)
     d = load_rt(run / "inspect" / "rt.zarr")["supervised"]
     assert d.valid.sum(axis=0).tolist() == [2, 2, 1]
 
@@ -150,7 +154,7 @@ def test_corrupt_checkpoint_named(run):
     p = art.RunPaths(run).checkpoint("simclr", 0, 1)
     p.write_bytes(p.read_bytes()[:64])
     with pytest.raises(UserError, match="corrupt checkpoint .*simclr/seed-00/epoch-0001"):
-        compute_rt(run, device="cpu", **BANK, **QUIET)
+        rt(run, device="cpu", **BANK, **QUIET)
     # what was evaluated before the bad file is kept; fix the file and it resumes
     assert load_rt(run / "inspect" / "rt.zarr")["simclr"].valid[0, 0]  # evaluated before the bad one
 
@@ -162,29 +166,33 @@ def test_foreign_checkpoint_refused(run):
     net = build_network("resnet18_cifar", 10, width=4)
     net.load_state_dict(state)
     art.save_checkpoint(paths.checkpoint("supervised", 0, 1), net, meta)
+    # a replaced file no longer matches its manifest: refused before anything else
+    with pytest.raises(UserError, match="epoch-0001.safetensors: its sha256 differs"):
+        rt(run, setups=["supervised"], **BANK, **QUIET)
+    # without the sha256 check, the metadata checks still refuse it
     with pytest.raises(UserError, match="different config"):
-        compute_rt(run, setups=["supervised"], device="cpu", **BANK, **QUIET)
+        rt(run, setups=["supervised"], verify=False, **BANK, **QUIET)
     meta["setup_config"]["lr"] = art.read_json(paths.setup_json("supervised"))["lr"]
     meta["dataset_sha256"] = "0" * 64
     art.save_checkpoint(paths.checkpoint("supervised", 0, 1), net, meta)
     with pytest.raises(UserError, match="different dataset"):
-        compute_rt(run, setups=["supervised"], device="cpu", **BANK, **QUIET)
+        rt(run, setups=["supervised"], verify=False, **BANK, **QUIET)
 
 
 def test_refusals(run, tmp_path):
     with pytest.raises(UserError, match="not a run directory"):
-        compute_rt(tmp_path / "nowhere", **QUIET)
+        rt(tmp_path / "nowhere", **QUIET)
     with pytest.raises(UserError, match=r"epoch\(s\) 7 not in this run .*simclr: 0-2"):
-        compute_rt(run, epochs=[1, 7], device="cpu", **BANK, **QUIET)
+        rt(run, epochs=[1, 7], device="cpu", **BANK, **QUIET)
     with pytest.raises(UserError, match="not in this run"):
-        compute_rt(run, setups=["byol"], **QUIET)
-    compute_rt(run, setups=["random_labels"], device="cpu", **BANK, **QUIET)
+        rt(run, setups=["byol"], **QUIET)
+    rt(run, setups=["random_labels"], device="cpu", **BANK, **QUIET)
     with pytest.raises(UserError, match="built with other settings"):
-        compute_rt(run, setups=["random_labels"], n_probe=12, **QUIET)
+        rt(run, setups=["random_labels"], n_probe=12, **QUIET)
     # a new bank (other seed) against the old store: refused, store untouched
     (run / "inspect" / "bank.h5").rename(tmp_path / "old-bank.h5")
     with pytest.raises(UserError, match="different bank"):
-        compute_rt(run, setups=["random_labels"], device="cpu", bank_seed=9, **{**BANK}, **QUIET)
+        rt(run, setups=["random_labels"], device="cpu", bank_seed=9, **{**BANK}, **QUIET)
     with pytest.raises(UserError):
         parse_shard("3/2")
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect import stats as st
 
 SEEDS = [0, 1, 2]  # a few random small problems per property test
@@ -104,21 +103,21 @@ def test_seeds_per_epoch_matches_loop():
 
 
 def test_r_t_rejects_bad_input():
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.r_t(np.ones((2, 2, 2)))
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.r_t(np.full((1, 1, 1, 2), 2))
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.r_t(np.ones((1, 1, 1, 2)))  # float dtype
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.r_t(np.ones((2, 3, 1, 2), bool), valid=np.ones((3, 2), bool))
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.r_t(np.ones((2, 3, 1, 2), bool), valid=np.ones((2, 3)))
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.r_tilde(np.ones((1, 1, 2, 2), bool), 2)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.r_tilde(np.ones((1, 1, 2, 2), bool), -1)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.seeds_per_epoch(np.ones(3, bool))
 
 
@@ -164,11 +163,11 @@ def test_align_epochs_matches_loop(seed):
 
 
 def test_align_epochs_errors():
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.align_epochs(np.array([0.1]), np.array([0.2]), [1])
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.align_epochs(np.array([np.nan]), np.array([0.2]), [0])
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.align_epochs(np.array([0.1]), np.array([np.nan]), [0])
 
 
@@ -194,11 +193,11 @@ def test_count_frequencies_matches_loop(seed):
 
 
 def test_count_frequencies_errors():
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.count_frequencies(np.array([0, 4]), 3)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.count_frequencies(np.array([-1, 2]), 3)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.count_frequencies(np.array([0.5]), 3)
     np.testing.assert_array_equal(st.count_frequencies(np.array([1.0, 1.0]), 2), [0, 2, 0])
 
@@ -213,11 +212,11 @@ def test_binomial_expected_matches_formula(n, p):
 
 
 def test_binomial_expected_errors():
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.binomial_expected(10, 5, 1.5)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.binomial_expected(0, 5, 0.5)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.binomial_expected(10, 0, 0.5)
 
 
@@ -260,8 +259,8 @@ def test_chisquare_faithful_zero_expected():
     # p = 1: only bin n has expected > 0; an image in any other bin is impossible -> inf
     stat, pval = st.chisquare_faithful(np.array([3, 2, 3]), 3, 1.0)
     assert stat == np.inf and pval == 0.0
-    # all images in the single possible bin: one bin left -> test undefined -> UserError
-    with pytest.raises(UserError):
+    # all images in the single possible bin: one bin left -> test undefined -> ValueError
+    with pytest.raises(ValueError):
         st.chisquare_faithful(np.array([3, 3, 3]), 3, 1.0)
 
 
@@ -403,11 +402,11 @@ def test_binomial_mae_hand_degenerate():
 
 
 def test_binomial_mae_errors():
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.binomial_mae(np.array([0.5, np.nan]), 30, 0.5, rng=np.random.default_rng(0))
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.binomial_mae(np.array([0.5]), 30, 0.5, rng=0)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.binomial_mae(np.array([0.5]), 30, 0.5, 0, rng=np.random.default_rng(0))
     with pytest.raises(TypeError):
         st.binomial_mae(np.array([0.5]), 30, 0.5)  # rng is required
@@ -435,7 +434,7 @@ def test_per_class_mean_matches_loop_and_empty_class_nan():
 def test_per_class_mean_hand_1d():
     out = st.per_class_mean(np.array([1.0, 0.0, 0.5]), np.array([0, 0, 1]), 2)
     np.testing.assert_allclose(out, [0.5, 0.5])
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.per_class_mean(np.array([1.0]), np.array([2]), 2)
 
 
@@ -456,5 +455,5 @@ def test_spread_rows_default_step_count():
     assert len(order) == 21  # positions 0, 50, ..., 1000
     assert np.all(np.diff(rs) >= 0)
     assert rts.shape == (10, 21)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         st.spread_rows(r, rt[:, :5])

@@ -18,10 +18,11 @@ from ssl_dynamics.augment import make_generator
 from ssl_dynamics.config import override, parse_seeds, preset, thesis_setups
 from ssl_dynamics.errors import UserError
 from ssl_dynamics.train.cli import cli
-from ssl_dynamics.train.grid import grid_status, train_grid
+from ssl_dynamics.artifacts import grid_status
+from ssl_dynamics.train.grid import train_grid
 from ssl_dynamics.train.loop import TrainOptions, batches_per_epoch
 from ssl_dynamics.train.schedules import learning_rate
-from ssl_dynamics.train.setups import objective_for
+from ssl_dynamics.objectives import objective_for
 
 CPU = TrainOptions(device="cpu", deterministic=True)
 

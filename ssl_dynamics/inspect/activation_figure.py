@@ -1,26 +1,27 @@
 """Fig. 5.4: gradient-ascent pseudo-images per (setup, block), sigmoid-normalized.
 
 Columns are setups, rows are blocks 1-4; each cell is a mosaic of the chosen channels
-(36 by default: a 6x6 grid). Dead channels (never positive at the start) are drawn as
-dark red tiles and counted in the cell's title.
+(36 by default: a 6x6 grid). Channels are taken in a seeded random order; a channel that
+cannot be made to fire is replaced by the next one of that order, as the thesis's code
+did. A block with fewer live channels than asked shows what it has, and says so.
 """
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import artifacts as art
-from ..models import build_network
-from ..train.grid import load_run_config
-from .activations import BLOCKS, RECEPTIVE_FIELDS, choose_channels, maximize_activations, sigmoid_normalize
+from ..errors import UserError
+from ..progress import bar
+from .activations import BLOCKS, RECEPTIVE_FIELDS, choose_channels, live_channels, maximize_activations, sigmoid_normalize
 from .features import resolve_epoch
 from .outputs import Outputs, matplotlib_agg
 from .plots import setup_label
+from .workspace import Workspace
 
-DEAD_TILE = (0.35, 0.0, 0.0)  # dark red: a channel that never fired
+DEAD_TILE = (0.35, 0.0, 0.0)  # dark red: a channel slot left empty (no live channel left)
 BORDER = 1  # pixels of black between tiles
 
 
@@ -38,56 +39,79 @@ def mosaic(images: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return grid
 
 
-def run_activations(run_dir: str | Path, out: Outputs, setups: list[str], epoch: int | None = None,
-                    seed: int | None = None, steps: int = 1000, n_channels: int = 36,
-                    channel_seed: int = 0, device: str = "cpu", echo=print) -> dict:
-    plt = matplotlib_agg()
-    cfg, _ = load_run_config(run_dir)
-    paths = art.RunPaths(run_dir)
-    fig, axes = plt.subplots(len(BLOCKS), len(setups), figsize=(3.2 * len(setups), 3.2 * len(BLOCKS)),
-                             squeeze=False)
-    rows, arrays, notes = [], {}, []
-    for j, s in enumerate(setups):
-        e = resolve_epoch(cfg, s, epoch)
-        seeds = [sd for sd in cfg.seeds if paths.checkpoint(s, sd, e).exists()]
-        if not seeds:
-            from ..errors import UserError
+def _model(ws: Workspace, setup: str, epoch: int | None, seed: int | None, verify: bool):
+    e, how = resolve_epoch(ws.run, setup, epoch)
+    seeds = [sd for sd in ws.run.cfg.seeds if ws.run.paths.checkpoint(setup, sd, e).exists()]
+    if not seeds:
+        raise UserError(f"{setup} has no checkpoint at epoch {e} for any seed")
+    sd = seeds[0] if seed is None or seed not in seeds else seed
+    net, _ = art.load_network(ws.run.paths.checkpoint(setup, sd, e), verify=verify)
+    return net, e, sd, how
 
-            raise UserError(f"{s} has no checkpoint at epoch {e} for any seed")
-        sd = seeds[0] if seed is None or seed not in seeds else seed
-        state, _ = art.load_checkpoint(paths.checkpoint(s, sd, e))
-        net = build_network(cfg.backbone, cfg.setups[s].head_dim, cfg.width)
-        net.load_state_dict(state)
-        net.to(device).eval()
-        for i, block in enumerate(BLOCKS):
+
+def run_activations(ws: Workspace, out: Outputs, setups: list[str], epoch: int | None = None,
+                    seed: int | None = None, steps: int = 1000, n_channels: int = 36,
+                    channel_seed: int = 0, device: str = "cpu", verify: bool = True,
+                    progress: bool = True) -> dict:
+    if n_channels < 1:
+        raise UserError(f"--channels must be at least 1, got {n_channels}")
+    if steps < 0:
+        raise UserError(f"--steps must be at least 0, got {steps}")
+    cells, rows, arrays, notes = {}, [], {}, []
+    steps_bar = bar(len(setups) * len(BLOCKS) * steps, "activation maximization", "step", progress)
+    for s in setups:
+        net, e, sd, how = _model(ws, s, epoch, seed, verify)
+        net.to(device)
+        notes.append(f"fig5_4: {s} epoch {e} ({how}), seed {sd}")
+        for block in BLOCKS:
             n_in_block = net.backbone.stages[block - 1][-1].bn2.num_features
-            channels = choose_channels(n_in_block, n_channels, seed=channel_seed + block)
-            echo(f"activation maximization: {s} block {block} ({len(channels)} channels, {steps} steps)")
-            res = maximize_activations(net, block, channels, steps=steps, seed=channel_seed, device=device)
-            ok = res["ok"].numpy()
-            shown = sigmoid_normalize(torch.nan_to_num(res["images"])).numpy()
+            order = choose_channels(n_in_block, n_in_block, seed=channel_seed + block)
+            channels = live_channels(net, block, order, n_channels, seed=channel_seed, device=device)
+            res = maximize_activations(net, block, channels, steps=steps, seed=channel_seed,
+                                       device=device, on_step=lambda: steps_bar.update(1))
+            missing = min(n_channels, n_in_block) - len(channels)
+            cells[(s, block)] = (res, missing, e, sd)
             arrays[f"{s}_block{block}_images"] = res["images"].numpy()
             arrays[f"{s}_block{block}_channels"] = np.asarray(channels)
-            dead = int((~ok).sum())
             rows.append({"setup": s, "epoch": e, "seed": sd, "block": block,
-                         "patch": RECEPTIVE_FIELDS[block], "channels": len(channels), "dead": dead,
+                         "patch": RECEPTIVE_FIELDS[block], "channels": len(channels),
+                         "replaced": sum(c not in channels for c in order[:n_channels]),
+                         "no_live_channel": missing,
                          "mean_final_activation": float(np.nanmean(res["activation"].numpy()))
-                         if ok.any() else float("nan")})
+                         if len(channels) else float("nan")})
+            if missing:
+                notes.append(f"{s} block {block}: only {len(channels)} channels can fire")
+    steps_bar.close()
+    png = out.save_figure(draw_activations(cells, setups, n_channels), "fig5_4_activations")
+    out.write_table("activations", rows, "Gradient ascent, step 1, L2 0.01, start U[0,1) redrawn "
+                    "until the central activation is positive; replaced = channels of the seeded "
+                    "order that never fired and were replaced by the next one")
+    out.write_arrays("activations", arrays, {"steps": steps})
+    return {"tables": {"activations": rows}, "notes": notes, "figures": [png]}
+
+
+def draw_activations(cells: dict, setups: list[str], n_channels: int):
+    """Columns = setups, rows = blocks: each cell a mosaic of sigmoid-normalized images."""
+    plt = matplotlib_agg()
+    fig, axes = plt.subplots(len(BLOCKS), len(setups), figsize=(3.2 * len(setups), 3.2 * len(BLOCKS)),
+                             squeeze=False)
+    for j, s in enumerate(setups):
+        for i, block in enumerate(BLOCKS):
+            res, missing, e, sd = cells[(s, block)]
+            size = RECEPTIVE_FIELDS[block]
+            shown = sigmoid_normalize(torch.nan_to_num(res["images"])).numpy()
+            slots = len(shown) + missing
+            images = np.concatenate([shown, np.zeros((missing, 3, size, size), np.float32)])
+            ok = np.concatenate([res["ok"].numpy(), np.zeros(missing, bool)])
             ax = axes[i, j]
-            ax.imshow(mosaic(shown, ok), interpolation="nearest")
+            ax.imshow(mosaic(images, ok) if slots else np.zeros((size, size, 3)), interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
             if i == 0:
                 ax.set_title(f"{setup_label(s)}\n(epoch {e}, seed {sd})", fontsize=10)
             if j == 0:
-                size = RECEPTIVE_FIELDS[block]
                 ax.set_ylabel(f"Block {block} ({size}x{size})")
-            if dead:
-                ax.set_xlabel(f"{dead} dead channel(s) (dark red)", fontsize=8, color="darkred")
-                notes.append(f"{s} block {block}: {dead} of {len(channels)} channels never fired")
+            if missing:
+                ax.set_xlabel(f"{missing} slot(s) empty: no live channel left", fontsize=8, color="darkred")
     fig.suptitle("Activation maximization: sigmoid((x - mean) / std) per pseudo-image")
     fig.tight_layout()
-    png = out.save_figure(fig, "fig5_4_activations")
-    out.write_table("activations", rows, "Gradient ascent, step 1, L2 0.01, start U[0,1) redrawn "
-                    "until the central activation is positive")
-    out.write_arrays("activations", arrays, {"steps": steps})
-    return {"tables": {"activations": rows}, "notes": notes, "figures": [png]}
+    return fig

@@ -51,7 +51,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ssl_dynamics.errors import UserError
 
 # Patch sizes of the thesis (SPEC.md): 3 + 8 * block. See the module docstring for why they
 # are smaller than the true receptive fields for blocks 2-4.
@@ -66,7 +65,7 @@ BLOCKS = (1, 2, 3, 4)
 
 def _check_block(block: int) -> None:
     if block not in RECEPTIVE_FIELDS:
-        raise UserError(f"block must be one of {list(BLOCKS)}, got {block!r}")
+        raise ValueError(f"block must be one of {list(BLOCKS)}, got {block!r}")
 
 
 def derive_receptive_field(
@@ -113,7 +112,7 @@ def _cifar_backbone(model: nn.Module) -> nn.Module:
     inner = getattr(model, "backbone", None)
     if inner is not None and hasattr(inner, "forward_to"):
         return inner
-    raise UserError(
+    raise ValueError(
         f"activation maximization needs a CifarResNet18 backbone (with forward_to), got "
         f"{type(model).__name__}"
     )
@@ -143,12 +142,87 @@ def central_activations(
     p = central_position(block)
     out = net.forward_to(images, block)
     if p >= out.shape[-1] or p >= out.shape[-2]:
-        raise UserError(
+        raise ValueError(
             f"input of size {tuple(images.shape[-2:])} is too small for block {block}: "
             f"the feature map is {tuple(out.shape[-2:])}, the central position is {p}"
         )
     idx = torch.as_tensor(list(channels), dtype=torch.long, device=out.device)
     return out[torch.arange(out.shape[0], device=out.device), idx, p, p]
+
+
+def starting_points(net: nn.Module, block: int, channels: list[int], seed: int, max_redraws: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(start [n, 3, s, s], ok [n], redraws [n]): uniform noise in [0, 1) per channel, only the
+    channels whose central activation is not > 0 redrawn, up to `max_redraws` times."""
+    size = RECEPTIVE_FIELDS[block]
+    n = len(channels)
+    ok = torch.zeros(n, dtype=torch.bool)
+    redraws = torch.zeros(n, dtype=torch.long)
+    gens = [_channel_generator(seed, c) for c in channels]
+    start = torch.stack([torch.rand(3, size, size, generator=g) for g in gens])
+    pending = list(range(n))
+    for attempt in range(max_redraws + 1):
+        if attempt > 0:
+            for i in pending:
+                start[i] = torch.rand(3, size, size, generator=gens[i])
+                redraws[i] += 1
+        with torch.no_grad():
+            act = central_activations(net, block, start[pending].to(device),
+                                      [channels[i] for i in pending]).cpu()
+        for i, a in zip(list(pending), act.tolist()):
+            ok[i] = a > 0
+        pending = [i for i in pending if not ok[i]]
+        if not pending:
+            break
+    return start, ok, redraws
+
+
+def gradient_ascent(net: nn.Module, block: int, channels: list[int], start: torch.Tensor,
+                    steps: int, lr: float, l2: float, on_step=None):
+    """x <- x + lr * grad f_c(x) from `start` (on the net's device): (images, activation,
+    objective history [steps + 1, n]). `on_step()` is called after every step."""
+    x = start
+    history = []
+    with torch.enable_grad():
+        for step in range(steps + 1):
+            x = x.detach().requires_grad_(True)
+            act = central_activations(net, block, x, channels)
+            f = act - l2 * x.pow(2).sum(dim=(1, 2, 3))
+            history.append(f.detach())
+            if step == steps:
+                break
+            # Summed objective: image c's gradient is that of its own f_c.
+            (grad,) = torch.autograd.grad(f.sum(), x)
+            x = x.detach() + lr * grad
+            if on_step:
+                on_step()
+    return x.detach(), act.detach(), torch.stack(history)
+
+
+def _prepare(backbone: nn.Module, block: int, channels, steps: int, max_redraws: int, device):
+    _check_block(block)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if max_redraws < 0:
+        raise ValueError(f"max_redraws must be >= 0, got {max_redraws}")
+    net = _cifar_backbone(backbone)
+    device = _model_device(net) if device is None else torch.device(device)
+    if _model_device(net) != device:
+        net = copy.deepcopy(net).to(device)
+    channels = [int(c) for c in channels]
+    size = RECEPTIVE_FIELDS[block]
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()  # eval mode: the probe must not touch BatchNorm's running statistics
+    try:
+        with torch.no_grad():  # the block's channel count, for a one-line error on a bad index
+            n_out = net.forward_to(torch.zeros(1, 3, size, size, device=device), block).shape[1]
+    finally:
+        for m, training in modes:
+            m.train(training)
+    bad = [c for c in channels if not 0 <= c < n_out]
+    if bad:
+        raise ValueError(f"block {block} has {n_out} channels; got channel indices {bad}")
+    return net, device, channels
 
 
 def maximize_activations(
@@ -162,6 +236,7 @@ def maximize_activations(
     seed: int,
     max_redraws: int = 100,
     device: torch.device | str | None = None,
+    on_step=None,
 ) -> dict[str, torch.Tensor]:
     """Maximize each channel of `channels` (after `block`) at the central position.
 
@@ -177,89 +252,59 @@ def maximize_activations(
       objective   [steps + 1, n] float32, f_c before each step and after the last one
                   (NaN columns for dead channels)
     """
-    _check_block(block)
-    channels = [int(c) for c in channels]
-    if steps < 0:
-        raise UserError(f"steps must be >= 0, got {steps}")
-    if max_redraws < 0:
-        raise UserError(f"max_redraws must be >= 0, got {max_redraws}")
-    net = _cifar_backbone(backbone)
-    device = _model_device(net) if device is None else torch.device(device)
-    if _model_device(net) != device:
-        net = copy.deepcopy(net).to(device)
-
-    size = RECEPTIVE_FIELDS[block]
+    size = RECEPTIVE_FIELDS.get(block, 1)
     n = len(channels)
     images = torch.full((n, 3, size, size), float("nan"))
-    ok = torch.zeros(n, dtype=torch.bool)
-    redraws = torch.zeros(n, dtype=torch.long)
     activation = torch.full((n,), float("nan"))
-    objective = torch.full((steps + 1, n), float("nan"))
+    objective = torch.full((max(steps, 0) + 1, n), float("nan"))
+    net, device, channels = _prepare(backbone, block, channels, steps, max_redraws, device)
     if n == 0:
-        return dict(images=images, ok=ok, redraws=redraws, activation=activation,
-                    objective=objective)
-
+        return dict(images=images, ok=torch.zeros(0, dtype=torch.bool),
+                    redraws=torch.zeros(0, dtype=torch.long), activation=activation, objective=objective)
     modes = [(m, m.training) for m in net.modules()]
     net.eval()
     try:
-        # Number of channels in the block's output, for a one-line error on a bad index.
-        with torch.no_grad():
-            probe = net.forward_to(torch.zeros(1, 3, size, size, device=device), block)
-        n_out = probe.shape[1]
-        bad = [c for c in channels if not 0 <= c < n_out]
-        if bad:
-            raise UserError(f"block {block} has {n_out} channels; got channel indices {bad}")
-
-        # Starting points: redraw only the channels whose activation is not > 0.
-        gens = [_channel_generator(seed, c) for c in channels]
-        start = torch.stack([torch.rand(3, size, size, generator=g) for g in gens])
-        pending = list(range(n))
-        for attempt in range(max_redraws + 1):
-            if attempt > 0:
-                for i in pending:
-                    start[i] = torch.rand(3, size, size, generator=gens[i])
-                    redraws[i] += 1
-            with torch.no_grad():
-                act = central_activations(
-                    net, block, start[pending].to(device), [channels[i] for i in pending]
-                ).cpu()
-            for i, a in zip(list(pending), act.tolist()):
-                if a > 0:
-                    ok[i] = True
-            pending = [i for i in pending if not ok[i]]
-            if not pending:
-                break
-
+        start, ok, redraws = starting_points(net, block, channels, seed, max_redraws, device)
         alive = [i for i in range(n) if ok[i]]
         if alive:
-            alive_channels = [channels[i] for i in alive]
-            x = start[alive].to(device)
-            history = []
-            with torch.enable_grad():
-                for step in range(steps + 1):
-                    x = x.detach().requires_grad_(True)
-                    act = central_activations(net, block, x, alive_channels)
-                    f = act - l2 * x.pow(2).sum(dim=(1, 2, 3))
-                    history.append(f.detach())
-                    if step == steps:
-                        break
-                    # Summed objective: image c's gradient is that of its own f_c.
-                    (grad,) = torch.autograd.grad(f.sum(), x)
-                    x = x.detach() + lr * grad
-            images[alive] = x.detach().float().cpu()
-            activation[alive] = act.detach().float().cpu()
-            objective[:, alive] = torch.stack(history).float().cpu()
+            x, act, hist = gradient_ascent(net, block, [channels[i] for i in alive],
+                                           start[alive].to(device), steps, lr, l2, on_step)
+            images[alive] = x.float().cpu()
+            activation[alive] = act.float().cpu()
+            objective[:, alive] = hist.float().cpu()
     finally:
         for m, training in modes:
             m.train(training)
-    return dict(images=images, ok=ok, redraws=redraws, activation=activation,
-                objective=objective)
+    return dict(images=images, ok=ok, redraws=redraws, activation=activation, objective=objective)
+
+
+def live_channels(backbone: nn.Module, block: int, order: Sequence[int], count: int, *, seed: int,
+                  max_redraws: int = 100, device=None) -> list[int]:
+    """The first `count` channels of `order` whose activation can be made positive.
+
+    The thesis's code replaced a channel it could not start by the next one of its
+    permutation; this does the same, deterministically (a fixed number of redraws)."""
+    net, device, order = _prepare(backbone, block, order, 0, max_redraws, device)
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    chosen: list[int] = []
+    try:
+        for lo in range(0, len(order), max(count, 1)):
+            if len(chosen) >= count:
+                break
+            batch = order[lo:lo + count]
+            _, ok, _ = starting_points(net, block, batch, seed, max_redraws, device)
+            chosen += [c for c, good in zip(batch, ok.tolist()) if good]
+    finally:
+        for m, training in modes:
+            m.train(training)
+    return chosen[:count]
 
 
 def choose_channels(n_channels_in_block: int, count: int = 36, *, seed: int) -> list[int]:
     """The first `count` entries (all if fewer channels) of a seeded permutation."""
     if n_channels_in_block < 0 or count < 0:
-        raise UserError(
+        raise ValueError(
             f"need non-negative counts, got n_channels={n_channels_in_block}, count={count}"
         )
     g = torch.Generator().manual_seed(int(seed))
@@ -274,7 +319,7 @@ def sigmoid_normalize(x: torch.Tensor) -> torch.Tensor:
     everywhere instead of NaN; NaN images (dead channels) stay NaN.
     """
     if x.dim() < 3:
-        raise UserError(f"sigmoid_normalize expects [..., C, H, W], got shape {tuple(x.shape)}")
+        raise ValueError(f"sigmoid_normalize expects [..., C, H, W], got shape {tuple(x.shape)}")
     dims = (-3, -2, -1)
     mean = x.mean(dim=dims, keepdim=True)
     constant = x.amax(dim=dims, keepdim=True) == x.amin(dim=dims, keepdim=True)

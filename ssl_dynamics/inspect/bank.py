@@ -1,75 +1,96 @@
 """The bank: K probe images and M replays of each augmentation, built once, stored.
 
 Every checkpoint of every seed is evaluated on exactly these inputs. The views are made
-with the phase-one augmentation code (`augment.sample_params` / `apply_params`) from a
-fixed generator and stored as float32 next to their parameters, so a later machine, a
-later library version or another shard evaluates the very same pixels.
+with the phase-one code (`objectives.make_views`) from a fixed generator and stored as
+float32 next to their parameters, so a later machine, a later library version or another
+shard evaluates the very same pixels.
 
     bank.h5
       attrs: schema_version, n_probe (K), n_replays (M), seed, simclr_batch, dataset_sha256,
-             fingerprint (sha256 of indices, labels and all views)
-      probe_indices [K], labels [K]
-      <kind>/views  float32 [M_kind, K, V, 3, H, W]   V = 2 views for simclr, else 1
-      <kind>/params/<name> [M_kind, K*V]              the drawn augmentation parameters
-      <kind>.attrs: fingerprint
+             fingerprint (sha256 of the groups' fingerprints)
+      probe_indices [K], labels [K], images uint8 [K, 3, H, W] (the probe images)
+      <group>/views  float32 [M_kind, K, V, 3, H, W]   V views per image
+      <group>/params/<name> [M_kind, K*V]              the drawn augmentation parameters
+      <group>.attrs: fingerprint, kind, views_per_image
 
-`none` is a point mass (normalize only), so it stores a single replay.
+A group holds one (augmentation kind, views per image) pair: `simclr` with 2 views for
+the SimCLR objective, `supervised` and `none` with 1 for the classifiers; other pairs get
+the name `<kind>-x<V>`. `none` is a point mass (no randomness), so it stores one replay.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import artifacts as art
-from ..augment import apply_params, make_generator, sample_params
+from ..augment import make_generator
 from ..config import SCHEMA_VERSION
 from ..errors import UserError
+from ..objectives import make_views
 
-DEFAULT_PROBES = 1024  # K: the thesis's probe set size
-DEFAULT_REPLAYS = 10  # M: augmentations per image
-DEFAULT_BANK_SEED = 0
-DEFAULT_SIMCLR_BATCH = 256  # B: SimCLR correctness is within fixed batches of B images
-VIEWS_PER_IMAGE = {"simclr": 2, "supervised": 1, "none": 1}
+ViewKey = tuple[str, int]  # (augmentation kind, views per image)
+NATURAL_GROUPS = {("simclr", 2): "simclr", ("supervised", 1): "supervised", ("none", 1): "none"}
+
+
+@dataclass(frozen=True)
+class BankSpec:
+    """What a bank is made of. The defaults are the thesis's and live only here."""
+
+    n_probe: int = 1024  # K: the thesis's probe set size (4 SimCLR batches of 256)
+    n_replays: int = 10  # M: augmentations per image
+    seed: int = 0  # seeds the probe choice and every replay
+    simclr_batch: int = 256  # B: SimCLR views are classified within fixed batches of B images
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            low = 0 if f.name == "seed" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"bank {f.name.replace('_', '-')} must be an integer >= {low}, got {v!r}")
+
+    @classmethod
+    def with_overrides(cls, **given: int | None) -> "BankSpec":
+        """Defaults with the given (non-None) values; ValueError for a bad one."""
+        return cls(**{k: v for k, v in given.items() if v is not None})
+
+
+def group_name(key: ViewKey) -> str:
+    return NATURAL_GROUPS.get(key, f"{key[0]}-x{key[1]}")
 
 
 @dataclass(frozen=True)
 class Bank:
+    spec: BankSpec
     probe_indices: np.ndarray  # [K]
     labels: np.ndarray  # [K]
-    views: dict[str, np.ndarray]  # kind -> float32 [M, K, V, 3, H, W]
-    fingerprints: dict[str, str]
-    seed: int
-    simclr_batch: int
+    views: dict[ViewKey, np.ndarray]  # float32 [M, K, V, 3, H, W]
+    fingerprints: dict[ViewKey, str]
     dataset_sha256: str
     fingerprint: str
-
-    @property
-    def n_probe(self) -> int:
-        return len(self.probe_indices)
+    images: np.ndarray | None = None  # uint8 [K, 3, H, W]; None in banks made before it was kept
 
 
 def choose_probes(n_train: int, k: int, seed: int) -> np.ndarray:
-    """K distinct training indices, a seeded draw (kept in drawn order: it fixes the batches)."""
-    if k < 1:
-        raise UserError("the probe set needs at least one image")
-    k = min(k, n_train)
+    """K distinct training indices, a seeded draw (kept in drawn order: it fixes the batches).
+
+    The thesis's code drew them with replacement (torch.randint); distinct images are a
+    deliberate choice here, so that no image counts twice in r_t's distribution."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randperm(n_train, generator=g)[:k].numpy().astype(np.int64)
+    return torch.randperm(n_train, generator=g)[:min(k, n_train)].numpy().astype(np.int64)
 
 
-def replay_views(kind: str, images: torch.Tensor, n_replays: int, seed: int) -> tuple[np.ndarray, dict]:
+def replay_views(key: ViewKey, images: torch.Tensor, n_replays: int, seed: int) -> tuple[np.ndarray, dict]:
     """[M, K, V, 3, H, W] views of uint8 images [K, 3, H, W] and their parameters."""
-    v = VIEWS_PER_IMAGE[kind]
+    kind, v = key
     m = 1 if kind == "none" else n_replays
-    x = images.repeat_interleave(v, dim=0)  # views 2k, 2k+1 come from image k
     views, params = [], {}
     for j in range(m):
-        p = sample_params(kind, len(x), make_generator(seed, "bank", kind, j), x.shape[-1])
-        views.append(apply_params(kind, x, p).reshape(len(images), v, *x.shape[1:]).numpy())
+        out, p = make_views(kind, images, v, make_generator(seed, "bank", kind, j))
+        views.append(out.reshape(len(images), v, *images.shape[1:]).numpy())
         for name, t in p.items():
             params.setdefault(name, []).append(t.numpy())
     return np.stack(views).astype(np.float32), {k: np.stack(a) for k, a in params.items()}
@@ -82,35 +103,66 @@ def _hash(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def build_bank(path: str | Path, train_x: torch.Tensor, train_y: torch.Tensor, kinds: list[str],
-               dataset_sha256: str, n_probe: int = DEFAULT_PROBES, n_replays: int = DEFAULT_REPLAYS,
-               seed: int = DEFAULT_BANK_SEED, simclr_batch: int = DEFAULT_SIMCLR_BATCH) -> Bank:
-    """Build and atomically write the bank for the given augmentation kinds."""
+def bank_bytes(spec: BankSpec, keys: list[ViewKey], image_shape: tuple[int, ...]) -> int:
+    """Size of the bank's views on disk (float32), for the space check before building it."""
+    k, per_view = spec.n_probe, int(np.prod(image_shape)) * 4
+    return sum((1 if kind == "none" else spec.n_replays) * k * v * per_view for kind, v in keys)
+
+
+def build_bank(path: str | Path, train_x: torch.Tensor, train_y: torch.Tensor, keys: list[ViewKey],
+               dataset_sha256: str, spec: BankSpec = BankSpec()) -> Bank:
+    """Build and atomically write the bank for the given (kind, views per image) pairs."""
     import h5py
 
-    idx = choose_probes(len(train_x), n_probe, seed)
+    idx = choose_probes(len(train_x), spec.n_probe, spec.seed)
+    spec = BankSpec(len(idx), spec.n_replays, spec.seed, spec.simclr_batch)
     images = train_x[torch.from_numpy(idx)]
     labels = train_y[torch.from_numpy(idx)].numpy()
     views, fps = {}, {}
+    art.remove_stale_temps(Path(path).parent, f".{Path(path).name}.*.tmp")
     with art.atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("probe_indices", data=idx)
             f.create_dataset("labels", data=labels)
-            for kind in sorted(set(kinds)):
-                v, params = replay_views(kind, images, n_replays, seed)
-                g = f.create_group(kind)
+            f.create_dataset("images", data=images.numpy())
+            for key in sorted(set(keys)):
+                v, params = replay_views(key, images, spec.n_replays, spec.seed)
+                g = f.create_group(group_name(key))
                 # one chunk per replay: evaluation reads whole replays
                 g.create_dataset("views", data=v, chunks=(1, *v.shape[1:]))
                 for name, arr in params.items():
                     g.create_dataset(f"params/{name}", data=arr)
-                fps[kind] = _hash(idx, labels, v)
-                g.attrs["fingerprint"] = fps[kind]
-                views[kind] = v
-            fingerprint = _hash(np.frombuffer("".join(fps[k] for k in sorted(fps)).encode(), np.uint8))
-            f.attrs.update({"schema_version": SCHEMA_VERSION, "n_probe": len(idx),
-                            "n_replays": n_replays, "seed": seed, "simclr_batch": simclr_batch,
+                fps[key] = _hash(idx, labels, v)
+                g.attrs.update({"fingerprint": fps[key], "kind": key[0], "views_per_image": key[1]})
+                views[key] = v
+            fingerprint = _fingerprint(fps)
+            f.attrs.update({"schema_version": SCHEMA_VERSION, **asdict(spec),
                             "dataset_sha256": dataset_sha256, "fingerprint": fingerprint})
-    return Bank(idx, labels, views, fps, seed, simclr_batch, dataset_sha256, fingerprint)
+    return Bank(spec, idx, labels, views, fps, dataset_sha256, fingerprint, images.numpy())
+
+
+def _fingerprint(fps: dict[ViewKey, str]) -> str:
+    ordered = [fps[k] for k in sorted(fps, key=group_name)]
+    return _hash(np.frombuffer("".join(ordered).encode(), np.uint8))
+
+
+def _group_key(name: str, g) -> ViewKey:
+    """(kind, V) of a bank group; banks made before these attributes derive it from the
+    group's name and its views' shape."""
+    return str(g.attrs.get("kind", name)), int(g["views"].shape[2])
+
+
+def read_spec(path: str | Path) -> tuple[BankSpec, str, list[ViewKey]]:
+    """(spec, dataset sha256, view keys) of an existing bank, without reading its views."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            spec = BankSpec(**{fl.name: int(f.attrs[fl.name]) for fl in fields(BankSpec)})
+            keys = [_group_key(n, f[n]) for n in f if isinstance(f[n], h5py.Group)]
+            return spec, str(f.attrs["dataset_sha256"]), keys
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"corrupt bank {path}: {e}") from None
 
 
 def load_bank(path: str | Path) -> Bank:
@@ -119,48 +171,35 @@ def load_bank(path: str | Path) -> Bank:
     path = Path(path)
     if not path.exists():
         raise UserError(f"no bank at {path}: run `inspect rt` first")
+    spec, sha, _ = read_spec(path)
     try:
         with h5py.File(path, "r") as f:
-            kinds = [k for k in f.keys() if isinstance(f[k], h5py.Group)]
-            return Bank(
-                probe_indices=f["probe_indices"][:], labels=f["labels"][:],
-                views={k: f[f"{k}/views"][:] for k in kinds},
-                fingerprints={k: str(f[k].attrs["fingerprint"]) for k in kinds},
-                seed=int(f.attrs["seed"]), simclr_batch=int(f.attrs["simclr_batch"]),
-                dataset_sha256=str(f.attrs["dataset_sha256"]), fingerprint=str(f.attrs["fingerprint"]),
-            )
+            groups = {n: f[n] for n in f if isinstance(f[n], h5py.Group)}
+            keys = {_group_key(n, g): g for n, g in groups.items()}
+            return Bank(spec, f["probe_indices"][:], f["labels"][:],
+                        {k: g["views"][:] for k, g in keys.items()},
+                        {k: str(g.attrs["fingerprint"]) for k, g in keys.items()},
+                        sha, str(f.attrs["fingerprint"]),
+                        f["images"][:] if "images" in f else None)
     except (OSError, KeyError) as e:
         raise UserError(f"corrupt bank {path}: {e}") from None
 
 
-def resolve_settings(path: str | Path, kinds: list[str], n_train: int, dataset_sha256: str,
-                     n_probe: int | None = None, n_replays: int | None = None,
-                     seed: int | None = None, simclr_batch: int | None = None) -> dict:
-    """Bank settings: those of an existing bank (refusing any that contradict it), else defaults."""
-    import h5py
-
-    given = {"n_probe": n_probe, "n_replays": n_replays, "seed": seed, "simclr_batch": simclr_batch}
-    defaults = {"n_probe": DEFAULT_PROBES, "n_replays": DEFAULT_REPLAYS, "seed": DEFAULT_BANK_SEED,
-                "simclr_batch": DEFAULT_SIMCLR_BATCH}
-    path = Path(path)
-    if not path.exists():
-        return {k: defaults[k] if v is None else v for k, v in given.items()}
-    try:
-        with h5py.File(path, "r") as f:
-            a = {k: int(f.attrs[k]) for k in defaults}
-            have_sha = str(f.attrs["dataset_sha256"])
-            missing = [k for k in kinds if k not in f]
-    except (OSError, KeyError) as e:
-        raise UserError(f"corrupt bank {path}: {e}") from None
-    if n_probe is not None:
-        given["n_probe"] = min(n_probe, n_train)
-    diffs = [f"{k} {a[k]} != {v}" for k, v in given.items() if v is not None and a[k] != v]
-    if have_sha != dataset_sha256:
+def check_existing(path: Path, requested: dict[str, int | None], keys: list[ViewKey],
+                   dataset_sha256: str, n_train: int) -> BankSpec:
+    """The spec of the bank at `path`, refusing requested values that contradict it."""
+    spec, sha, have = read_spec(path)
+    if requested.get("n_probe") is not None:
+        requested = {**requested, "n_probe": min(requested["n_probe"], n_train)}
+    diffs = [f"{k} {getattr(spec, k)} != {v}" for k, v in requested.items()
+             if v is not None and getattr(spec, k) != v]
+    if sha != dataset_sha256:
         diffs.append("dataset")
     if diffs:
         raise UserError(f"{path} was built with other settings ({'; '.join(diffs)}); "
                         f"drop those options to use it, or pass --bank with a new path")
+    missing = [group_name(k) for k in keys if k not in have]
     if missing:
-        raise UserError(f"{path} has no replays for augmentation {', '.join(missing)}; "
-                        f"pass --bank with a new path to build a complete one")
-    return a
+        raise UserError(f"{path} has no replays for {', '.join(missing)}; pass --bank with a new "
+                        f"path to build a complete one")
+    return spec

@@ -226,7 +226,7 @@ def _chi_row(s, p0, epoch, n, p_hat, counts, notes) -> tuple[dict, dict]:
     try:
         chi_f, p_f = st.chisquare_faithful(counts, n, p_hat)
         dof_f = int(np.count_nonzero(f_exp > 0)) - 1 - st.ESTIMATED_PARAMS
-    except UserError as exc:  # too few bins (N < 2 seeds, or p_hat of 0/1)
+    except ValueError as exc:  # too few bins (N < 2 seeds, or p_hat of 0/1)
         chi_f, p_f, dof_f = float("nan"), float("nan"), None
         note = f"thesis chi-square undefined: {exc}"
     chi_p, p_p, dof_p, bins = st.chisquare_pooled(counts, n, p_hat)

@@ -1,40 +1,43 @@
 """`inspect`: phase two from the command line (a thin layer over the inspect modules).
 
 Never trains. `inspect rt` evaluates checkpoints into the r_t store; every other command
-reads only stored arrays, so re-plotting takes seconds.
+reads only stored arrays (or the representation cache), so re-plotting takes seconds.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
-from ..cli_util import run_cli
-from ..errors import UserError
-from ..train.loop import resolve_device
+from ..cli_util import EXIT_PARTIAL, parse_int_list, run_cli, split_names, user_errors
+from ..devices import resolve_device
+from .workspace import open_workspace
 
-RUN_DIR = click.argument("run_dir", type=click.Path(file_okay=False))
-STORE = click.option("--store", default=None, type=click.Path(),
-                     help="r_t store: *.zarr (default RUN_DIR/inspect/rt.zarr) or *.h5.")
-SETUPS = click.option("--setups", default=None,
-                      help="Comma-separated setups (default: all in the store/run).")
-
-
-def parse_list(text: str | None, what: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{what} {text!r}: use comma-separated integers, e.g. 1,5,10") from None
-
-
-def split_setups(text: str | None) -> list[str] | None:
-    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+RUN_DIR = click.argument("run_dir")
+WORK = click.option("--work", default=None, metavar="DIR",
+                    help="Where phase-two outputs go (default RUN_DIR/inspect; use for read-only archives).")
+STORE = click.option("--store", default=None, help="r_t store: *.zarr (default WORK/rt.zarr) or *.h5.")
+SETUP = click.option("--setup", "setups", multiple=True, metavar="NAME",
+                     help="Setup(s) to include (repeatable, or comma-separated; default: all).")
+EPOCH = click.option("--epoch", type=int, default=None,
+                     help="The one checkpoint epoch to analyse (default: the thesis's epoch when the "
+                          "run has it, else each setup's last).")
+DEVICE = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
+DATA = [click.option("--dataset", default=None, help="Where the run's dataset is now, e.g. "
+                                                     "imagefolder:<new path> (its checksum must match)."),
+        click.option("--data-root", default=None, help="Where CIFAR-10 is now (checksum checked).")]
+NO_VERIFY = click.option("--no-verify", is_flag=True,
+                         help="Skip checking each checkpoint's sha256 against its manifest (faster).")
+NO_PROGRESS = click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 
 
-def store_path(run_dir: str, store: str | None) -> Path:
-    return Path(store) if store else Path(run_dir) / "inspect" / "rt.zarr"
+def options(*decorators):
+    def apply(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return apply
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,44 +55,12 @@ def cli():
       inspect activations RUN_DIR activation maximization (Fig. 5.4)
       inspect report RUN_DIR      one HTML page with everything
       inspect all RUN_DIR         all of the above, in order
-    Outputs go to RUN_DIR/inspect/ (figures/, tables/, analysis.h5, report/).
+    Outputs go to RUN_DIR/inspect/ (figures/, tables/, analysis.h5, report/), or to --work DIR.
+    Exit status: 0 done, 2 bad input (one line on stderr), 3 `all` skipped some analyses.
     """
 
 
-@cli.command("rt")
-@RUN_DIR
-@STORE
-@SETUPS
-@click.option("--epochs", default=None, help="Only these epochs (comma-separated; default: all).")
-@click.option("--shard", default=None, metavar="I/N", help="Take every N-th pending checkpoint, from I.")
-@click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
-@click.option("--bank", "bank_path", default=None, type=click.Path(dir_okay=False),
-              help="Bank file (default RUN_DIR/inspect/bank.h5; built on first use).")
-@click.option("--probes", type=int, default=None, help="K: probe images in the bank [new bank: 1024].")
-@click.option("--replays", type=int, default=None, help="M: augmentations per probe image [new bank: 10].")
-@click.option("--bank-seed", type=int, default=None, help="Seed of the probe choice and replays [new bank: 0].")
-@click.option("--simclr-batch", type=int, default=None,
-              help="B: SimCLR views are classified within fixed batches of B images "
-                   "[new bank: the simclr setup's training batch size, 256 in the thesis].")
-@click.option("--data-root", default=None, help="Where the run's dataset is now (to build the bank).")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
-@click.option("--no-progress", is_flag=True)
-def rt_cmd(run_dir, store, setups, epochs, shard, allow_missing, bank_path, probes, replays,
-           bank_seed, simclr_batch, data_root, device, precision, no_progress):
-    """Evaluate every checkpoint of RUN_DIR on the bank into the r_t store (resumable)."""
-    from .rt import compute_rt
-
-    res = compute_rt(run_dir, store_path(run_dir, store), split_setups(setups),
-                     parse_list(epochs, "--epochs"), shard, allow_missing, resolve_device(device),
-                     precision == "bf16", probes, replays, bank_seed, simclr_batch, bank_path,
-                     data_root, progress=not no_progress, echo=click.echo)
-    click.echo(f"evaluated {res['evaluated']} checkpoints in {res['seconds']:.1f} s "
-               f"({res['checkpoints_per_s']:.2f} ckpt/s, {res['images_per_s']:.0f} images/s) "
-               f"-> {res['store']}")
-
-
-def _print_result(res: dict) -> None:
+def _show(res: dict) -> None:
     from .outputs import format_table
 
     for name, rows in res.get("tables", {}).items():
@@ -100,203 +71,194 @@ def _print_result(res: dict) -> None:
         click.echo(f"figure: {fig}")
 
 
+def _ws(run_dir, work):
+    return open_workspace(run_dir, work, echo=click.echo)
+
+
+def _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, bank_seed,
+             simclr_batch, dataset, data_root, device, precision, no_verify, no_progress, store=None):
+    from .rt import BankRequest, EvalOptions, Selection, compute_rt, parse_shard
+
+    select = Selection(tuple(split_names(setups) or ()) or None,
+                       tuple(parse_int_list(epochs, "--epochs")) if epochs else None,
+                       parse_shard(shard), allow_missing)
+    request = BankRequest(probes, replays, bank_seed, simclr_batch, Path(bank) if bank else None)
+    opts = EvalOptions(resolve_device(device), precision == "bf16", not no_verify, not no_progress)
+    return lambda: compute_rt(ws, select, opts, request, store,
+                              {"dataset": dataset, "data_root": data_root}, echo=click.echo)
+
+
+@cli.command("rt")
+@options(RUN_DIR, WORK, STORE, SETUP, *DATA, DEVICE, NO_VERIFY, NO_PROGRESS)
+@click.option("--epochs", default=None, help="Only these epoch numbers (a comma-separated list; default: all).")
+@click.option("--shard", default=None, metavar="I/N", help="Take every N-th checkpoint of the grid, from I.")
+@click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
+@click.option("--bank", default=None, help="Bank file (default WORK/bank.h5; built on first use).")
+@click.option("--probes", type=int, default=None, help="K: probe images in a new bank [1024].")
+@click.option("--replays", type=int, default=None, help="M: augmentations per probe image [10].")
+@click.option("--bank-seed", type=int, default=None, help="Seed of the probe choice and replays [0].")
+@click.option("--simclr-batch", type=int, default=None,
+              help="B: SimCLR views are classified within fixed batches of B images "
+                   "[the simclr setup's training batch size, 256 in the thesis].")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+def rt_cmd(run_dir, work, store, setups, dataset, data_root, device, no_verify, no_progress,
+           epochs, shard, allow_missing, bank, probes, replays, bank_seed, simclr_batch, precision):
+    """Evaluate every checkpoint of RUN_DIR on the bank into the r_t store (resumable)."""
+    ws = _ws(run_dir, work)
+    step = _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, bank_seed,
+                    simclr_batch, dataset, data_root, device, precision, no_verify, no_progress, store)
+    res = step()
+    click.echo(f"evaluated {res['evaluated']} checkpoints in {res['seconds']:.1f} s "
+               f"({res['checkpoints_per_s']:.2f} ckpt/s, {res['images_per_s']:.0f} images/s) "
+               f"-> {res['store']}")
+
+
+def _analysis(run_dir, work, store, setups, fn):
+    from .analyses import store_data
+    from .outputs import Outputs
+
+    ws = _ws(run_dir, work)
+    with user_errors():
+        _show(fn(store_data(ws, split_names(setups), store), Outputs(ws.dir), ws))
+
+
 @cli.command("dynamics")
-@RUN_DIR
-@STORE
-@SETUPS
-@click.option("--epochs", default="1,5,10,25,50,200", show_default=True,
-              help="Epochs of the reference setup to align the others to (eq. 4.4).")
-@click.option("--reference", default="simclr", show_default=True, help="Reference setup A.")
-def dynamics_cmd(run_dir, store, setups, epochs, reference):
+@options(RUN_DIR, WORK, STORE, SETUP)
+@click.option("--epochs", default=None,
+              help="Epoch numbers of the reference setup to align the others to (a list, e.g. "
+                   "1,5,10,25,50,200; default: those of the thesis the run has, else a spread).")
+@click.option("--reference", default=None, help="Reference setup A (default: simclr, else the first).")
+@click.option("--include-init", is_flag=True, help="Let eq. 4.4 pick epoch 0 (the thesis's code could not).")
+def dynamics_cmd(run_dir, work, store, setups, epochs, reference, include_init):
     """Sorted r_t curves (Fig. 4.1) and the epoch-aligned comparison (Fig. 4.2)."""
     from .dynamics import run_dynamics
-    from .outputs import Outputs
-    from .store import load_rt
 
-    data = load_rt(store_path(run_dir, store), split_setups(setups))
-    _print_result(run_dynamics(data, Outputs(run_dir), ref_setup=reference,
-                               ref_epochs=tuple(parse_list(epochs, "--epochs"))))
+    ref_epochs = parse_int_list(epochs, "--epochs")
+    _analysis(run_dir, work, store, setups, lambda d, out, ws: run_dynamics(
+        d, out, ref_setup=reference, ref_epochs=ref_epochs, include_init=include_init))
 
 
 @cli.command("binomial")
-@RUN_DIR
-@STORE
-@SETUPS
+@options(RUN_DIR, WORK, STORE, SETUP)
 @click.option("--draws", default=10, show_default=True, help="Binomial noise draws for the MAE.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the binomial draws.")
-def binomial_cmd(run_dir, store, setups, draws, seed):
+def binomial_cmd(run_dir, work, store, setups, draws, seed):
     """Tables 4.1 (chi-square) and 4.2 (MAE vs binomial noise); Fig. 4.3, 4.4, 4.5, B.1."""
     from .binomial import run_binomial
-    from .outputs import Outputs
-    from .store import load_rt
 
-    data = load_rt(store_path(run_dir, store), split_setups(setups))
-    _print_result(run_binomial(data, Outputs(run_dir), draws=draws, seed=seed))
+    _analysis(run_dir, work, store, setups, lambda d, out, ws: run_binomial(d, out, draws=draws, seed=seed))
 
 
 @cli.command("classes")
-@RUN_DIR
-@STORE
-@SETUPS
-def classes_cmd(run_dir, store, setups):
+@options(RUN_DIR, WORK, STORE, SETUP)
+def classes_cmd(run_dir, work, store, setups):
     """Per-class r_t dynamics (Fig. 5.3)."""
-    from ..train.grid import load_run_config
     from .classes import run_classes
-    from .outputs import Outputs
-    from .store import load_rt
 
-    _, meta = load_run_config(run_dir)
-    data = load_rt(store_path(run_dir, store), split_setups(setups))
-    _print_result(run_classes(data, Outputs(run_dir), meta.get("classes") or []))
+    _analysis(run_dir, work, store, setups, lambda d, out, ws: run_classes(d, out, ws.run.classes))
 
 
-EPOCH = click.option("--epoch", type=int, default=None,
-                     help="Checkpoint epoch to analyse (default: each setup's last).")
-DEVICE = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
-DATA_ROOT = click.option("--data-root", default=None, help="Where the run's dataset is now.")
-
-
-def _run_setups(run_dir: str, setups: str | None) -> list[str]:
-    from ..train.grid import load_run_config
-    from .rt import select_setups
-
-    cfg, _ = load_run_config(run_dir)
-    return select_setups(cfg, split_setups(setups))
-
-
-def _cache(run_dir, device, data_root):
+def _representations(run_dir, work, setups, device, dataset, data_root, no_verify, fn):
     from .features import FeatureCache
+    from .outputs import Outputs
 
-    return FeatureCache(run_dir, resolve_device(device), data_root, echo=click.echo)
+    ws = _ws(run_dir, work)
+    names = ws.run.select(split_names(setups))
+    dev = resolve_device(device)
+    cache = FeatureCache(ws, dev, {"dataset": dataset, "data_root": data_root}, not no_verify, click.echo)
+    with user_errors():
+        _show(fn(cache, Outputs(ws.dir), names, dev))
 
 
 @cli.command("probe")
-@RUN_DIR
-@SETUPS
-@EPOCH
-@DEVICE
-@DATA_ROOT
+@options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, *DATA, NO_VERIFY)
 @click.option("--seed", default=0, show_default=True, help="Seed of the probe's init and shuffling.")
-def probe_cmd(run_dir, setups, epoch, device, data_root, seed):
+def probe_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verify, seed):
     """Table B.1: linear probes on frozen representations, plus random init and raw pixels."""
-    from .outputs import Outputs
     from .representations import run_probe
 
-    names = _run_setups(run_dir, setups)
-    _print_result(run_probe(_cache(run_dir, device, data_root), Outputs(run_dir), names, epoch,
-                            seed, resolve_device(device)))
+    _representations(run_dir, work, setups, device, dataset, data_root, no_verify,
+                     lambda c, out, names, dev: run_probe(c, out, names, epoch, seed, dev))
 
 
 @cli.command("embed")
-@RUN_DIR
-@SETUPS
-@EPOCH
-@DEVICE
-@DATA_ROOT
+@options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, *DATA, NO_VERIFY)
 @click.option("--seed", type=int, default=None, help="Model seed to embed (default: the first).")
 @click.option("--tsne-seed", default=0, show_default=True)
-@click.option("--tsne-method", type=click.Choice(["auto", "opentsne", "sklearn"]), default="auto",
-              show_default=True)
+@click.option("--tsne-method", type=click.Choice(["thesis", "opentsne", "sklearn", "auto"]),
+              default="thesis", show_default=True,
+              help="thesis: scikit-learn's 2021 defaults as the thesis ran them; opentsne: faster.")
 @click.option("--shrinkage", default=0.0, show_default=True,
               help="Shrink class covariances towards a scaled identity (for singular ones).")
-def embed_cmd(run_dir, setups, epoch, device, data_root, seed, tsne_seed, tsne_method, shrinkage):
+def embed_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verify, seed, tsne_seed,
+              tsne_method, shrinkage):
     """Fig. 5.1 (t-SNE of a stratified 25% of train) and Fig. 5.2 (KL between class Gaussians)."""
-    from .outputs import Outputs
     from .representations import run_embed
 
-    names = _run_setups(run_dir, setups)
-    _print_result(run_embed(_cache(run_dir, device, data_root), Outputs(run_dir), names, epoch, seed,
-                            tsne_seed, shrinkage, tsne_method))
+    _representations(run_dir, work, setups, device, dataset, data_root, no_verify,
+                     lambda c, out, names, dev: run_embed(c, out, names, epoch, seed, tsne_seed,
+                                                          shrinkage, tsne_method))
 
 
 @cli.command("activations")
-@RUN_DIR
-@SETUPS
-@EPOCH
-@DEVICE
+@options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, NO_VERIFY, NO_PROGRESS)
 @click.option("--seed", type=int, default=None, help="Model seed (default: the first).")
 @click.option("--steps", default=1000, show_default=True, help="Gradient-ascent iterations.")
 @click.option("--channels", default=36, show_default=True, help="Channels per (setup, block).")
-@click.option("--channel-seed", default=0, show_default=True, help="Seed of the channel choice and starts.")
-def activations_cmd(run_dir, setups, epoch, device, seed, steps, channels, channel_seed):
+@click.option("--channel-seed", default=0, show_default=True, help="Seed of the channel order and starts.")
+def activations_cmd(run_dir, work, setups, epoch, device, no_verify, no_progress, seed, steps,
+                    channels, channel_seed):
     """Fig. 5.4: gradient-ascent pseudo-images per (setup, block), sigmoid-normalized."""
     from .activation_figure import run_activations
     from .outputs import Outputs
 
-    names = _run_setups(run_dir, setups)
-    _print_result(run_activations(run_dir, Outputs(run_dir), names, epoch, seed, steps, channels,
-                                  channel_seed, resolve_device(device), echo=click.echo))
+    ws = _ws(run_dir, work)
+    with user_errors():
+        _show(run_activations(ws, Outputs(ws.dir), ws.run.select(split_names(setups)), epoch, seed,
+                              steps, channels, channel_seed, resolve_device(device), not no_verify,
+                              not no_progress))
 
 
 @cli.command("report")
-@RUN_DIR
-def report_cmd(run_dir):
-    """One self-contained HTML page with every figure and table of RUN_DIR."""
+@options(RUN_DIR, WORK)
+def report_cmd(run_dir, work):
+    """One self-contained HTML page with every figure and table of the work folder."""
     from .report import build_report
 
-    click.echo(f"report: {build_report(run_dir)}")
+    click.echo(f"report: {build_report(_ws(run_dir, work))}")
 
 
 @cli.command("all")
-@RUN_DIR
-@SETUPS
-@EPOCH
-@DEVICE
-@DATA_ROOT
-@click.option("--ref-epochs", default="1,5,10,25,50,200", show_default=True,
-              help="Reference epochs for `dynamics` (those the run lacks are skipped).")
+@options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, *DATA, NO_VERIFY, NO_PROGRESS)
+@click.option("--ref-epochs", default=None,
+              help="Reference epochs for `dynamics` (a list; default: the thesis's that exist).")
 @click.option("--steps", default=1000, show_default=True, help="Activation-maximization iterations.")
 @click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
 @click.option("--shrinkage", default=0.0, show_default=True, help="KL covariance shrinkage (see embed).")
+@click.option("--tsne-method", type=click.Choice(["thesis", "opentsne", "sklearn", "auto"]),
+              default="thesis", show_default=True)
 @click.option("--probes", type=int, default=None, help="K for a new bank [1024].")
 @click.option("--replays", type=int, default=None, help="M for a new bank [10].")
-@click.option("--no-progress", is_flag=True)
-def all_cmd(run_dir, setups, epoch, device, data_root, ref_epochs, steps, allow_missing, shrinkage,
-            probes, replays, no_progress):
-    """Every analysis, then the report: rt, dynamics, binomial, classes, probe, embed, activations."""
-    from ..train.grid import load_run_config
-    from .activation_figure import run_activations
-    from .binomial import run_binomial
-    from .classes import run_classes
-    from .dynamics import run_dynamics, usable_ref_epochs
-    from .outputs import Outputs
-    from .report import build_report
-    from .representations import run_embed, run_probe
-    from .rt import compute_rt
-    from .store import load_rt
+def all_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verify, no_progress,
+            ref_epochs, steps, allow_missing, shrinkage, tsne_method, probes, replays):
+    """Every analysis, then the report. An analysis that cannot be computed is skipped with
+    its reason (listed in the output and the report) and the command exits 3."""
+    from .pipeline import AllOptions, run_all
 
-    dev = resolve_device(device)
-    names = _run_setups(run_dir, setups)
-    cfg, meta = load_run_config(run_dir)
-    click.echo("== rt")
-    res = compute_rt(run_dir, setups=names, allow_missing=allow_missing, device=dev,
-                     n_probe=probes, n_replays=replays, data_root=data_root,
-                     progress=not no_progress, echo=click.echo)
-    click.echo(f"evaluated {res['evaluated']} checkpoints in {res['seconds']:.1f} s")
-    data = load_rt(store_path(run_dir, None), names)
-    out = Outputs(run_dir)
-    ref = "simclr" if "simclr" in names else names[0]
-    usable = usable_ref_epochs(data, ref, parse_list(ref_epochs, "--ref-epochs"))
-    if not usable:  # none of the asked epochs was evaluated: compare at the last one
-        usable = (int(data[ref].evaluated_epochs()[-1]),)
-    click.echo("== dynamics")
-    _print_result(run_dynamics(data, out, ref_setup=ref, ref_epochs=usable))
-    click.echo("== binomial")
-    _print_result(run_binomial(data, out))
-    click.echo("== classes")
-    _print_result(run_classes(data, out, meta.get("classes") or []))
-    cache = _cache(run_dir, device, data_root)
-    click.echo("== probe")
-    _print_result(run_probe(cache, out, names, epoch, device=dev))
-    click.echo("== embed")
-    _print_result(run_embed(cache, out, names, epoch, shrinkage=shrinkage))
-    click.echo("== activations")
-    _print_result(run_activations(run_dir, out, names, epoch, steps=steps, device=dev, echo=click.echo))
-    click.echo(f"report: {build_report(run_dir)}")
+    ws = _ws(run_dir, work)
+    names = ws.run.select(split_names(setups))
+    rt = _rt_step(ws, tuple(names), None, None, allow_missing, None, probes, replays, None, None,
+                  dataset, data_root, device, "fp32", no_verify, no_progress)
+    refs = parse_int_list(ref_epochs, "--ref-epochs")
+    opts = AllOptions(tuple(names), epoch, tuple(refs) if refs else None, steps, shrinkage,
+                      tsne_method, resolve_device(device), not no_verify, not no_progress,
+                      {"dataset": dataset, "data_root": data_root})
+    if run_all(ws, rt, opts, _show, echo=click.echo):
+        sys.exit(EXIT_PARTIAL)
 
 
 def main() -> None:
-    run_cli(cli)
+    run_cli(cli, "evaluated checkpoints are in the store; rerun the same command to resume")
 
 
 if __name__ == "__main__":

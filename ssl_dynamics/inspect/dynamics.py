@@ -37,17 +37,20 @@ def _evaluated(d: SetupRt) -> np.ndarray:
     return np.flatnonzero(np.asarray(d.valid).any(axis=0))
 
 
-def usable_ref_epochs(data: dict[str, SetupRt], ref_setup: str | None,
-                      wanted: Sequence[int]) -> tuple[int, ...]:
-    """The subset of `wanted` epoch numbers that `ref_setup` (or the first setup) evaluated.
-
-    For callers (like ``inspect all``) that prefer skipping absent epochs to an error.
-    """
-    if not data:
-        return ()
-    d = data[ref_setup] if ref_setup in data else next(iter(data.values()))
-    have = set(int(e) for e in d.epochs[_evaluated(d)])
-    return tuple(int(e) for e in wanted if int(e) in have)
+def default_ref_epochs(d: SetupRt, include_init: bool = False) -> tuple[tuple[int, ...], str | None]:
+    """The thesis's reference epochs that `d` evaluated; for a short run that has none of
+    them, up to DEFAULT_CURVES epochs spread on a log scale. Returns (epochs, note)."""
+    ev = _evaluated(d)
+    ev = ev[st.searchable(d.epochs[ev], include_init)]
+    have = [int(e) for e in d.epochs[ev]]
+    if not have:
+        raise UserError(f"reference setup {d.setup} has no evaluated epoch after the initialization")
+    thesis = tuple(e for e in DEFAULT_REF_EPOCHS if e in have)
+    if len(thesis) >= 2:
+        return thesis, None
+    picked = tuple(sorted({have[int(round(i))] for i in np.geomspace(1, len(have), DEFAULT_CURVES) - 1}))
+    return picked, (f"{d.setup} has few of the thesis's reference epochs "
+                    f"{compress_ints(DEFAULT_REF_EPOCHS)}; aligning at epochs {compress_ints(picked)}")
 
 
 def _curve_indices(d: SetupRt, curve_epochs, notes: list[str]) -> np.ndarray:
@@ -89,69 +92,88 @@ def _ref_indices(d: SetupRt, ref_epochs: Sequence[int]) -> np.ndarray:
     return np.asarray([have[e] for e in wanted], dtype=np.int64)
 
 
-def run_dynamics(data: dict[str, SetupRt], out: Outputs, ref_setup: str | None = "simclr",
-                 ref_epochs: Sequence[int] = DEFAULT_REF_EPOCHS, curve_epochs=None) -> dict:
-    """Fig. 4.1, Fig. 4.2 and the aligned-epoch table for every setup in `data`.
-
-    ``ref_epochs`` are epoch numbers of the reference setup (UserError if it lacks one).
-    ``curve_epochs`` picks the Fig. 4.1 curves: None (up to 8 evenly spread evaluated epochs,
-    first and last included), an int (that many), "all", or a list of epoch numbers.
-    Returns ``{"tables", "figures", "notes", "ref_setup", "aligned"}`` where ``aligned`` maps
-    each setup to its aligned epoch numbers (one per reference epoch).
-    """
-    if not data:
-        raise UserError("no setups to analyse")
-    notes: list[str] = []
-    setups = list(data)
-    for s in setups:
-        if not _evaluated(data[s]).size:
-            raise UserError(f"setup {s} has no evaluated checkpoint")
+def _resolve_reference(data: dict[str, SetupRt], ref_setup: str | None) -> str:
+    if ref_setup is None:
+        return "simclr" if "simclr" in data else next(iter(data))
     if ref_setup not in data:
-        first = setups[0]
-        if ref_setup is not None:
-            notes.append(f"reference setup {ref_setup} is not in the data; using {first} instead")
-        ref_setup = first
+        raise UserError(f"reference setup {ref_setup!r} is not in the data (it has {', '.join(data)})")
+    return ref_setup
 
-    r, means, n_seeds = {}, {}, {}
-    for s in setups:
-        d = data[s]
-        r[s] = st.r_t(d.correct, d.valid)
-        means[s] = st.epoch_means(r[s])
-        n_seeds[s] = st.seeds_per_epoch(np.asarray(d.valid, dtype=bool))
-        note = seed_count_note(s, n_seeds[s], d.epochs)
-        if note:
-            notes.append(note)
 
+def _aligned_rows(data, means, ref_setup, ref_idx, aligned_idx, notes) -> list[dict]:
     ref = data[ref_setup]
-    ref_idx = _ref_indices(ref, ref_epochs)
-    aligned_idx = {}
-    for s in setups:
-        aligned_idx[s] = ref_idx.copy() if s == ref_setup else st.align_epochs(means[ref_setup], means[s], ref_idx)
-
     rows = []
     for a, ti in enumerate(ref_idx):
         row = {"ref_setup": ref_setup, "ref_epoch": int(ref.epochs[ti])}
-        for s in setups:
+        for s in data:
             e = aligned_idx[s][a]
             row[f"{s}_epoch"] = int(data[s].epochs[e])
             row[f"{s}_mean_rt"] = float(means[s][e])
         rows.append(row)
-    for s in setups:
-        if s == ref_setup:
-            continue
+    for s in data:
         far = [(int(ref.epochs[ti]), int(data[s].epochs[aligned_idx[s][a]]))
                for a, ti in enumerate(ref_idx)
                if abs(means[ref_setup][ti] - means[s][aligned_idx[s][a]]) > ALIGN_TOLERANCE]
-        if far:
+        if s != ref_setup and far:
             pairs = ", ".join(f"{ta}->{tb}" for ta, tb in far)
             notes.append(f"{s}: no epoch with mean r_t within {ALIGN_TOLERANCE} of {ref_setup}'s "
                          f"for reference->aligned epochs {pairs} (closest epoch used)")
+    return rows
 
+
+def align_setups(data: dict[str, SetupRt], means: dict[str, np.ndarray], ref_setup: str,
+                 ref_idx: np.ndarray, include_init: bool = False) -> dict[str, np.ndarray]:
+    """Eq. 4.4 for every setup: epoch indices aligned to the reference's `ref_idx`."""
+    return {s: ref_idx.copy() if s == ref_setup else
+            st.align_epochs(means[ref_setup], means[s], ref_idx,
+                            st.searchable(data[s].epochs, include_init))
+            for s in data}
+
+
+def run_dynamics(data: dict[str, SetupRt], out: Outputs, ref_setup: str | None = None,
+                 ref_epochs: Sequence[int] | None = None, curve_epochs=None,
+                 include_init: bool = False) -> dict:
+    """Fig. 4.1, Fig. 4.2 and the aligned-epoch table for every setup in `data`.
+
+    ``ref_setup``: the reference A (None: simclr if present, else the first setup).
+    ``ref_epochs`` are epoch numbers of the reference (None: `default_ref_epochs`).
+    ``curve_epochs`` picks the Fig. 4.1 curves: None (up to 8 evenly spread evaluated epochs,
+    first and last included), an int (that many), "all", or a list of epoch numbers.
+    ``include_init`` lets eq. 4.4 pick epoch 0 (the thesis's code could not).
+    Returns ``{"tables", "figures", "notes", "ref_setup", "aligned"}``.
+    """
+    if not data:
+        raise UserError("no setups to analyse")
+    notes: list[str] = []
+    for s in data:
+        if not _evaluated(data[s]).size:
+            raise UserError(f"setup {s} has no evaluated checkpoint")
+    ref_setup = _resolve_reference(data, ref_setup)
+    if ref_epochs is None:
+        ref_epochs, note = default_ref_epochs(data[ref_setup], include_init)
+        notes += [note] if note else []
+    r = {s: st.r_t(d.correct, d.valid) for s, d in data.items()}
+    means = {s: st.epoch_means(r[s]) for s in data}
+    n_seeds = {s: st.seeds_per_epoch(np.asarray(d.valid, dtype=bool)) for s, d in data.items()}
+    notes += [n for s in data if (n := seed_count_note(s, n_seeds[s], data[s].epochs))]
+    ref_idx = _ref_indices(data[ref_setup], ref_epochs)
+    aligned_idx = align_setups(data, means, ref_setup, ref_idx, include_init)
+    rows = _aligned_rows(data, means, ref_setup, ref_idx, aligned_idx, notes)
     figures = [_fig_sorted(data, r, n_seeds, out, curve_epochs, notes),
                _fig_aligned(data, r, means, n_seeds, ref_setup, ref_idx, aligned_idx, out)]
+    _write_arrays(data, r, means, n_seeds, ref_setup, ref_idx, aligned_idx, notes, out)
+    out.write_table("aligned_epochs", rows,
+                    note=f"eq. 4.4: for each epoch t_A of {ref_setup}, the epoch of every setup whose "
+                         "mean r_t over the probe images is closest to that of the reference "
+                         "(ties: earliest epoch; the initialization, epoch 0, is not a candidate).")
+    return {"tables": {"aligned_epochs": rows}, "figures": [str(p) for p in figures],
+            "notes": notes, "ref_setup": ref_setup,
+            "aligned": {s: [int(data[s].epochs[e]) for e in aligned_idx[s]] for s in data}}
 
+
+def _write_arrays(data, r, means, n_seeds, ref_setup, ref_idx, aligned_idx, notes, out) -> None:
     arrays = {}
-    for s in setups:
+    for s in data:
         arrays[f"{s}/epochs"] = np.asarray(data[s].epochs, dtype=np.int64)
         arrays[f"{s}/n_seeds"] = n_seeds[s]
         arrays[f"{s}/r_t"] = r[s].astype(np.float32)
@@ -159,19 +181,8 @@ def run_dynamics(data: dict[str, SetupRt], out: Outputs, ref_setup: str | None =
         arrays[f"{s}/mean_r_t"] = means[s]
         arrays[f"alignment/{s}_epoch"] = np.asarray(data[s].epochs)[aligned_idx[s]].astype(np.int64)
         arrays[f"alignment/{s}_mean_r_t"] = means[s][aligned_idx[s]]
-    arrays["alignment/ref_epochs"] = np.asarray(ref.epochs)[ref_idx].astype(np.int64)
-    out.write_arrays("dynamics", arrays, {"ref_setup": ref_setup, "setups": setups, "notes": notes})
-    out.write_table("aligned_epochs", rows,
-                    note=f"eq. 4.4: for each epoch t_A of {ref_setup}, the epoch of every setup whose "
-                         "mean r_t over the probe images is closest to that of the reference "
-                         "(ties: earliest epoch).")
-    return {
-        "tables": {"aligned_epochs": rows},
-        "figures": [str(p) for p in figures],
-        "notes": notes,
-        "ref_setup": ref_setup,
-        "aligned": {s: [int(data[s].epochs[e]) for e in aligned_idx[s]] for s in setups},
-    }
+    arrays["alignment/ref_epochs"] = np.asarray(data[ref_setup].epochs)[ref_idx].astype(np.int64)
+    out.write_arrays("dynamics", arrays, {"ref_setup": ref_setup, "setups": list(data), "notes": notes})
 
 
 def _fig_sorted(data, r, n_seeds, out: Outputs, curve_epochs, notes):

@@ -5,29 +5,29 @@ every train and test image without augmentation: each setup sees its images the 
 training pipeline delivered them minus the randomness ([0, 1] for SimCLR, normalized for
 the others). Probes, t-SNE and KL read the cache, never the checkpoints again.
 
-    <run>/inspect/features.zarr/<setup>/seed-SS/epoch-EEEE/{train,test}  float32 [N, D]
-                                 (attrs: complete, checkpoint sha256)
+    <work>/features.zarr/<setup>/seed-SS/epoch-EEEE/{train,test}  float32 [N, D]
+                          (attrs: complete, checkpoint_sha256)
 
 A cached entry counts only once its `complete` attribute is set, after both arrays are
-written, so an interrupted extraction is redone. Epoch 0 of any setup is a randomly
-initialised network: the "random init" baseline of Table B.1.
+written, so an interrupted extraction is redone; an entry whose recorded checkpoint
+sha256 is not the manifest's (the checkpoint was replaced) is extracted again.
+Epoch 0 of any setup is a randomly initialised network: the "random init" baseline.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import artifacts as art
 from ..augment import normalize, to_float
-from ..config import RunConfig
-from ..data import Dataset, load_dataset
+from ..data import Dataset
 from ..errors import UserError
-from ..models import build_network
-from ..train.grid import load_run_config
+from .workspace import Workspace
 
 FEATURE_BATCH = 1024  # images per forward pass during extraction
+# Table B.1 and Figs 5.1, 5.2, 5.4 use longer-trained models than the dynamics runs
+# (thesis section 5.1: SimCLR 200, supervised 200, random labels 30, with augmentation 500).
+THESIS_EPOCHS = {"simclr": 200, "supervised": 200, "random_labels": 30, "random_labels_aug": 500}
 
 
 def eval_transform(augment: str):
@@ -46,32 +46,22 @@ def extract(model: torch.nn.Module, images: torch.Tensor, augment: str, device: 
 
 
 class FeatureCache:
-    def __init__(self, run_dir: str | Path, device: str = "cpu", data_root: str | None = None,
-                 echo=print):
+    def __init__(self, ws: Workspace, device: str = "cpu", data: dict | None = None,
+                 verify: bool = True, echo=print):
         import zarr
 
-        self.run_dir = Path(run_dir)
-        self.paths = art.RunPaths(run_dir)
-        self.cfg, self.meta = load_run_config(run_dir)
-        if data_root:
-            from dataclasses import replace
-
-            self.cfg = replace(self.cfg, data_root=str(data_root))
-        self.device = device
-        self.echo = echo
-        self.group = zarr.open_group(str(self.paths.inspect / "features.zarr"), mode="a")
+        self.ws, self.run = ws, ws.run
+        self.cfg, self.paths = ws.run.cfg, ws.run.paths
+        self.device, self.verify, self.echo = device, verify, echo
+        self.data = data or {}
+        self.group = zarr.open_group(str(ws.features), mode="a")
         self._dataset: Dataset | None = None
 
     @property
     def dataset(self) -> Dataset:
         """The run's dataset, checked against its recorded checksum (loaded on first use)."""
         if self._dataset is None:
-            c = self.cfg
-            ds = load_dataset(c.dataset, c.data_root, c.train_subset, c.subset_seed, download=False)
-            if ds.identity()["sha256"] != self.meta["dataset"]["sha256"]:
-                raise UserError(f"the dataset {c.dataset} found here differs from the one "
-                                f"{self.run_dir} was trained on; pass --data-root to the original")
-            self._dataset = ds
+            self._dataset = self.run.load_dataset(self.data.get("dataset"), self.data.get("data_root"))
         return self._dataset
 
     def seeds_with(self, setup: str, epoch: int) -> list[int]:
@@ -81,29 +71,41 @@ class FeatureCache:
         """(train [N, D], test [N_test, D]) features, extracting them on first use."""
         key = f"{setup}/seed-{seed:02d}/epoch-{epoch:04d}"
         ckpt = self.paths.checkpoint(setup, seed, epoch)
+        want = art.manifest_sha256(ckpt) if self.verify else None
         if key in self.group and self.group[key].attrs.get("complete"):
             g = self.group[key]
-            return g["train"][:], g["test"][:]
-        state, _ = art.load_checkpoint(ckpt)
-        sc = self.cfg.setups[setup]
-        net = build_network(self.cfg.backbone, sc.head_dim, self.cfg.width)
-        net.load_state_dict(state)
+            if want is None or g.attrs.get("checkpoint_sha256") == want:
+                return g["train"][:], g["test"][:]
+            self.echo(f"{key}: the checkpoint changed since its features were cached; extracting again")
+        data = art.verified_bytes(ckpt, self.verify)
+        net, _ = art.load_network(ckpt, verify=False, data=data)
+        augment = self.cfg.setups[setup].augment
         self.echo(f"extracting representations: {setup} seed {seed} epoch {epoch}")
-        train = extract(net, self.dataset.train_x, sc.augment, self.device)
-        test = extract(net, self.dataset.test_x, sc.augment, self.device)
+        train = extract(net, self.dataset.train_x, augment, self.device)
+        test = extract(net, self.dataset.test_x, augment, self.device)
         g = self.group.require_group(key)
         g.attrs["complete"] = False
         for name, arr in (("train", train), ("test", test)):
             g.create_array(name, data=arr, chunks=(min(len(arr), 8192), arr.shape[1]), overwrite=True)
-        g.attrs.update({"complete": True, "checkpoint_sha256": art.sha256_file(ckpt)})
+        g.attrs.update({"complete": True, "checkpoint_sha256": art.sha256_bytes(data)})
         return train, test
 
 
-def resolve_epoch(cfg: RunConfig, setup: str, epoch: int | None) -> int:
-    """`--epoch` for one setup: default its last; an epoch it lacks is a one-line error."""
-    last = cfg.setups[setup].epochs
-    if epoch is None:
-        return last
-    if not 0 <= epoch <= last:
-        raise UserError(f"{setup} has epochs 0-{last}, not {epoch}")
-    return epoch
+def resolve_epoch(run: art.Run, setup: str, epoch: int | None) -> tuple[int, str]:
+    """`--epoch` for one setup and how it was chosen.
+
+    Default: the thesis's epoch for the representation analyses (THESIS_EPOCHS) when the
+    run has it for some seed (e.g. after `train extend`), else the setup's last epoch.
+    """
+    last = run.cfg.setups[setup].epochs
+    if epoch is not None:
+        top = max([last] + [max(run.paths.epochs(setup, s) or [0]) for s in run.cfg.seeds])
+        if not 0 <= epoch <= top:
+            raise UserError(f"{setup} has epochs 0-{top}, not {epoch}")
+        return epoch, "asked for"
+    thesis = THESIS_EPOCHS.get(setup)
+    if thesis is not None and thesis != last and any(
+            run.paths.checkpoint(setup, s, thesis).exists() for s in run.cfg.seeds):
+        return thesis, "the thesis's epoch"
+    return last, "last epoch of the run" + ("" if thesis in (None, last) else
+                                           f" (the thesis used {thesis}: `train extend` makes it)")

@@ -12,7 +12,7 @@ tr(Sigma_z^-1 Sigma_y) = ||L_z^-1 L_y||_F^2, the Mahalanobis term is ||L_z^-1 d|
 ln|Sigma| = 2 sum log diag L. No explicit inverse or determinant is formed.
 
 A singular covariance (always the case for a class with fewer than D + 1 samples, and
-common for ReLU features with dead units) makes the KL undefined; it raises `UserError`
+common for ReLU features with dead units) makes the KL undefined; it raises `ValueError`
 rather than returning NaN/inf. `shrinkage=alpha` opts in to the Ledoit-Wolf-style
 regularisation Sigma <- (1 - alpha) Sigma + alpha (tr Sigma / D) I.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import LinAlgError, cholesky, solve_triangular
 
-from ssl_dynamics.errors import UserError
 
 __all__ = ["class_gaussians", "gaussian_kl", "kl_matrix", "shrink_covariance"]
 
@@ -36,7 +35,7 @@ def _as_float64(x, name: str) -> np.ndarray:
     try:
         return np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise UserError(f"{name} must be numeric: {e}") from None
+        raise ValueError(f"{name} must be numeric: {e}") from None
 
 
 def class_gaussians(features, labels, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,25 +47,25 @@ def class_gaussians(features, labels, n_classes: int) -> tuple[np.ndarray, np.nd
     x = _as_float64(features, "features")
     y = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
     if x.ndim != 2:
-        raise UserError(f"features must be 2-D [n, D], got shape {x.shape}")
+        raise ValueError(f"features must be 2-D [n, D], got shape {x.shape}")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise UserError(f"labels must be 1-D with {x.shape[0]} entries, got shape {y.shape}")
+        raise ValueError(f"labels must be 1-D with {x.shape[0]} entries, got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
-        raise UserError(f"labels must be integers, got dtype {y.dtype}")
+        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
     n_classes = int(n_classes)
     if n_classes < 1:
-        raise UserError(f"n_classes must be positive, got {n_classes}")
+        raise ValueError(f"n_classes must be positive, got {n_classes}")
     if y.size and (y.min() < 0 or y.max() >= n_classes):
-        raise UserError(f"labels must lie in [0, {n_classes}), got range [{y.min()}, {y.max()}]")
+        raise ValueError(f"labels must lie in [0, {n_classes}), got range [{y.min()}, {y.max()}]")
     if not np.all(np.isfinite(x)):
-        raise UserError("features contain NaN or inf")
+        raise ValueError("features contain NaN or inf")
     d = x.shape[1]
     means = np.zeros((n_classes, d))
     covs = np.zeros((n_classes, d, d))
     for c in range(n_classes):
         xc = x[y == c]
         if xc.shape[0] < 2:
-            raise UserError(
+            raise ValueError(
                 f"class {c} has {xc.shape[0]} sample(s); an unbiased covariance needs at least 2"
             )
         means[c] = xc.mean(axis=0)
@@ -81,7 +80,7 @@ def shrink_covariance(cov, shrinkage: float) -> np.ndarray:
     cov = _as_float64(cov, "cov")
     a = float(shrinkage)
     if not (0.0 <= a <= 1.0):
-        raise UserError(f"shrinkage must be in [0, 1], got {shrinkage}")
+        raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
     if a == 0.0:
         return cov
     d = cov.shape[-1]
@@ -90,17 +89,17 @@ def shrink_covariance(cov, shrinkage: float) -> np.ndarray:
 
 def _check_gaussian(mu: np.ndarray, cov: np.ndarray, name: str) -> None:
     if mu.ndim != 1:
-        raise UserError(f"mean of {name} must be 1-D, got shape {mu.shape}")
+        raise ValueError(f"mean of {name} must be 1-D, got shape {mu.shape}")
     if cov.shape != (mu.shape[0], mu.shape[0]):
-        raise UserError(
+        raise ValueError(
             f"covariance of {name} must be [{mu.shape[0]}, {mu.shape[0]}], got {cov.shape}"
         )
     if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(cov))):
-        raise UserError(f"mean or covariance of {name} contains NaN or inf")
+        raise ValueError(f"mean or covariance of {name} contains NaN or inf")
 
 
 def _cholesky(cov: np.ndarray, name: str) -> np.ndarray:
-    """Lower Cholesky factor, or UserError if `cov` is singular / not positive definite."""
+    """Lower Cholesky factor, or ValueError if `cov` is singular / not positive definite."""
     d = cov.shape[0]
     hint = (
         f"; a class with fewer than D + 1 = {d + 1} samples always has a singular covariance,"
@@ -109,12 +108,12 @@ def _cholesky(cov: np.ndarray, name: str) -> np.ndarray:
     try:
         low = cholesky(cov, lower=True, check_finite=False)
     except LinAlgError:
-        raise UserError(f"covariance of {name} is not positive definite{hint}") from None
+        raise ValueError(f"covariance of {name} is not positive definite{hint}") from None
     pivots = np.diag(low) ** 2
     scale = float(np.max(np.diag(cov))) if d else 0.0
     tol = _PIVOT_RTOL_FACTOR * d * np.finfo(np.float64).eps * scale
     if scale <= 0.0 or not np.all(pivots > tol):
-        raise UserError(f"covariance of {name} is singular (numerically rank deficient){hint}")
+        raise ValueError(f"covariance of {name} is singular (numerically rank deficient){hint}")
     return low
 
 
@@ -126,7 +125,7 @@ def _kl_from_factors(mu_y, low_y, mu_z, low_z) -> float:
     logdet = 2.0 * float(np.sum(np.log(np.diag(low_z))) - np.sum(np.log(np.diag(low_y))))
     kl = 0.5 * (trace + maha + logdet - d)
     if not np.isfinite(kl):
-        raise UserError("KL divergence is not finite; the covariances are too ill-conditioned")
+        raise ValueError("KL divergence is not finite; the covariances are too ill-conditioned")
     # KL >= 0; a round-off-sized negative value (identical Gaussians) becomes 0.
     return max(kl, 0.0)
 
@@ -138,7 +137,7 @@ def gaussian_kl(mu_y, cov_y, mu_z, cov_z) -> float:
     _check_gaussian(mu_y, cov_y, "N_y")
     _check_gaussian(mu_z, cov_z, "N_z")
     if mu_y.shape != mu_z.shape:
-        raise UserError(f"dimension mismatch: {mu_y.shape[0]} vs {mu_z.shape[0]}")
+        raise ValueError(f"dimension mismatch: {mu_y.shape[0]} vs {mu_z.shape[0]}")
     return _kl_from_factors(mu_y, _cholesky(cov_y, "N_y"), mu_z, _cholesky(cov_z, "N_z"))
 
 
@@ -146,15 +145,15 @@ def kl_matrix(means, covs, shrinkage: float = 0.0) -> np.ndarray:
     """[C, C] matrix with entry [y, z] = KL(N_y || N_z); zero diagonal; float64.
 
     `shrinkage` in [0, 1] (default 0: none) is applied to every covariance first.
-    Each covariance is factored once; a singular one raises UserError naming the class.
+    Each covariance is factored once; a singular one raises ValueError naming the class.
     """
     means = _as_float64(means, "means")
     covs = _as_float64(covs, "covs")
     if means.ndim != 2:
-        raise UserError(f"means must be [C, D], got shape {means.shape}")
+        raise ValueError(f"means must be [C, D], got shape {means.shape}")
     c, d = means.shape
     if covs.shape != (c, d, d):
-        raise UserError(f"covs must be [{c}, {d}, {d}], got shape {covs.shape}")
+        raise ValueError(f"covs must be [{c}, {d}, {d}], got shape {covs.shape}")
     lows = []
     for k in range(c):
         _check_gaussian(means[k], covs[k], f"class {k}")

@@ -1,9 +1,11 @@
 """Where analyses put what they derive: an analysis HDF5, CSV/JSON tables, PNG+PDF figures.
 
-    <run>/inspect/analysis.h5          one group per analysis, arrays + attributes
-    <run>/inspect/tables/<name>.csv    the same tables as CSV ...
-    <run>/inspect/tables/<name>.json   ... and JSON (list of row objects)
-    <run>/inspect/figures/<name>.png   every figure, plus <name>.pdf
+    <work>/analysis.h5          one group per analysis, arrays + attributes
+    <work>/tables/<name>.csv    the same tables as CSV ...
+    <work>/tables/<name>.json   ... and JSON (list of row objects, in the CSV's column order)
+    <work>/figures/<name>.png   every figure, plus <name>.pdf
+
+(<work> is <run>/inspect unless `--work` says otherwise.)
 
 All writes are atomic. analysis.h5 is updated by copying it, changing the copy and
 renaming it over the original, so a crash never leaves a half-written archive.
@@ -25,8 +27,8 @@ FIGURE_DPI = 150  # crisp in the HTML report, small enough to embed
 
 
 class Outputs:
-    def __init__(self, run_dir: str | Path):
-        self.root = art.RunPaths(run_dir).inspect
+    def __init__(self, work_dir: str | Path):
+        self.root = Path(work_dir)
         self.tables = self.root / "tables"
         self.figures = self.root / "figures"
         self.analysis = self.root / "analysis.h5"
@@ -58,7 +60,8 @@ class Outputs:
         path = self.tables / f"{name}.csv"
         art.write_bytes_atomic(path, buf.getvalue().encode())
         art.write_json_atomic(self.tables / f"{name}.json",
-                              {"note": note, "rows": [{k: _plain(v) for k, v in r.items()} for r in rows]})
+                              {"note": note, "columns": cols,
+                               "rows": [{k: _plain(v) for k, v in r.items()} for r in rows]})
         return path
 
     def save_figure(self, fig, name: str) -> Path:

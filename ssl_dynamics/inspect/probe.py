@@ -16,7 +16,6 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ssl_dynamics.errors import UserError
 
 __all__ = ["train_linear_probe", "raw_pixel_features"]
 
@@ -29,27 +28,27 @@ def _to_tensor(x, name: str, *, dtype: torch.dtype) -> torch.Tensor:
     elif isinstance(x, torch.Tensor):
         t = x.detach()
     else:
-        raise UserError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}")
+        raise ValueError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}")
     if dtype.is_floating_point:
         if t.dtype == torch.bool or t.is_complex():
-            raise UserError(f"{name} must be real numbers, got dtype {t.dtype}")
+            raise ValueError(f"{name} must be real numbers, got dtype {t.dtype}")
         return t.to(dtype)
     if t.is_floating_point() or t.dtype == torch.bool:
-        raise UserError(f"{name} must be integer class labels, got dtype {t.dtype}")
+        raise ValueError(f"{name} must be integer class labels, got dtype {t.dtype}")
     return t.to(dtype)
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor, split: str, n_classes: int) -> None:
     if x.ndim != 2:
-        raise UserError(f"{split}_x must be 2-D [n, D], got shape {tuple(x.shape)}")
+        raise ValueError(f"{split}_x must be 2-D [n, D], got shape {tuple(x.shape)}")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise UserError(f"{split}_y must be 1-D with {x.shape[0]} entries, got {tuple(y.shape)}")
+        raise ValueError(f"{split}_y must be 1-D with {x.shape[0]} entries, got {tuple(y.shape)}")
     if x.shape[0] == 0:
-        raise UserError(f"{split} set is empty")
+        raise ValueError(f"{split} set is empty")
     if not torch.isfinite(x).all():
-        raise UserError(f"{split}_x contains NaN or inf")
+        raise ValueError(f"{split}_x contains NaN or inf")
     if y.min() < 0 or y.max() >= n_classes:
-        raise UserError(
+        raise ValueError(
             f"{split}_y must lie in [0, {n_classes}), got range [{int(y.min())}, {int(y.max())}]"
         )
 
@@ -89,15 +88,15 @@ def train_linear_probe(
     """
     n_classes = int(n_classes)
     if n_classes < 2:
-        raise UserError(f"n_classes must be at least 2, got {n_classes}")
+        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
     if int(epochs) < 1 or int(batch_size) < 1:
-        raise UserError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+        raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
     if not float(lr) > 0:
-        raise UserError(f"lr must be positive, got {lr}")
+        raise ValueError(f"lr must be positive, got {lr}")
     try:
         device = torch.device(device)
     except RuntimeError as e:
-        raise UserError(f"bad device {device!r}: {e}") from None
+        raise ValueError(f"bad device {device!r}: {e}") from None
 
     xs = {}
     for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
@@ -107,7 +106,7 @@ def train_linear_probe(
         xs[split] = (xt.to(device), yt.to(device))
     (xtr, ytr), (xte, yte) = xs["train"], xs["test"]
     if xtr.shape[1] != xte.shape[1]:
-        raise UserError(f"train and test features differ in width: {xtr.shape[1]} vs {xte.shape[1]}")
+        raise ValueError(f"train and test features differ in width: {xtr.shape[1]} vs {xte.shape[1]}")
     dim = xtr.shape[1]
 
     with torch.random.fork_rng(devices=[]):
@@ -161,14 +160,14 @@ def raw_pixel_features(images_uint8):
     """
     if isinstance(images_uint8, np.ndarray):
         if images_uint8.dtype != np.uint8:
-            raise UserError(f"images must be uint8, got dtype {images_uint8.dtype}")
+            raise ValueError(f"images must be uint8, got dtype {images_uint8.dtype}")
         if images_uint8.ndim != 4 or images_uint8.shape[1] != 3:
-            raise UserError(f"images must be [N, 3, H, W], got shape {images_uint8.shape}")
+            raise ValueError(f"images must be [N, 3, H, W], got shape {images_uint8.shape}")
         return images_uint8.reshape(images_uint8.shape[0], -1).astype(np.float32) / np.float32(255)
     if isinstance(images_uint8, torch.Tensor):
         if images_uint8.dtype != torch.uint8:
-            raise UserError(f"images must be uint8, got dtype {images_uint8.dtype}")
+            raise ValueError(f"images must be uint8, got dtype {images_uint8.dtype}")
         if images_uint8.ndim != 4 or images_uint8.shape[1] != 3:
-            raise UserError(f"images must be [N, 3, H, W], got shape {tuple(images_uint8.shape)}")
+            raise ValueError(f"images must be [N, 3, H, W], got shape {tuple(images_uint8.shape)}")
         return images_uint8.reshape(images_uint8.shape[0], -1).to(torch.float32) / 255.0
-    raise UserError(f"images must be a torch tensor or numpy array, got {type(images_uint8).__name__}")
+    raise ValueError(f"images must be a torch tensor or numpy array, got {type(images_uint8).__name__}")

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from .. import artifacts as art
-from ..train.grid import load_run_config
+from .workspace import Workspace
 
 # (name, title, what it shows) in reading order; figures and tables share the namespace.
 SECTIONS = [
@@ -50,68 +50,95 @@ SECTIONS = [
      "2-D t-SNE of a class-stratified quarter of the training set, coloured by true class."),
     ("fig5_2_kl", "Fig. 5.2: KL divergence between class Gaussians",
      "KL(N_y || N_z) between Gaussians fitted to each class's representations (log colour scale)."),
-    ("kl_summary", "KL summary", "Median, smallest and largest off-diagonal KL per setup."),
     ("fig5_4_activations", "Fig. 5.4: activation maximization",
      "Inputs that maximize 36 channels of each block, found by gradient ascent, shown "
      "sigmoid-normalized."),
     ("activations", "Activation maximization runs", "Channels per block and how many never fired."),
 ]
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
-td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}
-pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:0.8em}.what{color:#555}"""
+img{max-width:100%;height:auto;border:1px solid #ddd}
+.scroll{max-width:100%;overflow-x:auto;margin:0.5em 0}
+table{border-collapse:collapse;font-size:0.85em}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}th{background:#f3f3f3}
+td.text{text-align:left}
+pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:0.8em;white-space:pre-wrap;word-break:break-all}
+.what{color:#555}.skipped{background:#fff4e5;border-left:4px solid #f0a020;padding:0.5em 1em}"""
+SIGNIFICANT = 4  # digits shown for floats in the page (the CSV keeps full precision)
 
 
-def _fmt(v) -> str:
+def _fmt(v) -> tuple[str, bool]:
+    """(cell text, is text) for one value."""
     if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else html.escape(str(v))
+        return f"{v:.{SIGNIFICANT}g}", False
+    if isinstance(v, (int, bool)) or v is None:
+        return ("" if v is None else str(v)), False
+    return html.escape(str(v)), True
 
 
-def table_html(rows: list[dict], limit: int = 60) -> str:
+def table_html(rows: list[dict], columns: list[str] | None = None, limit: int = 60) -> str:
+    """A table in the CSV's column order, floats rounded, scrolling inside its box."""
     if not rows:
         return "<p>(empty)</p>"
-    cols = list(dict.fromkeys(k for r in rows for k in r))
+    cols = columns or list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>"
-                   for r in rows[:limit])
+    body = []
+    for r in rows[:limit]:
+        cells = [_fmt(r.get(c)) for c in cols]
+        body.append("<tr>" + "".join(f"<td class=text>{t}</td>" if is_text else f"<td>{t}</td>"
+                                     for t, is_text in cells) + "</tr>")
     more = f"<p>… {len(rows) - limit} more rows in the CSV.</p>" if len(rows) > limit else ""
-    return f"<table><tr>{head}</tr>{body}</table>{more}"
+    return f"<div class=scroll><table><tr>{head}</tr>{''.join(body)}</table></div>{more}"
 
 
-def build_report(run_dir: str | Path) -> Path:
-    """Write <run>/inspect/report/index.html; returns its path."""
-    run_dir = Path(run_dir)
-    cfg, meta = load_run_config(run_dir)
-    inspect = art.RunPaths(run_dir).inspect
-    figures, tables = inspect / "figures", inspect / "tables"
+def _section(name: str, title: str, what: str, figures: Path, tables: Path) -> str | None:
+    png, tab = figures / f"{name}.png", tables / f"{name}.json"
+    head = f"<h2>{html.escape(title)}</h2>" + (f"<p class=what>{html.escape(what)}</p>" if what else "")
+    if png.exists():
+        data = base64.b64encode(png.read_bytes()).decode()
+        return head + f"<img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+    if tab.exists():
+        doc = json.loads(tab.read_text())
+        note = f"<p class=what>{html.escape(doc.get('note', ''))}</p>" if doc.get("note") else ""
+        return head + note + table_html(doc.get("rows", []), doc.get("columns"))
+    return None
+
+
+def _skipped_html(skipped: list[dict]) -> str:
+    if not skipped:
+        return ""
+    items = "".join(f"<li><b>{html.escape(s['analysis'])}</b>: {html.escape(s['reason'])}</li>"
+                    for s in skipped)
+    return (f"<div class=skipped><p>Analyses that could not be computed for this run "
+            f"(everything else is below):</p><ul>{items}</ul></div>")
+
+
+def build_report(ws: Workspace, skipped: list[dict] | None = None) -> Path:
+    """Write <work>/report/index.html; returns its path. `skipped` lists analyses that
+    `inspect all` could not compute ({"analysis", "reason"}); by default the list that the
+    last `inspect all` left in <work>/skipped.json."""
+    run = ws.run
+    figures, tables = ws.dir / "figures", ws.dir / "tables"
+    if skipped is None:
+        record = ws.dir / "skipped.json"
+        skipped = art.read_json(record, list) if record.exists() else []
     known = {name for name, _, _ in SECTIONS}
     extra = sorted({p.stem for p in list(figures.glob("*.png")) + list(tables.glob("*.json"))} - known)
-    parts = [f"<h1>Learning dynamics report: {html.escape(run_dir.name)}</h1>",
-             f"<p>Setups: {', '.join(cfg.setups)}; seeds: {len(cfg.seeds)}; dataset: "
-             f"{html.escape(meta['dataset']['name'])} ({meta['dataset']['n_train']} train images).</p>"]
-    shown = 0
-    for name, title, what in SECTIONS + [(n, n, "") for n in extra]:
-        png, tab = figures / f"{name}.png", tables / f"{name}.json"
-        if png.exists():
-            data = base64.b64encode(png.read_bytes()).decode()
-            parts.append(f"<h2>{html.escape(title)}</h2><p class=what>{html.escape(what)}</p>"
-                         f"<img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>")
-            shown += 1
-        elif tab.exists():
-            doc = json.loads(tab.read_text())
-            parts.append(f"<h2>{html.escape(title)}</h2><p class=what>{html.escape(what)}</p>"
-                         + (f"<p class=what>{html.escape(doc.get('note', ''))}</p>" if doc.get("note") else "")
-                         + table_html(doc.get("rows", [])))
-            shown += 1
-    if not shown:
-        parts.append("<p>No analysis outputs yet: run <code>inspect all</code>.</p>")
-    setups_cfg = {s: sc.to_dict() for s, sc in cfg.setups.items()}
+    ds = run.meta["dataset"]
+    parts = [f"<h1>Learning dynamics report: {html.escape(run.root.name)}</h1>",
+             f"<p>Setups: {', '.join(run.cfg.setups)}; seeds: {len(run.cfg.seeds)}; dataset: "
+             f"{html.escape(str(ds.get('name')))} ({ds['n_train']} train images).</p>",
+             _skipped_html(skipped)]
+    sections = [_section(n, t, w, figures, tables) for n, t, w in SECTIONS + [(n, n, "") for n in extra]]
+    shown = [p for p in sections if p]
+    parts += shown or ["<p>No analysis outputs yet: run <code>inspect all</code>.</p>"]
+    setups_cfg = {s: sc.to_dict() for s, sc in run.cfg.setups.items()}
     parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(
-        {"run": meta.get("config"), "setups": setups_cfg, "dataset": meta.get("dataset"),
-         "provenance": meta.get("provenance")}, indent=2)) + "</pre>")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run_dir.name)}"
-            f" report</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
-    target = inspect / "report" / "index.html"
+        {"run": run.meta.get("config"), "setups": setups_cfg, "dataset": ds,
+         "provenance": run.meta.get("provenance")}, indent=2)) + "</pre>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{html.escape(run.root.name)} report</title><style>{STYLE}</style></head>"
+            f"<body>{''.join(parts)}</body></html>")
+    target = ws.dir / "report" / "index.html"
     art.write_bytes_atomic(target, page.encode())
     return target

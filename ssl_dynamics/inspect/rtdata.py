@@ -1,13 +1,21 @@
 """The in-memory view of one setup's r_t store that every analysis reads.
 
-Analyses never touch checkpoints or the store format: `store.load_rt` returns one
-`SetupRt` per setup, built from the HDF5/Zarr arrays.
+Analyses never touch checkpoints or the store format: `load_rt` returns one `SetupRt` per
+setup, built from the Zarr store or its HDF5 export; `export_h5` writes that export.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from .. import artifacts as art
+from ..config import SCHEMA_VERSION, canonical_order
+from ..errors import UserError
+from .store import RtStore, work_path
 
 
 @dataclass(frozen=True)
@@ -37,3 +45,86 @@ class SetupRt:
     def evaluated_epochs(self) -> np.ndarray:
         """Epoch numbers with at least one evaluated seed."""
         return self.epochs[self.valid.any(axis=0)]
+
+
+def _setup_rt(setup: str, data: dict[str, np.ndarray], attrs: dict[str, Any],
+              probe_indices: np.ndarray, labels: np.ndarray) -> SetupRt:
+    correct, p_true = data["correct"], data["p_true"]
+    second = correct.shape[-1] == 2
+    return SetupRt(
+        setup=setup, correct=correct[..., 0], p_true=p_true[..., 0],
+        valid=data["done"].astype(bool), seeds=np.asarray(attrs["seeds"]),
+        epochs=np.asarray(attrs["epochs"]), labels=labels, targets=data["targets"],
+        probe_indices=probe_indices,
+        correct_second=correct[..., 1] if second else None,
+        p_true_second=p_true[..., 1] if second else None,
+    )
+
+
+def export_h5(store: RtStore, target: str | Path) -> None:
+    """Write the whole store as one HDF5 file, atomically (same layout and attributes)."""
+    import h5py
+
+    with art.atomic_path(target) as tmp:
+        with h5py.File(tmp, "w") as f:
+            idx, labels = store.probes()
+            f.create_dataset("probe_indices", data=idx)
+            f.create_dataset("labels", data=labels)
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["bank_fingerprint"] = str(store.group.attrs.get("bank_fingerprint"))
+            for setup in store.setups():
+                data = store.read(setup)
+                g = f.create_group(setup)
+                shape = data["correct"].shape
+                for name in ("correct", "p_true"):
+                    g.create_dataset(name, data=data[name], chunks=(1, 1, *shape[2:]),
+                                     compression="gzip", compression_opts=4)
+                g.create_dataset("done", data=data["done"])
+                g.create_dataset("targets", data=data["targets"])
+                for k, v in store.attrs(setup).items():
+                    g.attrs[k] = json.dumps(v)
+
+
+def _load_h5(path: Path, setups: list[str] | None) -> dict[str, SetupRt]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            idx, labels = f["probe_indices"][:], f["labels"][:]
+            names = canonical_order(k for k in f.keys() if isinstance(f[k], h5py.Group))
+            out = {}
+            for s in names:
+                if setups and s not in setups:
+                    continue
+                g = f[s]
+                attrs = {k: json.loads(v) for k, v in g.attrs.items()}
+                data = {k: g[k][:] for k in ("correct", "p_true", "done", "targets")}
+                out[s] = _setup_rt(s, data, attrs, idx, labels)
+            return out
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"corrupt r_t archive {path}: {e}") from None
+
+
+def load_rt(path: str | Path, setups: list[str] | None = None) -> dict[str, SetupRt]:
+    """Every setup's arrays from a .zarr store or an exported .h5 archive (read only)."""
+    path = Path(path)
+    if path.suffix in (".h5", ".hdf5") and path.exists():
+        return _require(_load_h5(path, setups), path, setups)
+    wp = work_path(path)
+    if not wp.exists():
+        raise UserError(f"no r_t store at {path}: run `inspect rt` first")
+    store = RtStore(wp, writable=False)
+    idx, labels = store.probes()
+    out = {s: _setup_rt(s, store.read(s), store.attrs(s), idx, labels)
+           for s in store.setups() if not setups or s in setups}
+    return _require(out, path, setups)
+
+
+def _require(out: dict[str, SetupRt], path: Path, setups: list[str] | None) -> dict[str, SetupRt]:
+    missing = [s for s in (setups or []) if s not in out]
+    if missing:
+        raise UserError(f"{path} has no r_t arrays for {', '.join(missing)} "
+                        f"(it has {', '.join(out) or 'none'}); run `inspect rt` for them")
+    if not out:
+        raise UserError(f"{path} holds no evaluated setup; run `inspect rt` first")
+    return out

@@ -6,8 +6,10 @@ import click
 from ..cli_util import run_cli
 from ..config import SETUP_NAMES, override, parse_seeds, preset
 from ..errors import UserError
-from .grid import grid_status, load_run_config, train_grid
-from .loop import TrainOptions, resolve_device
+from ..artifacts import grid_status
+from .grid import train_grid
+from ..devices import resolve_device
+from .loop import TrainOptions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,8 +25,9 @@ def cli():
 @click.option("--setup", "setups", multiple=True,
               help=f"Setup(s) to train (repeatable; default: all). One of {', '.join(SETUP_NAMES)}.")
 @click.option("--seeds", default=None, help="Seeds, e.g. 0-29, 0,3,7 or 0-3,10 (default: the preset's).")
-@click.option("--epochs", type=int, default=None, help="Epochs for every selected setup (default: the preset's).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--epochs", type=int, default=None,
+              help="How many epochs to train every selected setup (a count; default: the preset's).")
+@click.option("--out", required=True, help="Run directory (created if missing).")
 @click.option("--preset", "preset_name", default="thesis", show_default=True,
               help="thesis (CIFAR-10, 30 seeds), demo (embedded digits, CPU) or smoke (synthetic, tiny).")
 @click.option("--dataset", default=None, help="cifar10 | digits | synthetic | imagefolder:<path>.")
@@ -38,11 +41,16 @@ def cli():
 @click.option("--channels-last/--no-channels-last", default=None,
               help="NHWC memory format (default: on for a GPU).")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (bit-reproducible resumes).")
+@click.option("--checkpoint-dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Storage type of the saved weights: bf16 halves the archive (resume.pt keeps fp32).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the network (opt-in; pays compilation in the first epoch).")
 @click.option("--ignore-disk-check", is_flag=True, help="Start even if the checkpoints may not fit.")
 @click.option("--no-download", is_flag=True, help="Never download CIFAR-10.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignments, device,
-            precision, channels_last, deterministic, ignore_disk_check, no_download, no_progress):
+            precision, channels_last, deterministic, checkpoint_dtype, compile_, ignore_disk_check,
+            no_download, no_progress):
     """Train (setup, seed) pairs into OUT, resuming whatever is incomplete.
 
     \b
@@ -75,6 +83,8 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
         bf16=(precision == "bf16") or (precision == "auto" and on_gpu),
         channels_last=on_gpu if channels_last is None else channels_last,
         deterministic=deterministic,
+        checkpoint_dtype=checkpoint_dtype,
+        compile=compile_,
     )
     click.echo(f"training {', '.join(chosen)} x seeds {list(cfg.seeds)} on {dev} "
                f"({'bf16' if opts.bf16 else 'fp32'}) into {out}")
@@ -85,7 +95,7 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
 
 
 @cli.command("status")
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir")
 def status_cmd(run_dir):
     """Which (setup, seed) runs of RUN_DIR are complete, partial or missing."""
     rows = grid_status(run_dir)
@@ -98,7 +108,7 @@ def status_cmd(run_dir):
 
 
 def main() -> None:
-    run_cli(cli)
+    run_cli(cli, "completed epochs are on disk; rerun the same `train run` to resume")
 
 
 if __name__ == "__main__":

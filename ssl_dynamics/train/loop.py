@@ -4,6 +4,10 @@ Randomness is derived, never carried: the initial weights from (seed, "init"), t
 shuffling of epoch e from (seed, e, "shuffle") and the views of batch b from
 (seed, e, b, "views"). A restarted run therefore needs only the last weights, the
 optimizer state and the epoch to continue exactly where it stopped.
+
+An epoch is committed by writing, in order: its checkpoint, metrics.jsonl, manifest.json,
+then resume.pt. `resume.pt` is the commit record: a kill anywhere before it redoes the
+epoch, and a redone epoch writes the same bytes (deterministic kernels).
 """
 from __future__ import annotations
 
@@ -17,10 +21,11 @@ import torch
 from .. import artifacts as art
 from ..augment import make_generator
 from ..config import RunConfig, SetupConfig
+from ..devices import resolve_device  # noqa: F401  (re-exported for callers)
 from ..errors import UserError
 from ..models import Network, build_network
+from ..objectives import objective_for
 from .schedules import learning_rate
-from .setups import objective_for
 
 
 @dataclass(frozen=True)
@@ -31,16 +36,8 @@ class TrainOptions:
     bf16: bool = False  # autocast matmuls/convs to bfloat16 (GPU)
     channels_last: bool = False  # NHWC memory format (faster convs on tensor cores)
     deterministic: bool = False  # torch.use_deterministic_algorithms + no cudnn autotune
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA device")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"unknown device {name!r}: use auto, cpu or cuda")
-    return name
+    checkpoint_dtype: str = "fp32"  # storage type of the saved weights: fp32 | bf16
+    compile: bool = False  # torch.compile the network (opt-in; first epoch pays compilation)
 
 
 def set_determinism(on: bool) -> None:
@@ -76,104 +73,152 @@ def checkpoint_meta(run: RunConfig, setup: SetupConfig, seed: int, epoch: int,
             "setup_config": setup.to_dict()}
 
 
-def train_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: int,
-               train_x: torch.Tensor, targets: torch.Tensor, dataset_sha: str,
-               opts: TrainOptions, on_batch: Callable[[], None] | None = None,
-               on_epoch: Callable[[int, dict], None] | None = None) -> dict:
-    """Train one seed to `setup.epochs`, resuming from its last completed epoch.
+@dataclass
+class SeedState:
+    """Everything of one seed that lives across epochs."""
 
-    train_x: uint8 [N, 3, H, W] and targets [N] already on opts.device.
-    Returns the manifest. `on_epoch(epoch, metrics)` runs after each epoch is on disk.
-    """
-    dev = torch.device(opts.device)
-    set_determinism(opts.deterministic)
-    objective = objective_for(setup)
+    setup: SetupConfig
+    seed: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    manifest: dict
+    epoch: int  # last committed epoch
+
+
+def open_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: int,
+              dataset_sha: str, opts: TrainOptions) -> SeedState:
+    """The seed's state on opts.device: resumed from disk, or initialised (epoch 0 committed)."""
     model = init_network(run, setup, seed)
     optimizer = build_optimizer(model, setup)
     art.remove_stale_temps(paths.seed_dir(setup.name, seed))
     manifest_path = paths.manifest(setup.name, seed)
-    manifest = (art.read_json(manifest_path) if manifest_path.exists() else
+    manifest = (art.read_manifest(manifest_path) if manifest_path.exists() else
                 {"setup": setup.name, "seed": seed, "epochs": setup.epochs, "complete": False,
                  "checkpoints": {}})
-    start = 0
-    resume_path = paths.resume(setup.name, seed)
-    if resume_path.exists():
-        state = art.load_resume(resume_path)
-        start = int(state["epoch"])
-        ckpt = paths.checkpoint(setup.name, seed, start)
-        weights, _ = art.load_checkpoint(ckpt)
-        if manifest["checkpoints"].get(str(start)) != art.sha256_file(ckpt):
-            raise UserError(f"corrupt checkpoint {ckpt}: its sha256 differs from the manifest")
-        model.load_state_dict(weights)
-        optimizer.load_state_dict(state["optimizer"])
-    model.to(dev)
+    start = _resume(paths, setup, seed, model, optimizer, manifest)
+    model.to(torch.device(opts.device))
     if opts.channels_last:
         model.to(memory_format=torch.channels_last)
-    _move_optimizer_state(optimizer, dev)
+    _move_optimizer_state(optimizer, torch.device(opts.device))
+    state = SeedState(setup, seed, model, optimizer, manifest, start)
+    if start is None:
+        state.epoch = 0
+        commit_epoch(paths, run, state, dataset_sha, opts, metrics=None)
+    return state
+
+
+def _resume(paths, setup, seed, model, optimizer, manifest) -> int | None:
+    """Load the committed state into model/optimizer; its epoch, or None for a fresh seed."""
+    resume_path = paths.resume(setup.name, seed)
+    trained = [int(e) for e in manifest["checkpoints"] if int(e) > 0]
     if not resume_path.exists():
-        sha = art.save_checkpoint(paths.checkpoint(setup.name, seed, 0), model,
-                                  checkpoint_meta(run, setup, seed, 0, dataset_sha))
-        manifest["checkpoints"] = {"0": sha}
-        art.write_json_atomic(manifest_path, manifest)
-        _save_resume(paths, setup, seed, optimizer, 0)
-        _rewrite_metrics(paths, setup, seed, upto=0, new=None)
+        if trained:
+            raise UserError(f"{paths.seed_dir(setup.name, seed)} has checkpoints up to epoch "
+                            f"{max(trained)} but no resume.pt: its optimizer state is lost, so it "
+                            f"cannot continue exactly; delete that folder to retrain the seed")
+        return None
+    state = art.load_resume(resume_path)
+    if state is None:
+        raise UserError(f"resume state {resume_path} is unreadable: the seed's optimizer state "
+                        f"is lost, so it cannot continue exactly; delete "
+                        f"{paths.seed_dir(setup.name, seed)} to retrain the seed from scratch")
+    start = int(state["epoch"])
+    ckpt = paths.checkpoint(setup.name, seed, start)
+    data = art.read_checkpoint_bytes(ckpt)
+    if manifest["checkpoints"].get(str(start)) != art.sha256_bytes(data):
+        raise UserError(f"corrupt checkpoint {ckpt}: its sha256 differs from the manifest")
+    weights = state.get("model") or art.parse_checkpoint(data, ckpt)[0]
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(state["optimizer"])
+    return start
 
+
+def run_epoch(state: SeedState, train_x: torch.Tensor, targets: torch.Tensor, opts: TrainOptions,
+              step_model: torch.nn.Module | None = None,
+              on_batch: Callable[[], None] | None = None) -> dict:
+    """Train epoch `state.epoch + 1` in place; returns its metrics (not yet on disk)."""
+    setup, seed, epoch = state.setup, state.seed, state.epoch + 1
+    dev = torch.device(opts.device)
+    objective = objective_for(setup)
+    model = step_model or state.model
     n = len(train_x)
-    bs = min(setup.batch_size, n)
-    nb = batches_per_epoch(n, setup)
-    for epoch in range(start + 1, setup.epochs + 1):
-        lr = learning_rate(setup, epoch - 1, nb)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        t0 = time.perf_counter()
-        order = torch.randperm(n, generator=make_generator(seed, epoch, "shuffle")).to(dev)
-        loss_sum = torch.zeros((), device=dev)
-        correct_sum = torch.zeros((), device=dev)
-        seen = 0
-        for b in range(nb):
-            idx = order[b * bs:(b + 1) * bs]
-            views = objective.views(train_x[idx], make_generator(seed, epoch, b, "views"))
-            if opts.channels_last:
-                views = views.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=opts.bf16):
-                out = model(views)["out"]
-            loss, correct = objective.loss(out, targets[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(correct)
-            correct_sum += correct.sum()
-            seen += len(correct)
-            if on_batch:
-                on_batch()
-        seconds = time.perf_counter() - t0
-        metrics = {"epoch": epoch, "loss": float(loss_sum) / seen, "train_acc": float(correct_sum) / seen,
-                   "lr": lr, "seconds": round(seconds, 4),
-                   "images_per_s": round(nb * bs / max(seconds, 1e-9), 1)}
-        if not torch.isfinite(loss_sum):
-            raise UserError(f"{setup.name} seed {seed}: loss became {float(loss_sum)} at epoch "
-                            f"{epoch}; lower the learning rate")
-        sha = art.save_checkpoint(paths.checkpoint(setup.name, seed, epoch), model,
-                                  checkpoint_meta(run, setup, seed, epoch, dataset_sha))
-        _rewrite_metrics(paths, setup, seed, upto=epoch - 1, new=metrics)
-        manifest["checkpoints"][str(epoch)] = sha
-        manifest["complete"] = epoch == setup.epochs
-        art.write_json_atomic(manifest_path, manifest)
-        _save_resume(paths, setup, seed, optimizer, epoch)  # last: it commits the epoch
+    bs, nb = min(setup.batch_size, n), batches_per_epoch(n, setup)
+    lr = learning_rate(setup, epoch - 1, nb)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    model.train()
+    t0 = time.perf_counter()
+    order = torch.randperm(n, generator=make_generator(seed, epoch, "shuffle")).to(dev)
+    loss_sum, correct_sum, seen = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
+    for b in range(nb):
+        idx = order[b * bs:(b + 1) * bs]
+        views = objective.views(train_x[idx], make_generator(seed, epoch, b, "views"))
+        if opts.channels_last:
+            views = views.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=opts.bf16):
+            out = model(views)["out"]
+        loss, correct = objective.loss(out, targets[idx])
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        loss_sum += loss.detach() * len(correct)
+        correct_sum += correct.sum()
+        seen += len(correct)
+        if on_batch:
+            on_batch()
+    seconds = time.perf_counter() - t0
+    if not torch.isfinite(loss_sum):
+        raise UserError(f"{setup.name} seed {seed}: loss became {float(loss_sum)} at epoch "
+                        f"{epoch}; lower the learning rate")
+    state.epoch = epoch
+    return {"epoch": epoch, "loss": float(loss_sum) / seen, "train_acc": float(correct_sum) / seen,
+            "lr": lr, "seconds": round(seconds, 4), "images_per_s": round(nb * bs / max(seconds, 1e-9), 1)}
+
+
+def commit_epoch(paths: art.RunPaths, run: RunConfig, state: SeedState, dataset_sha: str,
+                 opts: TrainOptions, metrics: dict | None) -> None:
+    """Write epoch `state.epoch`: checkpoint, metrics, manifest, then resume.pt (the commit)."""
+    setup, seed, epoch = state.setup, state.seed, state.epoch
+    dtype = art.CHECKPOINT_DTYPES[opts.checkpoint_dtype]
+    sha = art.save_checkpoint(paths.checkpoint(setup.name, seed, epoch), state.model,
+                              checkpoint_meta(run, setup, seed, epoch, dataset_sha), dtype)
+    _rewrite_metrics(paths, setup, seed, upto=epoch - 1 if metrics else 0, new=metrics)
+    m = state.manifest
+    m["checkpoints"] = {k: v for k, v in m["checkpoints"].items() if int(k) < epoch} | {str(epoch): sha}
+    m["complete"] = epoch >= setup.epochs
+    if epoch > setup.epochs:
+        m["extended_to"] = epoch
+    art.write_json_atomic(paths.manifest(setup.name, seed), m)
+    resume = {"epoch": epoch, "optimizer": state.optimizer.state_dict()}
+    if dtype is not None:  # the checkpoint holds rounded weights: keep the exact ones here
+        resume["model"] = art.model_state(state.model)
+    art.save_resume(paths.resume(setup.name, seed), resume)
+
+
+def train_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: int,
+               train_x: torch.Tensor, targets: torch.Tensor, dataset_sha: str,
+               opts: TrainOptions, on_batch: Callable[[], None] | None = None,
+               on_epoch: Callable[[int, dict], None] | None = None,
+               until: int | None = None) -> dict:
+    """Train one seed to `until` (default `setup.epochs`), resuming from its last commit.
+
+    train_x: uint8 [N, 3, H, W] and targets [N] already on opts.device.
+    Returns the manifest. `on_epoch(epoch, metrics)` runs after each epoch is on disk.
+    """
+    set_determinism(opts.deterministic)
+    state = open_seed(paths, run, setup, seed, dataset_sha, opts)
+    step_model = compiled(state.model) if opts.compile else None
+    for _ in range(state.epoch, setup.epochs if until is None else until):
+        metrics = run_epoch(state, train_x, targets, opts, step_model, on_batch)
+        commit_epoch(paths, run, state, dataset_sha, opts, metrics)
         if on_epoch:
-            on_epoch(epoch, metrics)
-    return manifest
+            on_epoch(state.epoch, metrics)
+    return state.manifest
 
 
-def _save_resume(paths, setup, seed, optimizer, epoch: int) -> None:
-    art.save_resume(paths.resume(setup.name, seed), {
-        "epoch": epoch,
-        "optimizer": optimizer.state_dict(),
-        # The data order and the views are derived from (seed, epoch, batch); this says how.
-        "rng": {"scheme": "SeedSequence(seed, epoch, 'shuffle') / (seed, epoch, batch, 'views')"},
-        "torch_rng_state": torch.get_rng_state(),
-    })
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile'd view of `model` (same parameters; checkpoints are saved from `model`)."""
+    return torch.compile(model)
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, dev: torch.device) -> None:
@@ -192,7 +237,7 @@ def _rewrite_metrics(paths, setup, seed, upto: int, new: dict | None) -> None:
             try:
                 if json.loads(line)["epoch"] <= upto:
                     lines.append(line)
-            except (json.JSONDecodeError, KeyError):
+            except (json.JSONDecodeError, KeyError, TypeError):
                 continue
     if new is not None:
         lines.append(json.dumps(new, sort_keys=True))

@@ -1,0 +1,174 @@
+"""Atomic file writes, checksums and the one reader of JSON files.
+
+Every write goes to a temporary file in the same folder, is fsynced, then renamed over
+the target, so a kill leaves either the old file or the new one, never a partial one.
+Temporary files are named `.<target>.<random>.tmp`; `remove_stale_temps` deletes the ones
+a killed writer left behind.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import UserError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: os.umask can only be read by setting it
+# errno values that mean "the disk (or the quota, or a file-size limit) is full"
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success fsync it and rename over target."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        # mkstemp makes 0600 files; give the result the permissions a plain open() would
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+        fsync_dir(target.parent)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def remove_stale_temps(folder: str | Path, pattern: str = ".*.tmp") -> int:
+    """Delete temporary files a killed writer left behind (one writer per folder)."""
+    folder = Path(folder)
+    removed = 0
+    for tmp in folder.glob(pattern) if folder.is_dir() else []:
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def write_bytes_atomic(target: str | Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(target: str | Path, obj: Any) -> None:
+    write_bytes_atomic(target, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str | Path, kind: type | None = None) -> Any:
+    """Parse a JSON file; a corrupt one (or, with `kind`, one of another type) is a UserError."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"corrupt JSON file {path}: {e.msg} at line {e.lineno}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"corrupt JSON file {path}: not text") from None
+    if kind is not None and not isinstance(obj, kind):
+        raise UserError(f"corrupt JSON file {path}: expected a JSON {_json_name(kind)}, "
+                        f"found {type(obj).__name__}")
+    return obj
+
+
+def _json_name(kind: type) -> str:
+    return {dict: "object", list: "array"}.get(kind, kind.__name__)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """True for the OSErrors a full disk, a full quota or a file-size limit raise."""
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` if needed and prove that files can be made in it; UserError if not."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{folder} is not writable: {e.strerror}") from None
+
+
+def is_writable(folder: Path) -> bool:
+    try:
+        check_writable(folder)
+        return True
+    except UserError:
+        return False
+
+
+@contextmanager
+def file_lock(path: str | Path, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive `flock` on `path` (created if needed) for the duration of the block.
+
+    The kernel releases it when the holder dies, so a killed worker never holds it for
+    good. Yields True when held; with blocking=False yields False at once when another
+    process holds it. Needs a filesystem with working flock (local disks, NFSv4, Lustre
+    mounted with -o flock, GPFS).
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        except OSError as e:
+            raise UserError(f"cannot lock {path}: {e.strerror} (the filesystem must support "
+                            f"flock)") from None
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def check_space(folder: str | Path, need: int, what: str, hint: str = "") -> None:
+    """UserError when `folder`'s filesystem has less than `need` bytes free."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise UserError(f"not enough disk space in {folder} for {what}: need {format_bytes(need)}, "
+                        f"have {format_bytes(free)}{hint}")

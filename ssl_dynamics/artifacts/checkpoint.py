@@ -1,0 +1,212 @@
+"""Checkpoints: deterministic safetensors files, and the one checked way to load a network.
+
+A checkpoint is a safetensors file (no pickled code runs on load) whose header metadata
+holds `format`, `schema_version` and `meta` (setup, seed, epoch, backbone, width,
+head_dim, the dataset's sha256 and the full setup config): enough to rebuild the network
+from the file alone. `load_network(path)` is the only way phase two turns a file into a
+network: it checks the file against the sha256 its seed's manifest recorded, rebuilds the
+network from the file's own metadata and refuses missing tensors and non-finite weights.
+"""
+from __future__ import annotations
+
+import io
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import SCHEMA_VERSION, canonical_json
+from ..errors import UserError
+from .atomic import read_json, sha256_bytes, write_bytes_atomic
+from .paths import EPOCH_RE
+
+CHECKPOINT_FORMAT = "ssl-dynamics-checkpoint/1"  # written into every checkpoint's metadata
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                      torch.float64: "F64", torch.int64: "I64", torch.int32: "I32",
+                      torch.uint8: "U8", torch.bool: "BOOL"}
+CHECKPOINT_DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # weights' storage type on disk
+HEADER_LIMIT = 100 * 2**20  # a header past 100 MiB is not a checkpoint of ours: refuse early
+
+
+def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors format written byte-for-byte deterministically.
+
+    The reference writer orders header keys through a hash map, so two identical states
+    can give different bytes. Here keys are sorted, so equal weights give equal files
+    and the manifest's sha256 doubles as a content hash across runs and machines.
+    """
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    chunks, offset = [], 0
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8-byte alignment
+    return len(text).to_bytes(8, "little") + text + b"".join(chunks)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under torch.compile's wrapper, so state-dict keys stay clean."""
+    return getattr(model, "_orig_mod", model)
+
+
+def model_state(model: torch.nn.Module, weight_dtype: torch.dtype | None = None) -> dict:
+    """The state dict to save; `weight_dtype` (e.g. bf16) stores the float PARAMETERS in that
+    type. BatchNorm running statistics stay fp32: they are tiny and eval mode divides by them."""
+    model = unwrap(model)
+    state = model.state_dict()
+    if weight_dtype is not None:
+        params = {name for name, _ in model.named_parameters()}
+        state = {k: v.to(weight_dtype) if k in params and v.is_floating_point() else v
+                 for k, v in state.items()}
+    return state
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict[str, Any],
+                    weight_dtype: torch.dtype | None = None) -> str:
+    """Weights (and BN buffers) as safetensors with JSON metadata; returns the sha256."""
+    metadata = {"format": CHECKPOINT_FORMAT, "schema_version": str(SCHEMA_VERSION),
+                "meta": canonical_json(meta)}
+    data = safetensors_bytes(model_state(model, weight_dtype), metadata)
+    write_bytes_atomic(path, data)
+    return sha256_bytes(data)
+
+
+def _header(data: bytes, path: Path) -> dict:
+    if len(data) < 8:
+        raise UserError(f"corrupt checkpoint {path}: shorter than a safetensors header")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > min(HEADER_LIMIT, len(data) - 8):
+        raise UserError(f"corrupt checkpoint {path}: header length {n} does not fit the file")
+    try:
+        header = json.loads(data[8:8 + n])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"corrupt checkpoint {path}: unreadable header") from None
+    if not isinstance(header, dict):
+        raise UserError(f"corrupt checkpoint {path}: unreadable header")
+    return header
+
+
+def parse_checkpoint(data: bytes, path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state_dict, meta) of checkpoint bytes; anything malformed is a UserError naming `path`."""
+    from safetensors.torch import load
+
+    path = Path(path)
+    metadata = _header(data, path).get("__metadata__") or {}
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"corrupt checkpoint {path}: not a {CHECKPOINT_FORMAT} file")
+    try:
+        meta = json.loads(metadata.get("meta", "{}"))
+    except json.JSONDecodeError:
+        raise UserError(f"corrupt checkpoint {path}: its metadata is not JSON") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"corrupt checkpoint {path}: its metadata is not a JSON object")
+    try:
+        state = load(data)
+    except Exception as e:  # safetensors raises several types for truncated/garbled files
+        raise UserError(f"corrupt checkpoint {path}: {type(e).__name__}") from None
+    return state, meta
+
+
+def read_checkpoint_bytes(path: str | Path) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing checkpoint {path}")
+    return path.read_bytes()
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, meta), unverified. No pickled code is executed."""
+    return parse_checkpoint(read_checkpoint_bytes(path), path)
+
+
+def manifest_sha256(path: Path) -> str:
+    """The sha256 that the seed's manifest recorded for checkpoint `path`."""
+    m = EPOCH_RE.match(path.name)
+    manifest = path.parent / "manifest.json"
+    if not m or not manifest.is_file():
+        raise UserError(f"checkpoint {path} has no manifest.json beside it to verify against "
+                        f"(--no-verify skips the check)")
+    entry = read_json(manifest, dict).get("checkpoints", {}).get(str(int(m.group(1))))
+    if not isinstance(entry, str):
+        raise UserError(f"checkpoint {path} is not in its manifest (--no-verify skips the check)")
+    return entry
+
+
+def verified_bytes(path: str | Path, verify: bool = True) -> bytes:
+    """The file's bytes, checked against its manifest's sha256 unless verify is False."""
+    path = Path(path)
+    data = read_checkpoint_bytes(path)
+    if verify and sha256_bytes(data) != manifest_sha256(path):
+        raise UserError(f"corrupt checkpoint {path}: its sha256 differs from the one its manifest "
+                        f"recorded (changed or damaged after training; --no-verify skips the check)")
+    return data
+
+
+def load_network(path: str | Path, verify: bool = True, data: bytes | None = None):
+    """(network in eval mode on the CPU, meta) of one checkpoint, every check passed.
+
+    Checks: the manifest's sha256 (unless `verify` is False), the format and metadata,
+    the architecture named by the metadata, every tensor present with its shape, and
+    finite weights. `data` passes bytes already read (and verified) by the caller.
+    """
+    from ..models import build_network
+
+    path = Path(path)
+    state, meta = parse_checkpoint(verified_bytes(path, verify) if data is None else data, path)
+    missing = [k for k in ("backbone", "width", "head_dim") if k not in meta]
+    if missing:
+        raise UserError(f"corrupt checkpoint {path}: its metadata lacks {', '.join(missing)}")
+    try:
+        with torch.device("meta"):  # no random initialisation: every tensor comes from the file
+            net = build_network(meta["backbone"], int(meta["head_dim"]), int(meta["width"]))
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise UserError(f"checkpoint {path}: cannot rebuild its network: {e}") from None
+    load_state(net, state, path, assign=True)
+    return net.eval(), meta
+
+
+def load_state(net: torch.nn.Module, state: dict[str, torch.Tensor], path: Path,
+               assign: bool = False) -> None:
+    """Load `state` into `net` (float32 whatever the stored float type), refusing gaps,
+    extras, wrong shapes and NaN/inf. `assign` takes the tensors over (for meta networks)."""
+    want = net.state_dict()
+    lacking = sorted(set(want) - set(state))
+    extra = sorted(set(state) - set(want))
+    if lacking or extra:
+        what = (f"lacks {_names(lacking)}" if lacking else f"has unknown tensors {_names(extra)}")
+        raise UserError(f"corrupt checkpoint {path}: it {what}")
+    for name, t in state.items():
+        if tuple(t.shape) != tuple(want[name].shape):
+            raise UserError(f"corrupt checkpoint {path}: {name} has shape {tuple(t.shape)}, "
+                            f"the network needs {tuple(want[name].shape)}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise UserError(f"checkpoint {path} has non-finite weights (NaN/inf) in {name}")
+    if assign:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    net.load_state_dict(state, assign=assign)
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def save_resume(path: str | Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def load_resume(path: str | Path) -> dict[str, Any] | None:
+    """The resume state, or None when the file is unreadable (the caller decides what then)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    return state if isinstance(state, dict) and "epoch" in state else None

@@ -1,0 +1,32 @@
+"""The analyses that read only the r_t store, as named steps with their inputs loaded once."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .outputs import Outputs
+from .rtdata import SetupRt, load_rt
+from .workspace import Workspace
+
+
+def store_data(ws: Workspace, setups: list[str] | None, store: str | Path | None = None) -> dict[str, SetupRt]:
+    return load_rt(ws.store_for_reading(store), setups)
+
+
+def analysis_steps(ws: Workspace, out: Outputs, setups: list[str], ref_epochs, echo,
+                   store: str | Path | None = None) -> list[tuple[str, Callable[[], dict]]]:
+    """(name, thunk) for dynamics, binomial and classes; the store is read on first use."""
+    from .binomial import run_binomial
+    from .classes import run_classes
+    from .dynamics import run_dynamics
+
+    loaded: dict[str, dict[str, SetupRt]] = {}
+
+    def data() -> dict[str, SetupRt]:
+        if "rt" not in loaded:
+            loaded["rt"] = store_data(ws, setups, store)
+        return loaded["rt"]
+
+    return [("dynamics", lambda: run_dynamics(data(), out, ref_epochs=ref_epochs)),
+            ("binomial", lambda: run_binomial(data(), out)),
+            ("classes", lambda: run_classes(data(), out, ws.run.classes))]

@@ -1,0 +1,188 @@
+"""Creating (or checking) a run directory before any training: run.json, setup.json, labels.
+
+`check_run` only reads; `prepare_run` writes, under the run's lock, after every check has
+passed. A run directory in which nothing has been trained yet (only initial weights, e.g.
+after a first epoch that diverged) takes new settings instead of refusing them.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from .. import artifacts as art
+from ..config import SCHEMA_VERSION, RunConfig, SetupConfig, canonical_json
+from ..data import Dataset
+from ..errors import UserError
+
+# Fields of run.json that must agree for a second invocation to share the directory.
+RUN_IDENTITY = ("dataset", "data_root", "train_subset", "subset_seed", "backbone", "width",
+                "label_seed")
+METADATA_SLACK = 64 * 1024  # bytes per checkpoint beyond the tensors: header, metadata
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "ssl_dynamics": __version__}
+    for pkg in ("torch", "torchvision", "numpy", "h5py", "zarr", "safetensors", "timm"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_revision() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        if rev.returncode:
+            return None
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def label_permutation(labels: torch.Tensor, seed: int) -> np.ndarray:
+    """ONE fixed permutation of the training label vector (keeps class balance)."""
+    return np.random.default_rng(seed).permutation(labels.numpy()).astype(np.int64)
+
+
+def setup_record(sc: SetupConfig) -> dict:
+    return {"schema_version": SCHEMA_VERSION, **sc.to_dict()}
+
+
+def trained_anything(paths: art.RunPaths, setup: str | None = None) -> bool:
+    """True once any seed (of `setup`, or of any setup) has committed an epoch beyond 0."""
+    names = [setup] if setup else paths.setups()
+    for name in names:
+        for seed in paths.seeds(name):
+            m = paths.manifest(name, seed)
+            if m.exists() and any(int(e) > 0 for e in art.read_manifest(m)["checkpoints"]):
+                return True
+    return False
+
+
+def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: Dataset) -> list[str]:
+    """Refuse a run directory trained with different settings. Reads only.
+
+    Returns what may be replaced because nothing was trained with it yet: "run" (run.json
+    and the label permutation) and/or setup names.
+    """
+    replace_ = []
+    if paths.run_json.exists():
+        old = art.read_json(paths.run_json, dict)
+        diffs = [k for k in RUN_IDENTITY if (old.get("config") or {}).get(k) != getattr(cfg, k)]
+        if (old.get("dataset") or {}).get("sha256") != dataset.identity()["sha256"]:
+            diffs.append("dataset contents")
+        if diffs and trained_anything(paths):
+            raise UserError(f"{paths.root} was made with a different config ({', '.join(diffs)} "
+                            f"differ); use another --out or the same settings")
+        if diffs:
+            replace_.append("run")
+    if "run" not in replace_ and paths.random_labels.exists():
+        perm = label_permutation(dataset.train_y, cfg.label_seed)
+        try:
+            same = np.array_equal(np.load(paths.random_labels, allow_pickle=False), perm)
+        except (OSError, ValueError, EOFError):
+            same = False
+        if not same:
+            raise UserError(f"{paths.random_labels} differs from the permutation of label_seed "
+                            f"{cfg.label_seed}; the run directory was altered")
+    for name in setups:
+        p = paths.setup_json(name)
+        if p.exists():
+            have, want = art.read_json(p, dict), setup_record(cfg.setups[name])
+            if canonical_json(have) != canonical_json(want):
+                if trained_anything(paths, name):
+                    keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+                    raise UserError(f"{p} was made with a different config ({', '.join(keys)} "
+                                    f"differ); use another --out or the same settings")
+                replace_.append(name)
+    return replace_
+
+
+def _forget_untrained(paths: art.RunPaths, names: list[str], echo) -> None:
+    """Remove the initial weights of setups whose settings changed before any training."""
+    for name in names:
+        echo(f"{name}: nothing was trained with its old settings; starting it with the new ones")
+        for seed in paths.seeds(name):
+            shutil.rmtree(paths.seed_dir(name, seed))
+        paths.setup_json(name).unlink(missing_ok=True)
+
+
+def prepare_run(root: str | Path, cfg: RunConfig, setups: list[str], dataset: Dataset,
+                echo=print) -> art.RunPaths:
+    """Check, then create or update run.json, setup.json files and the label permutation.
+
+    Runs under the run's lock, so concurrent workers create each file once.
+    """
+    paths = art.RunPaths(root)
+    art.check_writable(paths.root)
+    with art.file_lock(paths.lock):
+        replace_ = check_run(paths, cfg, setups, dataset)
+        if "run" in replace_:
+            paths.random_labels.unlink(missing_ok=True)
+            paths.run_json.unlink()
+        _forget_untrained(paths, paths.setups() if "run" in replace_ else replace_, echo)
+        if not paths.random_labels.exists():
+            with art.atomic_path(paths.random_labels) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, label_permutation(dataset.train_y, cfg.label_seed))
+        for name in setups:
+            if not paths.setup_json(name).exists():
+                art.write_json_atomic(paths.setup_json(name), setup_record(cfg.setups[name]))
+        art.write_json_atomic(paths.run_json, _run_record(paths, cfg, setups, dataset))
+    return paths
+
+
+def _run_record(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: Dataset) -> dict:
+    run_json = art.read_json(paths.run_json, dict) if paths.run_json.exists() else {}
+    run_json.update({
+        "schema_version": SCHEMA_VERSION,
+        "config": {k: v for k, v in cfg.to_dict().items() if k not in ("setups", "seeds")},
+        "seeds": sorted(set(run_json.get("seeds", [])) | set(cfg.seeds)),
+        "setups": sorted(set(run_json.get("setups", [])) | set(setups)),
+        "dataset": dataset.identity(),
+        "classes": list(dataset.classes),
+        "random_labels_sha256": art.sha256_file(paths.random_labels),
+    })
+    run_json.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    run_json["provenance"] = {"versions": package_versions(), "git_revision": git_revision(),
+                              "host": platform.node()}
+    return run_json
+
+
+def checkpoint_bytes(cfg: RunConfig, sc: SetupConfig, dtype: str = "fp32") -> tuple[int, int]:
+    """(bytes of one checkpoint, bytes of one resume.pt) of a setup, from its real state dict."""
+    from ..models import build_network
+
+    net = build_network(cfg.backbone, sc.head_dim, cfg.width)
+    state = art.model_state(net, art.CHECKPOINT_DTYPES[dtype])
+    ckpt = sum(t.numel() * t.element_size() for t in state.values()) + METADATA_SLACK
+    params = sum(p.numel() * p.element_size() for p in net.parameters())
+    moments = 2 if sc.optimizer == "adam" else 1  # Adam: exp_avg + exp_avg_sq; SGD: momentum
+    resume = moments * params + (ckpt if dtype != "fp32" else 0) + METADATA_SLACK
+    return ckpt, resume
+
+
+def disk_estimate(cfg: RunConfig, todo: list[tuple[str, int, int, int]], dtype: str = "fp32") -> int:
+    """Bytes the remaining checkpoints need: todo = (setup, seed, last done epoch or -1, until)."""
+    sizes: dict[str, tuple[int, int]] = {}
+    total = 0
+    for name, _seed, done, until in todo:
+        if name not in sizes:
+            sizes[name] = checkpoint_bytes(cfg, cfg.setups[name], dtype)
+        ckpt, resume = sizes[name]
+        total += (until - done) * ckpt + (resume if done < 0 else 0)
+    return total
