@@ -125,9 +125,12 @@ def within_seed_correlation(correct_t, valid_t) -> float:
 
     correct_t [S, M, K], valid_t bool [S]. With s_ik = successes of seed i on image k:
     P_w = P(two different replays of one seed and image both correct), P_b = P(replays
-    from two different seeds of one image both correct); rho_w = (P_w - P_b) / (p (1 - p))
-    clipped to [0, 1]. Returns 0.0 when undefined: M = 1, fewer than 2 valid seeds, or
-    p in {0, 1}.
+    from two different seeds of one image both correct), both averaged over images;
+    rho_w = (P_w - P_b) / (p - P_b), clipped to [0, 1]. P_b estimates the mean of p_k^2
+    over images (seeds are independent), so the denominator is an unbiased estimate of
+    the mean of p_k (1 - p_k), the per-image Bernoulli variance: heterogeneous difficulty
+    does not bias rho_w downwards (with equally hard images it equals p (1 - p)).
+    Returns 0.0 when undefined: M = 1, fewer than 2 valid seeds, or p in {0, 1}.
     """
     c, v = np.asarray(correct_t), np.asarray(valid_t)
     if c.ndim != 3 or c.size == 0:
@@ -145,7 +148,10 @@ def within_seed_correlation(correct_t, valid_t) -> float:
     p_within = np.sum(s * (s - 1)) / (n * k * m * (m - 1))
     col = s.sum(axis=0)
     p_between = np.sum(col**2 - np.sum(s**2, axis=0)) / (k * n * (n - 1) * m * m)
-    return float(np.clip((p_within - p_between) / (p * (1.0 - p)), 0.0, 1.0))
+    spread = p - p_between
+    if spread <= 0:  # every image all-or-none across seeds: no within-seed variance left
+        return 0.0
+    return float(np.clip((p_within - p_between) / spread, 0.0, 1.0))
 
 
 def _sorted_binomial_noise(n: int, p_hat: np.ndarray, k: int, draws: int, rng) -> np.ndarray:
