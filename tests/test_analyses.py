@@ -79,7 +79,7 @@ def full(tmp_path_factory):
     out = Outputs(run)
     res = {
         "dynamics": run_dynamics(data, out, ref_setup="simclr", ref_epochs=(1, 5, 20)),
-        "binomial": run_binomial(data, out, draws=4, seed=0),
+        "binomial": run_binomial(data, out, draws=4, seed=0, null_sims=50),
         "classes": run_classes(data, out, CLASSES),
     }
     return data, out, res
@@ -261,7 +261,7 @@ def test_mae_deterministic_given_seed(tmp_path, monkeypatch):
     data = {"supervised": make_setup("supervised", 2, k=60)}
 
     def maes(seed, name):
-        res = run_binomial(data, Outputs(tmp_path / name), p0s=(0.5,), draws=3, seed=seed)
+        res = run_binomial(data, Outputs(tmp_path / name), p0s=(0.5,), draws=3, seed=seed, null_sims=50)
         return [(r["mae_mean"], r["mae_std"]) for r in res["tables"]["table4_2_mae"]]
 
     a, b, c = maes(7, "a"), maes(7, "b"), maes(8, "c")
@@ -269,7 +269,7 @@ def test_mae_deterministic_given_seed(tmp_path, monkeypatch):
     assert a != c
     # adding another setup does not change this setup's draws
     both = dict(data, simclr=make_setup("simclr", 1, k=60))
-    res = run_binomial(both, Outputs(tmp_path / "d"), p0s=(0.5,), draws=3, seed=7)
+    res = run_binomial(both, Outputs(tmp_path / "d"), p0s=(0.5,), draws=3, seed=7, null_sims=50)
     got = [(r["mae_mean"], r["mae_std"]) for r in res["tables"]["table4_2_mae"] if r["setup"] == "supervised"]
     assert got == a
 
@@ -277,7 +277,7 @@ def test_mae_deterministic_given_seed(tmp_path, monkeypatch):
 def test_p0_never_reached_gives_nan_row(tmp_run):
     data = {"random_labels": staircase_setup("random_labels", [0.0, 0.1, 0.2, 0.3])}
     out = Outputs(tmp_run)
-    res = run_binomial(data, out, p0s=(0.25, 0.5, 0.75), draws=2)
+    res = run_binomial(data, out, p0s=(0.25, 0.5, 0.75), draws=2, null_sims=50)
     chi = res["tables"]["table4_1_chisquare"]
     assert chi[0]["epoch"] == 10 and chi[0]["p_hat0"] == pytest.approx(0.3)
     for row in chi[1:] + res["tables"]["table4_2_mae"][1:]:
@@ -296,7 +296,7 @@ def test_missing_checkpoint_changes_n_and_is_reported(tmp_run, monkeypatch):
     d.correct[1, 3] = 1  # would raise the counts if the missing checkpoint were used
     data = {"supervised": d}
     out = Outputs(tmp_run)
-    res = run_binomial(data, out, draws=2)
+    res = run_binomial(data, out, draws=2, null_sims=50)
     chi = {r["p0"]: r for r in res["tables"]["table4_1_chisquare"]}
     assert [chi[p]["epoch"] for p in (0.25, 0.5, 0.75)] == [7, 10, 13]
     assert [chi[p]["n_seeds"] for p in (0.25, 0.5, 0.75)] == [4, 3, 4]
@@ -314,7 +314,7 @@ def test_missing_checkpoint_changes_n_and_is_reported(tmp_run, monkeypatch):
 def test_single_seed_and_single_setup_do_not_crash(tmp_run):
     data = {"simclr": make_setup("simclr", 5, s=1, m=2, k=30, second=True)}
     out = Outputs(tmp_run)
-    res = run_binomial(data, out, draws=2)
+    res = run_binomial(data, out, draws=2, null_sims=50)
     for row in res["tables"]["table4_1_chisquare"]:
         if row["epoch"] is not None:
             assert np.isnan(row["chi2_thesis_allbins"]) and np.isnan(row["p_pooled"])
@@ -343,3 +343,15 @@ def test_plot_helpers():
     assert seed_count_note("s", np.array([5, 5, 5]), [1, 2, 3]) is None
     note = seed_count_note("s", np.array([5, 4, 0, 4]), [1, 2, 3, 4])
     assert "epochs 3 not evaluated" in note and "4 at epochs 2, 4" in note
+
+
+def test_fig45_shows_each_setups_table42_epochs_and_never_the_init(full):
+    data, out, res = full
+    rows = res["binomial"]["tables"]["table4_2_mae"] + res["binomial"]["tables"]["table4_1_chisquare"]
+    assert all(r["epoch"] != 0 for r in rows)  # the initialization is no candidate
+    with h5py.File(out.analysis) as f:
+        for s in data:
+            want = [r["epoch"] for r in res["binomial"]["tables"]["table4_2_mae"] if r["setup"] == s]
+            got = [int(f[f"binomial/{s}/spread_{j}/epoch"][()]) for j in range(len(want))
+                   if f"binomial/{s}/spread_{j}" in f]
+            assert got == [e for e in want if e is not None] and len(got) >= 2

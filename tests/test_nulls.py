@@ -196,11 +196,19 @@ def test_calibrate_hand_values():
     assert out["sims"] == 4 and out["null_mean"] == 2.5
     assert nl.calibrate(9.0, [1.0, 2.0])["p_value"] == pytest.approx(1 / 3)
     assert np.isnan(nl.calibrate(1.0, [2.0, 2.0])["z"])  # zero spread
+    # two-sided: twice the smaller tail, capped at 1
+    assert nl.calibrate(3.0, [1.0, 2.0, 3.0, 4.0], two_sided=True)["p_value"] == pytest.approx(1.0)
+    assert nl.calibrate(0.0, [1.0, 2.0, 3.0, 4.0], two_sided=True)["p_value"] == pytest.approx(2 / 5)
+    assert nl.calibrate(9.0, [1.0, 2.0, 3.0, 4.0], two_sided=True)["p_value"] == pytest.approx(2 / 5)
 
 
-def uniformity_checks(stat, b, rng_):
+def uniformity_checks(stat, b, rng_, two_sided=False):
     """stat [reps, 1 + b]: column 0 plays 'observed', the other b columns its null."""
-    p = np.array([nl.calibrate(row[0], row[1:])["p_value"] for row in stat])
+    p = np.array([nl.calibrate(row[0], row[1:], two_sided)["p_value"] for row in stat])
+    if two_sided:  # twice the smaller one-sided p: below 0.05 in 5% of datasets (ties aside)
+        lo, hi = sps.binom.interval(0.999, p.size, 0.05)
+        assert lo <= np.sum(p <= 0.05) <= hi + 2  # +2: discrete two-tailed grid
+        return
     # Under exchangeability p is uniform on {1, ..., b+1}/(b+1): with b = 99, P(p <= 0.05)
     # = 0.05 exactly (ties only make it smaller). 99.9 % binomial band for 200 reps: 2..21.
     lo, hi = sps.binom.interval(0.999, p.size, 0.05)
@@ -215,6 +223,7 @@ def test_homogeneous_data_give_uniform_calibrated_p_values():
     # Smaller design than the thesis (cost): calibration does not depend on the size.
     mae = nl.mae_null_distribution(10, 3, 128, 0.3, rng(15), sims=reps * (b + 1), draws=3)
     uniformity_checks(mae.reshape(reps, b + 1), b, rng(16))
+    uniformity_checks(mae.reshape(reps, b + 1), b, rng(16), two_sided=True)
     chi = nl.chisquare_null_distribution(N, K, P, rng(17), sims=reps * (b + 1))
     uniformity_checks(chi.reshape(reps, b + 1), b, rng(18))
 

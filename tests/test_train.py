@@ -79,10 +79,19 @@ def test_thesis_defaults():
 def test_reference_schedules_hand_values():
     s = thesis_setups()
     simclr, sup = s["simclr"], s["supervised"]
-    # simclr: constant for epochs 0..10 (first scheduler step after epoch index 10)
-    assert learning_rate(simclr, 0, 195) == learning_rate(simclr, 10, 195) == 3e-4
-    assert learning_rate(simclr, 11, 195) == pytest.approx(3e-4 * (1 + np.cos(np.pi / 195)) / 2)
-    assert learning_rate(simclr, 199, 195) == pytest.approx(3e-4 * (1 + np.cos(np.pi * 189 / 195)) / 2)
+    # simclr: base rate for epochs 1-10 (0-based 0..9); the reference steps its scheduler
+    # after epoch 10, so epoch 11 (index 10) runs at the first cosine step
+    assert learning_rate(simclr, 0, 195) == learning_rate(simclr, 9, 195) == 3e-4
+    assert learning_rate(simclr, 10, 195) == pytest.approx(3e-4 * (1 + np.cos(np.pi / 195)) / 2)
+    assert learning_rate(simclr, 199, 195) == pytest.approx(3e-4 * (1 + np.cos(np.pi * 190 / 195)) / 2)
+    assert learning_rate(simclr, 199, 195) / 3e-4 == pytest.approx(0.0016, abs=1e-4)  # 0.16% of the base
+    # the same by replaying torch's CosineAnnealingLR exactly as the reference code stepped it
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=3e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=195)
+    for epoch_counter in range(1, 201):
+        assert learning_rate(simclr, epoch_counter - 1, 195) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9)
+        if epoch_counter >= 10:
+            sched.step()
     # classification: T_max = 200 epochs whatever the run length, periodic beyond
     assert learning_rate(sup, 0, 195) == pytest.approx(3e-4)
     assert learning_rate(sup, 100, 195) == pytest.approx(1.5e-4)

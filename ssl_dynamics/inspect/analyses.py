@@ -15,10 +15,12 @@ def store_data(ws: Workspace, setups: list[str] | None, store: str | Path | None
 
 def analysis_steps(ws: Workspace, out: Outputs, setups: list[str], ref_epochs, echo,
                    store: str | Path | None = None) -> list[tuple[str, Callable[[], dict]]]:
-    """(name, thunk) for dynamics, binomial and classes; the store is read on first use."""
+    """(name, thunk) for dynamics, binomial, heterogeneity and classes; the store is read on
+    first use."""
     from .binomial import run_binomial
     from .classes import run_classes
     from .dynamics import run_dynamics
+    from .heterogeneity import run_heterogeneity
 
     loaded: dict[str, dict[str, SetupRt]] = {}
 
@@ -29,4 +31,5 @@ def analysis_steps(ws: Workspace, out: Outputs, setups: list[str], ref_epochs, e
 
     return [("dynamics", lambda: run_dynamics(data(), out, ref_epochs=ref_epochs)),
             ("binomial", lambda: run_binomial(data(), out)),
+            ("heterogeneity", lambda: run_heterogeneity(data(), out, ref_epochs=ref_epochs)),
             ("classes", lambda: run_classes(data(), out, ws.run.classes))]

@@ -49,6 +49,7 @@ def cli():
       inspect rt RUN_DIR          evaluate checkpoints on a fixed augmentation bank
       inspect dynamics RUN_DIR    sorted r_t curves, epoch alignment (Fig. 4.1, 4.2)
       inspect binomial RUN_DIR    chi-square and MAE vs binomial noise (Tables 4.1, 4.2)
+      inspect heterogeneity RUN_DIR  rho of difficulty per epoch, agreement between setups
       inspect classes RUN_DIR     per-class r_t dynamics (Fig. 5.3)
       inspect probe RUN_DIR       linear probes (Table B.1)
       inspect embed RUN_DIR       t-SNE and KL between class Gaussians (Fig. 5.1, 5.2)
@@ -141,12 +142,31 @@ def dynamics_cmd(run_dir, work, store, setups, epochs, reference, include_init):
 @cli.command("binomial")
 @options(RUN_DIR, WORK, STORE, SETUP)
 @click.option("--draws", default=10, show_default=True, help="Binomial noise draws for the MAE.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the binomial draws.")
-def binomial_cmd(run_dir, work, store, setups, draws, seed):
-    """Tables 4.1 (chi-square) and 4.2 (MAE vs binomial noise); Fig. 4.3, 4.4, 4.5, B.1."""
+@click.option("--seed", default=0, show_default=True, help="Seed of the binomial draws and the nulls.")
+@click.option("--null-sims", default=1000, show_default=True,
+              help="Datasets simulated under 'every image equally hard' to calibrate Tables 4.1/4.2.")
+@click.option("--include-init", is_flag=True, help="Let the p0 searches pick epoch 0.")
+def binomial_cmd(run_dir, work, store, setups, draws, seed, null_sims, include_init):
+    """Tables 4.1 (chi-square) and 4.2 (MAE vs binomial noise), thesis-faithful and calibrated
+    side by side; Fig. 4.3, 4.4, 4.5, B.1."""
     from .binomial import run_binomial
 
-    _analysis(run_dir, work, store, setups, lambda d, out, ws: run_binomial(d, out, draws=draws, seed=seed))
+    _analysis(run_dir, work, store, setups, lambda d, out, ws: run_binomial(
+        d, out, draws=draws, seed=seed, null_sims=null_sims, include_init=include_init))
+
+
+@cli.command("heterogeneity")
+@options(RUN_DIR, WORK, STORE, SETUP)
+@click.option("--epochs", default=None, help="Reference epochs (a list; default as `dynamics`).")
+@click.option("--reference", default=None, help="Reference setup A (default: simclr, else the first).")
+def heterogeneity_cmd(run_dir, work, store, setups, epochs, reference):
+    """How heterogeneous difficulty is (beta-binomial rho per epoch) and whether setups agree
+    on which images are hard (Spearman of r_t at aligned epochs)."""
+    from .heterogeneity import run_heterogeneity
+
+    ref_epochs = parse_int_list(epochs, "--epochs")
+    _analysis(run_dir, work, store, setups, lambda d, out, ws: run_heterogeneity(
+        d, out, ref_setup=reference, ref_epochs=ref_epochs))
 
 
 @cli.command("classes")

@@ -32,7 +32,7 @@ ALIGN_TOLERANCE = 0.05  # note aligned epochs whose mean r_t differs more than t
 MAX_LEGEND_CURVES = 10  # beyond this many curves the colour bar alone says the epoch
 
 
-def _evaluated(d: SetupRt) -> np.ndarray:
+def evaluated_indices(d: SetupRt) -> np.ndarray:
     """Indices of epochs with at least one valid seed."""
     return np.flatnonzero(np.asarray(d.valid).any(axis=0))
 
@@ -40,7 +40,7 @@ def _evaluated(d: SetupRt) -> np.ndarray:
 def default_ref_epochs(d: SetupRt, include_init: bool = False) -> tuple[tuple[int, ...], str | None]:
     """The thesis's reference epochs that `d` evaluated; for a short run that has none of
     them, up to DEFAULT_CURVES epochs spread on a log scale. Returns (epochs, note)."""
-    ev = _evaluated(d)
+    ev = evaluated_indices(d)
     ev = ev[st.searchable(d.epochs[ev], include_init)]
     have = [int(e) for e in d.epochs[ev]]
     if not have:
@@ -55,7 +55,7 @@ def default_ref_epochs(d: SetupRt, include_init: bool = False) -> tuple[tuple[in
 
 def _curve_indices(d: SetupRt, curve_epochs, notes: list[str]) -> np.ndarray:
     """Epoch indices whose sorted curves Fig. 4.1 draws for one setup."""
-    ev = _evaluated(d)
+    ev = evaluated_indices(d)
     if curve_epochs is None or isinstance(curve_epochs, (int, np.integer)) and not isinstance(curve_epochs, bool):
         n = DEFAULT_CURVES if curve_epochs is None else int(curve_epochs)
         if n < 1:
@@ -77,12 +77,12 @@ def _curve_indices(d: SetupRt, curve_epochs, notes: list[str]) -> np.ndarray:
     return np.asarray(sorted(have[e] for e in wanted if e in have), dtype=np.int64)
 
 
-def _ref_indices(d: SetupRt, ref_epochs: Sequence[int]) -> np.ndarray:
+def ref_indices(d: SetupRt, ref_epochs: Sequence[int]) -> np.ndarray:
     """Map reference epoch numbers to indices; UserError naming the epochs that exist."""
     wanted = [int(e) for e in ref_epochs]
     if not wanted:
         raise UserError("no reference epochs given")
-    ev = _evaluated(d)
+    ev = evaluated_indices(d)
     have = {int(d.epochs[i]): int(i) for i in ev}
     missing = [e for e in wanted if e not in have]
     if missing:
@@ -92,7 +92,7 @@ def _ref_indices(d: SetupRt, ref_epochs: Sequence[int]) -> np.ndarray:
     return np.asarray([have[e] for e in wanted], dtype=np.int64)
 
 
-def _resolve_reference(data: dict[str, SetupRt], ref_setup: str | None) -> str:
+def resolve_reference(data: dict[str, SetupRt], ref_setup: str | None) -> str:
     if ref_setup is None:
         return "simclr" if "simclr" in data else next(iter(data))
     if ref_setup not in data:
@@ -146,9 +146,9 @@ def run_dynamics(data: dict[str, SetupRt], out: Outputs, ref_setup: str | None =
         raise UserError("no setups to analyse")
     notes: list[str] = []
     for s in data:
-        if not _evaluated(data[s]).size:
+        if not evaluated_indices(data[s]).size:
             raise UserError(f"setup {s} has no evaluated checkpoint")
-    ref_setup = _resolve_reference(data, ref_setup)
+    ref_setup = resolve_reference(data, ref_setup)
     if ref_epochs is None:
         ref_epochs, note = default_ref_epochs(data[ref_setup], include_init)
         notes += [note] if note else []
@@ -156,7 +156,7 @@ def run_dynamics(data: dict[str, SetupRt], out: Outputs, ref_setup: str | None =
     means = {s: st.epoch_means(r[s]) for s in data}
     n_seeds = {s: st.seeds_per_epoch(np.asarray(d.valid, dtype=bool)) for s, d in data.items()}
     notes += [n for s in data if (n := seed_count_note(s, n_seeds[s], data[s].epochs))]
-    ref_idx = _ref_indices(data[ref_setup], ref_epochs)
+    ref_idx = ref_indices(data[ref_setup], ref_epochs)
     aligned_idx = align_setups(data, means, ref_setup, ref_idx, include_init)
     rows = _aligned_rows(data, means, ref_setup, ref_idx, aligned_idx, notes)
     figures = [_fig_sorted(data, r, n_seeds, out, curve_epochs, notes),
@@ -195,7 +195,7 @@ def _fig_sorted(data, r, n_seeds, out: Outputs, curve_epochs, notes):
     cmap = plt.get_cmap(EPOCH_CMAP)
     for ax, s in zip(axes, setups):
         d = data[s]
-        ev = _evaluated(d)
+        ev = evaluated_indices(d)
         t_max = int(d.epochs[ev].max())
         idx = _curve_indices(d, curve_epochs, notes)
         k = r[s].shape[1]

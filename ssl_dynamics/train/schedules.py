@@ -1,9 +1,10 @@
 """Learning-rate schedules as pure functions of (setup config, epoch).
 
 "reference" reproduces the thesis's code (SPEC.md):
-* simclr: lr held for `constant_lr_epochs` epochs; after that a CosineAnnealingLR whose
-  period is the number of batches per epoch is stepped once per epoch (so it never gets
-  far: 190 steps of a 195-step half-period in 200 epochs).
+* simclr: lr held for the first `constant_lr_epochs` epochs (1-10); the code steps a
+  CosineAnnealingLR, whose period is the number of batches per epoch, after every epoch
+  from the 10th on, so epoch 11 already runs at the first cosine step and epoch 200 at
+  step 190 of a 195-step half-period: 0.16% of the base rate.
 * classification: a CosineAnnealingLR with T_max = `cosine_period_epochs` (200) stepped
   once per epoch whatever the run length: zero at epoch 200, back to the full lr at 400.
 "cosine" anneals to zero over the run; "constant" keeps the lr.
@@ -27,6 +28,8 @@ def learning_rate(cfg: SetupConfig, epoch: int, batches_per_epoch: int) -> float
     if cfg.schedule == "cosine":
         return cosine(cfg.lr, epoch, cfg.epochs)
     if cfg.objective == "simclr":
-        steps = max(0, epoch - cfg.constant_lr_epochs)
+        # 1-based epoch E > C runs at cosine step E - C (`if epoch >= C: scheduler.step()`
+        # after each epoch); C = 0 behaves like C = 1 (no step before the first epoch)
+        steps = max(0, epoch + 1 - max(cfg.constant_lr_epochs, 1))
         return cosine(cfg.lr, steps, max(1, batches_per_epoch))
     return cosine(cfg.lr, epoch, cfg.cosine_period_epochs)
