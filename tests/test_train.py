@@ -324,3 +324,40 @@ def test_disk_check_refuses(tmp_path, monkeypatch):
     train_grid(tmp_path, tiny(epochs=1), ["simclr"], CPU, check_disk=False, progress=False,
                echo=lambda *_: None)
     assert art.RunPaths(tmp_path).checkpoint("simclr", 0, 1).exists()
+
+
+# --------------------------------------------------------------------------- extend
+
+@pytest.mark.parametrize("setup", ["supervised", "simclr"])
+def test_extend_equals_training_that_long_from_the_start(tmp_path, setup, monkeypatch):
+    from ssl_dynamics.inspect import features
+    from ssl_dynamics.train.extend import extend_grid
+
+    monkeypatch.setattr(features, "THESIS_EPOCHS", {setup: 4})  # the thesis's 200, scaled down
+
+    long_run = tiny(epochs=4)
+    train_grid(tmp_path / "long", long_run, [setup], CPU, progress=False, echo=lambda *_: None)
+    short = tiny(epochs=2)
+    train_grid(tmp_path / "short", short, [setup], CPU, progress=False, echo=lambda *_: None)
+    epoch, how = features.resolve_epoch(art.Run.open(tmp_path / "short"), setup, None)
+    assert epoch == 2 and "train extend" in how  # the representation analyses say what is missing
+    extend_grid(tmp_path / "short", [setup], 4, CPU, progress=False, echo=lambda *_: None)
+    assert features.resolve_epoch(art.Run.open(tmp_path / "short"), setup, None) == (4, "the thesis's epoch")
+    a, b = art.RunPaths(tmp_path / "long"), art.RunPaths(tmp_path / "short")
+    for epoch in range(5):
+        assert same_state(weights(a.checkpoint(setup, 0, epoch)), weights(b.checkpoint(setup, 0, epoch)))
+    st = grid_status(tmp_path / "short")[0]
+    assert st.state == "complete" and st.last_epoch == 2 and st.extended_to == 4
+    # the planned epochs are unchanged: phase two still evaluates epochs 0-2
+    assert art.read_json(b.setup_json(setup))["epochs"] == 2
+    with pytest.raises(UserError, match="--to must be larger"):
+        extend_grid(tmp_path / "short", [setup], 2, CPU, progress=False, echo=lambda *_: None)
+
+
+def test_extend_refuses_a_schedule_that_depends_on_the_run_length(tmp_path):
+    from ssl_dynamics.train.extend import extend_grid
+
+    cfg = override(tiny(epochs=1), ["supervised.schedule=cosine"])
+    train_grid(tmp_path, cfg, ["supervised"], CPU, progress=False, echo=lambda *_: None)
+    with pytest.raises(UserError, match="schedule=cosine"):
+        extend_grid(tmp_path, ["supervised"], 3, CPU, progress=False, echo=lambda *_: None)

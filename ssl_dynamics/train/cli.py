@@ -102,9 +102,15 @@ def status_cmd(run_dir):
     click.echo(f"{'setup':<20} {'seed':>4}  {'state':<9} {'epoch':>11}")
     for r in rows:
         last = "-" if r.last_epoch is None else str(r.last_epoch)
-        click.echo(f"{r.setup:<20} {r.seed:>4}  {r.state:<9} {last:>5}/{r.epochs:<5}")
+        more = f"  extended to {r.extended_to}" if r.extended_to else ""
+        click.echo(f"{r.setup:<20} {r.seed:>4}  {r.state:<9} {last:>5}/{r.epochs:<5}{more}")
     counts = {k: sum(r.state == k for r in rows) for k in ("complete", "partial", "missing")}
     click.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+from .extend import extend_cmd  # noqa: E402  (a command of its own module)
+
+cli.add_command(extend_cmd)
 
 
 def main() -> None:

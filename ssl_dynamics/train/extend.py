@@ -1,0 +1,82 @@
+"""`train extend`: train chosen seeds of a setup beyond its planned epochs.
+
+The thesis's representation analyses (Table B.1, Figs 5.1, 5.2, 5.4) used longer-trained
+models than its dynamics runs: supervised after 200 epochs (the dynamics run has 50), random
+labels after 30 (20). The reference learning-rate schedules do not depend on the run length
+(classification: cosine with T_max = 200 epochs; SimCLR: cosine over the batches of one epoch
+stepped per epoch), so continuing a finished seed gives exactly the checkpoints of a seed
+trained that long from the start. The extra epochs land in the same seed folder and manifest
+(`extended_to`); the setup's planned epochs, the r_t store and the dynamics analyses are
+unchanged, and the representation analyses use the thesis's epochs once they exist.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from ..artifacts import load_run_config
+from ..config import parse_seeds
+from ..devices import resolve_device
+from ..errors import UserError
+from .grid import train_grid
+from .loop import TrainOptions
+
+THESIS_EXTENSIONS = {"supervised": 200, "random_labels": 30}  # thesis section 5.1
+
+
+def extend_grid(root: str | Path, setups: list[str], until: int, opts: TrainOptions,
+                seeds: tuple[int, ...] | None = None, data_root: str | None = None,
+                check_disk: bool = True, echo=print, progress: bool = True):
+    """Train `seeds` (default: all of the run's) of `setups` up to epoch `until`."""
+    cfg, _ = load_run_config(root)
+    for s in setups:
+        if s not in cfg.setups:
+            raise UserError(f"setup {s!r} is not in {root} (it has {', '.join(cfg.setups)})")
+        sc = cfg.setups[s]
+        if sc.schedule == "cosine":
+            raise UserError(f"{s} anneals its learning rate over its {sc.epochs} planned epochs "
+                            f"(schedule=cosine), so a longer run would differ from the start; "
+                            f"train a new run with --epochs {until} instead")
+        if until <= sc.epochs:
+            raise UserError(f"{s} already plans {sc.epochs} epochs; --to must be larger "
+                            f"(`train run` finishes the planned ones)")
+    if seeds is not None:
+        extra = sorted(set(seeds) - set(cfg.seeds))
+        if extra:
+            raise UserError(f"seeds {extra} are not in {root}; `train run --seeds` adds seeds")
+        cfg = replace(cfg, seeds=tuple(seeds))
+    if data_root:
+        cfg = replace(cfg, data_root=str(data_root))
+    return train_grid(root, cfg, setups, opts, check_disk=check_disk, download=False, echo=echo,
+                      progress=progress, until={s: until for s in setups})
+
+
+@click.command("extend")
+@click.argument("run_dir")
+@click.option("--setup", "setups", multiple=True, required=True,
+              help="Setup(s) to extend (repeatable).")
+@click.option("--to", "until", type=int, default=None,
+              help="Last epoch to reach (default: the thesis's, supervised 200, random_labels 30).")
+@click.option("--seeds", default=None, help="Seeds to extend, e.g. 0 or 0-3 (default: all of the run's).")
+@click.option("--data-root", default=None, help="Where the run's dataset is now.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
+@click.option("--deterministic", is_flag=True, help="Deterministic kernels.")
+@click.option("--ignore-disk-check", is_flag=True, help="Start even if the checkpoints may not fit.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def extend_cmd(run_dir, setups, until, seeds, data_root, device, deterministic, ignore_disk_check,
+               no_progress):
+    """Train seeds of finished setups beyond their planned epochs (e.g. supervised to 200 for
+    the thesis's Table B.1); the dynamics keep reading the planned epochs."""
+    for s in setups:
+        if until is None and s not in THESIS_EXTENSIONS:
+            raise UserError(f"{s}: give --to (the thesis extended only {', '.join(THESIS_EXTENSIONS)})")
+    dev = resolve_device(device)
+    on_gpu = dev.startswith("cuda")
+    opts = TrainOptions(device=dev, bf16=on_gpu, channels_last=on_gpu, deterministic=deterministic)
+    for s in setups:
+        to = until or THESIS_EXTENSIONS[s]
+        click.echo(f"extending {s} to epoch {to} on {dev}")
+        extend_grid(run_dir, [s], to, opts, parse_seeds(seeds) if seeds else None, data_root,
+                    check_disk=not ignore_disk_check, echo=click.echo, progress=not no_progress)
