@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from ssl_dynamics.errors import UserError
 from ssl_dynamics.models import build_network, count_parameters
 
 

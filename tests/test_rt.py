@@ -155,28 +155,46 @@ def test_corrupt_checkpoint_named(run):
     p.write_bytes(p.read_bytes()[:64])
     with pytest.raises(UserError, match="corrupt checkpoint .*simclr/seed-00/epoch-0001"):
         rt(run, device="cpu", **BANK, **QUIET)
-    # what was evaluated before the bad file is kept; fix the file and it resumes
-    assert load_rt(run / "inspect" / "rt.zarr")["simclr"].valid[0, 0]  # evaluated before the bad one
+    # a truncated header is found before anything is evaluated: nothing was written
+    assert not (run / "inspect" / "rt.zarr").exists()
+
+
+def test_flipped_tensor_bytes_are_refused_and_earlier_work_kept(run):
+    p = art.RunPaths(run).checkpoint("simclr", 0, 1)
+    data = bytearray(p.read_bytes())
+    data[-5] ^= 0xFF  # a weight, not the header: only the sha256 can tell
+    p.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="epoch-0001.safetensors: its sha256 differs"):
+        rt(run, setups=["simclr"], device="cpu", **BANK, **QUIET)
+    d = load_rt(run / "inspect" / "rt.zarr")["simclr"]
+    assert d.valid[0, 0] and not d.valid[0, 1]  # evaluated before the bad one, not the bad one
+    # --no-verify evaluates it (the file is still a well-formed checkpoint)
+    assert rt(run, setups=["simclr"], verify=False, **QUIET)["evaluated"] > 0
 
 
 def test_foreign_checkpoint_refused(run):
     paths = art.RunPaths(run)
     state, meta = art.load_checkpoint(paths.checkpoint("supervised", 0, 1))
-    meta["setup_config"]["lr"] = 123.0
     net = build_network("resnet18_cifar", 10, width=4)
     net.load_state_dict(state)
+    meta["setup_config"]["lr"] = 123.0
     art.save_checkpoint(paths.checkpoint("supervised", 0, 1), net, meta)
-    # a replaced file no longer matches its manifest: refused before anything else
-    with pytest.raises(UserError, match="epoch-0001.safetensors: its sha256 differs"):
-        rt(run, setups=["supervised"], **BANK, **QUIET)
-    # without the sha256 check, the metadata checks still refuse it
-    with pytest.raises(UserError, match="different config"):
-        rt(run, setups=["supervised"], verify=False, **BANK, **QUIET)
+    # the header's metadata is read before anything is evaluated, with or without --no-verify
+    for verify in (True, False):
+        with pytest.raises(UserError, match="different config"):
+            rt(run, setups=["supervised"], verify=verify, **BANK, **QUIET)
     meta["setup_config"]["lr"] = art.read_json(paths.setup_json("supervised"))["lr"]
     meta["dataset_sha256"] = "0" * 64
     art.save_checkpoint(paths.checkpoint("supervised", 0, 1), net, meta)
     with pytest.raises(UserError, match="different dataset"):
-        rt(run, setups=["supervised"], verify=False, **BANK, **QUIET)
+        rt(run, setups=["supervised"], **BANK, **QUIET)
+    # right metadata, but not the file the manifest recorded: the sha256 check refuses it
+    state["head.bias"] = state["head.bias"] + 1
+    net.load_state_dict(state)
+    meta["dataset_sha256"] = art.read_json(paths.run_json)["dataset"]["sha256"]
+    art.save_checkpoint(paths.checkpoint("supervised", 0, 1), net, meta)
+    with pytest.raises(UserError, match="epoch-0001.safetensors: its sha256 differs"):
+        rt(run, setups=["supervised"], **BANK, **QUIET)
 
 
 def test_refusals(run, tmp_path):

@@ -1,12 +1,10 @@
 """Phase one: determinism, resume equivalence, atomic writes, the CLI and its errors."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest

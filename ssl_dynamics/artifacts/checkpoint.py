@@ -93,12 +93,9 @@ def _header(data: bytes, path: Path) -> dict:
     return header
 
 
-def parse_checkpoint(data: bytes, path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state_dict, meta) of checkpoint bytes; anything malformed is a UserError naming `path`."""
-    from safetensors.torch import load
-
-    path = Path(path)
-    metadata = _header(data, path).get("__metadata__") or {}
+def _meta(header: dict, path: Path) -> dict:
+    """The `meta` object of a parsed header, or UserError naming what is wrong."""
+    metadata = header.get("__metadata__") or {}
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"corrupt checkpoint {path}: not a {CHECKPOINT_FORMAT} file")
     try:
@@ -107,11 +104,43 @@ def parse_checkpoint(data: bytes, path: str | Path) -> tuple[dict[str, torch.Ten
         raise UserError(f"corrupt checkpoint {path}: its metadata is not JSON") from None
     if not isinstance(meta, dict):
         raise UserError(f"corrupt checkpoint {path}: its metadata is not a JSON object")
+    return meta
+
+
+def parse_checkpoint(data: bytes, path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state_dict, meta) of checkpoint bytes; anything malformed is a UserError naming `path`."""
+    from safetensors.torch import load
+
+    path = Path(path)
+    meta = _meta(_header(data, path), path)
     try:
         state = load(data)
     except Exception as e:  # safetensors raises several types for truncated/garbled files
         raise UserError(f"corrupt checkpoint {path}: {type(e).__name__}") from None
     return state, meta
+
+
+def check_header(path: str | Path, shapes: dict[str, tuple[int, ...]]) -> dict:
+    """Read only a checkpoint's header: its meta, refusing bad metadata and tensors that
+    differ from `shapes` (name -> shape of the network it must load into)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing checkpoint {path}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        header = _header(head + f.read(min(n, HEADER_LIMIT)), path)  # refuses a short read
+    meta = _meta(header, path)
+    have = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    lacking, extra = sorted(set(shapes) - set(have)), sorted(set(have) - set(shapes))
+    if lacking or extra:
+        what = f"lacks {_names(lacking)}" if lacking else f"has unknown tensors {_names(extra)}"
+        raise UserError(f"corrupt checkpoint {path}: it {what}")
+    wrong = [k for k in shapes if tuple(shapes[k]) != have[k]]
+    if wrong:
+        raise UserError(f"corrupt checkpoint {path}: {wrong[0]} has shape {have[wrong[0]]}, "
+                        f"the network needs {tuple(shapes[wrong[0]])}")
+    return meta
 
 
 def read_checkpoint_bytes(path: str | Path) -> bytes:

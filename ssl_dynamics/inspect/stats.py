@@ -42,6 +42,7 @@ __all__ = [
     "binomial_mae",
     "per_class_mean",
     "spread_rows",
+    "DEFAULT_MAE_DRAWS", "DEFAULT_MIN_EXPECTED", "ESTIMATED_PARAMS", "MAE_STD_DDOF",
 ]
 
 # Fig. 4.5 shows every 50th image of the r_t-sorted probe set (K = 1024 -> 21 columns).

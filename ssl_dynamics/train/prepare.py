@@ -82,6 +82,10 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
     replace_ = []
     if paths.run_json.exists():
         old = art.read_json(paths.run_json, dict)
+        for key in ("config", "dataset"):
+            if not isinstance(old.get(key), dict):
+                raise UserError(f"corrupt {paths.run_json}: no valid {key!r} entry (restore it, or "
+                                f"use another --out)")
         diffs = [k for k in RUN_IDENTITY if (old.get("config") or {}).get(k) != getattr(cfg, k)]
         if (old.get("dataset") or {}).get("sha256") != dataset.identity()["sha256"]:
             diffs.append("dataset contents")
