@@ -172,3 +172,22 @@ def check_space(folder: str | Path, need: int, what: str, hint: str = "") -> Non
     if need > free:
         raise UserError(f"not enough disk space in {folder} for {what}: need {format_bytes(need)}, "
                         f"have {format_bytes(free)}{hint}")
+
+
+@contextmanager
+def h5_atomic(target: str | Path, update: bool = False) -> Iterator[Any]:
+    """An HDF5 file built in memory and written atomically when the block ends.
+
+    With `update`, it starts as a copy of the existing target. Building in memory means a
+    full disk fails our own write (one OSError, the old file kept) instead of the HDF5
+    library's, which can crash the process when a write fails mid-file.
+    """
+    import io
+
+    import h5py
+
+    target = Path(target)
+    buf = io.BytesIO(target.read_bytes() if update and target.exists() else b"")
+    with h5py.File(buf, "a" if buf.getbuffer().nbytes else "w") as f:
+        yield f
+    write_bytes_atomic(target, buf.getvalue())

@@ -112,32 +112,29 @@ def bank_bytes(spec: BankSpec, keys: list[ViewKey], image_shape: tuple[int, ...]
 def build_bank(path: str | Path, train_x: torch.Tensor, train_y: torch.Tensor, keys: list[ViewKey],
                dataset_sha256: str, spec: BankSpec = BankSpec()) -> Bank:
     """Build and atomically write the bank for the given (kind, views per image) pairs."""
-    import h5py
-
     idx = choose_probes(len(train_x), spec.n_probe, spec.seed)
     spec = BankSpec(len(idx), spec.n_replays, spec.seed, spec.simclr_batch)
     images = train_x[torch.from_numpy(idx)]
     labels = train_y[torch.from_numpy(idx)].numpy()
     views, fps = {}, {}
     art.remove_stale_temps(Path(path).parent, f".{Path(path).name}.*.tmp")
-    with art.atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("probe_indices", data=idx)
-            f.create_dataset("labels", data=labels)
-            f.create_dataset("images", data=images.numpy())
-            for key in sorted(set(keys)):
-                v, params = replay_views(key, images, spec.n_replays, spec.seed)
-                g = f.create_group(group_name(key))
-                # one chunk per replay: evaluation reads whole replays
-                g.create_dataset("views", data=v, chunks=(1, *v.shape[1:]))
-                for name, arr in params.items():
-                    g.create_dataset(f"params/{name}", data=arr)
-                fps[key] = _hash(idx, labels, v)
-                g.attrs.update({"fingerprint": fps[key], "kind": key[0], "views_per_image": key[1]})
-                views[key] = v
-            fingerprint = _fingerprint(fps)
-            f.attrs.update({"schema_version": SCHEMA_VERSION, **asdict(spec),
-                            "dataset_sha256": dataset_sha256, "fingerprint": fingerprint})
+    with art.h5_atomic(path) as f:
+        f.create_dataset("probe_indices", data=idx)
+        f.create_dataset("labels", data=labels)
+        f.create_dataset("images", data=images.numpy())
+        for key in sorted(set(keys)):
+            v, params = replay_views(key, images, spec.n_replays, spec.seed)
+            g = f.create_group(group_name(key))
+            # one chunk per replay: evaluation reads whole replays
+            g.create_dataset("views", data=v, chunks=(1, *v.shape[1:]))
+            for name, arr in params.items():
+                g.create_dataset(f"params/{name}", data=arr)
+            fps[key] = _hash(idx, labels, v)
+            g.attrs.update({"fingerprint": fps[key], "kind": key[0], "views_per_image": key[1]})
+            views[key] = v
+        fingerprint = _fingerprint(fps)
+        f.attrs.update({"schema_version": SCHEMA_VERSION, **asdict(spec),
+                        "dataset_sha256": dataset_sha256, "fingerprint": fingerprint})
     return Bank(spec, idx, labels, views, fps, dataset_sha256, fingerprint, images.numpy())
 
 

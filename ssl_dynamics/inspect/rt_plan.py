@@ -188,11 +188,15 @@ def precheck(run: art.Run, tasks: list[Task]) -> None:
         check_meta(run, path, art.check_header(path, shapes[t.setup]), t.setup)
 
 
+def label_permutation(run: art.Run, setups: list[str]) -> np.ndarray | None:
+    """The run's random labels (checked), when a selected setup trains on them."""
+    return run.random_labels() if any(run.cfg.setups[s].random_labels for s in setups) else None
+
+
 def bind_store(run: art.Run, store: RtStore, bank: bank_mod.Bank, setups: list[str],
-               tasks: list[Task]) -> list[Task]:
+               tasks: list[Task], random_labels: np.ndarray | None) -> list[Task]:
     """Create or check (and grow) the store's arrays; the tasks with their seed slots."""
     store.init_probes(bank.probe_indices, bank.labels, bank.fingerprint)
-    random_labels = run.random_labels() if any(run.cfg.setups[s].random_labels for s in setups) else None
     order = {}
     for s in setups:
         sc = run.cfg.setups[s]

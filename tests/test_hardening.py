@@ -1,0 +1,279 @@
+"""Hostile input: every case of the bad-input catalogue ends in one line, exit status 2 and
+an unchanged run directory; damaged files are refused before they count; a full disk, a
+read-only archive, a moved dataset and a grown run are handled."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _util import quiet, rt
+from ssl_dynamics import artifacts as art
+from ssl_dynamics.config import override, preset
+from ssl_dynamics.inspect import cli as inspect_cli
+from ssl_dynamics.inspect.rtdata import load_rt
+from ssl_dynamics.train import cli as train_cli
+from ssl_dynamics.train.grid import train_grid
+from ssl_dynamics.train.loop import TrainOptions
+
+SETUPS = ["supervised", "random_labels"]
+SMOKE = ["--preset", "smoke", "--set", "train_subset=32", "--set", "batch_size=16", "--epochs", "2",
+         "--seeds", "0", "--no-progress", *[a for s in SETUPS for a in ("--setup", s)]]
+BANK = dict(n_probe=16, n_replays=2, simclr_batch=8)
+
+
+def smoke_cfg():
+    cfg = override(preset("smoke"), ["epochs=2", "batch_size=16", "train_subset=32"])
+    return replace(cfg, seeds=(0,))
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """A finished tiny run with its bank and r_t store."""
+    root = tmp_path_factory.mktemp("hard") / "run"
+    train_grid(root, smoke_cfg(), SETUPS, TrainOptions(device="cpu", deterministic=True),
+               progress=False, echo=quiet)
+    rt(root, **BANK)
+    return root
+
+
+@pytest.fixture
+def run(archive, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(archive, dst)
+    return dst
+
+
+def call(main, args, monkeypatch, capsys) -> tuple[int, str]:
+    """A command line as a user runs it, in this process: (exit status, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["prog", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+
+
+def expect_refusal(main, args, root, monkeypatch, capsys, message):
+    before = snapshot(root)
+    code, err = call(main, args, monkeypatch, capsys)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert snapshot(root) == before
+
+
+# --------------------------------------------------------------------------- the catalogue
+
+@pytest.mark.parametrize("assignment, message", [
+    ("backbone=foo", "unknown backbone 'foo'"),
+    ("momentum=-1", "momentum must be >= 0.0"),
+    ("weight_decay=-1", "weight_decay must be >= 0.0"),
+    ("label_seed=-1", "label_seed must be >= 0"),
+    ("head_dim=0", "head_dim must be >= 1"),
+    ("cosine_period_epochs=0", "cosine_period_epochs must be >= 1"),
+    ("train_subset=-5", "train_subset must be >= 0"),
+    ("lr=nan", "lr must be a finite number"),
+])
+def test_bad_settings(run, monkeypatch, capsys, assignment, message):
+    expect_refusal(train_cli.main, ["run", "--out", run, *SMOKE, "--set", assignment], run,
+                   monkeypatch, capsys, message)
+
+
+def test_out_is_a_file(tmp_path, monkeypatch, capsys):
+    target = tmp_path / "afile"
+    target.write_text("x")
+    expect_refusal(train_cli.main, ["run", "--out", target, *SMOKE], tmp_path, monkeypatch, capsys,
+                   "is a file")
+
+
+@pytest.mark.parametrize("content", ["{}", "[]"])
+def test_damaged_run_json(run, monkeypatch, capsys, content):
+    (run / "run.json").write_text(content)
+    expect_refusal(train_cli.main, ["run", "--out", run, *SMOKE], run, monkeypatch, capsys,
+                   "corrupt")
+    expect_refusal(inspect_cli.main, ["dynamics", run], run, monkeypatch, capsys, "corrupt")
+    expect_refusal(train_cli.main, ["status", run], run, monkeypatch, capsys, "corrupt")
+
+
+def test_garbage_label_permutation(run, monkeypatch, capsys):
+    (run / "random_labels.npy").write_bytes(b"\x93NUMPY garbage")
+    expect_refusal(train_cli.main, ["run", "--out", run, *SMOKE], run, monkeypatch, capsys,
+                   "random_labels.npy")
+    shutil.rmtree(run / "inspect")
+    expect_refusal(inspect_cli.main, ["rt", run, "--no-progress"], run, monkeypatch, capsys,
+                   "corrupt label permutation")
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--replays", "0", "n-replays must be an integer >= 1"),
+    ("--replays", "-1", "n-replays must be an integer >= 1"),
+    ("--simclr-batch", "0", "simclr-batch must be an integer >= 1"),
+    ("--bank-seed", "-1", "seed must be an integer >= 0"),
+])
+def test_bad_bank_values(run, monkeypatch, capsys, option, value, message):
+    for fresh in (False, True):  # refused whether a bank exists or would be built
+        if fresh:
+            shutil.rmtree(run / "inspect")
+        expect_refusal(inspect_cli.main, ["rt", run, option, value, "--no-progress"], run,
+                       monkeypatch, capsys, message)
+
+
+def test_truncated_store_chunk(run, monkeypatch, capsys):
+    chunk = next(p for p in sorted((run / "inspect" / "rt.zarr" / "supervised" / "correct").rglob("*"))
+                 if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:5])
+    expect_refusal(inspect_cli.main, ["dynamics", run], run, monkeypatch, capsys, "corrupt r_t store")
+
+
+def test_bad_analysis_options(run, monkeypatch, capsys):
+    expect_refusal(inspect_cli.main, ["activations", run, "--channels", "0"], run, monkeypatch,
+                   capsys, "--channels must be at least 1")
+    expect_refusal(inspect_cli.main, ["dynamics", run, "--reference", "foo"], run, monkeypatch,
+                   capsys, "reference setup 'foo' is not in the data")
+
+
+def test_inspect_folder_is_a_file(run, monkeypatch, capsys):
+    shutil.rmtree(run / "inspect")
+    (run / "inspect").write_text("not a folder")
+    expect_refusal(inspect_cli.main, ["dynamics", run], run, monkeypatch, capsys, "is a file")
+
+
+def rewrite_checkpoint(run: Path, setup: str, epoch: int, edit) -> Path:
+    """Change one checkpoint with `edit(state, metadata)` and record it in the manifest (so the
+    sha256 check passes and the deeper checks are what must refuse it)."""
+    path = art.RunPaths(run).checkpoint(setup, 0, epoch)
+    state, _ = art.load_checkpoint(path)
+    data = art.safetensors_bytes(*edit(dict(state), json.loads(json.dumps(_raw_meta(path)))))
+    art.write_bytes_atomic(path, data)
+    manifest = art.RunPaths(run).manifest(setup, 0)
+    m = art.read_json(manifest)
+    m["checkpoints"][str(epoch)] = art.sha256_bytes(data)
+    art.write_json_atomic(manifest, m)
+    return path
+
+
+def _raw_meta(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda st, md: (st, {**md, "meta": "{not json"}), "its metadata is not JSON"),
+    (lambda st, md: ({k: v for k, v in st.items() if k != "head.bias"}, md), "lacks head.bias"),
+])
+def test_damaged_checkpoint(run, monkeypatch, capsys, edit, message):
+    shutil.rmtree(run / "inspect" / "rt.zarr")
+    rewrite_checkpoint(run, "supervised", 1, edit)
+    for extra in ([], ["--no-verify"]):
+        expect_refusal(inspect_cli.main, ["rt", run, "--no-progress", *extra], run, monkeypatch,
+                       capsys, message)
+
+
+def test_non_finite_weights_are_refused_not_stored(run, monkeypatch, capsys):
+    shutil.rmtree(run / "inspect" / "rt.zarr")
+
+    def poison(state, md):
+        state["head.weight"] = state["head.weight"].clone()
+        state["head.weight"][0, 0] = float("nan")
+        return state, md
+
+    rewrite_checkpoint(run, "supervised", 2, poison)
+    code, err = call(inspect_cli.main, ["rt", run, "--no-progress", "--setup", "supervised"],
+                     monkeypatch, capsys)
+    assert code == 2 and "non-finite weights (NaN/inf) in head.weight" in err
+    d = load_rt(run / "inspect" / "rt.zarr")["supervised"]
+    assert not d.valid[0, 2] and d.valid[0, 1]  # stored as not done, the others kept
+
+
+# --------------------------------------------------------------------------- files on disk
+
+def subprocess_cli(module: str, args, limit_bytes: int | None = None, timeout: float = 300):
+    """Run a CLI in a fresh process, optionally with a file-size limit (a disk that fills up:
+    writes past the limit fail with EFBIG, as they would with ENOSPC)."""
+    import resource
+    import signal
+    import subprocess
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing us
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return subprocess.run([sys.executable, "-c", f"from ssl_dynamics.{module}.cli import main; main()",
+                           *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=limit if limit_bytes else None)
+
+
+def test_disk_full_while_training_and_evaluating_resumes_cleanly(archive, tmp_path):
+    # a checkpoint of this tiny network is ~200 kB: a 50 kB limit fails the first one
+    args = ["run", "--out", tmp_path / "run", *SMOKE, "--deterministic", "--ignore-disk-check"]
+    r = subprocess_cli("train", args, limit_bytes=50_000)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "no space left on the device" in r.stderr and "rerun" in r.stderr
+    assert not list((tmp_path / "run").rglob(".*.tmp"))  # no half-written file left
+    assert subprocess_cli("train", args).returncode == 0  # space is back: it completes
+    for setup in SETUPS:  # ... with the checkpoints of an uninterrupted run
+        m = lambda root: art.read_json(art.RunPaths(root).manifest(setup, 0))["checkpoints"]  # noqa: E731
+        assert m(tmp_path / "run") == m(archive)
+    bank = ["--probes", "16", "--replays", "2", "--simclr-batch", "8"]
+    r = subprocess_cli("inspect", ["rt", tmp_path / "run", "--no-progress", *bank], limit_bytes=20_000)
+    assert r.returncode == 2 and "no space left on the device" in r.stderr and r.stderr.count("\n") == 1
+    assert subprocess_cli("inspect", ["rt", tmp_path / "run", "--no-progress", *bank]).returncode == 0
+    a, b = load_rt(archive / "inspect" / "rt.zarr"), load_rt(tmp_path / "run" / "inspect" / "rt.zarr")
+    for s in SETUPS:
+        assert np.array_equal(a[s].correct, b[s].correct) and np.array_equal(a[s].p_true, b[s].p_true)
+
+
+def test_space_check_before_building_bank_and_store(run, monkeypatch, capsys):
+    from collections import namedtuple
+
+    shutil.rmtree(run / "inspect")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1, 1, 1000))
+    expect_refusal(inspect_cli.main, ["rt", run, "--no-progress"], run, monkeypatch, capsys,
+                   "not enough disk space")
+
+
+def test_orphaned_bank_temp_files_are_removed(run):
+    orphan = run / "inspect" / ".bank.h5.x1y2.tmp"
+    (run / "inspect" / "bank.h5").unlink()
+    orphan.write_bytes(b"half a bank")
+    shutil.rmtree(run / "inspect" / "rt.zarr")
+    rt(run, **BANK)
+    assert not orphan.exists() and (run / "inspect" / "bank.h5").exists()
+
+
+def test_diverged_first_epoch_leaves_a_run_that_takes_the_corrected_command(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    code, err = call(train_cli.main, ["run", "--out", out, *SMOKE, "--set", "supervised.lr=1e30"],
+                     monkeypatch, capsys)
+    assert code == 2 and "loss became" in err
+    code, err = call(train_cli.main, ["run", "--out", out, *SMOKE], monkeypatch, capsys)
+    assert code == 0, err
+    assert all(s.state == "complete" for s in art.grid_status(out))
+
+
+def test_unreadable_resume_state_says_what_to_do(run, monkeypatch, capsys):
+    paths = art.RunPaths(run)
+    m = art.read_json(paths.manifest("supervised", 0))
+    m["complete"] = False  # make it resume
+    art.write_json_atomic(paths.manifest("supervised", 0), m)
+    paths.resume("supervised", 0).write_bytes(b"not a resume state")
+    code, err = call(train_cli.main, ["run", "--out", run, *SMOKE], monkeypatch, capsys)
+    assert code == 2 and "optimizer state is lost" in err and "delete" in err
+    shutil.rmtree(paths.seed_dir("supervised", 0))  # what the message says to do
+    assert call(train_cli.main, ["run", "--out", run, *SMOKE], monkeypatch, capsys)[0] == 0
+    assert art.grid_status(run)[0].state == "complete"
