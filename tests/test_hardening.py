@@ -277,3 +277,163 @@ def test_unreadable_resume_state_says_what_to_do(run, monkeypatch, capsys):
     shutil.rmtree(paths.seed_dir("supervised", 0))  # what the message says to do
     assert call(train_cli.main, ["run", "--out", run, *SMOKE], monkeypatch, capsys)[0] == 0
     assert art.grid_status(run)[0].state == "complete"
+
+
+# --------------------------------------------------------------------------- archives
+
+def read_only_mount_works() -> bool:
+    import subprocess
+
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount --bind / /mnt 2>/dev/null && "
+                            "mount -o remount,bind,ro /mnt && ! touch /mnt/tmp/.ro-probe"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+def run_read_only(folder: Path, args: list, cwd: Path):
+    """A command with `folder` mounted read-only (a private mount namespace), as on an archive."""
+    import shlex
+    import subprocess
+
+    cmd = " ".join(shlex.quote(str(a)) for a in [sys.executable, "-c",
+                                                  "from ssl_dynamics.inspect.cli import main; main()", *args])
+    script = f"mount --bind {shlex.quote(str(folder))} {shlex.quote(str(folder))} && " \
+             f"mount -o remount,bind,ro {shlex.quote(str(folder))} && {cmd}"
+    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs Linux mount namespaces")
+def test_read_only_archive_is_analysed_without_writing_to_it(run, tmp_path):
+    if not read_only_mount_works():
+        pytest.skip("no private read-only mounts here (needs unshare with CAP_SYS_ADMIN)")
+    (run / "inspect" / "rt.zarr.lock").unlink(missing_ok=True)  # reading must not need it
+    before = snapshot(run)
+    # 1) the archive's finished store is read where it is: no lock, no write
+    r = run_read_only(run, ["dynamics", run, "--epochs", "1,2"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "is read-only: phase-two outputs go to" in r.stdout
+    assert (tmp_path / "run-inspect" / "figures" / "fig4_1_sorted_rt.png").exists()
+    # 2) evaluation into a work folder, reusing the archive's bank
+    r = run_read_only(run, ["rt", run, "--work", tmp_path / "work", "--no-progress"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    a, b = load_rt(run / "inspect" / "rt.zarr"), load_rt(tmp_path / "work" / "rt.zarr")
+    assert all(np.array_equal(a[s].correct, b[s].correct) for s in SETUPS)
+    assert snapshot(run) == before and not (run / "inspect" / "rt.zarr.lock").exists()
+
+
+def make_imagefolder(root: Path, n_per_class: int = 4, classes: int = 10) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_per_class), ("test", 2)):
+        for c in range(classes):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(n):
+                px = (rng.random((32, 32, 3)) * 40 + c * 20).astype(np.uint8)
+                Image.fromarray(px).save(root / split / f"c{c}" / f"{i:03d}.png")
+
+
+def test_moved_dataset_is_found_by_its_checksum(tmp_path, monkeypatch, capsys):
+    make_imagefolder(tmp_path / "images")
+    out = tmp_path / "run"
+    args = ["run", "--out", out, "--preset", "smoke", "--dataset", f"imagefolder:{tmp_path / 'images'}",
+            "--setup", "supervised", "--seeds", "0", "--epochs", "1", "--set", "batch_size=8", "--no-progress"]
+    assert call(train_cli.main, args, monkeypatch, capsys)[0] == 0
+    (tmp_path / "images").rename(tmp_path / "moved")
+    code, err = call(inspect_cli.main, ["rt", out, "--no-progress"], monkeypatch, capsys)
+    assert code == 2 and "not found" in err or "image folder" in err
+    code, err = call(inspect_cli.main, ["rt", out, "--no-progress", "--dataset",
+                                        f"imagefolder:{tmp_path / 'moved'}"], monkeypatch, capsys)
+    assert code == 0, err
+    # other data under the same name is refused by its checksum
+    shutil.rmtree(out / "inspect")
+    first = sorted((tmp_path / "moved" / "train" / "c0").iterdir())[0]
+    from PIL import Image
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(first)
+    code, err = call(inspect_cli.main, ["rt", out, "--no-progress", "--dataset",
+                                        f"imagefolder:{tmp_path / 'moved'}"], monkeypatch, capsys)
+    assert code == 2 and "sha256 mismatch" in err
+
+
+def test_added_seeds_grow_the_store_without_re_evaluating(run, monkeypatch, capsys):
+    store = run / "inspect" / "rt.zarr"
+    old = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file() and "/c/" in str(p)}
+    args = ["run", "--out", run, *[a if a != "0" else "0-1" for a in SMOKE], "--deterministic"]
+    assert call(train_cli.main, args, monkeypatch, capsys)[0] == 0
+    res = rt(run)
+    assert res["evaluated"] == 2 * 3  # the new seed's epochs 0-2 of both setups, nothing else
+    assert all(p.stat().st_mtime_ns == t for p, t in old.items())  # old chunks untouched
+    d = load_rt(store)["supervised"]
+    assert list(d.seeds) == [0, 1] and d.valid.all()
+
+
+# --------------------------------------------------------------------------- pipeline
+
+def test_inspect_all_skips_what_cannot_be_computed_and_still_reports(run, monkeypatch, capsys):
+    # 32 training images: 3 per class, far fewer than the features' dimensions, so the class
+    # covariances of Fig. 5.2 are singular; everything else still runs
+    code, err = call(inspect_cli.main, ["all", run, "--steps", "2", "--no-progress"], monkeypatch, capsys)
+    assert code == 3, err
+    skipped = art.read_json(run / "inspect" / "skipped.json")
+    assert [s["analysis"] for s in skipped] == ["kl"] and "singular" in skipped[0]["reason"]
+    page = (run / "inspect" / "report" / "index.html").read_text()
+    assert "could not be computed" in page and "kl" in page and "Fig. 5.1" in page
+    for name in ("fig4_1_sorted_rt", "fig5_1_tsne", "fig5_4_activations", "fig_heterogeneity"):
+        assert (run / "inspect" / "figures" / f"{name}.png").exists()
+
+
+def test_feature_cache_notices_a_replaced_checkpoint(run):
+    from ssl_dynamics.inspect.features import FeatureCache
+    from ssl_dynamics.inspect.workspace import open_workspace
+
+    cache = FeatureCache(open_workspace(run, echo=quiet), echo=quiet)
+    first, _ = cache.get("supervised", 0, 2)
+    rewrite_checkpoint(run, "supervised", 2, lambda st, md: ({**st, "head.bias": st["head.bias"] + 1}, md))
+    lines = []
+    cache = FeatureCache(open_workspace(run, echo=quiet), echo=lines.append)
+    again, _ = cache.get("supervised", 0, 2)
+    assert any("changed since its features were cached" in line for line in lines)
+    assert np.array_equal(first, again)  # the head is not part of the representation
+
+
+def test_killed_evaluation_resumes_to_the_same_store(archive, tmp_path):
+    """kill -9 `inspect rt` at random moments; reruns end with the uninterrupted store."""
+    import random
+    import signal
+    import subprocess
+    import time
+
+    local = tmp_path / "run"
+    shutil.copytree(archive, local, ignore=shutil.ignore_patterns("rt.zarr*"))
+    cmd = [sys.executable, "-c", "from ssl_dynamics.inspect.cli import main; main()", "rt", local,
+           "--no-progress"]
+    rng = random.Random(0)
+    for _ in range(2):  # two random kill points keep CI short; the code paths are the same
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 6.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    a, b = load_rt(archive / "inspect" / "rt.zarr"), load_rt(local / "inspect" / "rt.zarr")
+    for s in SETUPS:
+        assert np.array_equal(a[s].correct, b[s].correct) and np.array_equal(a[s].p_true, b[s].p_true)
+        assert np.array_equal(a[s].valid, b[s].valid)
+
+
+def test_interrupt_says_how_to_resume(monkeypatch, capsys):
+    import click
+
+    from ssl_dynamics.cli_util import run_cli
+
+    @click.group()
+    def group():
+        pass
+
+    @group.command()
+    def boom():
+        raise KeyboardInterrupt
+
+    code, err = call(lambda: run_cli(group, "rerun the same command to resume"), ["boom"],
+                     monkeypatch, capsys)
+    assert code == 130 and err.strip() == "interrupted: rerun the same command to resume"
