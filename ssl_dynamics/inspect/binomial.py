@@ -117,6 +117,8 @@ def run_binomial(data: dict[str, SetupRt], out: Outputs, p0s: Sequence[float] = 
     setups = list(data)
     notes: list[str] = []
     arrays: dict[str, np.ndarray] = {}
+    dims: dict[str, tuple[str, ...]] = {}
+    coords: dict[str, np.ndarray] = {}
     chi_rows, mae_rows = [], []
     # per setup: list over p0 of dicts (None when never reached) feeding the figures
     chi_fig: dict[str, list] = {}
@@ -140,6 +142,10 @@ def run_binomial(data: dict[str, SetupRt], out: Outputs, p0s: Sequence[float] = 
         arrays.update({f"{s}/epochs": epochs.astype(np.int64), f"{s}/n_seeds": n_seeds,
                        f"{s}/p_hat_tilde": p_tilde, f"{s}/p_hat_all": p_all,
                        f"{s}/r_tilde0": r0.astype(np.float32)})
+        coords.update({f"{s}/epoch": epochs.astype(np.int64),
+                       f"{s}/probe": np.asarray(d.probe_indices, dtype=np.int64)})
+        dims.update({f"{s}/{n}": ("epoch",) for n in ("epochs", "n_seeds", "p_hat_tilde", "p_hat_all")})
+        dims[f"{s}/r_tilde0"] = ("epoch", "probe")
         chi_fig[s], mae_fig[s] = [], []
         for p0 in p0s:
             # ---- Table 4.1: one fixed augmentation (j = 0), counts over seeds
@@ -204,7 +210,7 @@ def run_binomial(data: dict[str, SetupRt], out: Outputs, p0s: Sequence[float] = 
     out.write_table("table4_1_chisquare", chi_rows, note=CHI2_NOTE)
     out.write_table("table4_2_mae", mae_rows, note=MAE_NOTE + f" draws = {draws}, seed = {seed}.")
     out.write_arrays("binomial", arrays, {"p0s": list(p0s), "draws": draws, "seed": seed,
-                                          "setups": setups, "notes": notes})
+                                          "setups": setups, "notes": notes}, dims=dims, coords=coords)
     return {"tables": tables, "figures": [str(p) for p in figures], "notes": notes}
 
 

@@ -9,7 +9,8 @@
   mean r^B_t| (eq. 4.4);
 - table ``aligned_epochs``: per reference epoch, each setup's aligned epoch and mean r_t;
 - analysis.h5 group ``dynamics``: ``<setup>/{epochs,n_seeds,r_t,sorted_r_t,mean_r_t}`` and
-  ``alignment/{ref_epochs,<setup>_epoch,<setup>_mean_r_t}``.
+  ``alignment/{ref_epochs,<setup>_epoch,<setup>_mean_r_t}``, with named dimensions
+  (coordinates ``<setup>/{epoch,probe,rank}`` and ``alignment/ref_epoch``).
 
 Epochs given by the caller are epoch NUMBERS; internally everything works on indices.
 """
@@ -172,17 +173,25 @@ def run_dynamics(data: dict[str, SetupRt], out: Outputs, ref_setup: str | None =
 
 
 def _write_arrays(data, r, means, n_seeds, ref_setup, ref_idx, aligned_idx, notes, out) -> None:
-    arrays = {}
+    arrays, dims, coords = {}, {}, {}
     for s in data:
+        coords.update({f"{s}/epoch": np.asarray(data[s].epochs, dtype=np.int64),
+                       f"{s}/probe": np.asarray(data[s].probe_indices, dtype=np.int64),
+                       f"{s}/rank": np.arange(r[s].shape[1], dtype=np.int64)})
         arrays[f"{s}/epochs"] = np.asarray(data[s].epochs, dtype=np.int64)
         arrays[f"{s}/n_seeds"] = n_seeds[s]
         arrays[f"{s}/r_t"] = r[s].astype(np.float32)
         arrays[f"{s}/sorted_r_t"] = st.sorted_curves(r[s]).astype(np.float32)
         arrays[f"{s}/mean_r_t"] = means[s]
+        dims.update({f"{s}/{n}": ("epoch",) for n in ("epochs", "n_seeds", "mean_r_t")})
+        dims.update({f"{s}/r_t": ("epoch", "probe"), f"{s}/sorted_r_t": ("epoch", "rank")})
         arrays[f"alignment/{s}_epoch"] = np.asarray(data[s].epochs)[aligned_idx[s]].astype(np.int64)
         arrays[f"alignment/{s}_mean_r_t"] = means[s][aligned_idx[s]]
     arrays["alignment/ref_epochs"] = np.asarray(data[ref_setup].epochs)[ref_idx].astype(np.int64)
-    out.write_arrays("dynamics", arrays, {"ref_setup": ref_setup, "setups": list(data), "notes": notes})
+    coords["alignment/ref_epoch"] = arrays["alignment/ref_epochs"]
+    dims.update({name: ("ref_epoch",) for name in arrays if name.startswith("alignment/")})
+    out.write_arrays("dynamics", arrays, {"ref_setup": ref_setup, "setups": list(data), "notes": notes},
+                     dims=dims, coords=coords)
 
 
 def _fig_sorted(data, r, n_seeds, out: Outputs, curve_epochs, notes):

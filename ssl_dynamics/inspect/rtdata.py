@@ -15,6 +15,7 @@ import numpy as np
 from .. import artifacts as art
 from ..config import SCHEMA_VERSION, canonical_order
 from ..errors import UserError
+from . import h5dims, storedims
 from .store import RtStore, work_path
 
 
@@ -62,27 +63,40 @@ def _setup_rt(setup: str, data: dict[str, np.ndarray], attrs: dict[str, Any],
 
 
 def export_h5(store: RtStore, target: str | Path) -> None:
-    """Write the whole store as one HDF5 file, atomically (same layout and attributes)."""
+    """Write the whole store as one HDF5 file, atomically (same layout and attributes).
+
+    Coordinates become HDF5 dimension scales (`h5dims`), so the file opens as netCDF:
+    ``xr.open_dataset(target, group=setup, engine="h5netcdf")``."""
     import h5py
 
     with art.atomic_path(target) as tmp:
         with h5py.File(tmp, "w") as f:
             idx, labels = store.probes()
-            f.create_dataset("probe_indices", data=idx)
-            f.create_dataset("labels", data=labels)
+            h5dims.add_coordinate(f, "probe", idx)
+            for name, values in (("probe_indices", idx), ("labels", labels)):
+                h5dims.attach(f.create_dataset(name, data=values), f, ("probe",))
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["bank_fingerprint"] = str(store.group.attrs.get("bank_fingerprint"))
             for setup in store.setups():
-                data = store.read(setup)
-                g = f.create_group(setup)
-                shape = data["correct"].shape
-                for name in ("correct", "p_true"):
-                    g.create_dataset(name, data=data[name], chunks=(1, 1, *shape[2:]),
-                                     compression="gzip", compression_opts=4)
-                g.create_dataset("done", data=data["done"])
-                g.create_dataset("targets", data=data["targets"])
-                for k, v in store.attrs(setup).items():
-                    g.attrs[k] = json.dumps(v)
+                _export_setup(f.create_group(setup), store.read(setup), store.attrs(setup), idx, labels)
+
+
+def _export_setup(g, data: dict[str, np.ndarray], attrs: dict[str, Any], idx, labels) -> None:
+    """One setup group of the HDF5 export: data, coordinates as scales, JSON attributes."""
+    coords = storedims.coordinate_values(attrs, idx, labels)
+    for name in storedims.FULL_DIMS:
+        h5dims.add_coordinate(g, name, coords[name])
+    h5dims.attach(g.create_dataset("label", data=coords["label"]), g, ("probe",))
+    shape = data["correct"].shape
+    for name in storedims.ARRAY_DIMS:
+        big = name in ("correct", "p_true")
+        ds = g.create_dataset(name, data=data[name], chunks=(1, 1, *shape[2:]) if big else None,
+                              compression="gzip" if big else None, compression_opts=4 if big else None)
+        h5dims.attach(ds, g, storedims.ARRAY_DIMS[name])
+        if name in storedims.WITH_LABEL:
+            ds.attrs["coordinates"] = storedims.LABEL_COORD
+    for k, v in attrs.items():
+        g.attrs[k] = json.dumps(v)
 
 
 def _load_h5(path: Path, setups: list[str] | None) -> dict[str, SetupRt]:
