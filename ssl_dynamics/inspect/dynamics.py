@@ -131,6 +131,24 @@ def align_setups(data: dict[str, SetupRt], means: dict[str, np.ndarray], ref_set
             for s in data}
 
 
+def reference_alignment(data: dict[str, SetupRt], ref_setup: str | None = None,
+                        ref_epochs: Sequence[int] | None = None, include_init: bool = False):
+    """Eq. 4.4 as `run_dynamics` does it, for other analyses: returns (reference setup,
+    reference epoch numbers, {setup: aligned epoch indices}, notes)."""
+    notes: list[str] = []
+    for s in data:
+        if not _evaluated(data[s]).size:
+            raise UserError(f"setup {s} has no evaluated checkpoint")
+    ref_setup = _resolve_reference(data, ref_setup)
+    if ref_epochs is None:
+        ref_epochs, note = default_ref_epochs(data[ref_setup], include_init)
+        notes += [note] if note else []
+    means = {s: st.epoch_means(st.r_t(d.correct, d.valid)) for s, d in data.items()}
+    ref_idx = _ref_indices(data[ref_setup], ref_epochs)
+    aligned = align_setups(data, means, ref_setup, ref_idx, include_init)
+    return ref_setup, [int(e) for e in data[ref_setup].epochs[ref_idx]], aligned, notes
+
+
 def run_dynamics(data: dict[str, SetupRt], out: Outputs, ref_setup: str | None = None,
                  ref_epochs: Sequence[int] | None = None, curve_epochs=None,
                  include_init: bool = False) -> dict:

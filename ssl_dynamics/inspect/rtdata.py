@@ -5,10 +5,12 @@ setup, built from the Zarr store or its HDF5 export; `export_h5` writes that exp
 """
 from __future__ import annotations
 
+import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -99,39 +101,79 @@ def _export_setup(g, data: dict[str, np.ndarray], attrs: dict[str, Any], idx, la
         g.attrs[k] = json.dumps(v)
 
 
-def _load_h5(path: Path, setups: list[str] | None) -> dict[str, SetupRt]:
-    import h5py
+class H5Store:
+    """The reading side of `RtStore` over an exported .h5 archive."""
 
-    try:
-        with h5py.File(path, "r") as f:
-            idx, labels = f["probe_indices"][:], f["labels"][:]
-            names = canonical_order(k for k in f.keys() if isinstance(f[k], h5py.Group))
-            out = {}
-            for s in names:
-                if setups and s not in setups:
-                    continue
-                g = f[s]
-                attrs = {k: json.loads(v) for k, v in g.attrs.items()}
-                data = {k: g[k][:] for k in ("correct", "p_true", "done", "targets")}
-                out[s] = _setup_rt(s, data, attrs, idx, labels)
-            return out
-    except (OSError, KeyError, ValueError) as e:
-        raise UserError(f"corrupt r_t archive {path}: {e}") from None
+    def __init__(self, path: Path):
+        import h5py
+
+        self.path = path
+        self.file = h5py.File(path, "r")
+
+    def setups(self) -> list[str]:
+        import h5py
+
+        return canonical_order(k for k in self.file.keys() if isinstance(self.file[k], h5py.Group))
+
+    def root_attrs(self) -> dict[str, Any]:
+        return dict(self.file.attrs)
+
+    def attrs(self, setup: str) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.file[setup].attrs.items()}
+
+    def probes(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.file["probe_indices"][:], self.file["labels"][:]
+
+    def done(self, setup: str) -> np.ndarray:
+        return self.file[f"{setup}/done"][:].astype(bool)
+
+    def read(self, setup: str) -> dict[str, np.ndarray]:
+        return {k: self.file[f"{setup}/{k}"][:] for k in ("correct", "p_true", "done", "targets")}
+
+
+@contextmanager
+def open_store(path: str | Path) -> Iterator[RtStore | H5Store]:
+    """A .zarr store or an exported .h5 archive, read only, with one reading interface."""
+    path = Path(path)
+    if path.suffix in (".h5", ".hdf5") and path.exists():
+        try:
+            store = H5Store(path)
+            try:
+                yield store
+            finally:
+                store.file.close()
+        except (OSError, KeyError, ValueError) as e:
+            raise UserError(f"corrupt r_t archive {path}: {e}") from None
+        return
+    wp = work_path(path)
+    if not wp.exists():
+        raise UserError(f"no r_t store at {path}: run `inspect rt` first")
+    yield RtStore(wp, writable=False)
 
 
 def load_rt(path: str | Path, setups: list[str] | None = None) -> dict[str, SetupRt]:
     """Every setup's arrays from a .zarr store or an exported .h5 archive (read only)."""
-    path = Path(path)
-    if path.suffix in (".h5", ".hdf5") and path.exists():
-        return _require(_load_h5(path, setups), path, setups)
-    wp = work_path(path)
-    if not wp.exists():
-        raise UserError(f"no r_t store at {path}: run `inspect rt` first")
-    store = RtStore(wp, writable=False)
-    idx, labels = store.probes()
-    out = {s: _setup_rt(s, store.read(s), store.attrs(s), idx, labels)
-           for s in store.setups() if not setups or s in setups}
-    return _require(out, path, setups)
+    with open_store(path) as store:
+        idx, labels = store.probes()
+        out = {s: _setup_rt(s, store.read(s), store.attrs(s), idx, labels)
+               for s in store.setups() if not setups or s in setups}
+    return _require(out, Path(path), setups)
+
+
+def store_state(path: str | Path) -> str:
+    """A fingerprint of what the store holds: its bank, probe set, setups, seeds, epochs and
+    which checkpoints are evaluated (evaluated chunks never change). Cheap: reads no chunk
+    of the big arrays."""
+    h = hashlib.sha256()
+    with open_store(path) as store:
+        h.update(str(store.root_attrs().get("bank_fingerprint")).encode())
+        for a in store.probes():
+            h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+        for s in store.setups():
+            attrs = store.attrs(s)
+            h.update(json.dumps([s, attrs.get("seeds"), attrs.get("epochs")]).encode())
+            h.update(np.ascontiguousarray(store.done(s), dtype=np.uint8).tobytes())
+    return h.hexdigest()
 
 
 def _require(out: dict[str, SetupRt], path: Path, setups: list[str] | None) -> dict[str, SetupRt]:

@@ -183,6 +183,9 @@ class RtStore:
     def setups(self) -> list[str]:
         return canonical_order(self.group.group_keys())
 
+    def root_attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
     def attrs(self, setup: str) -> dict[str, Any]:
         return dict(self.group[setup].attrs)
 
