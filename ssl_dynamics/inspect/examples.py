@@ -197,6 +197,7 @@ def write_frame(out: Outputs, frame, meta: dict):
 
 def read_meta(path) -> dict:
     """The metadata `write_frame` stored in a Parquet table ({} when there is none)."""
+    need("pyarrow", "the Parquet table")
     import pyarrow.parquet as pq
 
     raw = (pq.read_schema(path).metadata or {}).get(PARQUET_KEY)
