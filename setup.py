@@ -24,6 +24,11 @@ setup(
         "tqdm>=4.64",
         "openTSNE>=1.0",
         "threadpoolctl>=3.1",
+        # labelled views of the stored arrays and the portable exports
+        "xarray>=2024.1",
+        "pandas>=2.0",
+        "pyarrow>=14",
+        "h5netcdf>=1.3",
     ],
     extras_require={"dev": ["pytest>=7"]},
     entry_points={

@@ -19,3 +19,28 @@ def rt(run, store=None, *, setups=None, epochs=None, shard=None, allow_missing=F
     return compute_rt(ws, select, EvalOptions(device, bf16, verify, progress),
                       BankRequest(n_probe, n_replays, bank_seed, simclr_batch, bank_path), store,
                       {"dataset": dataset, "data_root": data_root}, echo=echo)
+
+
+def make_old_style(store) -> None:
+    """Turn an r_t store into one as written before dimension names and coordinates existed:
+    no `dimension_names`, no `coordinates` attribute, no coordinate arrays, no consolidated
+    metadata (chunk files untouched)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from ssl_dynamics.inspect import storedims
+
+    store = Path(store)
+    for meta_file in sorted(store.rglob("zarr.json")):
+        folder = meta_file.parent
+        if not meta_file.exists():  # inside a coordinate array removed just before
+            continue
+        if folder.name in storedims.COORD_DIMS and folder.parent != store:
+            shutil.rmtree(folder)
+            continue
+        meta = json.loads(meta_file.read_text())
+        meta.pop("dimension_names", None)
+        meta.pop("consolidated_metadata", None)
+        meta.get("attributes", {}).pop("coordinates", None)
+        meta_file.write_text(json.dumps(meta, indent=2))

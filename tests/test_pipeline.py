@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -61,8 +62,12 @@ def test_inspect_all_and_report(run, tmp_path):
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
     assert len(images) >= 10
     assert all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
-    for title in ["Table B.1", "Fig. 5.1", "Fig. 5.2", "Fig. 5.4", "Table 4.1", "Configuration"]:
+    for title in ["Table B.1", "Fig. 5.1", "Fig. 5.2", "Fig. 5.4", "Table 4.1", "Configuration",
+                  "Per-example difficulty", "Hardest probe images: SimCLR", "Cross-setup agreement"]:
         assert title in page
+    skipped = json.loads((local / "inspect" / "skipped.json").read_text())
+    assert "examples" not in {s["analysis"] for s in skipped}
+    assert len(pd.read_parquet(local / "inspect" / "tables" / "examples.parquet")) == 4 * 64
     probe = json.loads((local / "inspect" / "tables" / "tableB_1_probe.json").read_text())["rows"]
     assert [r["model"] for r in probe] == ["simclr", "supervised", "random_labels", "random_labels_aug",
                                             "random_init", "raw_pixels"]

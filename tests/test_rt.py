@@ -2,7 +2,6 @@
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import torch
 
 from ssl_dynamics import artifacts as art
 from ssl_dynamics.augment import apply_params, make_generator, sample_params
-from ssl_dynamics.config import override, preset, thesis_setups
+from ssl_dynamics.config import thesis_setups
 from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect import bank as bank_mod
 from ssl_dynamics.inspect.evaluate import evaluate
@@ -19,8 +18,6 @@ from _util import rt
 from ssl_dynamics.inspect.rtdata import load_rt
 from ssl_dynamics.losses import pair_logits, partner_index
 from ssl_dynamics.models import build_network
-from ssl_dynamics.train.grid import train_grid
-from ssl_dynamics.train.loop import TrainOptions
 from ssl_dynamics.objectives import objective_for
 
 BANK = dict(n_probe=24, n_replays=3, simclr_batch=8)  # 3 SimCLR batches of 8 images
@@ -28,12 +25,9 @@ QUIET = dict(progress=False, echo=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_run):
     """A finished tiny phase-one run: 4 setups x 2 seeds x 2 epochs on 48 synthetic images."""
-    root = tmp_path_factory.mktemp("runs") / "run"
-    cfg = override(preset("smoke"), ["epochs=2", "batch_size=16", "train_subset=48"])
-    train_grid(root, replace(cfg, seeds=(0, 1)), list(cfg.setups), TrainOptions(device="cpu"), **QUIET)
-    return root
+    return tiny_run
 
 
 @pytest.fixture

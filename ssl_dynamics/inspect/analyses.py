@@ -14,12 +14,16 @@ def store_data(ws: Workspace, setups: list[str] | None, store: str | Path | None
 
 
 def analysis_steps(ws: Workspace, out: Outputs, setups: list[str], ref_epochs, echo,
-                   store: str | Path | None = None) -> list[tuple[str, Callable[[], dict]]]:
-    """(name, thunk) for dynamics, binomial, heterogeneity and classes; the store is read on
-    first use."""
+                   store: str | Path | None = None, data_opts: dict | None = None,
+                   progress: bool = True) -> list[tuple[str, Callable[[], dict]]]:
+    """(name, thunk) for dynamics, binomial, heterogeneity, classes and examples; the store is
+    read on first use. `data_opts` says where the dataset is (for the probe images of
+    `examples`)."""
     from .binomial import run_binomial
     from .classes import run_classes
     from .dynamics import run_dynamics
+    from .examples import ExampleOptions
+    from .export import examples_for_workspace
     from .heterogeneity import run_heterogeneity
 
     loaded: dict[str, dict[str, SetupRt]] = {}
@@ -29,7 +33,12 @@ def analysis_steps(ws: Workspace, out: Outputs, setups: list[str], ref_epochs, e
             loaded["rt"] = store_data(ws, setups, store)
         return loaded["rt"]
 
+    def examples() -> dict:
+        opts = ExampleOptions(ref_epochs=tuple(ref_epochs) if ref_epochs else None, progress=progress)
+        return examples_for_workspace(ws, out, setups, store, opts, data_opts, echo, data())
+
     return [("dynamics", lambda: run_dynamics(data(), out, ref_epochs=ref_epochs)),
             ("binomial", lambda: run_binomial(data(), out)),
             ("heterogeneity", lambda: run_heterogeneity(data(), out, ref_epochs=ref_epochs)),
-            ("classes", lambda: run_classes(data(), out, ws.run.classes))]
+            ("classes", lambda: run_classes(data(), out, ws.run.classes)),
+            ("examples", examples)]

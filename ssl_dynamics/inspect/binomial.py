@@ -183,8 +183,9 @@ def _missing_row(kind: str, s: str, p0: float, msg: str) -> dict:
             "p": nan, "note": msg}
 
 
-def _setup_tables(s, d, p0s, draws, seed, sims, include_init, notes, arrays) -> dict:
-    """Table 4.1 / 4.2 rows, figure data and arrays of one setup."""
+def _setup_tables(s, d, p0s, draws, seed, sims, include_init, notes, arrays, labelled,
+                  coords) -> dict:
+    """Table 4.1 / 4.2 rows, figure data and arrays (with their named dimensions) of one setup."""
     valid = np.asarray(d.valid, dtype=bool)
     epochs = np.asarray(d.epochs)
     n_seeds = st.seeds_per_epoch(valid)
@@ -194,6 +195,10 @@ def _setup_tables(s, d, p0s, draws, seed, sims, include_init, notes, arrays) -> 
     cand = st.searchable(epochs, include_init)
     arrays.update({f"{s}/epochs": epochs.astype(np.int64), f"{s}/n_seeds": n_seeds,
                    f"{s}/p_hat_tilde": p_tilde, f"{s}/p_hat_all": p_all, f"{s}/r_tilde0": r0.astype(np.float32)})
+    labelled.update({f"{s}/{n}": ("epoch",) for n in ("epochs", "n_seeds", "p_hat_tilde", "p_hat_all")})
+    labelled[f"{s}/r_tilde0"] = ("epoch", "probe")
+    coords.update({f"{s}/epoch": epochs.astype(np.int64),
+                   f"{s}/probe": np.asarray(d.probe_indices, dtype=np.int64)})
     out = {"r": r, "chi": [], "chi_fig": [], "mae": [], "mae_fig": [], "spread": []}
     for p0 in p0s:
         t = st.first_epoch_reaching(p_tilde, p0, cand)
@@ -224,6 +229,11 @@ def _setup_tables(s, d, p0s, draws, seed, sims, include_init, notes, arrays) -> 
         g = f"{s}/mae_p0_{p0:g}"
         arrays.update({f"{g}/per_draw": info["per_draw"], f"{g}/noise_sorted": info["noise"],
                        f"{g}/null_mae": info["null"], f"{g}/null_mae_within": info["null_within"]})
+    if d.correct.shape[2] > 1 and not any(out["spread"]):  # no level reached: show the last epoch
+        last = int(np.flatnonzero(valid.any(axis=0))[-1])
+        notes.append(f"fig4_5: {s} reaches none of the p0 levels; drawn at its last evaluated "
+                     f"epoch {int(epochs[last])}")
+        out["spread"] = [_spread_entry(d, r, last, notes)]
     return out
 
 
@@ -239,11 +249,12 @@ def run_binomial(data: dict[str, SetupRt], out: Outputs, p0s: Sequence[float] = 
     if not data:
         raise UserError("no setups to analyse")
     p0s = _check_args(p0s, draws, seed, null_sims)
-    notes, arrays, per = [], {}, {}
+    notes, arrays, per, labelled, coords = [], {}, {}, {}, {}
     for s, d in data.items():
         if not np.asarray(d.valid).any():
             raise UserError(f"setup {s} has no evaluated checkpoint")
-        per[s] = _setup_tables(s, d, p0s, int(draws), int(seed), int(null_sims), include_init, notes, arrays)
+        per[s] = _setup_tables(s, d, p0s, int(draws), int(seed), int(null_sims), include_init,
+                               notes, arrays, labelled, coords)
     chi_rows = [row for s in data for row in per[s]["chi"]]
     mae_rows = [row for s in data for row in per[s]["mae"]]
     r_all = {s: per[s]["r"] for s in data}
@@ -271,7 +282,8 @@ def run_binomial(data: dict[str, SetupRt], out: Outputs, p0s: Sequence[float] = 
     out.write_table("table4_2_mae", mae_rows,
                     note=MAE_NOTE.format(sims=null_sims) + f" draws = {draws}, seed = {seed}.")
     out.write_arrays("binomial", arrays, {"p0s": list(p0s), "draws": draws, "seed": seed,
-                                          "null_sims": null_sims, "setups": list(data), "notes": notes})
+                                          "null_sims": null_sims, "setups": list(data), "notes": notes},
+                     dims=labelled, coords=coords)
     return {"tables": tables, "figures": [str(p) for p in figures], "notes": notes}
 
 

@@ -3,7 +3,8 @@
 `run_classes` writes figure ``fig5_3_class_rt`` (one panel per setup, one line per true
 class against the epoch), table ``class_rt`` (per setup and class: probe images, mean r_t
 at the last evaluated epoch, first epoch at which the class mean reaches 0.5) and the
-analysis.h5 group ``classes`` (``<setup>/{epochs,n_seeds,class_mean_r_t,n_images}``).
+analysis.h5 group ``classes`` (``<setup>/{epochs,n_seeds,class_mean_r_t,n_images}``, with
+named dimensions: coordinates ``<setup>/epoch`` and ``<setup>/class``, the class names).
 Classes are the TRUE classes (`SetupRt.labels`), also for the random-label setups.
 """
 from __future__ import annotations
@@ -50,6 +51,9 @@ def run_classes(data: dict[str, SetupRt], out: Outputs, class_names: Sequence[st
     names = _class_names(class_names, n_classes)
 
     rows, arrays, curves = [], {"class_names": np.asarray(names, dtype="S")}, {}
+    # a parent group's unlabelled dataset would give its sub-groups phony dimensions too
+    dims: dict[str, tuple[str, ...]] = {"class_names": ("class",)}
+    coords: dict[str, np.ndarray] = {"class": np.asarray(names)}
     for s in setups:
         d = data[s]
         valid = np.asarray(d.valid, dtype=bool)
@@ -76,9 +80,13 @@ def run_classes(data: dict[str, SetupRt], out: Outputs, class_names: Sequence[st
             notes.append(f"{s}: no probe images of class {', '.join(empty)}")
         arrays.update({f"{s}/epochs": epochs.astype(np.int64), f"{s}/n_seeds": n_seeds,
                        f"{s}/class_mean_r_t": cm, f"{s}/n_images": n_img})
+        coords.update({f"{s}/epoch": epochs.astype(np.int64), f"{s}/class": np.asarray(names)})
+        dims.update({f"{s}/epochs": ("epoch",), f"{s}/n_seeds": ("epoch",),
+                     f"{s}/class_mean_r_t": ("epoch", "class"), f"{s}/n_images": ("class",)})
 
     figure = _fig_classes(data, curves, names, out)
-    out.write_arrays("classes", arrays, {"setups": setups, "class_names": names, "notes": notes})
+    out.write_arrays("classes", arrays, {"setups": setups, "class_names": names, "notes": notes},
+                     dims=dims, coords=coords)
     out.write_table("class_rt", rows,
                     note="Eq. 5.3: mean r_t over the probe images of each true class; "
                          f"epoch_reaching_0.5 = first epoch with class mean >= {REACH_LEVEL} "

@@ -12,6 +12,7 @@ import click
 
 from ..cli_util import EXIT_PARTIAL, parse_int_list, run_cli, split_names, user_errors
 from ..devices import resolve_device
+from .example_measures import HARDNESS_DIRECTION as HARDNESS
 from .workspace import open_workspace
 
 RUN_DIR = click.argument("run_dir")
@@ -51,11 +52,14 @@ def cli():
       inspect binomial RUN_DIR    chi-square and MAE vs binomial noise (Tables 4.1, 4.2)
       inspect heterogeneity RUN_DIR  rho of difficulty per epoch, agreement between setups
       inspect classes RUN_DIR     per-class r_t dynamics (Fig. 5.3)
+      inspect examples RUN_DIR    per-example difficulty: forgetting, first-learned epoch,
+                                  data maps, hardest/easiest images (table examples.parquet)
       inspect probe RUN_DIR       linear probes (Table B.1)
       inspect embed RUN_DIR       t-SNE and KL between class Gaussians (Fig. 5.1, 5.2)
       inspect activations RUN_DIR activation maximization (Fig. 5.4)
       inspect report RUN_DIR      one HTML page with everything
       inspect all RUN_DIR         all of the above, in order
+      inspect export RUN_DIR      portable copies: --to netcdf (r_t store), --to parquet (table)
     Outputs go to RUN_DIR/inspect/ (figures/, tables/, analysis.h5, report/), or to --work DIR.
     Exit status: 0 done, 2 bad input (one line on stderr), 3 `all` skipped some analyses.
     """
@@ -176,6 +180,54 @@ def classes_cmd(run_dir, work, store, setups):
     from .classes import run_classes
 
     _analysis(run_dir, work, store, setups, lambda d, out, ws: run_classes(d, out, ws.run.classes))
+
+
+@cli.command("examples")
+@options(RUN_DIR, WORK, STORE, SETUP, *DATA, NO_PROGRESS)
+@click.option("--start-epoch", default=1, show_default=True,
+              help="First epoch the measures use (0 includes the initialization, whose "
+                   "correctness is chance).")
+@click.option("--reference", default=None, help="Reference setup of the rt_ref<t> columns "
+                                                "(default: simclr, else the first).")
+@click.option("--ref-epochs", default=None,
+              help="Reference epochs of the rt_ref<t> columns (a list; default: as `dynamics`).")
+@click.option("--by", type=click.Choice(list(HARDNESS)), default="correctness", show_default=True,
+              help="Measure that orders the hardest/easiest image grids.")
+@click.option("--grid", default=32, show_default=True, help="Images in each hardest/easiest grid.")
+def examples_cmd(run_dir, work, store, setups, dataset, data_root, no_progress, start_epoch,
+                 reference, ref_epochs, by, grid):
+    """Per-example difficulty: first-learned epoch, forgetting events, data maps, r_t at the
+    aligned epochs; the table tables/examples.{parquet,csv}, figures and a report section."""
+    from .examples import ExampleOptions
+    from .export import examples_for_workspace
+    from .outputs import Outputs
+
+    ws = _ws(run_dir, work)
+    refs = parse_int_list(ref_epochs, "--ref-epochs")
+    opts = ExampleOptions(start_epoch, reference, tuple(refs) if refs else None, by, grid,
+                          not no_progress)
+    with user_errors():
+        res = examples_for_workspace(ws, Outputs(ws.dir), split_names(setups), store, opts,
+                                     {"dataset": dataset, "data_root": data_root}, echo=click.echo)
+    _show(res)
+    click.echo(f"table: {res['table']} (and .csv)")
+
+
+@cli.command("export")
+@options(RUN_DIR, WORK, STORE, *DATA, NO_PROGRESS)
+@click.option("--to", "to", type=click.Choice(["netcdf", "parquet"]), required=True,
+              help="netcdf: the r_t store (one group per setup); parquet: the per-example table.")
+@click.option("--out", "target", default=None, metavar="PATH",
+              help="Output file (default WORK/rt.nc, or WORK/tables/examples.parquet).")
+def export_cmd(run_dir, work, store, dataset, data_root, no_progress, to, target):
+    """Portable copies for readers without the toolkit (xarray, pandas, netCDF tools)."""
+    from .export import export
+
+    ws = _ws(run_dir, work)
+    with user_errors():
+        path = export(ws, to, target, store, {"dataset": dataset, "data_root": data_root},
+                      not no_progress, echo=click.echo)
+    click.echo(f"exported: {path}")
 
 
 def _representations(run_dir, work, setups, device, dataset, data_root, no_verify, fn):

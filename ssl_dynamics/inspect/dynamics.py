@@ -9,12 +9,14 @@
   mean r^B_t| (eq. 4.4);
 - table ``aligned_epochs``: per reference epoch, each setup's aligned epoch and mean r_t;
 - analysis.h5 group ``dynamics``: ``<setup>/{epochs,n_seeds,r_t,sorted_r_t,mean_r_t}`` and
-  ``alignment/{ref_epochs,<setup>_epoch,<setup>_mean_r_t}``.
+  ``alignment/{ref_epochs,<setup>_epoch,<setup>_mean_r_t}``, with named dimensions
+  (coordinates ``<setup>/{epoch,probe,rank}`` and ``alignment/ref_epoch``).
 
 Epochs given by the caller are epoch NUMBERS; internally everything works on indices.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -130,6 +132,40 @@ def align_setups(data: dict[str, SetupRt], means: dict[str, np.ndarray], ref_set
             for s in data}
 
 
+@dataclass(frozen=True)
+class Alignment:
+    """Eq. 4.4 for a set of setups: the reference, its epoch indices, every setup's aligned
+    epoch indices (one per reference epoch), the per-epoch mean r_t, and notes."""
+
+    ref_setup: str
+    ref_idx: np.ndarray
+    ref_epochs: list[int]  # the reference's epoch numbers at ref_idx
+    aligned: dict[str, np.ndarray]
+    means: dict[str, np.ndarray]
+    notes: list[str]
+
+
+def reference_alignment(data: dict[str, SetupRt], ref_setup: str | None = None,
+                        ref_epochs: Sequence[int] | None = None, include_init: bool = False,
+                        r: dict[str, np.ndarray] | None = None) -> Alignment:
+    """Eq. 4.4 as every analysis does it (`r`: r_t per setup when already computed)."""
+    if not data:
+        raise UserError("no setups to analyse")
+    notes: list[str] = []
+    for s in data:
+        if not evaluated_indices(data[s]).size:
+            raise UserError(f"setup {s} has no evaluated checkpoint")
+    ref_setup = resolve_reference(data, ref_setup)
+    if ref_epochs is None:
+        ref_epochs, note = default_ref_epochs(data[ref_setup], include_init)
+        notes += [note] if note else []
+    r = r or {s: st.r_t(d.correct, d.valid) for s, d in data.items()}
+    means = {s: st.epoch_means(r[s]) for s in data}
+    ref_idx = ref_indices(data[ref_setup], ref_epochs)
+    return Alignment(ref_setup, ref_idx, [int(e) for e in data[ref_setup].epochs[ref_idx]],
+                     align_setups(data, means, ref_setup, ref_idx, include_init), means, notes)
+
+
 def run_dynamics(data: dict[str, SetupRt], out: Outputs, ref_setup: str | None = None,
                  ref_epochs: Sequence[int] | None = None, curve_epochs=None,
                  include_init: bool = False) -> dict:
@@ -144,20 +180,11 @@ def run_dynamics(data: dict[str, SetupRt], out: Outputs, ref_setup: str | None =
     """
     if not data:
         raise UserError("no setups to analyse")
-    notes: list[str] = []
-    for s in data:
-        if not evaluated_indices(data[s]).size:
-            raise UserError(f"setup {s} has no evaluated checkpoint")
-    ref_setup = resolve_reference(data, ref_setup)
-    if ref_epochs is None:
-        ref_epochs, note = default_ref_epochs(data[ref_setup], include_init)
-        notes += [note] if note else []
     r = {s: st.r_t(d.correct, d.valid) for s, d in data.items()}
-    means = {s: st.epoch_means(r[s]) for s in data}
+    al = reference_alignment(data, ref_setup, ref_epochs, include_init, r)
+    ref_setup, ref_idx, aligned_idx, means, notes = al.ref_setup, al.ref_idx, al.aligned, al.means, al.notes
     n_seeds = {s: st.seeds_per_epoch(np.asarray(d.valid, dtype=bool)) for s, d in data.items()}
     notes += [n for s in data if (n := seed_count_note(s, n_seeds[s], data[s].epochs))]
-    ref_idx = ref_indices(data[ref_setup], ref_epochs)
-    aligned_idx = align_setups(data, means, ref_setup, ref_idx, include_init)
     rows = _aligned_rows(data, means, ref_setup, ref_idx, aligned_idx, notes)
     figures = [_fig_sorted(data, r, n_seeds, out, curve_epochs, notes),
                _fig_aligned(data, r, means, n_seeds, ref_setup, ref_idx, aligned_idx, out)]
@@ -172,17 +199,25 @@ def run_dynamics(data: dict[str, SetupRt], out: Outputs, ref_setup: str | None =
 
 
 def _write_arrays(data, r, means, n_seeds, ref_setup, ref_idx, aligned_idx, notes, out) -> None:
-    arrays = {}
+    arrays, dims, coords = {}, {}, {}
     for s in data:
+        coords.update({f"{s}/epoch": np.asarray(data[s].epochs, dtype=np.int64),
+                       f"{s}/probe": np.asarray(data[s].probe_indices, dtype=np.int64),
+                       f"{s}/rank": np.arange(r[s].shape[1], dtype=np.int64)})
         arrays[f"{s}/epochs"] = np.asarray(data[s].epochs, dtype=np.int64)
         arrays[f"{s}/n_seeds"] = n_seeds[s]
         arrays[f"{s}/r_t"] = r[s].astype(np.float32)
         arrays[f"{s}/sorted_r_t"] = st.sorted_curves(r[s]).astype(np.float32)
         arrays[f"{s}/mean_r_t"] = means[s]
+        dims.update({f"{s}/{n}": ("epoch",) for n in ("epochs", "n_seeds", "mean_r_t")})
+        dims.update({f"{s}/r_t": ("epoch", "probe"), f"{s}/sorted_r_t": ("epoch", "rank")})
         arrays[f"alignment/{s}_epoch"] = np.asarray(data[s].epochs)[aligned_idx[s]].astype(np.int64)
         arrays[f"alignment/{s}_mean_r_t"] = means[s][aligned_idx[s]]
     arrays["alignment/ref_epochs"] = np.asarray(data[ref_setup].epochs)[ref_idx].astype(np.int64)
-    out.write_arrays("dynamics", arrays, {"ref_setup": ref_setup, "setups": list(data), "notes": notes})
+    coords["alignment/ref_epoch"] = arrays["alignment/ref_epochs"]
+    dims.update({name: ("ref_epoch",) for name in arrays if name.startswith("alignment/")})
+    out.write_arrays("dynamics", arrays, {"ref_setup": ref_setup, "setups": list(data), "notes": notes},
+                     dims=dims, coords=coords)
 
 
 def _fig_sorted(data, r, n_seeds, out: Outputs, curve_epochs, notes):

@@ -25,8 +25,7 @@ import numpy as np
 from ..errors import UserError
 from . import nulls
 from . import stats as st
-from .dynamics import (align_setups, default_ref_epochs, evaluated_indices, ref_indices,
-                       resolve_reference)
+from .dynamics import evaluated_indices, reference_alignment
 from .outputs import Outputs
 from .plots import new_figure, setup_color, setup_label
 from .rtdata import SetupRt
@@ -73,15 +72,9 @@ def run_heterogeneity(data: dict[str, SetupRt], out: Outputs, ref_setup: str | N
     for s, d in data.items():
         if not np.array_equal(d.probe_indices, next(iter(data.values())).probe_indices):
             raise UserError(f"{s} was evaluated on other probe images than the other setups")
-    notes: list[str] = []
-    ref_setup = resolve_reference(data, ref_setup)
-    if ref_epochs is None:
-        ref_epochs, note = default_ref_epochs(data[ref_setup], include_init)
-        notes += [note] if note else []
     r = {s: st.r_t(d.correct, d.valid) for s, d in data.items()}
-    means = {s: st.epoch_means(r[s]) for s in data}
-    ref_idx = ref_indices(data[ref_setup], ref_epochs)
-    aligned = align_setups(data, means, ref_setup, ref_idx, include_init)
+    al = reference_alignment(data, ref_setup, ref_epochs, include_init, r)
+    ref_setup, ref_idx, aligned, notes = al.ref_setup, al.ref_idx, al.aligned, al.notes
     fits = {s: rho_by_epoch(d, include_init) for s, d in data.items()}
     rows = [{"setup": s, "ref_epoch": int(data[ref_setup].epochs[ti]),
              "epoch": int(data[s].epochs[aligned[s][a]]),

@@ -1,6 +1,7 @@
 """Where analyses put what they derive: an analysis HDF5, CSV/JSON tables, PNG+PDF figures.
 
-    <work>/analysis.h5          one group per analysis, arrays + attributes
+    <work>/analysis.h5          one group per analysis, arrays + attributes; named
+                                dimensions (HDF5 dimension scales) where they are clear
     <work>/tables/<name>.csv    the same tables as CSV ...
     <work>/tables/<name>.json   ... and JSON (list of row objects, in the CSV's column order)
     <work>/figures/<name>.png   every figure, plus <name>.pdf
@@ -33,10 +34,24 @@ class Outputs:
         self.figures = self.root / "figures"
         self.analysis = self.root / "analysis.h5"
 
-    def write_arrays(self, group: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None = None):
-        """Replace `group` in analysis.h5 with these arrays (and JSON-able attributes)."""
+    def write_arrays(self, group: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None = None,
+                     dims: dict[str, tuple[str, ...]] | None = None,
+                     coords: dict[str, np.ndarray] | None = None):
+        """Replace `group` in analysis.h5 with these arrays (and JSON-able attributes).
+
+        ``coords`` ("sub/group/name" -> 1-D values) become HDF5 dimension scales named like
+        their last part; ``dims`` (array name -> one dimension name per axis) attaches to
+        each axis of that array the coordinate of the same name in the array's own group,
+        so that ``xr.open_dataset(analysis.h5, group="<group>/sub/group", engine="h5netcdf")``
+        gives named dimensions. Arrays without ``dims`` stay unlabelled."""
         import h5py
 
+        from . import h5dims
+
+        dims, coords = dims or {}, coords or {}
+        unknown = sorted(set(dims) - set(arrays))
+        if unknown:
+            raise ValueError(f"dims given for arrays that are not written: {', '.join(unknown)}")
         with art.atomic_path(self.analysis) as tmp:
             if self.analysis.exists():
                 shutil.copyfile(self.analysis, tmp)
@@ -44,8 +59,13 @@ class Outputs:
                 if group in f:
                     del f[group]
                 g = f.create_group(group)
+                for path, values in coords.items():
+                    parent, _, name = path.rpartition("/")
+                    h5dims.add_coordinate(g.require_group(parent) if parent else g, name, values)
                 for name, arr in arrays.items():
-                    g.create_dataset(name, data=np.asarray(arr))
+                    ds = g.create_dataset(name, data=np.asarray(arr))
+                    if name in dims:
+                        h5dims.attach(ds, ds.parent, dims[name])
                 for k, v in (attrs or {}).items():
                     g.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
 

@@ -61,7 +61,8 @@ def run_all(ws, rt_step: Callable[[], dict], opts: AllOptions, show: Callable[[d
     res = run_step("rt", rt_step, skipped, echo)
     if res is not None:
         echo(f"evaluated {res['evaluated']} checkpoints in {res['seconds']:.1f} s")
-    for name, fn in analysis_steps(ws, out, setups, opts.ref_epochs, echo):
+    for name, fn in analysis_steps(ws, out, setups, opts.ref_epochs, echo, data_opts=opts.data,
+                                   progress=opts.progress):
         show(run_step(name, fn, skipped, echo) or {})
     cache = FeatureCache(ws, opts.device, opts.data, opts.verify, echo)
     steps = [("probe", lambda: run_probe(cache, out, setups, opts.epoch, device=opts.device)),

@@ -14,6 +14,7 @@ from .. import artifacts as art
 from .workspace import Workspace
 
 # (name, title, what it shows) in reading order; figures and tables share the namespace.
+# "{setup}" in a name repeats the section for every setup of the run ({label}: its display name).
 SECTIONS = [
     ("fig4_1_sorted_rt", "Fig. 4.1: sorted r_t curves",
      "For each setup, r_t(x) of every probe image sorted ascending, at several epochs: the "
@@ -64,6 +65,25 @@ SECTIONS = [
      "Spearman correlation of per-image r_t for every pair of setups at each aligned epoch."),
     ("fig5_3_class_rt", "Fig. 5.3: per-class dynamics", "Mean r_t of the probe images of each class by epoch."),
     ("class_rt", "Per-class r_t", "Mean r_t per class at the last epoch and when it first reaches 0.5."),
+    ("examples_summary", "Per-example difficulty, by setup",
+     "From the stored correctness of every seed and replay: the epoch from which an image "
+     "stays learned, forgetting events (correct to incorrect between consecutive epochs), data-"
+     "map coordinates and the epochs aligned to the reference; the per-image values are in "
+     "tables/examples.parquet (and .csv)."),
+    ("examples_cartography", "Data maps (dataset cartography)",
+     "Each probe image at its variability (std over epochs) and confidence (mean over epochs) "
+     "of the true-class probability, coloured by the share of epochs it was correct."),
+    ("examples_forgetting", "Forgetting events",
+     "How often a (seed, replay, image) went from correct to incorrect between consecutive "
+     "epochs; 'unforgettable' images were learned and never forgotten by any seed or replay."),
+    ("examples_hardest_{setup}", "Hardest probe images: {label}",
+     "The probe images this setup found hardest, with their true class (and, for random "
+     "labels, the label trained on) and the value of the ordering measure."),
+    ("examples_easiest_{setup}", "Easiest probe images: {label}",
+     "The probe images this setup found easiest, captioned as above."),
+    ("examples_rank_agreement", "Cross-setup agreement of first-learned epochs",
+     "Spearman rank correlation between setups of the images' median first-learned epoch: "
+     "do the setups learn the same images first?"),
     ("tableB_1_probe", "Table B.1: linear probes",
      "Accuracy of a linear classifier on the frozen 512-d representation, with a randomly "
      "initialised network and raw pixels as baselines."),
@@ -124,6 +144,25 @@ def _section(name: str, title: str, what: str, figures: Path, tables: Path) -> s
     return None
 
 
+def expand_sections(setups: list[str]) -> list[tuple[str, str, str]]:
+    """SECTIONS with each run of consecutive per-setup entries repeated for every setup, in
+    the run's order (setup by setup: its hardest images, then its easiest)."""
+    from .plots import setup_label
+
+    out: list[tuple[str, str, str]] = []
+    block: list[tuple[str, str, str]] = []
+    for entry in SECTIONS + [("", "", "")]:  # the sentinel flushes a final block
+        if "{setup}" in entry[0]:
+            block.append(entry)
+            continue
+        out += [(n.format(setup=s), t.format(label=setup_label(s)), w)
+                for s in setups for n, t, w in block]
+        block = []
+        if entry[0]:
+            out.append(entry)
+    return out
+
+
 def _skipped_html(skipped: list[dict]) -> str:
     if not skipped:
         return ""
@@ -142,14 +181,15 @@ def build_report(ws: Workspace, skipped: list[dict] | None = None) -> Path:
     if skipped is None:
         record = ws.dir / "skipped.json"
         skipped = art.read_json(record, list) if record.exists() else []
-    known = {name for name, _, _ in SECTIONS}
+    sections = expand_sections(list(run.cfg.setups))
+    known = {name for name, _, _ in sections}
     extra = sorted({p.stem for p in list(figures.glob("*.png")) + list(tables.glob("*.json"))} - known)
     ds = run.meta["dataset"]
     parts = [f"<h1>Learning dynamics report: {html.escape(run.root.name)}</h1>",
              f"<p>Setups: {', '.join(run.cfg.setups)}; seeds: {len(run.cfg.seeds)}; dataset: "
              f"{html.escape(str(ds.get('name')))} ({ds['n_train']} train images).</p>",
              _skipped_html(skipped)]
-    sections = [_section(n, t, w, figures, tables) for n, t, w in SECTIONS + [(n, n, "") for n in extra]]
+    sections = [_section(n, t, w, figures, tables) for n, t, w in sections + [(n, n, "") for n in extra]]
     shown = [p for p in sections if p]
     parts += shown or ["<p>No analysis outputs yet: run <code>inspect all</code>.</p>"]
     setups_cfg = {s: sc.to_dict() for s, sc in run.cfg.setups.items()}

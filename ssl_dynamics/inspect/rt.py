@@ -76,6 +76,7 @@ def compute_rt(ws: Workspace, select: Selection = Selection(), opts: EvalOptions
     echo(f"{len(tasks)} checkpoints to evaluate"
          + (f" (shard {shard_i}/{shard_n})" if shard_n > 1 else "") + f" on {opts.device}")
     res = evaluate_tasks(run, store, bank, tasks, opts)
+    store.consolidate()  # xarray reads the consolidated metadata: make sure it is current
     if store_path.suffix in (".h5", ".hdf5"):
         export_h5(store, store_path)
     return {**res, "store": str(store_path),

@@ -5,16 +5,19 @@ setup, built from the Zarr store or its HDF5 export; `export_h5` writes that exp
 """
 from __future__ import annotations
 
+import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from .. import artifacts as art
 from ..config import SCHEMA_VERSION, canonical_order
 from ..errors import UserError
+from . import h5dims, storedims
 from .store import RtStore, work_path
 
 
@@ -62,62 +65,115 @@ def _setup_rt(setup: str, data: dict[str, np.ndarray], attrs: dict[str, Any],
 
 
 def export_h5(store: RtStore, target: str | Path) -> None:
-    """Write the whole store as one HDF5 file, atomically (same layout and attributes)."""
+    """Write the whole store as one HDF5 file, atomically (same layout and attributes).
+
+    Coordinates become HDF5 dimension scales (`h5dims`), so the file opens as netCDF:
+    ``xr.open_dataset(target, group=setup, engine="h5netcdf")``."""
     import h5py
 
     with art.atomic_path(target) as tmp:
         with h5py.File(tmp, "w") as f:
             idx, labels = store.probes()
-            f.create_dataset("probe_indices", data=idx)
-            f.create_dataset("labels", data=labels)
+            h5dims.add_coordinate(f, "probe", idx)
+            for name, values in (("probe_indices", idx), ("labels", labels)):
+                h5dims.attach(f.create_dataset(name, data=values), f, ("probe",))
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["bank_fingerprint"] = str(store.group.attrs.get("bank_fingerprint"))
             for setup in store.setups():
-                data = store.read(setup)
-                g = f.create_group(setup)
-                shape = data["correct"].shape
-                for name in ("correct", "p_true"):
-                    g.create_dataset(name, data=data[name], chunks=(1, 1, *shape[2:]),
-                                     compression="gzip", compression_opts=4)
-                g.create_dataset("done", data=data["done"])
-                g.create_dataset("targets", data=data["targets"])
-                for k, v in store.attrs(setup).items():
-                    g.attrs[k] = json.dumps(v)
+                _export_setup(f.create_group(setup), store.read(setup), store.attrs(setup), idx, labels)
 
 
-def _load_h5(path: Path, setups: list[str] | None) -> dict[str, SetupRt]:
-    import h5py
+def _export_setup(g, data: dict[str, np.ndarray], attrs: dict[str, Any], idx, labels) -> None:
+    """One setup group of the HDF5 export: data, coordinates as scales, JSON attributes."""
+    coords = storedims.coordinate_values(attrs, idx, labels)
+    for name in storedims.FULL_DIMS:
+        h5dims.add_coordinate(g, name, coords[name])
+    h5dims.attach(g.create_dataset("label", data=coords["label"]), g, ("probe",))
+    shape = data["correct"].shape
+    for name in storedims.ARRAY_DIMS:
+        big = name in ("correct", "p_true")
+        ds = g.create_dataset(name, data=data[name], chunks=(1, 1, *shape[2:]) if big else None,
+                              compression="gzip" if big else None, compression_opts=4 if big else None)
+        h5dims.attach(ds, g, storedims.ARRAY_DIMS[name])
+        if name in storedims.WITH_LABEL:
+            ds.attrs["coordinates"] = storedims.LABEL_COORD
+    for k, v in attrs.items():
+        g.attrs[k] = json.dumps(v)
 
-    try:
-        with h5py.File(path, "r") as f:
-            idx, labels = f["probe_indices"][:], f["labels"][:]
-            names = canonical_order(k for k in f.keys() if isinstance(f[k], h5py.Group))
-            out = {}
-            for s in names:
-                if setups and s not in setups:
-                    continue
-                g = f[s]
-                attrs = {k: json.loads(v) for k, v in g.attrs.items()}
-                data = {k: g[k][:] for k in ("correct", "p_true", "done", "targets")}
-                out[s] = _setup_rt(s, data, attrs, idx, labels)
-            return out
-    except (OSError, KeyError, ValueError) as e:
-        raise UserError(f"corrupt r_t archive {path}: {e}") from None
+
+class H5Store:
+    """The reading side of `RtStore` over an exported .h5 archive."""
+
+    def __init__(self, path: Path):
+        import h5py
+
+        self.path = path
+        self.file = h5py.File(path, "r")
+
+    def setups(self) -> list[str]:
+        import h5py
+
+        return canonical_order(k for k in self.file.keys() if isinstance(self.file[k], h5py.Group))
+
+    def root_attrs(self) -> dict[str, Any]:
+        return dict(self.file.attrs)
+
+    def attrs(self, setup: str) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.file[setup].attrs.items()}
+
+    def probes(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.file["probe_indices"][:], self.file["labels"][:]
+
+    def done(self, setup: str) -> np.ndarray:
+        return self.file[f"{setup}/done"][:].astype(bool)
+
+    def read(self, setup: str) -> dict[str, np.ndarray]:
+        return {k: self.file[f"{setup}/{k}"][:] for k in ("correct", "p_true", "done", "targets")}
+
+
+@contextmanager
+def open_store(path: str | Path) -> Iterator[RtStore | H5Store]:
+    """A .zarr store or an exported .h5 archive, read only, with one reading interface."""
+    path = Path(path)
+    if path.suffix in (".h5", ".hdf5") and path.exists():
+        try:
+            store = H5Store(path)
+            try:
+                yield store
+            finally:
+                store.file.close()
+        except (OSError, KeyError, ValueError) as e:
+            raise UserError(f"corrupt r_t archive {path}: {e}") from None
+        return
+    wp = work_path(path)
+    if not wp.exists():
+        raise UserError(f"no r_t store at {path}: run `inspect rt` first")
+    yield RtStore(wp, writable=False)
 
 
 def load_rt(path: str | Path, setups: list[str] | None = None) -> dict[str, SetupRt]:
     """Every setup's arrays from a .zarr store or an exported .h5 archive (read only)."""
-    path = Path(path)
-    if path.suffix in (".h5", ".hdf5") and path.exists():
-        return _require(_load_h5(path, setups), path, setups)
-    wp = work_path(path)
-    if not wp.exists():
-        raise UserError(f"no r_t store at {path}: run `inspect rt` first")
-    store = RtStore(wp, writable=False)
-    idx, labels = store.probes()
-    out = {s: _setup_rt(s, store.read(s), store.attrs(s), idx, labels)
-           for s in store.setups() if not setups or s in setups}
-    return _require(out, path, setups)
+    with open_store(path) as store:
+        idx, labels = store.probes()
+        out = {s: _setup_rt(s, store.read(s), store.attrs(s), idx, labels)
+               for s in store.setups() if not setups or s in setups}
+    return _require(out, Path(path), setups)
+
+
+def store_state(path: str | Path) -> str:
+    """A fingerprint of what the store holds: its bank, probe set, setups, seeds, epochs and
+    which checkpoints are evaluated (evaluated chunks never change). Cheap: reads no chunk
+    of the big arrays."""
+    h = hashlib.sha256()
+    with open_store(path) as store:
+        h.update(str(store.root_attrs().get("bank_fingerprint")).encode())
+        for a in store.probes():
+            h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+        for s in store.setups():
+            attrs = store.attrs(s)
+            h.update(json.dumps([s, attrs.get("seeds"), attrs.get("epochs")]).encode())
+            h.update(np.ascontiguousarray(store.done(s), dtype=np.uint8).tobytes())
+    return h.hexdigest()
 
 
 def _require(out: dict[str, SetupRt], path: Path, setups: list[str] | None) -> dict[str, SetupRt]:

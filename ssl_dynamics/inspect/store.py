@@ -8,6 +8,7 @@ Layout (one group per setup, chunked per checkpoint so that shards never share a
     <store>/<setup>/done     uint8   [S, E]            1 = that checkpoint is evaluated
     <store>/<setup>/targets  int64   [K]               labels scored against (permuted for
                                                        random-label setups)
+    <store>/<setup>/{seed,epoch,replay,probe,view,label}   coordinates (see storedims.py)
     attrs: schema_version, seeds, epochs, setup config, bank fingerprint, dataset sha256
 
 S indexes the run's seeds (in the order they were added: `attrs.seeds`), E the epochs
@@ -18,7 +19,11 @@ a run later grow the S axis; evaluated chunks stay as they are.
 The working format is Zarr: every chunk is its own file, so processes evaluating disjoint
 checkpoints (`--shard i/n`) can share one store; structure changes happen under a lock
 beside the store. Reading never needs that lock (a finished store on read-only media opens
-fine). A path ending in `.h5` asks for an HDF5 archive: the work happens in a Zarr store
+fine). Every array carries named dimensions and each setup group its coordinates, so
+`xr.open_zarr(store, group=setup)` gives a labelled Dataset; stores made before that are
+upgraded when opened for writing (`storedims.py`).
+
+A path ending in `.h5` asks for an HDF5 archive: the work happens in a Zarr store
 beside it (`<name>.h5.work.zarr`, kept for resuming) and each finished `inspect rt` exports
 the whole archive atomically.
 """
@@ -32,6 +37,7 @@ import numpy as np
 from .. import artifacts as art
 from ..config import SCHEMA_VERSION, canonical_json, canonical_order
 from ..errors import UserError
+from . import storedims as dims
 
 ARRAYS = ("correct", "p_true")
 CHECKSUM = True  # zstd frame checksums: a damaged chunk is an error, not silent garbage
@@ -58,6 +64,8 @@ class RtStore:
         self.path = work_path(path)
         self.writable = writable
         self.group = self._open()
+        if writable:
+            self.upgrade()
 
     def _open(self):
         """(Re)read the group: metadata is cached per handle, and other shards may have written."""
@@ -66,12 +74,39 @@ class RtStore:
         if not self.writable and not self.path.exists():
             raise UserError(f"no r_t store at {self.path}: run `inspect rt` first")
         try:
-            return zarr.open_group(str(self.path), mode="a" if self.writable else "r")
+            # never the consolidated copy: it is stale between a resize and the next consolidation
+            return zarr.open_group(str(self.path), mode="a" if self.writable else "r",
+                                   use_consolidated=False)
         except Exception as e:
             raise UserError(f"cannot open r_t store {self.path}: {e}") from None
 
     def _lock(self):
         return art.file_lock(self.path.with_name(self.path.name + ".lock"))
+
+    def upgrade(self) -> bool:
+        """Name the dimensions and add the coordinates of a store made before they existed,
+        and refresh its consolidated metadata; returns True when anything changed. Chunks
+        (evaluated data and done flags) are left exactly as they are."""
+        if not dims.needs_upgrade(self.path):
+            return False
+        with self._lock():
+            if not dims.needs_upgrade(self.path):  # another process did it meanwhile
+                return False
+            dims.name_dimensions(self.path)
+            self.group = self._open()
+            if "probe_indices" in self.group:
+                idx, labels = self.probes()
+                for setup in self.setups():
+                    values = dims.coordinate_values(self.attrs(setup), idx, labels)
+                    dims.write_coordinates(self.group[setup], values)
+            dims.consolidate(self.path)
+            self.group = self._open()
+        return True
+
+    def consolidate(self) -> None:
+        """Refresh the consolidated metadata that xarray reads (under the store's lock)."""
+        with self._lock():
+            dims.consolidate(self.path)
 
     def init_probes(self, probe_indices: np.ndarray, labels: np.ndarray, bank_fingerprint: str) -> None:
         with self._lock():
@@ -81,9 +116,12 @@ class RtStore:
                     raise UserError(f"{self.path} was made from a different bank; use another "
                                     f"--store path (or the bank it was made with)")
                 return
-            g.create_array("probe_indices", data=np.asarray(probe_indices, dtype=np.int64))
-            g.create_array("labels", data=np.asarray(labels, dtype=np.int64))
+            g.create_array("probe_indices", data=np.asarray(probe_indices, dtype=np.int64),
+                           **dims.array_options("probe_indices"))
+            g.create_array("labels", data=np.asarray(labels, dtype=np.int64),
+                           **dims.array_options("labels"))
             g.attrs.update({"schema_version": SCHEMA_VERSION, "bank_fingerprint": bank_fingerprint})
+            dims.consolidate(self.path)
 
     def ensure_setup(self, setup: str, seeds: list[int], n_epochs: int, m: int, k: int, v: int,
                      targets: np.ndarray, attrs: dict[str, Any]) -> list[int]:
@@ -109,14 +147,19 @@ class RtStore:
         g = self.group.create_group(setup)
         shape = [len(seeds), n_epochs, *mkv]
         chunk = (1, 1, *mkv)
+        # no _FillValue attribute: xarray would mask with it; zarr's fill values are the contract
         g.create_array("correct", shape=shape, chunks=chunk, dtype="uint8", fill_value=0,
-                       compressors=_compressor())
+                       compressors=_compressor(), **dims.array_options("correct"))
         g.create_array("p_true", shape=shape, chunks=chunk, dtype="float32", fill_value=np.nan,
-                       compressors=_compressor())
+                       compressors=_compressor(), **dims.array_options("p_true"))
         g.create_array("done", shape=(len(seeds), n_epochs), chunks=(1, 1), dtype="uint8",
-                       fill_value=0)
-        g.create_array("targets", data=np.asarray(targets, dtype=np.int64))
+                       fill_value=0, **dims.array_options("done"))
+        g.create_array("targets", data=np.asarray(targets, dtype=np.int64),
+                       **dims.array_options("targets"))
         g.attrs.update({"schema_version": SCHEMA_VERSION, "seeds": seeds, "shape": shape, **want})
+        idx, labels = self.probes()
+        dims.write_coordinates(g, dims.coordinate_values(dict(g.attrs), idx, labels))
+        dims.consolidate(self.path)
 
     def _grow(self, setup: str, have: dict, seeds: list[int]) -> list[int]:
         """Append the run's seeds that the store lacks (existing chunks are kept)."""
@@ -133,10 +176,15 @@ class RtStore:
                 g[name].resize(tuple(shape))
             g["done"].resize((len(order), shape[1]))
             g.attrs.update({"seeds": order, "shape": shape})
+            dims.write_seed_coordinate(g, order)
+            dims.consolidate(self.path)
         return order
 
     def setups(self) -> list[str]:
         return canonical_order(self.group.group_keys())
+
+    def root_attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
 
     def attrs(self, setup: str) -> dict[str, Any]:
         return dict(self.group[setup].attrs)

@@ -1,0 +1,172 @@
+"""`inspect examples` and `inspect export`: the per-example table for a workspace, and
+portable copies (netCDF of the r_t store, Parquet of the table) for people without the toolkit.
+
+Only the work folder is ever written. A Zarr store made before named dimensions existed is
+upgraded in place when it belongs to the work folder (or was named with --store) and can
+be written; an archive's store on read-only media is read as it is.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .. import artifacts as art
+from ..deps import need
+from ..errors import UserError
+from ..progress import bar
+from . import bank as bank_mod
+from . import storedims
+from .examples import TABLE, ExampleOptions, read_meta, run_examples
+from .outputs import Outputs
+from .rtdata import SetupRt, load_rt, open_store, store_state
+from .store import RtStore, work_path
+from .workspace import Workspace
+
+FORMATS = ("netcdf", "parquet")
+NETCDF_LEVEL = 4  # zlib level: most of the gain of 9 at a fraction of the time
+
+
+def store_for_analysis(ws: Workspace, store: str | Path | None, echo=print) -> Path:
+    """The store the analyses read, upgraded to named dimensions first when it is ours
+    (in the work folder, or given explicitly) and writable."""
+    path = ws.store_for_reading(store)
+    if path.suffix != ".zarr" or not path.is_dir():
+        return path
+    ours = store is not None or ws.dir.resolve() in path.resolve().parents
+    if ours and os.access(path, os.W_OK) and os.access(path.parent, os.W_OK) \
+            and storedims.needs_upgrade(path):
+        RtStore(path, writable=True)  # opening for writing upgrades it
+        echo(f"{path}: added named dimensions and coordinates (no re-evaluation)")
+    return path
+
+
+def probe_images(ws: Workspace, data: dict[str, SetupRt], data_opts: dict | None = None):
+    """(uint8 [K, 3, H, W] probe images in the store's order, None) or (None, why not).
+
+    From the bank when it stored them (newer banks), else from the run's dataset
+    (checksum-checked)."""
+    idx = next(iter(data.values())).probe_indices
+    bank = ws.existing_bank()
+    if bank is not None:
+        have, images = bank_mod.read_images(bank)
+        if images is not None and np.array_equal(have, idx):
+            return images, None
+    data_opts = data_opts or {}
+    try:
+        ds = ws.run.load_dataset(data_opts.get("dataset"), data_opts.get("data_root"))
+    except UserError as e:
+        return None, f"the bank does not store them and the dataset cannot be loaded: {e}"
+    if len(idx) and int(np.max(idx)) >= len(ds.train_x):
+        return None, "the store's probe indices do not fit the run's dataset"
+    return ds.train_x.numpy()[np.asarray(idx, dtype=np.int64)], None
+
+
+def examples_for_workspace(ws: Workspace, out: Outputs, setups: list[str] | None = None,
+                           store: str | Path | None = None, opts: ExampleOptions = ExampleOptions(),
+                           data_opts: dict | None = None, echo=print,
+                           data: dict[str, SetupRt] | None = None) -> dict:
+    """`inspect examples`: read the store (unless `data` was read from it already), find
+    the probe images, run `run_examples`."""
+    path = store_for_analysis(ws, store, echo)
+    data = data if data is not None else load_rt(path, setups)
+    images, note = probe_images(ws, data, data_opts)
+    try:
+        return run_examples(data, out, opts, images, ws.run.classes, note, store_state(path))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def export(ws: Workspace, to: str, target: str | Path | None = None, store: str | Path | None = None,
+           data_opts: dict | None = None, progress: bool = True, echo=print) -> Path:
+    """`inspect export`: write a portable copy; returns its path."""
+    if to not in FORMATS:
+        raise UserError(f"--to {to!r}: choose one of {', '.join(FORMATS)}")
+    path = store_for_analysis(ws, store, echo)
+    if to == "netcdf":
+        target = Path(target) if target else ws.dir / "rt.nc"
+        _check_target(target, path)
+        return export_netcdf(path, target, progress)
+    return export_parquet(ws, path, Path(target) if target else None, data_opts, echo)
+
+
+def _check_target(target: Path, store: Path) -> None:
+    if target.resolve() in (store.resolve(), work_path(store).resolve()):
+        raise UserError(f"--out {target} is the r_t store itself; choose another path")
+    if target.is_dir():
+        raise UserError(f"--out {target} is a folder; give a file name")
+    art.check_writable(target.parent)
+
+
+def export_netcdf(store: Path, target: Path, progress: bool = True) -> Path:
+    """The r_t store as netCDF-4 (h5netcdf): root probe_indices/labels, one group per setup
+    with named dimensions and coordinates, zlib-compressed in chunks of one checkpoint."""
+    xr = need("xarray", "the netCDF export")
+    need("h5netcdf", "the netCDF export")
+    with open_store(store) as st, art.atomic_path(target) as tmp:
+        idx, labels = st.probes()
+        root = xr.Dataset({"probe_indices": ("probe", idx), "labels": ("probe", labels)},
+                          coords={"probe": idx}, attrs=_nc_attrs(st.root_attrs()))
+        root.to_netcdf(tmp, mode="w", engine="h5netcdf")
+        setups = st.setups()
+        pbar = bar(len(setups), "netCDF export", "setup", progress)
+        for s in setups:
+            ds, enc = _setup_dataset(xr, st.read(s), st.attrs(s), idx, labels)
+            ds.to_netcdf(tmp, mode="a", group=s, engine="h5netcdf", encoding=enc)
+            pbar.update(1)
+        pbar.close()
+    return target
+
+
+def _setup_dataset(xr, data: dict, attrs: dict, idx, labels):
+    """(xarray Dataset of one setup with named dims and coordinates, its netCDF encoding)."""
+    coords = storedims.coordinate_values(attrs, idx, labels)
+    variables = {name: (storedims.ARRAY_DIMS[name], data[name]) for name in storedims.ARRAY_DIMS}
+    ds = xr.Dataset(variables, coords={**{d: coords[d] for d in storedims.FULL_DIMS},
+                                       "label": ("probe", coords["label"])},
+                    attrs=_nc_attrs(attrs))
+    chunks = (1, 1, *data["correct"].shape[2:])
+    # no _FillValue: the arrays are complete (done says which checkpoints hold data)
+    enc = {name: {"_FillValue": None} for name in list(variables) + list(ds.coords)}
+    for name in ("correct", "p_true"):
+        enc[name].update(zlib=True, complevel=NETCDF_LEVEL, chunksizes=chunks)
+    return ds, enc
+
+
+def _nc_attrs(attrs: dict) -> dict:
+    """netCDF attributes: numbers and strings as they are, anything else as JSON text."""
+    return {k: v if isinstance(v, (str, int, float)) and not isinstance(v, bool) else json.dumps(v)
+            for k, v in attrs.items()}
+
+
+def export_parquet(ws: Workspace, store: Path, target: Path | None, data_opts: dict | None,
+                   echo=print) -> Path:
+    """The per-example table as Parquet: the work folder's when it is current (made from
+    this store's present state, all setups, default options), else computed now."""
+    out = Outputs(ws.dir)
+    table = out.tables / f"{TABLE}.parquet"
+    if target is not None:
+        _check_target(target, store)
+    meta = read_meta(table) if table.exists() else {}
+    default = ExampleOptions()
+    made_with = {k: v for k, v in (meta.get("options") or {}).items() if k != "progress"}
+    current = (meta.get("store_state") == store_state(store)
+               and made_with == {k: v for k, v in asdict(default).items() if k != "progress"}
+               and set(meta.get("aligned_epochs", {})) == set(_setups(store)))
+    if not current:
+        echo("computing the per-example table (`inspect examples`)")
+        examples_for_workspace(ws, out, None, store, default, data_opts, echo)
+    if target is None or target.resolve() == table.resolve():
+        return table
+    with art.atomic_path(target) as tmp:
+        shutil.copyfile(table, tmp)
+    return target
+
+
+def _setups(store: Path) -> list[str]:
+    with open_store(store) as st:
+        return st.setups()

@@ -1,0 +1,161 @@
+"""Named dimensions and coordinates of the r_t store, in the form xarray reads.
+
+xarray takes a Zarr v3 array's dimension names from its metadata (`dimension_names` in
+`zarr.json`) and needs them on every array of a group. Each setup group therefore holds
+
+    correct, p_true  (seed, epoch, replay, probe, view)
+    done             (seed, epoch)
+    targets          (probe)
+    seed [S], epoch [E], replay [M], probe [K], view [V]   one coordinate per dimension
+    label (probe)                                          true class of each probe image
+
+`probe` holds the dataset indices of the probe images and `seed` the model seeds in the
+store's order; `label` is a non-dimension coordinate (the data variables name it in their
+`coordinates` attribute). The root arrays `probe_indices` and `labels` have dimension
+`probe`. No `_FillValue` attribute is written: Zarr's own fill values (0, NaN) stay, and
+xarray returns uint8 and float32 exactly as stored.
+
+Stores written before the names existed are upgraded in place: each array's `zarr.json`
+is rewritten with its names (chunk files are not touched, nothing is re-evaluated) and the
+coordinate arrays are added. Metadata is consolidated at the root after every structural
+change so that `xr.open_zarr` reads it in one go; the toolkit itself never trusts the
+consolidated copy (it opens with `use_consolidated=False`), since a resize makes it stale
+until the next consolidation.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import artifacts as art
+
+FULL_DIMS = ("seed", "epoch", "replay", "probe", "view")
+ARRAY_DIMS = {"correct": FULL_DIMS, "p_true": FULL_DIMS, "done": ("seed", "epoch"),
+              "targets": ("probe",)}
+ROOT_DIMS = {"probe_indices": ("probe",), "labels": ("probe",)}
+COORD_DIMS = {**{d: (d,) for d in FULL_DIMS}, "label": ("probe",)}
+LABEL_COORD = "label"  # the non-dimension coordinate, named in `coordinates` attributes
+WITH_LABEL = ("correct", "p_true", "targets")
+META = "zarr.json"
+
+
+def array_options(name: str) -> dict[str, Any]:
+    """`create_array` keyword arguments that name the dimensions of a store array."""
+    dims = ARRAY_DIMS.get(name) or ROOT_DIMS.get(name) or COORD_DIMS[name]
+    opts: dict[str, Any] = {"dimension_names": list(dims)}
+    if name in WITH_LABEL:
+        opts["attributes"] = {"coordinates": LABEL_COORD}
+    return opts
+
+
+def coordinate_values(attrs: dict, probe_indices: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """The coordinate arrays of a setup group, from its attributes and the probe set."""
+    _, _, m, k, v = attrs["shape"]
+    if len(probe_indices) != k:
+        raise ValueError(f"the store's probe set has {len(probe_indices)} images, the setup {k}")
+    return {"seed": np.asarray(attrs["seeds"], dtype=np.int64),
+            "epoch": np.asarray(attrs["epochs"], dtype=np.int64),
+            "replay": np.arange(m, dtype=np.int64), "probe": np.asarray(probe_indices, np.int64),
+            "view": np.arange(v, dtype=np.int64), "label": np.asarray(labels, np.int64)}
+
+
+def write_coordinates(group, values: dict[str, np.ndarray]) -> None:
+    """Create the coordinate arrays that `group` lacks."""
+    for name, data in values.items():
+        if name not in group:
+            group.create_array(name, data=data, **array_options(name))
+
+
+def write_seed_coordinate(group, seeds: list[int]) -> None:
+    """Keep the `seed` coordinate in step with a grown seed axis."""
+    arr = group["seed"]
+    if arr.shape != (len(seeds),):
+        arr.resize((len(seeds),))
+    arr[:] = np.asarray(seeds, dtype=np.int64)
+
+
+def _read_meta(folder: Path) -> dict | None:
+    path = folder / META
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _nodes(root: Path) -> dict[str, dict]:
+    """Relative path -> metadata of the groups and arrays below the root, two levels deep
+    (the store's whole layout), without descending into the many chunk folders."""
+    out = {}
+    for child in sorted(p for p in root.iterdir() if p.is_dir()):
+        meta = _read_meta(child)
+        if meta is None:
+            continue
+        out[child.name] = meta
+        if meta.get("node_type") == "group":
+            for sub in sorted(p for p in child.iterdir() if p.is_dir()):
+                if (sub_meta := _read_meta(sub)) is not None:
+                    out[f"{child.name}/{sub.name}"] = sub_meta
+    return out
+
+
+def _unnamed(nodes: dict[str, dict]) -> list[tuple[str, tuple[str, ...]]]:
+    """(path, dims) of the store's known arrays that lack dimension names."""
+    out = []
+    for rel, meta in nodes.items():
+        parts = rel.split("/")
+        dims = ROOT_DIMS.get(rel) if len(parts) == 1 else ARRAY_DIMS.get(parts[-1]) if len(parts) == 2 else None
+        if dims and meta.get("node_type") == "array" and not meta.get("dimension_names"):
+            out.append((rel, dims))
+    return out
+
+
+def needs_upgrade(root: str | Path) -> bool:
+    """True when the store lacks dimension names, coordinate arrays, or fresh consolidated
+    metadata. Reads metadata files only (works on read-only media)."""
+    root = Path(root)
+    top = _read_meta(root)
+    if top is None:
+        return False
+    nodes = _nodes(root)
+    if _unnamed(nodes):
+        return True
+    groups = [rel for rel, m in nodes.items() if "/" not in rel and m.get("node_type") == "group"]
+    if any(f"{g}/{c}" not in nodes for g in groups for c in COORD_DIMS):
+        return True
+    return _consolidated_stale(top, nodes)
+
+
+def _consolidated_stale(top: dict, nodes: dict[str, dict]) -> bool:
+    """True when the root's consolidated metadata is missing or disagrees with the files."""
+    cons = (top.get("consolidated_metadata") or {}).get("metadata")
+    if cons is None or set(cons) != set(nodes):
+        return True
+    keys = ("shape", "dimension_names", "attributes")
+    return any(cons[rel].get(k) != meta.get(k) for rel, meta in nodes.items() for k in keys)
+
+
+def name_dimensions(root: str | Path) -> int:
+    """Add dimension names (and the `coordinates` attribute) to every known array of the
+    store that lacks them, by rewriting its zarr.json atomically; chunk files are left as
+    they are. The caller holds the store's lock. Returns the number of arrays changed."""
+    root = Path(root)
+    todo = _unnamed(_nodes(root))
+    for rel, dims in todo:
+        folder = root / rel
+        meta = _read_meta(folder)
+        meta["dimension_names"] = list(dims)
+        if rel.split("/")[-1] in WITH_LABEL and "/" in rel:
+            meta["attributes"] = {**meta.get("attributes", {}), "coordinates": LABEL_COORD}
+        art.write_bytes_atomic(folder / META, json.dumps(meta, indent=2).encode())
+    return len(todo)
+
+
+def consolidate(root: str | Path) -> None:
+    """Consolidate the store's metadata at its root (the caller holds the store's lock)."""
+    import zarr
+
+    with warnings.catch_warnings():
+        # zarr warns that consolidated metadata is not part of the v3 spec yet; xarray reads it
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        zarr.consolidate_metadata(str(root))

@@ -1,0 +1,220 @@
+"""`inspect examples` and `inspect export` on a tiny evaluated run, and `run_examples` on
+hand-built arrays: the table's columns and values, missing checkpoints, the image grids,
+the upgrade of an old store, the portable exports."""
+import json
+import shutil
+import sys
+import warnings
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+from click.testing import CliRunner
+
+from _util import make_old_style, rt
+from ssl_dynamics import artifacts as art
+from ssl_dynamics.deps import need
+from ssl_dynamics.errors import UserError
+from ssl_dynamics.inspect import example_measures as em
+from ssl_dynamics.inspect import storedims
+from ssl_dynamics.inspect.cli import cli
+from ssl_dynamics.inspect.examples import TABLE_COLUMNS, ExampleOptions, run_examples
+from ssl_dynamics.inspect.export import examples_for_workspace, probe_images
+from ssl_dynamics.inspect.outputs import Outputs
+from ssl_dynamics.inspect.rtdata import SetupRt, load_rt
+from ssl_dynamics.inspect.workspace import open_workspace
+
+SETUPS = ("simclr", "supervised", "random_labels", "random_labels_aug")
+QUIET = dict(echo=lambda *_: None)
+
+
+def invoke(*args, code=0):
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exit_code == code, r.output + repr(r.exception)
+    return r.output
+
+
+@pytest.fixture
+def run(tiny_rt, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_rt, dst)
+    return dst
+
+
+def test_examples_end_to_end_upgrades_an_old_store(run):
+    store = run / "inspect" / "rt.zarr"
+    make_old_style(store)
+    chunks = {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and p.name != "zarr.json"}
+    out = invoke("examples", run, "--no-progress")
+    assert "added named dimensions" in out and not storedims.needs_upgrade(store)
+    assert all(p.read_bytes() == b for p, b in chunks.items())
+    tables, figures = run / "inspect" / "tables", run / "inspect" / "figures"
+    df = pd.read_parquet(tables / "examples.parquet")
+    assert list(df.columns) == list(TABLE_COLUMNS) + ["rt_ref1", "rt_ref2"]
+    assert len(df) == 4 * 24 and df.groupby("setup").size().to_dict() == {s: 24 for s in SETUPS}
+    ints = ["probe", "dataset_index", "label", "target", "n_seeds", "n_missing_checkpoints", "hardness_rank"]
+    assert all(df[c].dtype == np.int64 for c in ints)
+    assert all(df[c].dtype == np.float64 for c in ("first_learned_median", "confidence", "rt_ref1"))
+    csv = pd.read_csv(tables / "examples.csv")
+    assert list(csv.columns) == list(df.columns)
+    assert np.allclose(csv["variability"], df["variability"], equal_nan=True)
+    data = load_rt(store)
+    for s, d in data.items():
+        rows = df[df.setup == s]
+        want = em.example_summary(d.correct, d.p_true, d.valid, d.epochs)
+        for col, values in want.items():
+            assert np.allclose(rows[col].to_numpy(dtype=float), values, equal_nan=True), (s, col)
+        assert np.array_equal(rows.dataset_index, d.probe_indices) and np.array_equal(rows.target, d.targets)
+        order = em.hardness_order(want, "correctness")
+        assert np.array_equal(np.argsort(rows.hardness_rank.to_numpy()), order)
+        assert (rows.n_missing_checkpoints == 0).all()
+    simclr = df[df.setup == "simclr"]  # the reference: its own epochs 1 and 2
+    assert np.allclose(simclr.rt_ref2, em.rt_at(data["simclr"].correct, data["simclr"].valid, [2])[0])
+    for name in ["examples_cartography", "examples_forgetting", "examples_rank_agreement"] + \
+            [f"examples_{k}_{s}" for s in SETUPS for k in ("hardest", "easiest")]:
+        assert (figures / f"{name}.png").stat().st_size > 1000 and (figures / f"{name}.pdf").exists()
+    summary = json.loads((tables / "examples_summary.json").read_text())
+    assert [r["setup"] for r in summary["rows"]] == list(SETUPS) and "aligned" in summary["note"]
+    with xr.open_dataset(run / "inspect" / "analysis.h5", group="examples/random_labels",
+                         engine="h5netcdf") as ds:
+        assert ds.correctness.dims == ("probe",) and np.array_equal(ds.probe, data["random_labels"].probe_indices)
+    invoke("report", run)
+    page = (run / "inspect" / "report" / "index.html").read_text()
+    for title in ["Per-example difficulty", "Data maps", "Forgetting events", "Hardest probe images: SimCLR",
+                  "Easiest probe images: Random labels + aug.", "Cross-setup agreement"]:
+        assert title in page
+
+
+def test_missing_checkpoints_are_counted_and_never_read(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    art.RunPaths(run).checkpoint("supervised", 1, 1).unlink()
+    rt(run, setups=["supervised"], allow_missing=True, device="cpu", n_probe=24, n_replays=3)
+    ws = open_workspace(run, **QUIET)
+    res = examples_for_workspace(ws, Outputs(ws.dir), opts=ExampleOptions(progress=False), **QUIET)
+    assert any("1 checkpoint(s) not evaluated (seed 1 epochs 1)" in n for n in res["notes"])
+    df = pd.read_parquet(ws.dir / "tables" / "examples.parquet")
+    assert (df.n_missing_checkpoints == 1).all() and (df.n_seeds == 2).all()
+    d = load_rt(ws.store)["supervised"]
+    assert not d.valid[1, 1] and d.valid.sum() == 5
+    # whatever the store holds at the missing checkpoint, the measures are the same
+    for fill in (0, 1):
+        c, p = d.correct.copy(), d.p_true.copy()
+        c[1, 1], p[1, 1] = fill, 0.5
+        want = em.example_summary(c, p, d.valid, d.epochs)
+        for col in ("first_learned_median", "forgetting_mean", "confidence", "variability", "correctness"):
+            assert np.allclose(df[col], want[col], equal_nan=True), col
+    summary = json.loads((ws.dir / "tables" / "examples_summary.json").read_text())["rows"]
+    assert summary[0]["n_missing_checkpoints"] == 1
+
+
+def test_probe_images_from_bank_else_dataset_else_no_grids(run, tmp_path, monkeypatch):
+    ws = open_workspace(run, **QUIET)
+    data = load_rt(ws.store)
+    with h5py.File(ws.bank, "r") as f:
+        stored = f["images"][:]
+    images, note = probe_images(ws, data)
+    assert note is None and np.array_equal(images, stored) and images.dtype == np.uint8
+    with h5py.File(ws.bank, "a") as f:  # a bank made before the images were kept
+        del f["images"]
+    images, note = probe_images(ws, data)
+    assert note is None and np.array_equal(images, stored)  # the dataset, checksum-checked
+
+    def gone(*_a, **_k):
+        raise UserError("the dataset is not here")
+
+    monkeypatch.setattr(art.Run, "load_dataset", gone)
+    res = examples_for_workspace(ws, Outputs(ws.dir), opts=ExampleOptions(progress=False), **QUIET)
+    assert any("no probe images" in n and "not here" in n for n in res["notes"])
+    assert not any("hardest" in f for f in res["figures"]) and len(res["figures"]) == 3
+
+
+def test_archive_store_is_read_not_upgraded(run, tmp_path):
+    store = run / "inspect" / "rt.zarr"
+    make_old_style(store)
+    metas = {p: p.read_bytes() for p in store.rglob("zarr.json")}
+    work = tmp_path / "work"
+    invoke("examples", run, "--work", work, "--no-progress", "--setup", "supervised")
+    assert {p: p.read_bytes() for p in store.rglob("zarr.json")} == metas
+    assert storedims.needs_upgrade(store)
+    assert len(pd.read_parquet(work / "tables" / "examples.parquet")) == 24
+
+
+def test_export_netcdf_and_parquet(run, tmp_path):
+    out = invoke("export", run, "--to", "netcdf", "--no-progress")
+    nc = run / "inspect" / "rt.nc"
+    assert f"exported: {nc}" in out
+    data = load_rt(run / "inspect" / "rt.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for s, d in data.items():
+            with xr.open_dataset(nc, group=s, engine="h5netcdf") as ds:
+                assert ds.correct.dims == storedims.FULL_DIMS and ds.correct.dtype == np.uint8
+                assert np.array_equal(ds.correct.values[..., 0], d.correct)
+                assert np.array_equal(ds.p_true.values[..., 0], d.p_true, equal_nan=True)
+                assert np.array_equal(ds.seed, d.seeds) and np.array_equal(ds.label, d.labels)
+                enc = ds.correct.encoding
+                assert enc["zlib"] and enc["chunksizes"] == (1, 1, *d.correct.shape[2:], ds.sizes["view"])
+    target = tmp_path / "copy.parquet"
+    out = invoke("export", run, "--to", "parquet", "--out", target)
+    assert "computing the per-example table" in out
+    assert pd.read_parquet(target).equals(pd.read_parquet(run / "inspect" / "tables" / "examples.parquet"))
+    assert "computing" not in invoke("export", run, "--to", "parquet", "--out", target)  # current
+    g = zarr.open_group(str(run / "inspect" / "rt.zarr"), mode="a", use_consolidated=False)
+    g["simclr/done"][0, 2] = 0  # the store changed: the table is made again
+    assert "computing" in invoke("export", run, "--to", "parquet")
+    r = CliRunner().invoke(cli, ["export", str(run), "--to", "netcdf", "--out", str(run / "inspect" / "rt.zarr")])
+    assert r.exit_code != 0 and "the r_t store itself" in str(r.exception)
+
+
+def test_a_missing_package_is_named(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now fails
+    with pytest.raises(UserError, match="needs the Python package pyarrow: pip install pyarrow"):
+        need("pyarrow", "the Parquet table")
+
+
+def _setup(name, correct, epochs, targets=None):
+    s, e, m, k = correct.shape
+    labels = np.arange(k) % 3
+    return SetupRt(setup=name, correct=correct.astype(np.uint8), p_true=correct * 0.6 + 0.2,
+                   valid=np.ones((s, e), bool), seeds=np.arange(s), epochs=np.asarray(epochs),
+                   labels=labels, targets=labels if targets is None else targets,
+                   probe_indices=np.arange(k) + 100)
+
+
+def test_run_examples_columns_on_hand_built_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    # image 0, in every seed and replay: right at epoch 1, forgotten at 2, learned for good at 4
+    a = (rng.random((3, 6, 2, 5)) < np.linspace(0, 1, 6)[None, :, None, None]).astype(np.uint8)
+    a[:, :, :, 0] = np.array([0, 1, 0, 0, 1, 1])[None, :, None]
+    b = np.ones((3, 4, 1, 5), np.uint8)  # always right: learned at its first epoch
+    data = {"simclr": _setup("simclr", a, [0, 1, 2, 3, 4, 5]),
+            "random_labels": _setup("random_labels", b, [0, 2, 4, 6], targets=np.array([2, 0, 1, 1, 0]))}
+    res = run_examples(data, Outputs(tmp_path), ExampleOptions(ref_epochs=(1, 5), n_grid=4, progress=False),
+                       images=np.zeros((5, 3, 8, 8), np.uint8), class_names=["a", "b", "c"])
+    df = pd.read_parquet(tmp_path / "tables" / "examples.parquet")
+    first = df[(df.setup == "simclr") & (df.probe == 0)].iloc[0]
+    assert first.first_learned_median == 4 and first.forgetting_mean == 1 and first.dataset_index == 100
+    assert first.class_name == "a" and first.never_learned_share == 0
+    rl = df[df.setup == "random_labels"]
+    assert (rl.first_learned_median == 2).all() and (rl.rt_ref1 == 1).all() and (rl.rt_ref5 == 1).all()
+    assert rl.target.tolist() == [2, 0, 1, 1, 0]
+    assert any("examples_hardest_random_labels" in f for f in res["figures"])
+    with pytest.raises(ValueError, match="images must be uint8"):
+        run_examples(data, Outputs(tmp_path), ExampleOptions(progress=False), images=np.zeros((4, 3, 8, 8)))
+    with pytest.raises(UserError, match="--start-epoch"):
+        run_examples(data, Outputs(tmp_path), ExampleOptions(start_epoch=-1, progress=False))
+
+
+def test_docs_describe_every_column():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "run-directory.md").read_text()
+    for col in TABLE_COLUMNS + ("rt_ref<t>",):
+        assert f"| `{col}` |" in text, col
+    measures = re.findall(r"^    - (\w+):", em.example_summary.__doc__, flags=re.M)
+    assert len(measures) >= 12 and set(measures) <= set(TABLE_COLUMNS)
