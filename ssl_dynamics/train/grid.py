@@ -95,6 +95,18 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
+def open_prepared(root: str | Path, cfg: RunConfig, setups: list[str]) -> tuple[art.RunPaths, Dataset]:
+    """The paths and dataset of a run directory another process prepared (`prepare_run`) for
+    this config: what a device worker or a cluster job opens. Reads only."""
+    paths = art.RunPaths(root)
+    if not paths.run_json.exists():
+        raise UserError(f"{root} has no run.json: it was not prepared for training (or was moved)")
+    dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.train_subset, cfg.subset_seed, download=False)
+    if check_run(paths, cfg, setups, dataset):
+        raise UserError(f"{root} was changed since this work was planned: its config differs")
+    return paths, dataset
+
+
 def train_grid(root: str | Path, cfg: RunConfig, setups: list[str], opts: TrainOptions,
                check_disk: bool = True, download: bool = True, echo=print, progress: bool = True,
                until: dict[str, int] | None = None) -> list[art.SeedStatus]:
@@ -121,8 +133,9 @@ def train_runs(paths: art.RunPaths, cfg: RunConfig, dataset: Dataset, jobs: list
                   position=0)
     held = [j for j in jobs if not _train_locked(paths, cfg, j, data, opts, overall, echo, progress, False)]
     for job in held:
-        echo(f"{job.setup} seed {job.seed}: another worker holds it; waiting for it to finish")
-        _train_locked(paths, cfg, job, data, opts, overall, echo, progress, True)
+        if not _train_locked(paths, cfg, job, data, opts, overall, echo, progress, False):
+            echo(f"{job.setup} seed {job.seed}: another worker is training it; waiting for it")
+            _train_locked(paths, cfg, job, data, opts, overall, echo, progress, True)
     overall.close()
 
 
@@ -136,8 +149,8 @@ def _train_locked(paths: art.RunPaths, cfg: RunConfig, job: Job, data: tuple, op
             return False
         now = pending(art.seed_status(paths, job.setup, job.seed, sc.epochs), job.until)
         if now is None:  # another worker finished it since the plan was made
-            echo(f"{job.setup} seed {job.seed}: already trained by another worker")
             return True
+        echo(f"{job.setup} seed {job.seed}: epochs {now.done + 1 if now.done >= 0 else 0}-{job.until}")
         steps = bar(batches_per_epoch(len(train_x), sc) * (job.until - max(now.done, 0)),
                     f"{job.setup} seed {job.seed}", "batch", progress, leave=False, position=1)
         train_seed(paths, cfg, sc, job.seed, train_x, random_y if sc.random_labels else true_y,
