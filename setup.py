@@ -24,6 +24,7 @@ setup(
         "tqdm>=4.64",
         "openTSNE>=1.0",
         "threadpoolctl>=3.1",
+        "submitit>=1.5",  # cluster jobs (train submit, inspect submit); SLURM or local
     ],
     extras_require={"dev": ["pytest>=7"]},
     entry_points={

@@ -156,18 +156,24 @@ def load_task(paths: art.RunPaths, run: art.Run, task: Task, verify: bool) -> di
     return net.state_dict()
 
 
-def compute_rt(ws: Workspace, select: Selection = Selection(), opts: EvalOptions = EvalOptions(),
-               request: BankRequest = BankRequest(), store_path: str | Path | None = None,
-               data: dict | None = None, echo=print) -> dict:
-    """Fill the store; returns counts and timing (checkpoints/s, images/s).
+@dataclass(frozen=True)
+class RtPlan:
+    """What `check_rt` established: the store, the setups, the bank to use or to build."""
 
-    `data` ({"dataset": ..., "data_root": ...}) says where the run's dataset is now, for
-    building the bank when the run directory moved from its machine.
-    """
+    store_path: Path
+    setups: list[str]
+    missing: dict
+    bank_path: Path
+    spec: bank_mod.BankSpec
+    bank_exists: bool
+
+
+def check_rt(ws: Workspace, select: Selection = Selection(), request: BankRequest = BankRequest(),
+             store_path: str | Path | None = None) -> RtPlan:
+    """Every check of an evaluation that needs no write: shard, checkpoints, bank, space."""
     run = ws.run
     store_path = Path(store_path) if store_path else ws.store
-    shard_i, shard_n = select.shard
-    if shard_n > 1 and store_path.suffix != ".zarr":
+    if select.shard[1] > 1 and store_path.suffix != ".zarr":
         raise UserError("--shard needs a .zarr store: HDF5 has a single writer")
     work_path(store_path)
     setups, missing = check_selection(run, select)
@@ -176,16 +182,34 @@ def compute_rt(ws: Workspace, select: Selection = Selection(), opts: EvalOptions
     art.check_writable(work_path(store_path).parent)
     need = store_bytes(run, setups, spec, keys) + (0 if exists else bank_mod.bank_bytes(spec, keys, (3, 32, 32)))
     art.check_space(work_path(store_path).parent, need, "the bank and the r_t store")
-    bank = ensure_bank(ws, bank_path, spec, exists, data or {}, echo)
-    store = RtStore(store_path)
-    tasks = plan_tasks(run, store, bank, setups, select)
+    return RtPlan(store_path, setups, missing, bank_path, spec, exists)
+
+
+def open_rt(ws: Workspace, plan: RtPlan, data: dict | None = None, echo=print) -> tuple[RtStore, bank_mod.Bank]:
+    """The bank (built now if it does not exist yet) and the store, opened for writing."""
+    bank = ensure_bank(ws, plan.bank_path, plan.spec, plan.bank_exists, data or {}, echo)
+    return RtStore(plan.store_path), bank
+
+
+def compute_rt(ws: Workspace, select: Selection = Selection(), opts: EvalOptions = EvalOptions(),
+               request: BankRequest = BankRequest(), store_path: str | Path | None = None,
+               data: dict | None = None, echo=print) -> dict:
+    """Fill the store; returns counts and timing (checkpoints/s, images/s).
+
+    `data` ({"dataset": ..., "data_root": ...}) says where the run's dataset is now, for
+    building the bank when the run directory moved from its machine.
+    """
+    plan = check_rt(ws, select, request, store_path)
+    store, bank = open_rt(ws, plan, data, echo)
+    tasks = plan_tasks(ws.run, store, bank, plan.setups, select)
+    shard_i, shard_n = select.shard
     echo(f"{len(tasks)} checkpoints to evaluate"
          + (f" (shard {shard_i}/{shard_n})" if shard_n > 1 else "") + f" on {opts.device}")
-    res = evaluate_tasks(run, store, bank, tasks, opts)
-    if store_path.suffix in (".h5", ".hdf5"):
-        export_h5(store, store_path)
-    return {**res, "store": str(store_path),
-            "missing": {s: {str(k): v for k, v in m.items()} for s, m in missing.items()}}
+    res = evaluate_tasks(ws.run, store, bank, tasks, opts)
+    if plan.store_path.suffix in (".h5", ".hdf5"):
+        export_h5(store, plan.store_path)
+    return {**res, "store": str(plan.store_path),
+            "missing": {s: {str(k): v for k, v in m.items()} for s, m in plan.missing.items()}}
 
 
 def store_bytes(run: art.Run, setups: list[str], spec: bank_mod.BankSpec, keys) -> int:

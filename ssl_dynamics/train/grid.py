@@ -150,7 +150,8 @@ def _train_locked(paths: art.RunPaths, cfg: RunConfig, job: Job, data: tuple, op
         now = pending(art.seed_status(paths, job.setup, job.seed, sc.epochs), job.until)
         if now is None:  # another worker finished it since the plan was made
             return True
-        echo(f"{job.setup} seed {job.seed}: epochs {now.done + 1 if now.done >= 0 else 0}-{job.until}")
+        echo(f"{job.setup} seed {job.seed}: " + (f"resuming after epoch {now.done}, to {job.until}"
+                                                 if now.done >= 0 else f"from scratch to epoch {job.until}"))
         steps = bar(batches_per_epoch(len(train_x), sc) * (job.until - max(now.done, 0)),
                     f"{job.setup} seed {job.seed}", "batch", progress, leave=False, position=1)
         train_seed(paths, cfg, sc, job.seed, train_x, random_y if sc.random_labels else true_y,
