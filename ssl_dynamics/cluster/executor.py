@@ -93,7 +93,7 @@ def submit(kind: str, calls: list[Callable], work: list[dict], opts: ClusterOpti
     ex = make_executor(opts, folder)
     with ex.batch():
         jobs = [ex.submit(c) for c in calls]
-    (folder / "%j").rmdir() if (folder / "%j").is_dir() and not any((folder / "%j").iterdir()) else None
+    _drop_placeholder(folder)
     ids = [str(j.job_id) for j in jobs]
     sub = Submission(kind, folder, opts, calls, work, ex, jobs,
                      new_record(kind, folder, opts, work, ids))
@@ -150,5 +150,14 @@ def _resubmit(sub: Submission, i: int, echo) -> None:
     entry["earlier_ids"].append(str(old.job_id))
     entry["job_id"] = str(sub.jobs[i].job_id)
     write_record(sub.folder, sub.record)
+    _drop_placeholder(sub.folder)
     echo(f"job {old.job_id} ({describe(sub.work[i])}) ended without a result (killed?); "
          f"resubmitted as job {sub.jobs[i].job_id}: it resumes from the run directory")
+
+
+def _drop_placeholder(folder: Path) -> None:
+    """Remove the empty `%j` folder submitit leaves beside the jobs' own folders."""
+    try:
+        (folder / "%j").rmdir()
+    except OSError:  # absent, or not empty: keep it
+        pass

@@ -80,12 +80,14 @@ def parse_mem(text: str) -> str:
 
 
 def check_name(option: str, value: str | None, pattern: re.Pattern = NAME_RE) -> str | None:
+    """`value` if it is a well-formed SLURM name (or, with CONSTRAINT_RE, a constraint)."""
     if value is None:
         return None
     parts = value.split(",") if pattern is NAME_RE else [value]
     if not value or not all(pattern.fullmatch(p) for p in parts):
-        raise UserError(f"{option} {value!r} is not a valid SLURM name (letters, digits, "
-                        f"'_', '-', '.'{'; a comma-separated list' if pattern is NAME_RE else ''})")
+        hint = ("use letters, digits, '_', '-' and '.' (several: comma-separated)" if pattern is NAME_RE
+                else "use node features joined by & | , with [ ] ( ) and *N")
+        raise UserError(f"{option} {value!r} is not a valid SLURM name: {hint}")
     return value
 
 
@@ -152,9 +154,8 @@ def check_shared(path: str | Path, what: str) -> None:
 def check_environment(opts: ClusterOptions, shared: dict[str, Path]) -> None:
     """Everything about the machine a submission needs, before anything is written."""
     require_submitit()
+    check_paths(opts, shared)
     if opts.executor == "slurm":
-        for what, path in shared.items():
-            check_shared(path, what)
         if not opts.dry_run:
             require_slurm()
         check_partition(opts.partition)
@@ -164,6 +165,13 @@ def check_environment(opts: ClusterOptions, shared: dict[str, Path]) -> None:
     have = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if 0 < have < opts.gpus_per_job:
         raise UserError(f"--gpus-per-job {opts.gpus_per_job}: this machine has {have} GPU(s)")
+
+
+def check_paths(opts: ClusterOptions, shared: dict[str, Path]) -> None:
+    """SLURM jobs run on other nodes: every path they use must be on a shared filesystem."""
+    if opts.executor == "slurm":
+        for what, path in shared.items():
+            check_shared(path, what)
 
 
 def cluster_options(f):

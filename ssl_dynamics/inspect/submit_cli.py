@@ -48,17 +48,15 @@ def submit_rt_cmd(run_dir, shards, work, store, setups, epochs, allow_missing, d
       inspect submit rt runs/try --shards 3 --executor local --gpus-per-job 0
     """
     from .rt import BankRequest, Selection
-    from .submit import submit_rt
-    from .workspace import open_workspace
     from ..cluster import executor as ex
+    from .submit import submit_rt
 
     opts = from_cli(**cluster, default_name="ssl-rt")
-    ws = open_workspace(run_dir, work, echo=click.echo)
     select = Selection(tuple(split_names(setups) or ()) or None,
                        tuple(parse_int_list(epochs, "--epochs")) if epochs else None, (0, 1), allow_missing)
     request = BankRequest(probes, replays, bank_seed, simclr_batch, Path(bank).absolute() if bank else None)
     device = "cuda" if opts.executor == "slurm" and opts.gpus_per_job else "auto" if opts.gpus_per_job else "cpu"
-    sub = submit_rt(ws, shards, select, request, store, {"dataset": dataset, "data_root": data_root},
+    sub = submit_rt(run_dir, work, shards, select, request, store, {"dataset": dataset, "data_root": data_root},
                     opts, device, precision == "bf16", not no_verify, click.echo)
     if sub is None or not opts.wait:
         if sub is not None:
