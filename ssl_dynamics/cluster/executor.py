@@ -114,7 +114,10 @@ def wait(sub: Submission, echo=print) -> list[str]:
             if not job.done():
                 continue
             pending.discard(i)
-            if job.paths.result_pickle.exists():
+            if _cancelled(job):
+                failures.append(f"job {job.job_id} ({describe(sub.work[i])}) was cancelled "
+                                f"(log: {sub.log(i)})")
+            elif job.paths.result_pickle.exists():
                 failure = _outcome(sub, i)
                 if failure:
                     failures.append(failure)
@@ -127,6 +130,14 @@ def wait(sub: Submission, echo=print) -> list[str]:
         if pending:
             time.sleep(POLL_S[sub.opts.executor])
     return failures
+
+
+def _cancelled(job) -> bool:
+    """Cancelled on purpose (scancel, or a local job's controller interrupted): not resubmitted."""
+    if job.paths.result_pickle.exists():
+        return False
+    state = str(job.state)
+    return state.startswith("CANCELLED") or state == "INTERRUPTED"
 
 
 def _outcome(sub: Submission, i: int) -> str | None:
