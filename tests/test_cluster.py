@@ -21,6 +21,7 @@ from click.testing import CliRunner
 import ssl_dynamics
 from ssl_dynamics import artifacts as art
 from ssl_dynamics.cluster import options as copts
+from ssl_dynamics.cluster.cli import from_cli
 from ssl_dynamics.cluster.executor import sbatch_text
 from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect.store import RtStore
@@ -266,10 +267,9 @@ def test_option_values():
 
 
 def test_sbatch_script_without_slurm(tmp_path):
-    opts = copts.from_cli(executor="slurm", partition="gpu", account="proj1", constraint="a100|h100",
-                          gpus_per_job=1, cpus_per_job=8, time_="4h", mem="32G", array_parallelism=2,
-                          job_name=None, max_resubmits=3, wait=None, dry_run=False,
-                          default_name="ssl-train")
+    opts = from_cli(executor="slurm", partition="gpu", account="proj1", constraint="a100|h100",
+                    gpus_per_job=1, cpus_per_job=8, time_="4h", mem="32G", array_parallelism=2,
+                    job_name=None, max_resubmits=3, wait=None, dry_run=False, default_name="ssl-train")
     text = sbatch_text(opts, tmp_path / "jobs" / "x-train", 4)
     for line in ("#SBATCH --partition=gpu", "#SBATCH --account=proj1", "#SBATCH --constraint='a100|h100'",
                  "#SBATCH --time=240", "#SBATCH --array=0-3%2", "#SBATCH --requeue",

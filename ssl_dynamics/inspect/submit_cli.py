@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ..cli_util import parse_int_list, split_names
-from ..cluster.options import cluster_options, from_cli
+from ..cluster.cli import cluster_options, from_cli
 from ..errors import WorkFailed
 
 

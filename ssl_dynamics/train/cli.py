@@ -6,7 +6,7 @@ from dataclasses import replace
 import click
 
 from ..cli_util import run_cli
-from ..cluster.options import cluster_options, from_cli
+from ..cluster.cli import cluster_options, from_cli
 from ..config import SETUP_NAMES, override, parse_seeds, preset
 from ..errors import UserError, WorkFailed
 from .loop import TrainRequest
