@@ -288,3 +288,35 @@ def test_dry_run_shows_the_script_and_writes_nothing(tmp_path, monkeypatch, caps
     assert "2 job(s) would be submitted" in stdout and "#SBATCH --array=0-1" in stdout
     assert "#SBATCH --partition=gpu" in stdout and "#SBATCH --account=proj1" in stdout
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- job states
+
+def test_slurm_states_and_resubmission_skip_active_jobs(tmp_path, monkeypatch, capsys, shared_tmp):
+    """States come from one sacct call (a stand-in here); runs of queued or running jobs
+    are not submitted again."""
+    from ssl_dynamics.cluster import records
+
+    fake = tmp_path / "bin" / "sacct"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nprintf '100_0|COMPLETED\\n100_0.batch|COMPLETED\\n100_1|RUNNING\\n"
+                    "100_[2-3%%2]|PENDING\\n101|CANCELLED by 0\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    out = tmp_path / "run"
+    ids = ["100_0", "100_1", "100_2", "100_3", "101", "102"]
+    runs = [["simclr", 0], ["simclr", 1], ["supervised", 0], ["random_labels", 0],
+            ["supervised", 1], ["random_labels", 1]]
+    rec = {"kind": "train", "executor": "slurm", "folder": str(out / "jobs" / "20250101-000000-train"),
+           "created": "2025-01-01T00:00:00+00:00",
+           "jobs": [{"index": i, "job_id": j, "work": {"runs": [r]}, "earlier_ids": []}
+                    for i, (j, r) in enumerate(zip(ids, runs))]}
+    art.write_json_atomic(out / "jobs" / "20250101-000000-train.json", rec)
+    assert records.job_states(rec) == {"100_0": "COMPLETED", "100_1": "RUNNING", "100_2": "PENDING",
+                                       "100_3": "PENDING", "101": "CANCELLED by 0", "102": "UNKNOWN"}
+    assert [j for j, _ in records.active_work(out / "jobs", "train")] == ["100_1", "100_2", "100_3"]
+    code, stdout, err = main_in_process(monkeypatch, capsys, "train", "submit", *GRID, *SLURM,
+                                        "--runs-per-job", "2", "--dry-run", "--out", str(out))
+    assert code == 0, err
+    assert "2 run(s) are in jobs still queued or running (100_1, 100_2)" in stdout
+    assert "job 0: simclr seed 0; supervised seed 1" in stdout and "1 job(s) would be submitted" in stdout

@@ -3,13 +3,16 @@
 Every submission writes `<jobs>/<stamp>-<kind>.json` (atomically, rewritten when a job is
 resubmitted) next to submitit's folder `<jobs>/<stamp>-<kind>/` with one subfolder per
 job: its pickles and its logs (`<job id>_0_log.out`, `<job id>_0_log.err`). Job states are
-asked of SLURM (`sacct`) or, for local jobs, read from their result files and processes.
+asked of SLURM (one `sacct` call per record) or, for local jobs, read from their result
+files and processes.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import platform
+import re
 import shutil
+import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +20,7 @@ from pathlib import Path
 from .. import artifacts as art
 from .options import ClusterOptions
 
+SACCT_TIMEOUT_S = 30  # a slow accounting database should not hang `train status`
 # SLURM states of a job that still holds (or will hold) its work
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
                  "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "STAGE_OUT", "SIGNALING")
@@ -54,21 +58,47 @@ def read_records(*jobs_dirs: Path) -> list[dict]:
     return sorted(out, key=lambda r: str(r.get("created")))
 
 
-def job_state(record: dict, job_id: str) -> str:
-    """SLURM's state of a job (sacct), or a local job's: FINISHED, RUNNING or ENDED (no result)."""
+def job_states(record: dict) -> dict[str, str]:
+    """job id -> state, for every job of a record: SLURM's (one sacct call) or, for local
+    jobs, FINISHED (a result was written), RUNNING or ENDED (no result)."""
+    ids = [str(j["job_id"]) for j in record["jobs"]]
     if record.get("executor") == "slurm":
-        folder = Path(record["folder"]) / "%j"
-        if shutil.which("sacct") is None:
-            return "UNKNOWN (no sacct here)"
-        try:
-            import submitit
+        return slurm_states(ids)
+    folder = Path(record["folder"])
+    return {j: "FINISHED" if (folder / j / f"{j}_0_result.pkl").exists()
+            else "RUNNING" if _local_controller_alive(j) else "ENDED (no result)" for j in ids}
 
-            return str(submitit.SlurmJob(folder=folder, job_id=job_id).state)
-        except Exception:  # noqa: BLE001 - an unreachable controller is not our failure
-            return "UNKNOWN"
-    if (Path(record["folder"]) / job_id / f"{job_id}_0_result.pkl").exists():
-        return "FINISHED"
-    return "RUNNING" if _local_controller_alive(job_id) else "ENDED (no result)"
+
+def slurm_states(ids: list[str]) -> dict[str, str]:
+    """SLURM's state of each job id (array tasks `123_4` included), from one sacct call."""
+    if shutil.which("sacct") is None:
+        return {j: "UNKNOWN (no sacct here)" for j in ids}
+    try:
+        out = subprocess.run(["sacct", "-j", ",".join(ids), "-o", "JobID,State", "--parsable2",
+                              "--noheader"], capture_output=True, text=True, timeout=SACCT_TIMEOUT_S,
+                             check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {j: "UNKNOWN" for j in ids}
+    known: dict[str, str] = {}
+    for line in out.splitlines():
+        jid, _, state = line.strip().partition("|")
+        # a pending array is one line, `123_[0-9%4]`: give each of its tasks that state
+        if m := re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", jid):
+            for task in _expand(m.group(2)):
+                known.setdefault(f"{m.group(1)}_{task}", state)
+        else:
+            known.setdefault(jid, state)
+    return {j: known.get(j, "UNKNOWN") for j in ids}
+
+
+def _expand(spec: str) -> list[int]:
+    """"0-3,7" -> [0, 1, 2, 3, 7]."""
+    out = []
+    for part in spec.split(","):
+        a, _, b = part.partition("-")
+        if a.isdigit() and (not b or b.isdigit()):
+            out += list(range(int(a), int(b or a) + 1))
+    return out
 
 
 def _local_controller_alive(job_id: str) -> bool:
@@ -81,7 +111,7 @@ def _local_controller_alive(job_id: str) -> bool:
 
 
 def is_active(state: str) -> bool:
-    return state.split()[0] in ACTIVE_STATES
+    return (state.split() or [""])[0] in ACTIVE_STATES
 
 
 def active_work(jobs_dir: Path, kind: str) -> list[tuple[str, dict]]:
@@ -90,8 +120,9 @@ def active_work(jobs_dir: Path, kind: str) -> list[tuple[str, dict]]:
     for rec in read_records(jobs_dir):
         if rec.get("kind") != kind:
             continue
+        states = job_states(rec)
         for job in rec["jobs"]:
-            if is_active(job_state(rec, str(job["job_id"]))):
+            if is_active(states[str(job["job_id"])]):
                 out.append((str(job["job_id"]), job.get("work", {})))
     return out
 
@@ -106,11 +137,11 @@ def status_lines(*jobs_dirs: Path) -> list[str]:
     """One line per job of every record: submission, id, state, work."""
     lines = []
     for rec in read_records(*jobs_dirs):
-        name = Path(rec["folder"]).name
+        name, states = Path(rec["folder"]).name, job_states(rec)
         for job in rec["jobs"]:
             jid = str(job["job_id"])
             earlier = f" (resubmitted; earlier {', '.join(job['earlier_ids'])})" if job.get("earlier_ids") else ""
-            lines.append(f"{name:<24} {rec['executor']:<5} {jid:>12}  {job_state(rec, jid):<18} "
+            lines.append(f"{name:<24} {rec['executor']:<5} {jid:>12}  {states[jid]:<18} "
                          f"{describe(job.get('work', {}))}{earlier}")
     return lines
 
