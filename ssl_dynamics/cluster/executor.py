@@ -61,6 +61,7 @@ def make_executor(opts: ClusterOptions, folder: Path):
     if opts.executor == "local":
         ex = submitit.LocalExecutor(folder=folder / "%j", max_num_timeout=MAX_TIMEOUT_REQUEUES)
         # gpus_per_node=k makes CUDA_VISIBLE_DEVICES=0..k-1 in each local job
+        # a limit shorter than twice the delay gets its requeue signal at half time
         ex.update_parameters(timeout_min=opts.time_min, gpus_per_node=opts.gpus_per_job,
                              signal_delay_s=min(SIGNAL_DELAY_S, opts.time_min * 30))
         return ex

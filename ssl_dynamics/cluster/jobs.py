@@ -11,11 +11,15 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from ..config import RunConfig
 from ..train.loop import TrainRequest
+
+if TYPE_CHECKING:
+    from ..inspect.rt import BankRequest, Selection
 
 
 def job_started(sigterm_requeues: bool) -> None:
@@ -81,8 +85,8 @@ class RtWork:
     run_dir: str
     work_dir: str
     store: str
-    select: object  # inspect.rt.Selection, with the shard
-    bank: object  # inspect.rt.BankRequest
+    select: Selection  # with the job's shard
+    bank: BankRequest
     data: dict
     device: str = "auto"
     bf16: bool = False
