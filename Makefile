@@ -2,8 +2,18 @@
 PYTHON ?= python3
 RUN ?= artifacts/thesis
 DEMO ?= artifacts/demo
+DEVICES ?=
+# cluster submissions (docs/cluster.md); override e.g. `make submit-all PARTITION=a100 TIME=8h`
+EXECUTOR ?= slurm
+PARTITION ?= gpu
+TIME ?= 4h
+GPUS ?= 1
+MEM ?= 32G
+RUNS_PER_JOB ?= 1
+SHARDS ?= 32
+SUBMIT_EXTRA ?=
 
-.PHONY: install test test-all demo train-all inspect-all bench clean-demo
+.PHONY: install test test-all demo train-all inspect-all submit-all submit-inspect bench clean-demo
 
 install:  ## torch from the local wheel cache, then the package with test extras
 	$(PYTHON) -m pip install "torch==2.14.1" "torchvision==0.29.1"
@@ -12,8 +22,16 @@ install:  ## torch from the local wheel cache, then the package with test extras
 test:  ## the test suite (CPU, a few minutes)
 	$(PYTHON) -m pytest -q tests
 
-train-all:  ## the thesis grid: 4 setups x 30 seeds into $(RUN) (GPU box; resumes after a kill)
-	train run --preset thesis --out $(RUN) --device auto
+train-all:  ## the thesis grid: 4 setups x 30 seeds into $(RUN) (GPU box; resumes after a kill; DEVICES=all: every GPU)
+	train run --preset thesis --out $(RUN) $(if $(DEVICES),--devices $(DEVICES),--device auto)
+
+submit-all:  ## the thesis grid as SLURM jobs into $(RUN) (a shared path); rerun to resubmit what is incomplete
+	train submit --preset thesis --out $(RUN) --executor $(EXECUTOR) --partition $(PARTITION) \
+		--time $(TIME) --gpus-per-job $(GPUS) --mem $(MEM) --runs-per-job $(RUNS_PER_JOB) $(SUBMIT_EXTRA)
+
+submit-inspect:  ## the r_t evaluation of $(RUN) as $(SHARDS) SLURM jobs; then `make inspect-all`
+	inspect submit rt $(RUN) --shards $(SHARDS) --executor $(EXECUTOR) --partition $(PARTITION) \
+		--time $(TIME) --gpus-per-job $(GPUS) --mem $(MEM) $(SUBMIT_EXTRA)
 
 inspect-all:  ## every phase-two analysis and the HTML report for $(RUN)
 	inspect all $(RUN)

@@ -29,6 +29,7 @@ setup(
         "pandas>=2.0",
         "pyarrow>=14",
         "h5netcdf>=1.3",
+        "submitit>=1.5",  # cluster jobs (train submit, inspect submit); SLURM or local
     ],
     extras_require={"dev": ["pytest>=7"]},
     entry_points={

@@ -1,6 +1,7 @@
 """What both command lines share: one-line errors with exit status 2, signals, option parsing.
 
-Exit statuses: 0 success; 2 bad input or a file the user can fix (one line `error: ...`);
+Exit statuses: 0 success; 1 work in other processes (workers, cluster jobs) failed (one line
+naming their logs); 2 bad input or a file the user can fix (one line `error: ...`);
 3 `inspect all` finished with some analyses skipped; 130 interrupted (finished work kept).
 """
 from __future__ import annotations
@@ -11,8 +12,9 @@ from typing import Iterator
 
 import click
 
-from .errors import UserError
+from .errors import UserError, WorkFailed
 
+EXIT_WORK_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_PARTIAL = 3
 EXIT_INTERRUPTED = 130
@@ -24,6 +26,8 @@ def run_cli(group: click.Group, resume_hint: str) -> None:
         group.main(standalone_mode=False)
     except UserError as e:
         _fail(str(e))
+    except WorkFailed as e:
+        _fail(str(e), EXIT_WORK_FAILED)
     except click.exceptions.Abort:
         click.echo(f"interrupted: {resume_hint}", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -49,9 +53,9 @@ def _click_message(e: click.ClickException) -> str:
     return e.format_message()
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, status: int = EXIT_USER_ERROR) -> None:
     click.echo(f"error: {' '.join(message.split())}", err=True)
-    sys.exit(EXIT_USER_ERROR)
+    sys.exit(status)
 
 
 @contextmanager

@@ -23,3 +23,32 @@ def resolve_device(name: str) -> str:
     if name != "cpu":
         raise UserError(f"unknown device {name!r}: use auto, cpu or cuda[:N]")
     return name
+
+
+def resolve_devices(text: str) -> list[str]:
+    """`--devices`: `all` (every visible GPU) or a list such as `cuda:0,cuda:1` or `cpu,cpu`.
+
+    A device may repeat (`cuda:0,cuda:0` runs two workers on one GPU); `cuda` means cuda:0.
+    """
+    if text.strip() == "all":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise UserError("--devices all: torch sees no CUDA device on this machine "
+                            "(use --devices cpu,cpu or --device cpu)")
+        return [f"cuda:{i}" for i in range(n)]
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"--devices {text!r}: use all, or a list such as cuda:0,cuda:1 or cpu,cpu")
+    out = []
+    for name in names:
+        if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
+            raise UserError(f"--devices: unknown device {name!r}: use all, cpu, cuda or cuda:N")
+        if name.startswith("cuda"):
+            have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            index = int(name[5:] or 0)
+            if index >= have:
+                raise UserError(f"--devices {name}: this machine has {have} CUDA device(s)"
+                                + (f", cuda:0 to cuda:{have - 1}" if have else ""))
+            name = f"cuda:{index}"
+        out.append(name)
+    return out

@@ -6,7 +6,7 @@ checked `load_network` (`checkpoint`), and the validated readers of run.json, se
 and manifests (`run`).
 """
 from .atomic import (atomic_path, check_space, check_writable, format_bytes, file_lock, h5_atomic,
-                     is_no_space, is_writable,
+                     is_no_space, is_writable, new_folder,
                      read_json, remove_stale_temps, sha256_bytes, sha256_file,
                      write_bytes_atomic, write_json_atomic, _UMASK)  # noqa: F401
 from .checkpoint import (CHECKPOINT_DTYPES, CHECKPOINT_FORMAT, check_header, load_checkpoint, load_network,
@@ -16,7 +16,7 @@ from .paths import EPOCH_RE, SEED_RE, RunPaths
 from .run import Run, SeedStatus, grid_status, load_run_config, read_manifest, seed_status
 
 __all__ = [
-    "atomic_path", "check_space", "check_writable", "format_bytes", "file_lock", "h5_atomic", "is_no_space", "is_writable", "read_json",
+    "atomic_path", "check_space", "check_writable", "format_bytes", "file_lock", "h5_atomic", "is_no_space", "is_writable", "new_folder", "read_json",
     "remove_stale_temps", "sha256_bytes", "sha256_file", "write_bytes_atomic",
     "write_json_atomic", "CHECKPOINT_DTYPES", "CHECKPOINT_FORMAT", "check_header", "load_checkpoint",
     "load_network", "load_resume", "read_checkpoint_bytes", "manifest_sha256", "model_state", "parse_checkpoint",

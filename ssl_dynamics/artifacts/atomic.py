@@ -156,6 +156,23 @@ def file_lock(path: str | Path, blocking: bool = True) -> Iterator[bool]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def new_folder(parent: str | Path, suffix: str = "") -> Path:
+    """Create and return `<parent>/<UTC time><suffix>`, numbered when that name is taken."""
+    import datetime as _dt
+
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):  # a handful of same-second calls at most; 1000 is only a bound
+        folder = parent / f"{stamp}{'' if n == 0 else f'.{n}'}{suffix}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise OSError(f"cannot create a new folder in {parent}")
+
+
 def format_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":

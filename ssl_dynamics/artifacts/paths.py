@@ -8,6 +8,8 @@
     <run>/checkpoints/<setup>/seed-SS/metrics.jsonl  one JSON line per epoch
     <run>/checkpoints/<setup>/seed-SS/manifest.json  sha256 of every checkpoint + status
     <run>/inspect/...                                phase two's default work folder
+    <run>/jobs/<stamp>.json, <run>/jobs/<stamp>/     cluster submissions: record, job logs
+    <run>/logs/<stamp>/worker-K-<device>.log         output of `train run --devices` workers
 """
 from __future__ import annotations
 
@@ -67,6 +69,16 @@ class RunPaths:
     @property
     def inspect(self) -> Path:
         return self.root / "inspect"
+
+    @property
+    def jobs(self) -> Path:
+        """Records of cluster submissions (`train submit`) and the jobs' own logs."""
+        return self.root / "jobs"
+
+    @property
+    def logs(self) -> Path:
+        """Per-worker logs of `train run --devices`."""
+        return self.root / "logs"
 
     def setups(self) -> list[str]:
         if not self.checkpoints.is_dir():

@@ -329,6 +329,11 @@ def all_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verify,
         sys.exit(EXIT_PARTIAL)
 
 
+from .submit_cli import submit as _submit  # noqa: E402  (`inspect submit rt ...`)
+
+cli.add_command(_submit)
+
+
 def main() -> None:
     run_cli(cli, "evaluated checkpoints are in the store; rerun the same command to resume")
 

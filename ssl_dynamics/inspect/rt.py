@@ -9,6 +9,7 @@ can share the work on one Zarr store. Every check that can fail runs before the 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,19 +47,28 @@ def load_task(paths: art.RunPaths, task: Task, verify: bool) -> dict:
     return net.state_dict()
 
 
-def compute_rt(ws: Workspace, select: Selection = Selection(), opts: EvalOptions = EvalOptions(),
-               request: BankRequest = BankRequest(), store_path: str | Path | None = None,
-               data: dict | None = None, echo=print) -> dict:
-    """Fill the store; returns counts and timing (checkpoints/s, images/s).
+@dataclass(frozen=True)
+class RtPlan:
+    """What `check_rt` established before any write: the store, the setups, the bank to use
+    or to build, the pending checkpoints (headers checked) and the label permutation."""
 
-    `data` ({"dataset": ..., "data_root": ...}) says where the run's dataset is now, for
-    building the bank when the run directory moved from its machine. Every check runs
-    before the first write: selection, bank settings, space, checkpoint headers.
-    """
+    store_path: Path
+    setups: list[str]
+    missing: dict
+    bank_path: Path
+    spec: bank_mod.BankSpec
+    bank_exists: bool
+    tasks: list[Task]
+    random_labels: np.ndarray | None
+
+
+def check_rt(ws: Workspace, select: Selection = Selection(), request: BankRequest = BankRequest(),
+             store_path: str | Path | None = None) -> RtPlan:
+    """Every check of an evaluation that needs no write: selection, bank settings, checkpoint
+    headers, label permutation, space."""
     run = ws.run
     store_path = Path(store_path) if store_path else ws.store
-    shard_i, shard_n = select.shard
-    if shard_n > 1 and store_path.suffix != ".zarr":
+    if select.shard[1] > 1 and store_path.suffix != ".zarr":
         raise UserError("--shard needs a .zarr store: HDF5 has a single writer")
     folder = work_path(store_path).parent
     setups, missing = plan.check_selection(run, select)
@@ -70,17 +80,39 @@ def compute_rt(ws: Workspace, select: Selection = Selection(), opts: EvalOptions
     art.check_writable(folder)
     need = plan.store_bytes(run, setups, spec, keys) + (0 if exists else bank_mod.bank_bytes(spec, keys, (3, 32, 32)))
     art.check_space(folder, need, "the bank and the r_t store")
-    bank = ensure_bank(ws, bank_path, spec, exists, data or {}, echo)
-    store = RtStore(store_path)
-    tasks = plan.bind_store(run, store, bank, setups, tasks, random_labels)
+    return RtPlan(store_path, setups, missing, bank_path, spec, exists, tasks, random_labels)
+
+
+def open_rt(ws: Workspace, rt_plan: RtPlan, data: dict | None = None,
+            echo=print) -> tuple[RtStore, bank_mod.Bank, list[Task]]:
+    """The bank (built now if it does not exist yet), the store opened for writing with its
+    arrays made or checked, and the planned tasks bound to the store's seed slots."""
+    bank = ensure_bank(ws, rt_plan.bank_path, rt_plan.spec, rt_plan.bank_exists, data or {}, echo)
+    store = RtStore(rt_plan.store_path)
+    tasks = plan.bind_store(ws.run, store, bank, rt_plan.setups, rt_plan.tasks, rt_plan.random_labels)
+    return store, bank, tasks
+
+
+def compute_rt(ws: Workspace, select: Selection = Selection(), opts: EvalOptions = EvalOptions(),
+               request: BankRequest = BankRequest(), store_path: str | Path | None = None,
+               data: dict | None = None, echo=print) -> dict:
+    """Fill the store; returns counts and timing (checkpoints/s, images/s).
+
+    `data` ({"dataset": ..., "data_root": ...}) says where the run's dataset is now, for
+    building the bank when the run directory moved from its machine. Every check runs
+    before the first write (`check_rt`).
+    """
+    rt_plan = check_rt(ws, select, request, store_path)
+    store, bank, tasks = open_rt(ws, rt_plan, data, echo)
+    shard_i, shard_n = select.shard
     echo(f"{len(tasks)} checkpoints to evaluate"
          + (f" (shard {shard_i}/{shard_n})" if shard_n > 1 else "") + f" on {opts.device}")
-    res = evaluate_tasks(run, store, bank, tasks, opts)
+    res = evaluate_tasks(ws.run, store, bank, tasks, opts)
     store.consolidate()  # xarray reads the consolidated metadata: make sure it is current
-    if store_path.suffix in (".h5", ".hdf5"):
-        export_h5(store, store_path)
-    return {**res, "store": str(store_path),
-            "missing": {s: {str(k): v for k, v in m.items()} for s, m in missing.items()}}
+    if rt_plan.store_path.suffix in (".h5", ".hdf5"):
+        export_h5(store, rt_plan.store_path)
+    return {**res, "store": str(rt_plan.store_path),
+            "missing": {s: {str(k): v for k, v in m.items()} for s, m in rt_plan.missing.items()}}
 
 
 def ensure_bank(ws: Workspace, path: Path, spec: bank_mod.BankSpec, exists: bool, data: dict,

@@ -1,15 +1,15 @@
-"""`train`: phase one from the command line (a thin layer over train.grid)."""
+"""`train`: phase one from the command line (a thin layer over train.grid and friends)."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import click
 
 from ..cli_util import run_cli
+from ..cluster.cli import cluster_options, from_cli
 from ..config import SETUP_NAMES, override, parse_seeds, preset
-from ..errors import UserError
-from ..artifacts import grid_status
-from .grid import train_grid
-from ..devices import resolve_device
-from .loop import TrainOptions
+from ..errors import UserError, WorkFailed
+from .loop import TrainRequest
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,44 +21,41 @@ def cli():
     """
 
 
-@cli.command("run")
-@click.option("--setup", "setups", multiple=True,
-              help=f"Setup(s) to train (repeatable; default: all). One of {', '.join(SETUP_NAMES)}.")
-@click.option("--seeds", default=None, help="Seeds, e.g. 0-29, 0,3,7 or 0-3,10 (default: the preset's).")
-@click.option("--epochs", type=int, default=None,
-              help="How many epochs to train every selected setup (a count; default: the preset's).")
-@click.option("--out", required=True, help="Run directory (created if missing).")
-@click.option("--preset", "preset_name", default="thesis", show_default=True,
-              help="thesis (CIFAR-10, 30 seeds), demo (embedded digits, CPU) or smoke (synthetic, tiny).")
-@click.option("--dataset", default=None, help="cifar10 | digits | synthetic | imagefolder:<path>.")
-@click.option("--data-root", default=None, help="Where CIFAR-10 is (or is downloaded to).")
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
-              help="Override any hyperparameter: lr=0.1 (all setups), simclr.temperature=0.5, "
-                   "supervised.schedule=cosine, width=16, train_subset=5000 ...")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
-              show_default=True, help="auto: bf16 autocast on a GPU, fp32 on the CPU.")
-@click.option("--channels-last/--no-channels-last", default=None,
-              help="NHWC memory format (default: on for a GPU).")
-@click.option("--deterministic", is_flag=True, help="Deterministic kernels (bit-reproducible resumes).")
-@click.option("--checkpoint-dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="Storage type of the saved weights: bf16 halves the archive (resume.pt keeps fp32).")
-@click.option("--compile", "compile_", is_flag=True,
-              help="torch.compile the network (opt-in; pays compilation in the first epoch).")
-@click.option("--ignore-disk-check", is_flag=True, help="Start even if the checkpoints may not fit.")
-@click.option("--no-download", is_flag=True, help="Never download CIFAR-10.")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignments, device,
-            precision, channels_last, deterministic, checkpoint_dtype, compile_, ignore_disk_check,
-            no_download, no_progress):
-    """Train (setup, seed) pairs into OUT, resuming whatever is incomplete.
+def grid_options(f):
+    """What to train and how: shared by `run` and `submit`."""
+    opts = [
+        click.option("--setup", "setups", multiple=True,
+                     help=f"Setup(s) to train (repeatable; default: all). One of {', '.join(SETUP_NAMES)}."),
+        click.option("--seeds", default=None, help="Seeds, e.g. 0-29, 0,3,7 or 0-3,10 (default: the preset's)."),
+        click.option("--epochs", type=int, default=None,
+                     help="How many epochs to train every selected setup (a count; default: the preset's)."),
+        click.option("--out", required=True, help="Run directory (created if missing)."),
+        click.option("--preset", "preset_name", default="thesis", show_default=True,
+                     help="thesis (CIFAR-10, 30 seeds), demo (embedded digits, CPU) or smoke (synthetic, tiny)."),
+        click.option("--dataset", default=None, help="cifar10 | digits | synthetic | imagefolder:<path>."),
+        click.option("--data-root", default=None, help="Where CIFAR-10 is (or is downloaded to)."),
+        click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+                     help="Override any hyperparameter: lr=0.1 (all setups), simclr.temperature=0.5, "
+                          "supervised.schedule=cosine, width=16, train_subset=5000 ..."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+                     show_default=True, help="auto: bf16 autocast on a GPU, fp32 on the CPU."),
+        click.option("--channels-last/--no-channels-last", default=None,
+                     help="NHWC memory format (default: on for a GPU)."),
+        click.option("--deterministic", is_flag=True, help="Deterministic kernels (bit-reproducible resumes)."),
+        click.option("--checkpoint-dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+                     help="Storage type of the saved weights: bf16 halves the archive (resume.pt keeps fp32)."),
+        click.option("--compile", "compile_", is_flag=True,
+                     help="torch.compile the network (opt-in; pays compilation in the first epoch)."),
+        click.option("--ignore-disk-check", is_flag=True, help="Start even if the checkpoints may not fit."),
+        click.option("--no-download", is_flag=True, help="Never download CIFAR-10."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
 
-    \b
-    Examples:
-      train run --out artifacts/thesis                      # the whole thesis grid
-      train run --setup simclr --seeds 0-3 --epochs 10 --out artifacts/x
-      train run --preset demo --out artifacts/demo          # CPU, minutes
-    """
+
+def grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments):
+    """(RunConfig, chosen setups) from the grid options."""
     cfg = preset(preset_name)
     extra = list(assignments)
     if dataset:
@@ -69,35 +66,113 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
         extra.insert(0, f"epochs={epochs}")
     cfg = override(cfg, extra)
     if seeds is not None:
-        from dataclasses import replace
-
         cfg = replace(cfg, seeds=parse_seeds(seeds))
     chosen = list(setups) or list(cfg.setups)
     for s in chosen:
         if s not in cfg.setups:
             raise UserError(f"unknown setup {s!r}: choose from {', '.join(cfg.setups)}")
-    dev = resolve_device(device)
-    on_gpu = dev.startswith("cuda")
-    opts = TrainOptions(
-        device=dev,
-        bf16=(precision == "bf16") or (precision == "auto" and on_gpu),
-        channels_last=on_gpu if channels_last is None else channels_last,
-        deterministic=deterministic,
-        checkpoint_dtype=checkpoint_dtype,
-        compile=compile_,
-    )
-    click.echo(f"training {', '.join(chosen)} x seeds {list(cfg.seeds)} on {dev} "
-               f"({'bf16' if opts.bf16 else 'fp32'}) into {out}")
-    status = train_grid(out, cfg, chosen, opts, check_disk=not ignore_disk_check,
-                        download=not no_download, echo=click.echo, progress=not no_progress)
+    return cfg, chosen
+
+
+@cli.command("run")
+@grid_options
+@click.option("--device", default=None, help="auto | cpu | cuda[:N] (default: auto).")
+@click.option("--devices", default=None,
+              help="One worker per device, sharing the grid: all (every visible GPU), or a list "
+                   "such as cuda:0,cuda:1 or cpu,cpu (a device may repeat).")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignments, precision,
+            channels_last, deterministic, checkpoint_dtype, compile_, ignore_disk_check, no_download,
+            device, devices, no_progress):
+    """Train (setup, seed) pairs into OUT, resuming whatever is incomplete.
+
+    \b
+    Examples:
+      train run --out artifacts/thesis                      # the whole thesis grid
+      train run --out artifacts/thesis --devices all        # one worker per GPU
+      train run --setup simclr --seeds 0-3 --epochs 10 --out artifacts/x
+      train run --preset demo --out artifacts/demo          # CPU, minutes
+    """
+    from ..artifacts import SeedStatus
+
+    if device and devices:
+        raise UserError("give --device (one process) or --devices (one worker per device), not both")
+    cfg, chosen = grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments)
+    request = TrainRequest(device or "auto", precision, channels_last, deterministic, checkpoint_dtype,
+                           compile_)
+    kw = dict(check_disk=not ignore_disk_check, download=not no_download, echo=click.echo,
+              progress=not no_progress)
+    status: list[SeedStatus]
+    if devices:
+        from ..devices import resolve_devices
+        from .workers import run_on_devices
+
+        devs = resolve_devices(devices)
+        click.echo(f"training {', '.join(chosen)} x seeds {list(cfg.seeds)} on {', '.join(devs)} into {out}")
+        status = run_on_devices(out, cfg, chosen, devs, request, **kw)
+    else:
+        from .grid import train_grid
+
+        opts = request.resolve()
+        click.echo(f"training {', '.join(chosen)} x seeds {list(cfg.seeds)} on {opts.device} "
+                   f"({'bf16' if opts.bf16 else 'fp32'}) into {out}")
+        status = train_grid(out, cfg, chosen, opts, **kw)
     done = sum(s.state == "complete" for s in status)
     click.echo(f"done: {done}/{len(status)} runs complete")
+
+
+@cli.command("submit")
+@grid_options
+@cluster_options
+@click.option("--runs-per-job", type=click.IntRange(1), default=1, show_default=True,
+              help="(setup, seed) runs trained one after another by each job.")
+def submit_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignments, precision,
+               channels_last, deterministic, checkpoint_dtype, compile_, ignore_disk_check, no_download,
+               runs_per_job, **cluster):
+    """Submit the grid's incomplete runs as a job array (SLURM via submitit, or local).
+
+    Jobs write into OUT (which must be on a filesystem the nodes share), are requeued when
+    preempted or out of time, and resume from their last finished epoch. Submitting again
+    submits only what is still incomplete. The record and the jobs' logs go to OUT/jobs/.
+
+    \b
+    Examples:
+      train submit --out /shared/thesis --partition gpu --gpus-per-job 1 --time 4h
+      train submit --out /shared/thesis --partition gpu --dry-run      # show the sbatch script
+      train submit --preset smoke --out runs/try --executor local --gpus-per-job 0
+    """
+    from ..cluster import executor as ex
+    from .submit import submit_grid
+
+    opts = from_cli(**cluster, default_name="ssl-train")
+    cfg, chosen = grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments)
+    gpu = "cuda" if opts.executor == "slurm" and opts.gpus_per_job else "auto" if opts.gpus_per_job else "cpu"
+    request = TrainRequest(gpu, precision, channels_last, deterministic, checkpoint_dtype, compile_)
+    sub = submit_grid(out, cfg, chosen, request, opts, runs_per_job, not ignore_disk_check,
+                      not no_download, click.echo)
+    if sub is None or not opts.wait:
+        return
+    failures = ex.wait(sub, click.echo)
+    _summary(out)
+    if failures:
+        raise WorkFailed(f"{len(failures)} job(s) failed: " + "; ".join(failures))
+
+
+def _summary(run_dir) -> None:
+    from ..artifacts import grid_status
+
+    rows = grid_status(run_dir)
+    counts = {k: sum(r.state == k for r in rows) for k in ("complete", "partial", "missing")}
+    click.echo("grid: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
 @cli.command("status")
 @click.argument("run_dir")
 def status_cmd(run_dir):
-    """Which (setup, seed) runs of RUN_DIR are complete, partial or missing."""
+    """Which (setup, seed) runs of RUN_DIR are complete, partial or missing; known jobs."""
+    from ..artifacts import RunPaths, grid_status
+    from ..cluster.records import status_lines
+
     rows = grid_status(run_dir)
     click.echo(f"{'setup':<20} {'seed':>4}  {'state':<9} {'epoch':>11}")
     for r in rows:
@@ -106,6 +181,12 @@ def status_cmd(run_dir):
         click.echo(f"{r.setup:<20} {r.seed:>4}  {r.state:<9} {last:>5}/{r.epochs:<5}{more}")
     counts = {k: sum(r.state == k for r in rows) for k in ("complete", "partial", "missing")}
     click.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
+    paths = RunPaths(run_dir)
+    jobs = status_lines(paths.jobs, paths.inspect / "jobs")
+    if jobs:
+        click.echo(f"\n{'submission':<24} {'exec':<5} {'job id':>12}  {'state':<18} work")
+        for line in jobs:
+            click.echo(line)
 
 
 from .extend import extend_cmd  # noqa: E402  (a command of its own module)
@@ -114,7 +195,7 @@ cli.add_command(extend_cmd)
 
 
 def main() -> None:
-    run_cli(cli, "completed epochs are on disk; rerun the same `train run` to resume")
+    run_cli(cli, "completed epochs are on disk; rerun the same command to resume")
 
 
 if __name__ == "__main__":

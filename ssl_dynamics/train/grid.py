@@ -3,7 +3,8 @@
 `train_grid` checks everything first (dataset, run directory, disk space), then writes the
 run's files and trains what is missing. Each (setup, seed) is trained under its own lock,
 so several workers (processes, devices, cluster jobs) can share one run directory: a
-worker skips the seeds another one holds, and a killed worker's lock dies with it.
+worker first trains the seeds no other worker holds, then waits for the held ones (which
+are usually finished by then), and a killed worker's lock dies with it.
 """
 from __future__ import annotations
 
@@ -36,13 +37,25 @@ class Job:
 def plan(root: Path, cfg: RunConfig, setups: list[str], until: dict[str, int] | None = None) -> list[Job]:
     """The (setup, seed) pairs that need epochs, in grid order."""
     jobs = []
-    for st in art.grid_status(root, replace(cfg, setups={s: cfg.setups[s] for s in setups})):
-        target = (until or {}).get(st.setup, st.epochs)
-        done = st.extended_to or st.last_epoch
-        done = -1 if done is None else done
-        if st.state != "complete" or done < target:
-            jobs.append(Job(st.setup, st.seed, done, target))
+    for st in art.grid_status(root, only(cfg, setups)):
+        job = pending(st, (until or {}).get(st.setup, st.epochs))
+        if job is not None:
+            jobs.append(job)
     return jobs
+
+
+def pending(st: art.SeedStatus, target: int) -> Job | None:
+    """The Job that brings a seed to `target` epochs; None when it is complete that far."""
+    done = st.extended_to or st.last_epoch
+    done = -1 if done is None else done
+    if st.state != "complete" or done < target:
+        return Job(st.setup, st.seed, done, target)
+    return None
+
+
+def only(cfg: RunConfig, setups: list[str]) -> RunConfig:
+    """`cfg` restricted to the given setups."""
+    return replace(cfg, setups={s: cfg.setups[s] for s in setups})
 
 
 def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions, check_disk: bool,
@@ -82,6 +95,18 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
+def open_prepared(root: str | Path, cfg: RunConfig, setups: list[str]) -> tuple[art.RunPaths, Dataset]:
+    """The paths and dataset of a run directory another process prepared (`prepare_run`) for
+    this config: what a device worker or a cluster job opens. Reads only."""
+    paths = art.RunPaths(root)
+    if not paths.run_json.exists():
+        raise UserError(f"{root} has no run.json: it was not prepared for training (or was moved)")
+    dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.train_subset, cfg.subset_seed, download=False)
+    if check_run(paths, cfg, setups, dataset):
+        raise UserError(f"{root} was changed since this work was planned: its config differs")
+    return paths, dataset
+
+
 def train_grid(root: str | Path, cfg: RunConfig, setups: list[str], opts: TrainOptions,
                check_disk: bool = True, download: bool = True, echo=print, progress: bool = True,
                until: dict[str, int] | None = None) -> list[art.SeedStatus]:
@@ -89,24 +114,49 @@ def train_grid(root: str | Path, cfg: RunConfig, setups: list[str], opts: TrainO
     root = Path(root)
     dataset, jobs = check_grid(root, cfg, setups, opts, check_disk, download, echo, until)
     paths = prepare_run(root, cfg, setups, dataset, echo)
+    train_runs(paths, cfg, dataset, jobs, opts, echo, progress)
+    return art.grid_status(root, only(cfg, setups))
+
+
+def train_runs(paths: art.RunPaths, cfg: RunConfig, dataset: Dataset, jobs: list[Job],
+               opts: TrainOptions, echo=print, progress: bool = True) -> None:
+    """Train the jobs of a prepared run directory, each under its (setup, seed) lock.
+
+    First the seeds no other worker holds, in order; then, waiting for each lock, the seeds
+    that were held. Those are usually finished by then and skipped; a holder that died
+    released its lock with its life, and its seed is resumed here.
+    """
     dev = torch.device(opts.device)
-    train_x, true_y = dataset.train_x.to(dev), dataset.train_y.to(dev)
     random_y = torch.from_numpy(np.load(paths.random_labels)).to(dev)
-    sha = dataset.identity()["sha256"]
+    data = (dataset.train_x.to(dev), dataset.train_y.to(dev), random_y, dataset.identity()["sha256"])
     overall = bar(sum(j.until - max(j.done, 0) for j in jobs), "grid (epochs)", "ep", progress,
                   position=0)
-    for job in jobs:
-        sc = cfg.setups[job.setup]
-        with art.file_lock(paths.seed_lock(job.setup, job.seed), blocking=False) as held:
-            if not held:
-                echo(f"{job.setup} seed {job.seed}: another worker is training it; skipped")
-                continue
-            steps = bar(batches_per_epoch(len(train_x), sc) * (job.until - max(job.done, 0)),
-                        f"{job.setup} seed {job.seed}", "batch", progress, leave=False, position=1)
-            train_seed(paths, cfg, sc, job.seed, train_x, random_y if sc.random_labels else true_y,
-                       sha, opts, on_batch=lambda: steps.update(1),
-                       on_epoch=lambda e, m: (overall.update(1), overall.set_postfix(loss=f"{m['loss']:.3f}")),
-                       until=job.until)
-            steps.close()
+    held = [j for j in jobs if not _train_locked(paths, cfg, j, data, opts, overall, echo, progress, False)]
+    for job in held:
+        if not _train_locked(paths, cfg, job, data, opts, overall, echo, progress, False):
+            echo(f"{job.setup} seed {job.seed}: another worker is training it; waiting for it")
+            _train_locked(paths, cfg, job, data, opts, overall, echo, progress, True)
     overall.close()
-    return art.grid_status(root, replace(cfg, setups={s: cfg.setups[s] for s in setups}))
+
+
+def _train_locked(paths: art.RunPaths, cfg: RunConfig, job: Job, data: tuple, opts: TrainOptions,
+                  overall, echo, progress: bool, blocking: bool) -> bool:
+    """Train one job under its lock; False when another worker holds it (non-blocking)."""
+    train_x, true_y, random_y, sha = data
+    sc = cfg.setups[job.setup]
+    with art.file_lock(paths.seed_lock(job.setup, job.seed), blocking=blocking) as got:
+        if not got:
+            return False
+        now = pending(art.seed_status(paths, job.setup, job.seed, sc.epochs), job.until)
+        if now is None:  # another worker finished it since the plan was made
+            return True
+        echo(f"{job.setup} seed {job.seed}: " + (f"resuming after epoch {now.done}, to {job.until}"
+                                                 if now.done >= 0 else f"from scratch to epoch {job.until}"))
+        steps = bar(batches_per_epoch(len(train_x), sc) * (job.until - max(now.done, 0)),
+                    f"{job.setup} seed {job.seed}", "batch", progress, leave=False, position=1)
+        train_seed(paths, cfg, sc, job.seed, train_x, random_y if sc.random_labels else true_y,
+                   sha, opts, on_batch=lambda: steps.update(1),
+                   on_epoch=lambda e, m: (overall.update(1), overall.set_postfix(loss=f"{m['loss']:.3f}")),
+                   until=job.until)
+        steps.close()
+    return True

@@ -40,6 +40,30 @@ class TrainOptions:
     compile: bool = False  # torch.compile the network (opt-in; first epoch pays compilation)
 
 
+@dataclass(frozen=True)
+class TrainRequest:
+    """How the command line asked to run, resolved into TrainOptions on the machine that
+    trains (a cluster job learns its device only when it starts)."""
+
+    device: str = "auto"  # auto | cpu | cuda[:N]
+    precision: str = "auto"  # auto (bf16 on a GPU, fp32 on the CPU) | fp32 | bf16
+    channels_last: bool | None = None  # None: on for a GPU
+    deterministic: bool = False
+    checkpoint_dtype: str = "fp32"
+    compile: bool = False
+
+    def resolve(self, device: str | None = None) -> TrainOptions:
+        """TrainOptions for `device` (default: the requested one), checked against torch."""
+        dev = resolve_device(device or self.device)
+        on_gpu = dev.startswith("cuda")
+        return TrainOptions(
+            device=dev,
+            bf16=self.precision == "bf16" or (self.precision == "auto" and on_gpu),
+            channels_last=on_gpu if self.channels_last is None else self.channels_last,
+            deterministic=self.deterministic, checkpoint_dtype=self.checkpoint_dtype,
+            compile=self.compile)
+
+
 def set_determinism(on: bool) -> None:
     torch.use_deterministic_algorithms(on, warn_only=False)
     torch.backends.cudnn.benchmark = not on

@@ -1,0 +1,169 @@
+"""Submission records: what was submitted where, kept in the run directory.
+
+Every submission writes `<jobs>/<stamp>-<kind>.json` (atomically, rewritten when a job is
+resubmitted) next to submitit's folder `<jobs>/<stamp>-<kind>/` with one subfolder per
+job: its pickles and its logs (`<job id>_0_log.out`, `<job id>_0_log.err`). Job states are
+asked of SLURM (one `sacct` call per record) or, for local jobs, read from their result
+files and processes.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from .. import artifacts as art
+from .options import ClusterOptions
+
+SACCT_TIMEOUT_S = 30  # a slow accounting database should not hang `train status`
+# SLURM states of a job that still holds (or will hold) its work
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
+                 "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "STAGE_OUT", "SIGNALING")
+
+
+def new_record(kind: str, folder: Path, opts: ClusterOptions, work: list[dict], ids: list[str]) -> dict:
+    return {
+        "kind": kind, "executor": opts.executor, "folder": str(folder),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(), "command": " ".join(sys.argv), "options": asdict(opts),
+        "jobs": [{"index": i, "job_id": j, "work": w, "earlier_ids": []}
+                 for i, (j, w) in enumerate(zip(ids, work))],
+    }
+
+
+def record_path(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".json")
+
+
+def write_record(folder: Path, record: dict) -> None:
+    art.write_json_atomic(record_path(folder), record)
+
+
+def read_records(*jobs_dirs: Path) -> list[dict]:
+    """Every readable record in the folders, oldest first (unreadable ones are skipped)."""
+    out = []
+    for d in jobs_dirs:
+        for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+            try:
+                rec = art.read_json(p, dict)
+            except Exception:  # noqa: BLE001 - a damaged record must not break `status`
+                continue
+            if isinstance(rec.get("jobs"), list) and "folder" in rec:
+                out.append(rec)
+    return sorted(out, key=lambda r: str(r.get("created")))
+
+
+def job_states(record: dict) -> dict[str, str]:
+    """job id -> state, for every job of a record: SLURM's (one sacct call) or, for local
+    jobs, FINISHED (a result was written), RUNNING or ENDED (no result)."""
+    ids = [str(j["job_id"]) for j in record["jobs"]]
+    if record.get("executor") == "slurm":
+        return slurm_states(ids)
+    folder = Path(record["folder"])
+    return {j: "FINISHED" if (folder / j / f"{j}_0_result.pkl").exists()
+            else "RUNNING" if _local_controller_alive(j) else "ENDED (no result)" for j in ids}
+
+
+def slurm_states(ids: list[str]) -> dict[str, str]:
+    """SLURM's state of each job id (array tasks `123_4` included), from one sacct call."""
+    if shutil.which("sacct") is None:
+        return {j: "UNKNOWN (no sacct here)" for j in ids}
+    try:
+        out = subprocess.run(["sacct", "-j", ",".join(ids), "-o", "JobID,State", "--parsable2",
+                              "--noheader"], capture_output=True, text=True, timeout=SACCT_TIMEOUT_S,
+                             check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {j: "UNKNOWN" for j in ids}
+    known: dict[str, str] = {}
+    for line in out.splitlines():
+        jid, _, state = line.strip().partition("|")
+        # a pending array is one line, `123_[0-9%4]`: give each of its tasks that state
+        if m := re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", jid):
+            for task in _expand(m.group(2)):
+                known.setdefault(f"{m.group(1)}_{task}", state)
+        else:
+            known.setdefault(jid, state)
+    return {j: known.get(j, "UNKNOWN") for j in ids}
+
+
+def _expand(spec: str) -> list[int]:
+    """"0-3,7" -> [0, 1, 2, 3, 7]."""
+    out = []
+    for part in spec.split(","):
+        a, _, b = part.partition("-")
+        if a.isdigit() and (not b or b.isdigit()):
+            out += list(range(int(a), int(b or a) + 1))
+    return out
+
+
+def _local_controller_alive(job_id: str) -> bool:
+    """A local job's id is its controller's pid: alive and still submitit's controller."""
+    try:
+        cmdline = Path(f"/proc/{int(job_id)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return b"submitit" in cmdline
+
+
+def is_active(state: str) -> bool:
+    return (state.split() or [""])[0] in ACTIVE_STATES
+
+
+def active_work(jobs_dir: Path, kind: str) -> list[tuple[str, dict]]:
+    """(job id, work) of earlier submissions' jobs that are still queued or running."""
+    out = []
+    for rec in read_records(jobs_dir):
+        if rec.get("kind") != kind:
+            continue
+        states = job_states(rec)
+        for job in rec["jobs"]:
+            if is_active(states[str(job["job_id"])]):
+                out.append((str(job["job_id"]), job.get("work", {})))
+    return out
+
+
+def log_paths(record: dict, job_id: str) -> tuple[Path, Path]:
+    """(stdout, stderr) log files of a job."""
+    folder = Path(record["folder"]) / job_id
+    return folder / f"{job_id}_0_log.out", folder / f"{job_id}_0_log.err"
+
+
+def status_lines(*jobs_dirs: Path) -> list[str]:
+    """One line per job of every record: submission, id, state, work."""
+    lines = []
+    for rec in read_records(*jobs_dirs):
+        name, states = Path(rec["folder"]).name, job_states(rec)
+        for job in rec["jobs"]:
+            jid = str(job["job_id"])
+            earlier = f" (resubmitted; earlier {', '.join(job['earlier_ids'])})" if job.get("earlier_ids") else ""
+            lines.append(f"{name:<24} {rec['executor']:<5} {jid:>12}  {states[jid]:<18} "
+                         f"{describe(job.get('work', {}))}{earlier}")
+    return lines
+
+
+def describe(work: dict) -> str:
+    """What a job runs, in a few words: `simclr seeds 0-3; supervised seed 4` or `shard 2/8`."""
+    if "shard" in work:
+        return f"r_t shard {work['shard']}"
+    by_setup: dict[str, list[int]] = {}
+    for setup, seed in work.get("runs", []):
+        by_setup.setdefault(setup, []).append(int(seed))
+    parts = [f"{setup} seed{'s' if len(seeds) > 1 else ''} {ranges(seeds)}"
+             for setup, seeds in by_setup.items()]
+    return "; ".join(parts) or "-"
+
+
+def ranges(values: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5" (the syntax of --seeds)."""
+    vals, out = sorted(set(values)), []
+    for v in vals:
+        if out and out[-1][1] == v - 1:
+            out[-1][1] = v
+        else:
+            out.append([v, v])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in out)

@@ -1,0 +1,73 @@
+"""`inspect submit rt`: the r_t evaluation as a job array, job i = `inspect rt --shard i/n`.
+
+The submitting process runs every check of `inspect rt`, builds the bank once and
+creates the store's arrays, so that jobs only fill chunks. Shards whose checkpoints are
+all evaluated, and shards that jobs of an earlier submission still hold, are not
+submitted: submitting again after failures submits what is left. The shard of a
+checkpoint depends only on its place in the full grid, so n must stay the same for one
+store (rerun with the same --shards).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from ..cluster import executor as ex
+from ..cluster.options import ClusterOptions, check_environment, check_paths
+from ..cluster.records import active_work, describe
+from ..errors import UserError
+from .rt import BankRequest, Selection, check_rt, open_rt
+from .rt_plan import pending_tasks
+from .workspace import open_workspace
+
+
+def submit_rt(run_dir: str | Path, work: str | Path | None, shards: int, select: Selection,
+              bank: BankRequest, store: str | None, data: dict, cluster: ClusterOptions,
+              device: str = "auto", bf16: bool = False, verify: bool = True,
+              echo=print) -> ex.Submission | None:
+    """Check, build the bank, plan the shards and submit those with work left."""
+    if shards < 1:
+        raise UserError("--shards must be at least 1")
+    if store and Path(store).suffix != ".zarr":
+        raise UserError(f"--store {store}: jobs share the store, so it must be a .zarr folder")
+    given = {"run directory": Path(run_dir), "work folder": work, "r_t store": store}
+    check_environment(cluster, {k: Path(v) for k, v in given.items() if v})
+    ws = open_workspace(run_dir, work, echo=echo)
+    store_path = Path(store).absolute() if store else ws.store.absolute()
+    check_paths(cluster, {"work folder": ws.dir, "r_t store": store_path})
+    plan = check_rt(ws, replace(select, shard=(0, shards)), bank, store_path)
+    jobs_dir = ws.dir / "jobs"
+    busy = {w.get("shard"): jid for jid, w in active_work(jobs_dir, "rt")
+            if w.get("store") == str(store_path)}
+    if cluster.dry_run:
+        planned = [{"shard": f"{i}/{shards}", "store": str(store_path)} for i in range(shards)
+                   if f"{i}/{shards}" not in busy]
+        return _dry_run(cluster, jobs_dir, planned, echo)
+    open_rt(ws, plan, data, echo)  # the bank and the store's arrays, made once, here
+    todo, planned = [], []
+    for i in range(shards):
+        key = f"{i}/{shards}"
+        n = len(pending_tasks(ws.run, store_path, plan.setups, replace(select, shard=(i, shards))))
+        if n and key not in busy:
+            todo.append(i)
+            planned.append({"shard": key, "store": str(store_path), "checkpoints": n})
+    if busy:
+        echo(f"shard(s) {', '.join(sorted(busy))} are in jobs still queued or running; not submitted again")
+    if not todo:
+        echo(f"nothing to submit: every selected checkpoint is in {store_path} or in a running job")
+        return None
+    from ..cluster.jobs import RtJob, RtWork  # imports submitit: checked above
+
+    calls = [RtJob(RtWork(str(Path(run_dir).absolute()), str(ws.dir.absolute()), str(store_path),
+                          replace(select, shard=(i, shards)), bank, data, device, bf16, verify),
+                   sigterm_requeues=cluster.executor == "local") for i in todo]
+    return ex.submit("rt", calls, planned, cluster, jobs_dir, echo)
+
+
+def _dry_run(cluster: ClusterOptions, jobs_dir: Path, work: list[dict], echo) -> None:
+    for w in work:
+        echo(f"job: {describe(w)}")
+    echo(f"dry run: up to {len(work)} job(s) would be submitted to {cluster.executor} (shards "
+         f"with nothing left to evaluate are left out); nothing was written")
+    if cluster.executor == "slurm":
+        echo(ex.sbatch_text(cluster, jobs_dir / "<stamp>-rt", len(work)))

@@ -1,0 +1,68 @@
+"""`inspect submit`: phase-two work as cluster jobs (a thin layer over inspect.submit)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..cli_util import parse_int_list, split_names
+from ..cluster.cli import cluster_options, from_cli
+from ..errors import WorkFailed
+
+
+@click.group("submit")
+def submit():
+    """Submit phase-two work as a job array (SLURM via submitit, or local processes)."""
+
+
+@submit.command("rt")
+@click.argument("run_dir")
+@click.option("--shards", type=click.IntRange(1), default=8, show_default=True,
+              help="Jobs: job i evaluates `inspect rt --shard i/N` (keep N for one store).")
+@click.option("--work", default=None, metavar="DIR", help="Phase-two work folder (default RUN_DIR/inspect).")
+@click.option("--store", default=None, help="r_t store, a .zarr folder (default WORK/rt.zarr).")
+@click.option("--setup", "setups", multiple=True, metavar="NAME", help="Setup(s) to include (default: all).")
+@click.option("--epochs", default=None, help="Only these epoch numbers (comma-separated; default: all).")
+@click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
+@click.option("--dataset", default=None, help="Where the run's dataset is now (its checksum must match).")
+@click.option("--data-root", default=None, help="Where CIFAR-10 is now (checksum checked).")
+@click.option("--bank", default=None, help="Bank file (default WORK/bank.h5; built here before submitting).")
+@click.option("--probes", type=int, default=None, help="K: probe images in a new bank [1024].")
+@click.option("--replays", type=int, default=None, help="M: augmentations per probe image [10].")
+@click.option("--bank-seed", type=int, default=None, help="Seed of the probe choice and replays [0].")
+@click.option("--simclr-batch", type=int, default=None, help="B: SimCLR classification batch [training's].")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--no-verify", is_flag=True, help="Skip checking each checkpoint's sha256 (faster).")
+@cluster_options
+def submit_rt_cmd(run_dir, shards, work, store, setups, epochs, allow_missing, dataset, data_root,
+                  bank, probes, replays, bank_seed, simclr_batch, precision, no_verify, **cluster):
+    """Evaluate RUN_DIR's checkpoints into the r_t store with SHARDS jobs.
+
+    Jobs are requeued when preempted or out of time and skip evaluated checkpoints; the
+    analyses then run anywhere (`inspect all RUN_DIR`). RUN_DIR and the work folder must be
+    on a filesystem the nodes share. Records and logs go to WORK/jobs/.
+
+    \b
+    Examples:
+      inspect submit rt /shared/thesis --shards 32 --partition gpu --time 2h
+      inspect submit rt runs/try --shards 3 --executor local --gpus-per-job 0
+    """
+    from .rt import BankRequest, Selection
+    from ..cluster import executor as ex
+    from .submit import submit_rt
+
+    opts = from_cli(**cluster, default_name="ssl-rt")
+    select = Selection(tuple(split_names(setups) or ()) or None,
+                       tuple(parse_int_list(epochs, "--epochs")) if epochs else None, (0, 1), allow_missing)
+    request = BankRequest(probes, replays, bank_seed, simclr_batch, Path(bank).absolute() if bank else None)
+    device = "cuda" if opts.executor == "slurm" and opts.gpus_per_job else "auto" if opts.gpus_per_job else "cpu"
+    sub = submit_rt(run_dir, work, shards, select, request, store, {"dataset": dataset, "data_root": data_root},
+                    opts, device, precision == "bf16", not no_verify, click.echo)
+    if sub is None or not opts.wait:
+        if sub is not None:
+            click.echo(f"when the jobs are done: inspect all {run_dir}")
+        return
+    failures = ex.wait(sub, click.echo)
+    if failures:
+        raise WorkFailed(f"{len(failures)} job(s) failed: " + "; ".join(failures))
+    click.echo(f"r_t store complete for the submitted shards; next: inspect all {run_dir}")

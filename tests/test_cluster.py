@@ -1,0 +1,321 @@
+"""Several processes, one run directory: device workers, submitit jobs (local executor, real
+subprocesses) killed with SIGTERM and SIGKILL, sharded r_t jobs, and the refusals that
+come before anything is submitted. Every result is compared bit for bit with one process.
+
+All processes run with one torch thread (OMP_NUM_THREADS=1): CPU kernels give the same
+bits only for the same thread count, and two cores are shared by up to three processes.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import ssl_dynamics
+from ssl_dynamics import artifacts as art
+from ssl_dynamics.cluster import options as copts
+from ssl_dynamics.cluster.cli import from_cli
+from ssl_dynamics.cluster.executor import sbatch_text
+from ssl_dynamics.errors import UserError
+from ssl_dynamics.inspect.store import RtStore
+from ssl_dynamics.train.cli import cli as train_cli
+
+from _util import rt
+
+PACKAGE_ROOT = str(Path(ssl_dynamics.__file__).resolve().parents[1])
+ENV = {**os.environ, "PYTHONPATH": PACKAGE_ROOT, "OMP_NUM_THREADS": "1"}
+SETUPS = ("simclr", "supervised")
+EPOCHS = 6  # enough epochs that a job is still running when the test kills it
+GRID = ["--preset", "smoke", "--set", "train_subset=32", "--set", "batch_size=16",
+        "--epochs", str(EPOCHS), "--setup", "simclr", "--setup", "supervised", "--seeds", "0-1",
+        "--deterministic"]
+LOCAL = ["--executor", "local", "--gpus-per-job", "0"]
+TIMEOUT_S = 300  # a generous bound for a subprocess on a loaded 2-core machine
+
+
+def command(phase: str, *args: str) -> list[str]:
+    return [sys.executable, "-c", f"from ssl_dynamics.{phase}.cli import main; main()", *args]
+
+
+def run(phase: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command(phase, *args), env=ENV, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+
+
+def manifests(root: Path) -> dict:
+    paths = art.RunPaths(root)
+    return {(s, seed): art.read_json(paths.manifest(s, seed))["checkpoints"]
+            for s in SETUPS for seed in (0, 1)}
+
+
+def wait_for(condition, what: str, timeout: float = TIMEOUT_S):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def task_pid(controller: int) -> int:
+    """The job's Python task: the child of submitit's local controller (the job id)."""
+    def child():
+        try:
+            return int(Path(f"/proc/{controller}/task/{controller}/children").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            return None
+    return wait_for(child, f"the task of job {controller}")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The grid trained by one process: what every other way must reproduce bit for bit."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    r = run("train", "run", *GRID, "--device", "cpu", "--no-progress", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def main_in_process(monkeypatch, capsys, phase: str, *args: str):
+    """A CLI's main() in this process: (exit status, stdout, stderr)."""
+    module = __import__(f"ssl_dynamics.{phase}.cli", fromlist=["main"])
+    monkeypatch.setattr(sys, "argv", [phase, *args])
+    with pytest.raises(SystemExit) as e:
+        module.main()
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+# --------------------------------------------------------------------------- devices
+
+def test_devices_and_a_racing_process_give_the_same_checkpoints(tmp_path, reference):
+    """`--devices cpu,cpu` (two workers) and an independent `train run` race on one fresh
+    run directory: every run is trained once, and the bits equal one process's."""
+    out = tmp_path / "run"
+    workers = subprocess.Popen(command("train", "run", *GRID, "--devices", "cpu,cpu", "--no-progress",
+                                       "--out", str(out)),
+                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    single = subprocess.Popen(command("train", "run", *GRID, "--device", "cpu", "--no-progress",
+                                      "--out", str(out)),
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    w_out, w_err = workers.communicate(timeout=TIMEOUT_S)
+    s_out, s_err = single.communicate(timeout=TIMEOUT_S)
+    assert workers.returncode == 0, w_err
+    assert single.returncode == 0, s_err
+    assert manifests(out) == manifests(reference)
+    said = w_out + s_out
+    for setup in SETUPS:
+        for seed in (0, 1):
+            assert said.count(f"{setup} seed {seed}: from scratch") == 1, said
+    worker_lines = [ln for ln in w_out.splitlines() if ln.startswith("[")]
+    assert worker_lines and all(ln.startswith(("[0 cpu] ", "[1 cpu] ")) for ln in worker_lines)
+    logs = sorted(p.name for p in (out / "logs").glob("*/*.log"))
+    assert logs == ["worker-0-cpu.log", "worker-1-cpu.log"]
+
+
+# --------------------------------------------------------------------------- train submit
+
+def test_submitted_jobs_survive_sigterm_and_sigkill(tmp_path, reference, monkeypatch, capsys):
+    """Two local jobs of two runs each: job 0's task gets SIGTERM (preemption: requeued
+    under the same id), job 1's gets SIGKILL (no result: resubmitted by the waiting
+    submitter). Both resume from the run directory; the checkpoints equal one process's."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(command("train", "submit", *GRID, *LOCAL, "--runs-per-job", "2",
+                                    "--out", str(out)),
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    record_file = wait_for(lambda: next((out / "jobs").glob("*.json"), None), "the submission record")
+    jobs = art.read_json(record_file)["jobs"]
+    assert [j["work"]["runs"] for j in jobs] == [[["simclr", 0], ["simclr", 1]],
+                                                [["supervised", 0], ["supervised", 1]]]
+    paths = art.RunPaths(out)
+    for job, sig in zip(jobs, (signal.SIGTERM, signal.SIGKILL)):
+        setup, seed = job["work"]["runs"][0]
+        wait_for(lambda: paths.checkpoint(setup, seed, 1).exists(), f"{setup} seed {seed} epoch 1")
+        assert not paths.checkpoint(setup, 1, EPOCHS).exists(), "the job ended before the kill"
+        os.kill(task_pid(int(job["job_id"])), sig)
+    said, _ = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 0, said
+    assert manifests(out) == manifests(reference)
+    final = art.read_json(record_file)["jobs"]
+    assert final[0]["job_id"] == jobs[0]["job_id"] and final[0]["earlier_ids"] == []  # requeued
+    assert final[1]["earlier_ids"] == [jobs[1]["job_id"]]  # resubmitted as a new job
+    assert f"job {jobs[1]['job_id']} (supervised seeds 0-1) ended without a result" in said
+    jid = final[0]["job_id"]
+    logs = [record_file.with_suffix("") / jid / f"{jid}_0_log.{ext}" for ext in ("out", "err")]
+    assert "Requeued job" in "".join(p.read_text() for p in logs)
+
+    status = CliRunner().invoke(train_cli, ["status", str(out)])
+    assert "4 complete" in status.output and final[1]["job_id"] in status.output
+    assert status.output.count("FINISHED") == 2
+    # submitting again submits nothing: every run is complete
+    code, stdout, _ = main_in_process(monkeypatch, capsys, "train", "submit", *GRID, *LOCAL,
+                                      "--out", str(out))
+    assert code == 0 and "nothing to submit" in stdout
+    assert len(list((out / "jobs").glob("*.json"))) == 1
+
+
+# --------------------------------------------------------------------------- inspect submit
+
+def test_inspect_submit_rt_three_shards_equals_one_process(tmp_path, reference):
+    bank = ["--probes", "16", "--replays", "2"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the jobs: the same bits need the same thread count
+    try:
+        rt(reference, work=tmp_path / "one", n_probe=16, n_replays=2)
+    finally:
+        torch.set_num_threads(threads)
+    r = run("inspect", "submit", "rt", str(reference), "--shards", "3", "--work",
+            str(tmp_path / "three"), *LOCAL, *bank)
+    assert r.returncode == 0, r.stdout + r.stderr
+    record = art.read_json(next((tmp_path / "three" / "jobs").glob("*.json")))
+    assert [j["work"]["shard"] for j in record["jobs"]] == ["0/3", "1/3", "2/3"]
+    one = RtStore(tmp_path / "one" / "rt.zarr", writable=False)
+    three = RtStore(tmp_path / "three" / "rt.zarr", writable=False)
+    assert one.setups() == three.setups() == list(SETUPS)
+    for setup in SETUPS:
+        a, b = one.read(setup), three.read(setup)
+        assert b["done"].all()
+        for name in ("correct", "p_true", "done", "targets"):
+            np.testing.assert_array_equal(a[name], b[name])
+
+
+# --------------------------------------------------------------------------- refusals
+
+@pytest.fixture
+def shared_tmp(monkeypatch):
+    """Let the test's /tmp folders pass for a shared filesystem."""
+    monkeypatch.setattr(copts, "NON_SHARED_PREFIXES", ())
+    monkeypatch.setattr(copts, "NON_SHARED_FSTYPES", ())
+
+
+SLURM = ["--executor", "slurm", "--partition", "gpu"]
+
+
+@pytest.mark.parametrize("phase, args, message", [
+    ("train", ["run", *GRID, "--devices", "cuda:7"], "CUDA device(s)"),
+    ("train", ["run", *GRID, "--devices", "cpu,tpu"], "unknown device 'tpu'"),
+    ("train", ["run", *GRID, "--devices", "cpu,cpu", "--device", "cpu"], "not both"),
+    ("train", ["submit", *GRID, "--executor", "slurm", "--partition", "gpu;rm -rf"],
+     "--partition 'gpu;rm -rf' is not a valid SLURM name"),
+    ("train", ["submit", *GRID, *SLURM, "--time", "4 hours"], "--time '4 hours'"),
+    ("train", ["submit", *GRID, *SLURM, "--mem", "lots"], "--mem 'lots'"),
+    ("train", ["submit", *GRID, *SLURM, "--constraint", "a100 h100"], "--constraint 'a100 h100'"),
+    ("train", ["submit", *GRID, *SLURM], "under /tmp"),
+    ("inspect", ["submit", "rt", "{reference}", *SLURM], "under /tmp"),
+    ("inspect", ["submit", "rt", "{reference}", *LOCAL, "--store", "{out}/rt.h5"], "must be a .zarr"),
+])
+def test_bad_input_one_line_exit_2_nothing_submitted(tmp_path, reference, monkeypatch, capsys,
+                                                      phase, args, message):
+    if "cuda:7" in args and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    out = tmp_path / "run"
+    args = [a.replace("{reference}", str(reference)).replace("{out}", str(out)) for a in args]
+    if phase == "train":
+        args += ["--out", str(out)]
+    before = sorted(reference.rglob("*"))
+    code, _, err = main_in_process(monkeypatch, capsys, phase, *args)
+    assert code == 2, err
+    assert err.strip().count("\n") == 0 and message in err, err
+    assert not out.exists()
+    assert sorted(reference.rglob("*")) == before
+
+
+def test_devices_all_without_gpu(tmp_path, monkeypatch, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, _, err = main_in_process(monkeypatch, capsys, "train", "run", *GRID, "--devices", "all",
+                                   "--out", str(tmp_path / "run"))
+    assert code == 2 and "sees no CUDA device" in err and not (tmp_path / "run").exists()
+
+
+def test_no_submitit_and_no_slurm(tmp_path, monkeypatch, capsys, shared_tmp):
+    out = tmp_path / "run"
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no sbatch, srun, sinfo, sacct
+    code, _, err = main_in_process(monkeypatch, capsys, "train", "submit", *GRID, *SLURM, "--out", str(out))
+    assert code == 2 and "sbatch and srun not found" in err
+    monkeypatch.setitem(sys.modules, "submitit", None)  # what a missing package looks like
+    code, _, err = main_in_process(monkeypatch, capsys, "train", "submit", *GRID, *LOCAL, "--out", str(out))
+    assert code == 2 and "submitit is not installed" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_shared_filesystem_check(tmp_path):
+    for path in ("/tmp/x/run", "/var/tmp/run", "/dev/shm/run"):
+        with pytest.raises(UserError, match="shared filesystem"):
+            copts.check_shared(path, "run directory")
+    assert copts.mount_type("/proc/self") == "proc"
+
+
+# --------------------------------------------------------------------------- SLURM script
+
+def test_option_values():
+    assert [copts.parse_time(t) for t in ("4h", "90m", "2d", "45", "1-00:00:00", "04:00:00", "30:00")] == \
+        [240, 90, 2880, 45, 1440, 240, 30]
+    assert [copts.parse_mem(m) for m in ("32G", "4000", "1t", "32GB")] == ["32G", "4000M", "1T", "32G"]
+    for bad in ("", "4 hours", "0m", "1:2:3:4"):
+        with pytest.raises(UserError, match="--time"):
+            copts.parse_time(bad)
+
+
+def test_sbatch_script_without_slurm(tmp_path):
+    opts = from_cli(executor="slurm", partition="gpu", account="proj1", constraint="a100|h100",
+                    gpus_per_job=1, cpus_per_job=8, time_="4h", mem="32G", array_parallelism=2,
+                    job_name=None, max_resubmits=3, wait=None, dry_run=False, default_name="ssl-train")
+    text = sbatch_text(opts, tmp_path / "jobs" / "x-train", 4)
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --account=proj1", "#SBATCH --constraint='a100|h100'",
+                 "#SBATCH --time=240", "#SBATCH --array=0-3%2", "#SBATCH --requeue",
+                 "#SBATCH --gpus-per-node=1", "#SBATCH --mem=32G", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH --job-name=ssl-train", "#SBATCH --signal=USR2@"):
+        assert line in text, line
+    assert "submitit.core._submit" in text
+
+
+def test_dry_run_shows_the_script_and_writes_nothing(tmp_path, monkeypatch, capsys, shared_tmp):
+    out = tmp_path / "run"
+    code, stdout, err = main_in_process(monkeypatch, capsys, "train", "submit", *GRID, *SLURM,
+                                        "--account", "proj1", "--runs-per-job", "3", "--dry-run",
+                                        "--out", str(out))
+    assert code == 0, err
+    assert "2 job(s) would be submitted" in stdout and "#SBATCH --array=0-1" in stdout
+    assert "#SBATCH --partition=gpu" in stdout and "#SBATCH --account=proj1" in stdout
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- job states
+
+def test_slurm_states_and_resubmission_skip_active_jobs(tmp_path, monkeypatch, capsys, shared_tmp):
+    """States come from one sacct call (a stand-in here); runs of queued or running jobs
+    are not submitted again."""
+    from ssl_dynamics.cluster import records
+
+    fake = tmp_path / "bin" / "sacct"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nprintf '100_0|COMPLETED\\n100_0.batch|COMPLETED\\n100_1|RUNNING\\n"
+                    "100_[2-3%%2]|PENDING\\n101|CANCELLED by 0\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    out = tmp_path / "run"
+    ids = ["100_0", "100_1", "100_2", "100_3", "101", "102"]
+    runs = [["simclr", 0], ["simclr", 1], ["supervised", 0], ["random_labels", 0],
+            ["supervised", 1], ["random_labels", 1]]
+    rec = {"kind": "train", "executor": "slurm", "folder": str(out / "jobs" / "20250101-000000-train"),
+           "created": "2025-01-01T00:00:00+00:00",
+           "jobs": [{"index": i, "job_id": j, "work": {"runs": [r]}, "earlier_ids": []}
+                    for i, (j, r) in enumerate(zip(ids, runs))]}
+    art.write_json_atomic(out / "jobs" / "20250101-000000-train.json", rec)
+    assert records.job_states(rec) == {"100_0": "COMPLETED", "100_1": "RUNNING", "100_2": "PENDING",
+                                       "100_3": "PENDING", "101": "CANCELLED by 0", "102": "UNKNOWN"}
+    assert [j for j, _ in records.active_work(out / "jobs", "train")] == ["100_1", "100_2", "100_3"]
+    code, stdout, err = main_in_process(monkeypatch, capsys, "train", "submit", *GRID, *SLURM,
+                                        "--runs-per-job", "2", "--dry-run", "--out", str(out))
+    assert code == 0, err
+    assert "2 run(s) are in jobs still queued or running (100_1, 100_2)" in stdout
+    assert "job 0: simclr seed 0; supervised seed 1" in stdout and "1 job(s) would be submitted" in stdout
