@@ -1,5 +1,9 @@
 # Phase one trains, phase two inspects. Every target can be rerun: finished work is kept.
+# `make demo` and `make test` install what is missing first (once, behind the stamp file).
 PYTHON ?= python3
+STAMP := .installed
+TRAIN := $(PYTHON) -m ssl_dynamics.train.cli
+INSPECT := $(PYTHON) -m ssl_dynamics.inspect.cli
 RUN ?= artifacts/thesis
 DEMO ?= artifacts/demo
 DEVICES ?=
@@ -15,32 +19,38 @@ SUBMIT_EXTRA ?=
 
 .PHONY: install test test-all demo train-all inspect-all submit-all submit-inspect bench clean-demo
 
-install:  ## torch from the local wheel cache, then the package with test extras
-	$(PYTHON) -m pip install "torch==2.14.1" "torchvision==0.29.1"
+$(STAMP): setup.py  ## torch (unless one is installed already), then the package with test extras
+	$(PYTHON) -c "import torch, torchvision" 2>/dev/null || \
+		$(PYTHON) -m pip install "torch==2.14.1" "torchvision==0.29.1"
 	$(PYTHON) -m pip install -e ".[dev]"
+	@touch $(STAMP)
 
-test:  ## the test suite (CPU, a few minutes)
+install:  ## (re)install now
+	rm -f $(STAMP)
+	$(MAKE) $(STAMP)
+
+test: $(STAMP)  ## the test suite (CPU, about ten minutes on 2 cores)
 	$(PYTHON) -m pytest -q tests
 
 train-all:  ## the thesis grid: 4 setups x 30 seeds into $(RUN) (GPU box; resumes after a kill; DEVICES=all: every GPU)
-	train run --preset thesis --out $(RUN) $(if $(DEVICES),--devices $(DEVICES),--device auto)
+	$(TRAIN) run --preset thesis --out $(RUN) $(if $(DEVICES),--devices $(DEVICES),--device auto)
 
 submit-all:  ## the thesis grid as SLURM jobs into $(RUN) (a shared path); rerun to resubmit what is incomplete
-	train submit --preset thesis --out $(RUN) --executor $(EXECUTOR) --partition $(PARTITION) \
+	$(TRAIN) submit --preset thesis --out $(RUN) --executor $(EXECUTOR) --partition $(PARTITION) \
 		--time $(TIME) --gpus-per-job $(GPUS) --mem $(MEM) --runs-per-job $(RUNS_PER_JOB) $(SUBMIT_EXTRA)
 
 submit-inspect:  ## the r_t evaluation of $(RUN) as $(SHARDS) SLURM jobs; then `make inspect-all`
-	inspect submit rt $(RUN) --shards $(SHARDS) --executor $(EXECUTOR) --partition $(PARTITION) \
+	$(INSPECT) submit rt $(RUN) --shards $(SHARDS) --executor $(EXECUTOR) --partition $(PARTITION) \
 		--time $(TIME) --gpus-per-job $(GPUS) --mem $(MEM) $(SUBMIT_EXTRA)
 
 inspect-all:  ## every phase-two analysis and the HTML report for $(RUN)
-	inspect all $(RUN)
+	$(INSPECT) all $(RUN)
 
-demo:  ## the whole two-phase pipeline at demo scale on the embedded digits, on the CPU
-	train run --preset demo --out $(DEMO) --device cpu
-	inspect all $(DEMO) --device cpu --probes 512 --replays 5
+demo: $(STAMP)  ## the whole two-phase pipeline at demo scale on the embedded digits, on the CPU
+	$(TRAIN) run --preset demo --out $(DEMO) --device cpu
+	$(INSPECT) all $(DEMO) --device cpu --probes 512 --replays 5
 
-bench:  ## throughput benchmarks on the current device (JSON under benchmarks/results/)
+bench: $(STAMP)  ## throughput benchmarks on the current device (JSON under benchmarks/results/)
 	$(PYTHON) benchmarks/bench_train.py
 	$(PYTHON) benchmarks/bench_inspect.py
 
