@@ -23,24 +23,7 @@ can never be mistaken for a real pseudo-image; `sigmoid_normalize` keeps it NaN 
 matplotlib's imshow leaves NaN pixels blank). The SPEC's "give up after a timeout" is this
 redraw count, which is deterministic where a wall-clock timeout is not.
 
-Receptive fields. With r_0 = 1, j_0 = 1, a k x k conv of stride s maps
-r <- r + (k - 1) * j and j <- j * s (1x1 shortcut convs do not widen anything):
-
-    stem 3x3 conv:             r = 3,                      j = 1
-    stage 1 (4 convs, s 1):    r = 3 + 4 * 2 * 1   = 11,   j = 1
-    stage 2 (first conv s 2):  r = 11 + 2 * 1 + 3 * 2 * 2 = 25,   j = 2
-    stage 3:                   r = 25 + 2 * 2 + 3 * 2 * 4 = 53,   j = 4
-    stage 4:                   r = 53 + 2 * 4 + 3 * 2 * 8 = 109,  j = 8
-
-so the true receptive fields are 11, 25, 53, 109 (`TRUE_RECEPTIVE_FIELDS`, checked by a
-gradient test). The thesis's patch sizes 11, 19, 27, 35 (= 3 + 8b: "each BasicBlock adds two
-3x3 convs, each conv adds 2 pixels", which ignores that a conv after a stride-2 layer adds
-2 * j input pixels) are exact only for block 1. We keep the thesis's sizes as the patch sizes
-(`RECEPTIVE_FIELDS`, the SPEC's values): the central position's true receptive field
-contains the whole patch (see `true_window`), so every patch pixel affects the objective, and
-the part of the true field outside the patch is the conv's zero padding, i.e. fixed at 0 --
-the optimized patch is a central crop of the true receptive field, as in the reference code.
-`BLOCK_STRIDES` is the total stride j of the feature map after each block.
+Patch sizes, stride and the central position: `receptive.py`.
 """
 from __future__ import annotations
 
@@ -51,58 +34,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-
-# Patch sizes of the thesis (SPEC.md): 3 + 8 * block. See the module docstring for why they
-# are smaller than the true receptive fields for blocks 2-4.
-RECEPTIVE_FIELDS: dict[int, int] = {1: 11, 2: 19, 3: 27, 4: 35}
-# Total stride of the feature map after each block: stage strides 1, 2, 2, 2 multiplied.
-BLOCK_STRIDES: dict[int, int] = {1: 1, 2: 2, 3: 4, 4: 8}
-# True receptive field of one feature-map position after each block (derived above).
-TRUE_RECEPTIVE_FIELDS: dict[int, int] = {1: 11, 2: 25, 3: 53, 4: 109}
-
-BLOCKS = (1, 2, 3, 4)
-
-
-def _check_block(block: int) -> None:
-    if block not in RECEPTIVE_FIELDS:
-        raise ValueError(f"block must be one of {list(BLOCKS)}, got {block!r}")
-
-
-def derive_receptive_field(
-    block: int, stage_strides: Sequence[int] = (1, 2, 2, 2), blocks_per_stage: int = 2
-) -> tuple[int, int]:
-    """(receptive field, total stride) after `block` stages, from the architecture.
-
-    Stem: one 3x3 conv of stride 1; every BasicBlock: a 3x3 conv (with the stage's stride
-    in the first block of a stage) then a 3x3 conv of stride 1.
-    """
-    _check_block(block)
-    r, j = 3, 1  # stem conv
-    for stride in stage_strides[:block]:
-        for i in range(blocks_per_stage):
-            r += 2 * j  # conv1 (3x3) sees the input grid before its stride
-            j *= stride if i == 0 else 1
-            r += 2 * j  # conv2 (3x3, stride 1)
-    return r, j
-
-
-def central_position(block: int) -> int:
-    """Index (row = column) of the feature-map position whose activation is maximized."""
-    _check_block(block)
-    return (RECEPTIVE_FIELDS[block] - 1) // (2 * BLOCK_STRIDES[block])
-
-
-def true_window(block: int, position: int | None = None) -> tuple[int, int]:
-    """Inclusive input-pixel range [lo, hi] (per axis) that feature position `position`
-    after `block` depends on; defaults to `central_position(block)`. With padding 1 in every
-    3x3 conv, position p is centred on input pixel p * stride. Parts of the range outside
-    the input are zero padding."""
-    _check_block(block)
-    if position is None:
-        position = central_position(block)
-    centre = position * BLOCK_STRIDES[block]
-    half = (TRUE_RECEPTIVE_FIELDS[block] - 1) // 2
-    return centre - half, centre + half
+from .receptive import (BLOCK_STRIDES, BLOCKS, RECEPTIVE_FIELDS, TRUE_RECEPTIVE_FIELDS,  # noqa: F401
+                        check_block, central_position, derive_receptive_field, true_window)
 
 
 def _cifar_backbone(model: nn.Module) -> nn.Module:
@@ -137,7 +70,7 @@ def central_activations(
     """[n] activation of channel channels[c] at the central position for image c.
 
     Runs the model as it is (call it in eval mode); differentiable w.r.t. `images`."""
-    _check_block(block)
+    check_block(block)
     net = _cifar_backbone(backbone)
     p = central_position(block)
     out = net.forward_to(images, block)
@@ -200,7 +133,7 @@ def gradient_ascent(net: nn.Module, block: int, channels: list[int], start: torc
 
 
 def _prepare(backbone: nn.Module, block: int, channels, steps: int, max_redraws: int, device):
-    _check_block(block)
+    check_block(block)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if max_redraws < 0:

@@ -24,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .stats import check_correct as _check_correct
+
 __all__ = ["evaluated_mask", "missing_checkpoints", "first_learned", "forgetting_events",
            "cartography", "rt_at", "example_summary", "setup_summary", "hardness_order"]
 
@@ -43,21 +45,6 @@ RT_PREFIX = "rt_"
 
 
 # ---------------------------------------------------------------------------- validation
-
-
-def _check_correct(correct) -> np.ndarray:
-    """Return ``correct`` as an array after checking shape [S, E, M, K] and 0/1 values."""
-    c = np.asarray(correct)
-    if c.ndim != 4:
-        raise ValueError(f"correct must have shape [S, E, M, K], got {c.ndim} dimensions")
-    if 0 in c.shape:
-        raise ValueError(f"correct must be non-empty, got shape {c.shape}")
-    if c.dtype != np.bool_:
-        if not np.issubdtype(c.dtype, np.integer):
-            raise ValueError(f"correct must be bool or 0/1 integers, got dtype {c.dtype}")
-        if c.min() < 0 or c.max() > 1:
-            raise ValueError("correct must contain only 0 and 1")
-    return c
 
 
 def _check_valid_epochs(valid, epochs, start_epoch, shape=None):

@@ -52,7 +52,7 @@ DEFAULT_SPREAD_STEP = 50
 # ---------------------------------------------------------------------------- validation
 
 
-def _check_correct(correct: np.ndarray) -> np.ndarray:
+def check_correct(correct: np.ndarray) -> np.ndarray:
     """Return ``correct`` as an array after checking shape [S, E, M, K] and 0/1 values."""
     c = np.asarray(correct)
     if c.ndim != 4:
@@ -97,7 +97,7 @@ def r_t(correct: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
 
     Epochs without any valid seed are NaN.
     """
-    c = _check_correct(correct)
+    c = check_correct(correct)
     s, e, m, _ = c.shape
     v = _check_valid(valid, s, e)
     return _mean_over_seeds(c.sum(axis=2, dtype=np.int64), v, m)
@@ -108,7 +108,7 @@ def r_tilde(correct: np.ndarray, aug: int, valid: np.ndarray | None = None) -> n
 
     Epochs without any valid seed are NaN. ``aug`` must be in ``0..M-1`` (no negatives).
     """
-    c = _check_correct(correct)
+    c = check_correct(correct)
     s, e, m, _ = c.shape
     if isinstance(aug, bool) or int(aug) != aug or not 0 <= aug < m:
         raise ValueError(f"aug must be an integer in 0..{m - 1}, got {aug!r}")

@@ -1,0 +1,46 @@
+"""What the `inspect` commands share: options, the work folder, printing a result."""
+from __future__ import annotations
+
+import click
+
+from .workspace import open_workspace
+
+RUN_DIR = click.argument("run_dir")
+WORK = click.option("--work", default=None, metavar="DIR",
+                    help="Where phase-two outputs go (default RUN_DIR/inspect; use for read-only archives).")
+STORE = click.option("--store", default=None, help="r_t store: *.zarr (default WORK/rt.zarr) or *.h5.")
+SETUP = click.option("--setup", "setups", multiple=True, metavar="NAME",
+                     help="Setup(s) to include (repeatable, or comma-separated; default: all).")
+EPOCH = click.option("--epoch", type=int, default=None,
+                     help="The one checkpoint epoch to analyse (default: the thesis's epoch when the "
+                          "run has it, else each setup's last).")
+DEVICE = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
+DATA = [click.option("--dataset", default=None, help="Where the run's dataset is now, e.g. "
+                                                     "imagefolder:<new path> (its checksum must match)."),
+        click.option("--data-root", default=None, help="Where CIFAR-10 is now (checksum checked).")]
+NO_VERIFY = click.option("--no-verify", is_flag=True,
+                         help="Skip checking each checkpoint's sha256 against its manifest (faster).")
+NO_PROGRESS = click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+
+
+def options(*decorators):
+    def apply(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return apply
+
+
+def show(res: dict) -> None:
+    from .outputs import format_table
+
+    for name, rows in res.get("tables", {}).items():
+        click.echo(f"\n{name}\n{format_table(rows)}")
+    for note in res.get("notes", []):
+        click.echo(f"note: {note}")
+    for fig in res.get("figures", []):
+        click.echo(f"figure: {fig}")
+
+
+def workspace(run_dir, work):
+    return open_workspace(run_dir, work, echo=click.echo)
