@@ -27,19 +27,10 @@ def _class_names(class_names: Sequence[str] | None, n: int) -> list[str]:
     return [names[c] if c < len(names) else f"class {c}" for c in range(n)]
 
 
-def run_classes(data: dict[str, SetupRt], out: Outputs, class_names: Sequence[str] | None) -> dict:
-    """Fig. 5.3 and table ``class_rt`` for every setup in `data`.
-
-    ``class_names[y]`` names class y; missing names become "class y". Returns
-    ``{"tables": {"class_rt": rows}, "figures": [png], "notes": [str]}``.
-    """
-    if not data:
-        raise UserError("no setups to analyse")
-    setups = list(data)
-    notes: list[str] = []
+def _n_classes(data: dict[str, SetupRt], class_names, notes: list[str]) -> int:
     n_classes = len(class_names or [])
-    for s in setups:
-        lab = np.asarray(data[s].labels)
+    for s, d in data.items():
+        lab = np.asarray(d.labels)
         if lab.size and lab.min() < 0:
             raise UserError(f"{s}: negative class label in the probe set")
         n_classes = max(n_classes, int(lab.max()) + 1 if lab.size else 0)
@@ -48,49 +39,63 @@ def run_classes(data: dict[str, SetupRt], out: Outputs, class_names: Sequence[st
     if class_names and len(class_names) < n_classes:
         notes.append(f"only {len(class_names)} class names for {n_classes} classes; "
                      "the rest are numbered")
-    names = _class_names(class_names, n_classes)
+    return n_classes
 
-    rows, arrays, curves = [], {"class_names": np.asarray(names, dtype="S")}, {}
+
+def _setup_classes(s: str, d: SetupRt, names: list[str], notes: list[str]) -> tuple[list[dict], tuple, dict]:
+    """Rows, figure curves and arrays of one setup."""
+    valid, epochs = np.asarray(d.valid, dtype=bool), np.asarray(d.epochs)
+    ev = np.flatnonzero(valid.any(axis=0))
+    if not ev.size:
+        raise UserError(f"setup {s} has no evaluated checkpoint")
+    n_seeds = st.seeds_per_epoch(valid)
+    notes += [n for n in [seed_count_note(s, n_seeds, epochs)] if n]
+    labels = np.asarray(d.labels).astype(np.int64)
+    cm = st.per_class_mean(st.r_t(d.correct, valid), labels, len(names))  # [E, C]
+    n_img = np.bincount(labels, minlength=len(names))
+    last, cand = int(ev[-1]), st.searchable(epochs)
+    rows = []
+    for c, name in enumerate(names):
+        reach = st.first_epoch_reaching(cm[:, c], REACH_LEVEL, cand) if n_img[c] else None
+        rows.append({"setup": s, "class": name, "n_images": int(n_img[c]),
+                     "last_epoch": int(epochs[last]), "mean_rt_last": float(cm[last, c]),
+                     "epoch_reaching_0.5": None if reach is None else int(epochs[reach])})
+    empty = [names[c] for c in range(len(names)) if n_img[c] == 0]
+    if empty:
+        notes.append(f"{s}: no probe images of class {', '.join(empty)}")
+    arrays = {f"{s}/epochs": epochs.astype(np.int64), f"{s}/n_seeds": n_seeds,
+              f"{s}/class_mean_r_t": cm, f"{s}/n_images": n_img}
+    return rows, (ev, cm, n_seeds), arrays
+
+
+def run_classes(data: dict[str, SetupRt], out: Outputs, class_names: Sequence[str] | None) -> dict:
+    """Fig. 5.3 and table ``class_rt`` for every setup in `data`.
+
+    ``class_names[y]`` names class y; missing names become "class y". Returns
+    ``{"tables": {"class_rt": rows}, "figures": [png], "notes": [str]}``.
+    """
+    if not data:
+        raise UserError("no setups to analyse")
+    notes: list[str] = []
+    names = _class_names(class_names, _n_classes(data, class_names, notes))
+    rows, curves, arrays = [], {}, {"class_names": np.asarray(names, dtype="S")}
     # a parent group's unlabelled dataset would give its sub-groups phony dimensions too
     dims: dict[str, tuple[str, ...]] = {"class_names": ("class",)}
     coords: dict[str, np.ndarray] = {"class": np.asarray(names)}
-    for s in setups:
-        d = data[s]
-        valid = np.asarray(d.valid, dtype=bool)
-        epochs = np.asarray(d.epochs)
-        ev = np.flatnonzero(valid.any(axis=0))
-        if not ev.size:
-            raise UserError(f"setup {s} has no evaluated checkpoint")
-        n_seeds = st.seeds_per_epoch(valid)
-        note = seed_count_note(s, n_seeds, epochs)
-        if note:
-            notes.append(note)
-        labels = np.asarray(d.labels).astype(np.int64)
-        cm = st.per_class_mean(st.r_t(d.correct, valid), labels, n_classes)  # [E, C]
-        n_img = np.bincount(labels, minlength=n_classes)
-        curves[s] = (ev, cm, n_seeds)
-        last = int(ev[-1])
-        for c in range(n_classes):
-            reach = st.first_epoch_reaching(cm[:, c], REACH_LEVEL) if n_img[c] else None
-            rows.append({"setup": s, "class": names[c], "n_images": int(n_img[c]),
-                         "last_epoch": int(epochs[last]), "mean_rt_last": float(cm[last, c]),
-                         "epoch_reaching_0.5": None if reach is None else int(epochs[reach])})
-        empty = [names[c] for c in range(n_classes) if n_img[c] == 0]
-        if empty:
-            notes.append(f"{s}: no probe images of class {', '.join(empty)}")
-        arrays.update({f"{s}/epochs": epochs.astype(np.int64), f"{s}/n_seeds": n_seeds,
-                       f"{s}/class_mean_r_t": cm, f"{s}/n_images": n_img})
-        coords.update({f"{s}/epoch": epochs.astype(np.int64), f"{s}/class": np.asarray(names)})
+    for s, d in data.items():
+        setup_rows, curves[s], setup_arrays = _setup_classes(s, d, names, notes)
+        rows += setup_rows
+        arrays.update(setup_arrays)
+        coords.update({f"{s}/epoch": np.asarray(d.epochs, dtype=np.int64), f"{s}/class": np.asarray(names)})
         dims.update({f"{s}/epochs": ("epoch",), f"{s}/n_seeds": ("epoch",),
                      f"{s}/class_mean_r_t": ("epoch", "class"), f"{s}/n_images": ("class",)})
-
     figure = _fig_classes(data, curves, names, out)
-    out.write_arrays("classes", arrays, {"setups": setups, "class_names": names, "notes": notes},
+    out.write_arrays("classes", arrays, {"setups": list(data), "class_names": names, "notes": notes},
                      dims=dims, coords=coords)
     out.write_table("class_rt", rows,
                     note="Eq. 5.3: mean r_t over the probe images of each true class; "
-                         f"epoch_reaching_0.5 = first epoch with class mean >= {REACH_LEVEL} "
-                         "(empty if never).")
+                         f"epoch_reaching_0.5 = first epoch after the initialization with class "
+                         f"mean >= {REACH_LEVEL} (empty if never).")
     return {"tables": {"class_rt": rows}, "figures": [str(figure)], "notes": notes}
 
 

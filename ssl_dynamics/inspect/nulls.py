@@ -18,8 +18,7 @@ from scipy import optimize
 from scipy import stats as sps
 
 __all__ = ["faithful_mae", "simulate_null_r", "within_seed_correlation", "mae_null_distribution",
-           "chisquare_null_distribution", "calibrate", "betabinomial_fit", "icc_anova",
-           "rank_agreement"]
+           "chisquare_null_distribution", "calibrate", "betabinomial_fit", "icc_anova"]
 
 # Most float64 cells one vectorised chunk of noise draws may hold (2**22 * 8 B = 32 MiB), so
 # large simulations stay bounded in memory on a shared machine.
@@ -317,18 +316,4 @@ def icc_anova(counts, n: int) -> float:
     return float((msb - msw) / denom) if denom > 0 else float("nan")
 
 
-def rank_agreement(a, b) -> tuple[float, float, int]:
-    """Spearman rank correlation of two per-image vectors, dropping pairs with a NaN.
-
-    Returns (rho, p_value, n_pairs); rho and p are NaN when fewer than 3 pairs remain or
-    either side is constant (no ranking to compare).
-    """
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if x.ndim != 1 or x.shape != y.shape:
-        raise ValueError(f"a and b must be 1-D of equal length, got {x.shape} and {y.shape}")
-    keep = ~(np.isnan(x) | np.isnan(y))
-    x, y = x[keep], y[keep]
-    if x.size < 3 or np.all(x == x[0]) or np.all(y == y[0]):
-        return float("nan"), float("nan"), int(x.size)
-    res = sps.spearmanr(x, y)
-    return float(res.statistic), float(res.pvalue), int(x.size)
+from .stats import rank_agreement  # noqa: E402,F401  (kept importable from here)

@@ -65,19 +65,45 @@ def _evaluate(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> tuple[float
     return correct / x.shape[0], loss_sum / x.shape[0]
 
 
-def train_linear_probe(
-    train_x,
-    train_y,
-    test_x,
-    test_y,
-    *,
-    n_classes: int,
-    epochs: int = 10,
-    batch_size: int = 256,
-    lr: float = 1e-3,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> dict:
+def _inputs(train_x, train_y, test_x, test_y, n_classes: int, device: torch.device):
+    """The four arrays as checked tensors on `device`: (xtr, ytr, xte, yte)."""
+    xs = []
+    for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+        xt = _to_tensor(x, f"{split}_x", dtype=torch.float32)
+        yt = _to_tensor(y, f"{split}_y", dtype=torch.int64)
+        _check_pair(xt, yt, split, n_classes)
+        xs += [xt.to(device), yt.to(device)]
+    if xs[0].shape[1] != xs[2].shape[1]:
+        raise ValueError(f"train and test features differ in width: {xs[0].shape[1]} vs {xs[2].shape[1]}")
+    return xs
+
+
+def _fit(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int,
+         lr: float, seed: int) -> list[float]:
+    """Adam on cross-entropy, minibatches shuffled by a generator seeded with `seed`;
+    the mean minibatch loss of every epoch."""
+    opt = torch.optim.Adam(layer.parameters(), lr=lr, weight_decay=0.0)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    n, losses = x.shape[0], []
+    layer.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen).to(x.device)
+        total = 0.0
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            loss = F.cross_entropy(layer(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * idx.shape[0]
+        losses.append(total / n)
+    layer.eval()
+    return losses
+
+
+def train_linear_probe(train_x, train_y, test_x, test_y, *, n_classes: int, epochs: int = 10,
+                       batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
+                       device: str | torch.device = "cpu") -> dict:
     """Train nn.Linear(D, n_classes) with cross-entropy and Adam; return accuracies.
 
     Inputs are torch tensors or numpy arrays (features cast to float32, labels to int64)
@@ -97,59 +123,19 @@ def train_linear_probe(
         device = torch.device(device)
     except RuntimeError as e:
         raise ValueError(f"bad device {device!r}: {e}") from None
-
-    xs = {}
-    for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
-        xt = _to_tensor(x, f"{split}_x", dtype=torch.float32)
-        yt = _to_tensor(y, f"{split}_y", dtype=torch.int64)
-        _check_pair(xt, yt, split, n_classes)
-        xs[split] = (xt.to(device), yt.to(device))
-    (xtr, ytr), (xte, yte) = xs["train"], xs["test"]
-    if xtr.shape[1] != xte.shape[1]:
-        raise ValueError(f"train and test features differ in width: {xtr.shape[1]} vs {xte.shape[1]}")
-    dim = xtr.shape[1]
-
+    xtr, ytr, xte, yte = _inputs(train_x, train_y, test_x, test_y, n_classes, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        layer = nn.Linear(dim, n_classes)
+        layer = nn.Linear(xtr.shape[1], n_classes)
     layer = layer.to(device)
-    opt = torch.optim.Adam(layer.parameters(), lr=float(lr), weight_decay=0.0)
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-
-    n = xtr.shape[0]
-    epoch_losses = []
-    layer.train()
-    for _ in range(int(epochs)):
-        order = torch.randperm(n, generator=gen).to(device)
-        total = 0.0
-        for start in range(0, n, int(batch_size)):
-            idx = order[start : start + int(batch_size)]
-            loss = F.cross_entropy(layer(xtr[idx]), ytr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * idx.shape[0]
-        epoch_losses.append(total / n)
-
-    layer.eval()
+    epoch_losses = _fit(layer, xtr, ytr, int(epochs), int(batch_size), float(lr), int(seed))
     train_acc, train_loss = _evaluate(layer, xtr, ytr)
     test_acc, test_loss = _evaluate(layer, xte, yte)
-    return {
-        "train_acc": train_acc,
-        "test_acc": test_acc,
-        "train_loss": train_loss,
-        "test_loss": test_loss,
-        "epoch_losses": epoch_losses,
-        "n_train": n,
-        "n_test": xte.shape[0],
-        "dim": dim,
-        "n_classes": n_classes,
-        "epochs": int(epochs),
-        "batch_size": int(batch_size),
-        "lr": float(lr),
-        "seed": int(seed),
-        "device": str(device),
-    }
+    return {"train_acc": train_acc, "test_acc": test_acc, "train_loss": train_loss,
+            "test_loss": test_loss, "epoch_losses": epoch_losses, "n_train": xtr.shape[0],
+            "n_test": xte.shape[0], "dim": xtr.shape[1], "n_classes": n_classes,
+            "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
+            "seed": int(seed), "device": str(device)}
 
 
 def raw_pixel_features(images_uint8):

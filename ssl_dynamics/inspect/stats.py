@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy import stats as sps
 
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "binomial_mae",
     "per_class_mean",
     "spread_rows",
+    "rank_agreement",
     "DEFAULT_MAE_DRAWS", "DEFAULT_MIN_EXPECTED", "ESTIMATED_PARAMS", "MAE_STD_DDOF",
 ]
 
@@ -247,6 +249,24 @@ def spread_rows(
         raise ValueError(f"step must be a positive integer, got {step!r}")
     order = np.argsort(a, kind="stable")[:: int(step)]
     return order, a[order], rt[:, order]
+
+
+
+def rank_agreement(a, b) -> tuple[float, float, int]:
+    """Spearman rank correlation of two per-image vectors, dropping pairs with a NaN.
+
+    Returns (rho, p_value, n_pairs); rho and p are NaN when fewer than 3 pairs remain or
+    either side is constant (no ranking to compare).
+    """
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"a and b must be 1-D of equal length, got {x.shape} and {y.shape}")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if x.size < 3 or np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan"), float("nan"), int(x.size)
+    res = sps.spearmanr(x, y)
+    return float(res.statistic), float(res.pvalue), int(x.size)
 
 
 from .binomial_stats import (DEFAULT_MAE_DRAWS, DEFAULT_MIN_EXPECTED, ESTIMATED_PARAMS,  # noqa: E402
