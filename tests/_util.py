@@ -44,3 +44,12 @@ def make_old_style(store) -> None:
         meta.pop("consolidated_metadata", None)
         meta.get("attributes", {}).pop("coordinates", None)
         meta_file.write_text(json.dumps(meta, indent=2))
+
+
+def private_copy(src, tmp_path, name="run"):
+    """A copy of a shared fixture's run directory that a test may damage."""
+    import shutil
+
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return dst

@@ -14,7 +14,7 @@ import xarray as xr
 import zarr
 from click.testing import CliRunner
 
-from _util import make_old_style, rt
+from _util import make_old_style, private_copy, rt
 from ssl_dynamics import artifacts as art
 from ssl_dynamics.deps import need
 from ssl_dynamics.errors import UserError
@@ -39,9 +39,7 @@ def invoke(*args, code=0):
 
 @pytest.fixture
 def run(tiny_rt, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(tiny_rt, dst)
-    return dst
+    return private_copy(tiny_rt, tmp_path)
 
 
 def test_examples_end_to_end_upgrades_an_old_store(run):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _util import quiet, rt
+from _util import private_copy, quiet, rt
 from ssl_dynamics import artifacts as art
 from ssl_dynamics.config import override, preset
 from ssl_dynamics.inspect import cli as inspect_cli
@@ -45,9 +45,7 @@ def archive(tmp_path_factory):
 
 @pytest.fixture
 def run(archive, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(archive, dst)
-    return dst
+    return private_copy(archive, tmp_path)
 
 
 def call(main, args, monkeypatch, capsys) -> tuple[int, str]:

@@ -1,5 +1,4 @@
 """Phase two, evaluation half: the bank, the r_t store, sharding, resume and refusals."""
-import shutil
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect import bank as bank_mod
 from ssl_dynamics.inspect.evaluate import evaluate
 from ssl_dynamics.inspect.rt import parse_shard
-from _util import rt
+from _util import private_copy, rt
 from ssl_dynamics.inspect.rtdata import load_rt
 from ssl_dynamics.losses import pair_logits, partner_index
 from ssl_dynamics.models import build_network
@@ -33,9 +32,7 @@ def trained(tiny_run):
 @pytest.fixture
 def run(trained, tmp_path):
     """A private copy of the trained run (tests may damage it)."""
-    dst = tmp_path / "run"
-    shutil.copytree(trained, dst)
-    return dst
+    return private_copy(trained, tmp_path)
 
 
 def test_rt_end_to_end_shapes_ranges_and_resume(run):

@@ -60,23 +60,34 @@ def fig_counts(data, p0s, chi_fig, out):
     return out.save_figure(fig, "fig4_3_binomial_counts")
 
 
-def fig_sorted_tilde(data, p0s, chi_fig, out):
-    """Fig. 4.3 as the thesis drew it: sorted r̃_t (thick) vs sorted binomial noise (dashed)."""
+def _noise_panels(data, p0s, infos, sorted_values, label, filled: bool):
+    """One panel per setup: per reached level, sorted values (solid) vs sorted noise (dashed)."""
     setups = list(data)
     plt, fig, axes = new_figure(len(setups), panel_size=(4.6, 3.5), max_cols=2)
     for ax, s in zip(axes, setups):
-        for j, (p0, info) in enumerate(zip(p0s, chi_fig[s])):
+        for j, info in enumerate(infos[s]):
             if info is None:
                 continue
-            x = rank_x(info["r_tilde"].size)
-            ax.plot(x, np.sort(info["r_tilde"]), color=p0_color(j), lw=2.6, alpha=0.65,
-                    drawstyle="steps-mid", label=f"{info['epoch']} / {info['p_hat']:.3f} (N={info['n']})")
+            values = sorted_values(s, info)
+            x = rank_x(values.size)
+            ax.plot(x, values, color=p0_color(j), lw=2.5, alpha=0.8, drawstyle="steps-mid",
+                    label=label(info))
             ax.plot(x, info["noise"], color=p0_color(j), lw=1.1, ls="--", drawstyle="steps-mid")
+            if filled:
+                ax.fill_between(x, values, info["noise"], color=p0_color(j), alpha=0.2, lw=0, step="mid")
         ax.set_title(setup_label(s))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(title="epoch t / $\\hat p_0(t)$", loc="lower right")
+    return fig, axes
+
+
+def fig_sorted_tilde(data, p0s, chi_fig, out):
+    """Fig. 4.3 as the thesis drew it: sorted r̃_t (thick) vs sorted binomial noise (dashed)."""
+    fig, axes = _noise_panels(data, p0s, chi_fig, lambda s, i: np.sort(i["r_tilde"]),
+                              lambda i: f"{i['epoch']} / {i['p_hat']:.3f} (N={i['n']})", False)
+    for ax in axes:
         rate_axis(ax, RTILDE_LABEL)
         ax.set_xlabel("augmented images sorted by $\\tilde r_t$ (rank / K)")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(title="epoch t / $\\hat p_0(t)$", loc="lower right", ncol=1)
     fig.suptitle("Sorted $\\tilde r_t$ (one augmentation, solid) vs sorted binomial noise "
                  "(dashed), Fig. 4.3")
     return out.save_figure(fig, "fig4_3_sorted_rtilde")
@@ -84,22 +95,10 @@ def fig_sorted_tilde(data, p0s, chi_fig, out):
 
 def fig_noise(data, p0s, mae_fig, r_all, out):
     """Fig. 4.4: sorted r_t (thick) vs sorted binomial noise (dashed), area between filled."""
-    setups = list(data)
-    plt, fig, axes = new_figure(len(setups), panel_size=(4.6, 3.5), max_cols=2)
-    for ax, s in zip(axes, setups):
-        for j, (p0, info) in enumerate(zip(p0s, mae_fig[s])):
-            if info is None:
-                continue
-            rs = np.sort(r_all[s][info["t"]])
-            x = rank_x(rs.size)
-            ax.plot(x, rs, color=p0_color(j), lw=2.4,
-                    label=f"{info['epoch']} / {info['p_hat']:.3f}  (MAE {info['mae']:.3f})")
-            ax.plot(x, info["noise"], color=p0_color(j), lw=1.1, ls="--", drawstyle="steps-mid")
-            ax.fill_between(x, rs, info["noise"], color=p0_color(j), alpha=0.2, lw=0, step="mid")
-        ax.set_title(setup_label(s))
+    fig, axes = _noise_panels(data, p0s, mae_fig, lambda s, i: np.sort(r_all[s][i["t"]]),
+                              lambda i: f"{i['epoch']} / {i['p_hat']:.3f}  (MAE {i['mae']:.3f})", True)
+    for ax in axes:
         rate_axis(ax)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(title="epoch t / $\\hat p_0(t)$", loc="lower right")
     fig.suptitle("Sorted $r_t$ (solid) vs sorted binomial noise Binom(N, $\\hat p_0$)/N (dashed), "
                  "Fig. 4.4 / Table 4.2")
     return out.save_figure(fig, "fig4_4_binomial_noise")
