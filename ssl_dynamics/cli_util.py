@@ -80,3 +80,13 @@ def parse_int_list(text: str | None, what: str) -> list[int] | None:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"{what} {text!r}: use comma-separated integers, e.g. 1,5,10") from None
+
+
+def parse_levels(text: str | None) -> tuple[float, ...] | str | None:
+    """`--p0 0.25,0.5,0.75` -> floats; `--p0 range` -> "range"; None when not given."""
+    if text is None or text.strip() == "range":
+        return None if text is None else "range"
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"--p0 {text!r}: use comma-separated numbers in (0, 1], or 'range'") from None

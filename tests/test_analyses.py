@@ -355,3 +355,20 @@ def test_fig45_shows_each_setups_table42_epochs_and_never_the_init(full):
             got = [int(f[f"binomial/{s}/spread_{j}/epoch"][()]) for j in range(len(want))
                    if f"binomial/{s}/spread_{j}" in f]
             assert got == [e for e in want if e is not None] and len(got) >= 2
+
+
+def test_range_levels_give_every_panel_data_for_slow_learners(tmp_path):
+    # a short run whose setups never reach the thesis's p0 = 0.25 (as the demo's SimCLR)
+    slow = {s: make_setup(s, i, speed=0.12, spread=0.3, second=(s == "simclr"))
+            for i, s in enumerate(["simclr", "supervised", "random_labels"])}
+    fixed = run_binomial(slow, Outputs(tmp_path / "a"), draws=2, null_sims=20)
+    assert any(r["epoch"] is None for r in fixed["tables"]["table4_2_mae"])  # empty panels
+    res = run_binomial(slow, Outputs(tmp_path / "b"), "range", draws=2, null_sims=20)
+    for table in ("table4_1_chisquare", "table4_2_mae"):
+        rows = res["tables"][table]
+        assert len(rows) == 9 and all(r["epoch"] is not None and r["epoch"] > 0 for r in rows)
+    assert any("each setup's own range" in n for n in res["notes"])
+    note = json.loads((tmp_path / "b" / "tables" / "table4_2_mae.json").read_text())["note"]
+    assert "not the thesis's 0.25/0.5/0.75" in note  # the page says so
+    with h5py.File(tmp_path / "b" / "analysis.h5") as f:  # Fig. 4.5: three epochs per setup
+        assert all(f"binomial/{s}/spread_2" in f for s in slow)

@@ -15,11 +15,11 @@ def store_data(ws: Workspace, setups: list[str] | None, store: str | Path | None
 
 def analysis_steps(ws: Workspace, out: Outputs, setups: list[str], ref_epochs, echo,
                    store: str | Path | None = None, data_opts: dict | None = None,
-                   progress: bool = True) -> list[tuple[str, Callable[[], dict]]]:
+                   progress: bool = True, p0s=None) -> list[tuple[str, Callable[[], dict]]]:
     """(name, thunk) for dynamics, binomial, heterogeneity, classes and examples; the store is
     read on first use. `data_opts` says where the dataset is (for the probe images of
     `examples`)."""
-    from .binomial import run_binomial
+    from .binomial import DEFAULT_P0S, run_binomial
     from .classes import run_classes
     from .dynamics import run_dynamics
     from .examples import ExampleOptions
@@ -38,7 +38,7 @@ def analysis_steps(ws: Workspace, out: Outputs, setups: list[str], ref_epochs, e
         return examples_for_workspace(ws, out, setups, store, opts, data_opts, echo, data())
 
     return [("dynamics", lambda: run_dynamics(data(), out, ref_epochs=ref_epochs)),
-            ("binomial", lambda: run_binomial(data(), out)),
+            ("binomial", lambda: run_binomial(data(), out, p0s or DEFAULT_P0S)),
             ("heterogeneity", lambda: run_heterogeneity(data(), out, ref_epochs=ref_epochs)),
             ("classes", lambda: run_classes(data(), out, ws.run.classes)),
             ("examples", examples)]

@@ -41,6 +41,9 @@ from .plots import seed_count_note
 from .rtdata import SetupRt
 
 DEFAULT_P0S = (0.25, 0.5, 0.75)
+# p0s="range": each setup's own levels, this far from its lowest to its highest mean
+# accuracy after the initialization (for short runs that never reach the thesis's levels)
+RANGE_FRACTIONS = (0.25, 0.5, 0.75)
 DEFAULT_NULL_SIMS = 1000  # simulated datasets per null: empirical p-values resolved to 0.001
 MIN_SPREAD_POINTS = 20  # Fig. 4.5: below this many images at step 50 (small K) the step shrinks
 # RNG streams, so that each use of randomness is independent of the others.
@@ -92,11 +95,25 @@ def _bins_text(bins: np.ndarray) -> str:
     return ", ".join(merged) if merged else "none"
 
 
-def _check_args(p0s, draws, seed, sims) -> tuple[float, ...]:
-    p0s = tuple(float(p) for p in p0s)
+def range_levels(p_tilde: np.ndarray, p_all: np.ndarray, cand: np.ndarray) -> tuple[float, ...]:
+    """Levels RANGE_FRACTIONS of the way through the range both p̂ curves cover."""
+    a, b = p_tilde[cand & np.isfinite(p_tilde)], p_all[cand & np.isfinite(p_all)]
+    if not a.size or not b.size:
+        return DEFAULT_P0S
+    lo, hi = max(a.min(), b.min()), min(a.max(), b.max())
+    return tuple(round(float(lo + f * (hi - lo)), 4) for f in RANGE_FRACTIONS)
+
+
+def _check_args(p0s, draws, seed, sims) -> tuple[float, ...] | str:
+    if isinstance(p0s, str):
+        if p0s != "range":
+            raise UserError(f"p0 levels {p0s!r}: give numbers, or 'range' for each setup's own")
+        p0s = "range"
+    else:
+        p0s = tuple(float(p) for p in p0s)
     if not p0s:
         raise UserError("no p0 levels given")
-    for p in p0s:
+    for p in () if p0s == "range" else p0s:
         if not 0.0 < p <= 1.0:
             raise UserError(f"p0 must be in (0, 1], got {p}")
     for name, v, low in (("draws", draws, 1), ("seed", seed, 0), ("null sims", sims, 1)):
@@ -199,7 +216,9 @@ def _setup_tables(s, d, p0s, draws, seed, sims, include_init, notes, arrays, lab
     labelled[f"{s}/r_tilde0"] = ("epoch", "probe")
     coords.update({f"{s}/epoch": epochs.astype(np.int64),
                    f"{s}/probe": np.asarray(d.probe_indices, dtype=np.int64)})
-    out = {"r": r, "chi": [], "chi_fig": [], "mae": [], "mae_fig": [], "spread": []}
+    if p0s == "range":
+        p0s = range_levels(p_tilde, p_all, cand)
+    out = {"r": r, "chi": [], "chi_fig": [], "mae": [], "mae_fig": [], "spread": [], "p0s": p0s}
     for p0 in p0s:
         t = st.first_epoch_reaching(p_tilde, p0, cand)
         if t is None:
@@ -208,7 +227,7 @@ def _setup_tables(s, d, p0s, draws, seed, sims, include_init, notes, arrays, lab
             out["chi"].append(_missing_row("chi", s, p0, msg)), out["chi_fig"].append(None)
         else:
             row, info = _chi_entry(s, d, t, p0, float(p_tilde[t]), seed, sims, notes)
-            info["r_tilde"] = r0[t]
+            info["r_tilde"], info["p0"] = r0[t], p0
             info["noise"] = np.sort(_rng(seed, s, p0, STREAM_TILDE_NOISE).binomial(
                 info["n"], info["p_hat"], r0.shape[1]) / info["n"])
             out["chi"].append(row), out["chi_fig"].append(info)
@@ -255,6 +274,14 @@ def run_binomial(data: dict[str, SetupRt], out: Outputs, p0s: Sequence[float] = 
             raise UserError(f"setup {s} has no evaluated checkpoint")
         per[s] = _setup_tables(s, d, p0s, int(draws), int(seed), int(null_sims), include_init,
                                notes, arrays, labelled, coords)
+    levels = ""
+    if p0s == "range":
+        levels = (" p0 levels chosen from each setup's own range (25/50/75% of the way from its "
+                  "lowest to its highest mean accuracy after the initialization), not the thesis's "
+                  "0.25/0.5/0.75: " + "; ".join(f"{s} {', '.join(f'{p:g}' for p in per[s]['p0s'])}"
+                                              for s in data) + ".")
+        notes.append(levels.strip())
+        p0s = RANGE_FRACTIONS
     chi_rows = [row for s in data for row in per[s]["chi"]]
     mae_rows = [row for s in data for row in per[s]["mae"]]
     r_all = {s: per[s]["r"] for s in data}
@@ -278,9 +305,9 @@ def run_binomial(data: dict[str, SetupRt], out: Outputs, p0s: Sequence[float] = 
         out.write_table("first_second_diff", rows,
                         note="Fig. B.1: mean |first view - second view| of r_t and of r~_t "
                              "(augmentation 0) over the probe images.")
-    out.write_table("table4_1_chisquare", chi_rows, note=CHI2_NOTE.format(sims=null_sims))
+    out.write_table("table4_1_chisquare", chi_rows, note=CHI2_NOTE.format(sims=null_sims) + levels)
     out.write_table("table4_2_mae", mae_rows,
-                    note=MAE_NOTE.format(sims=null_sims) + f" draws = {draws}, seed = {seed}.")
+                    note=MAE_NOTE.format(sims=null_sims) + f" draws = {draws}, seed = {seed}." + levels)
     out.write_arrays("binomial", arrays, {"p0s": list(p0s), "draws": draws, "seed": seed,
                                           "null_sims": null_sims, "setups": list(data), "notes": notes},
                      dims=labelled, coords=coords)

@@ -50,7 +50,7 @@ def fig_counts(data, p0s, chi_fig, out):
                          fontsize=9)
             ax.set_xlabel(f"seeds correct (of N = {n})", fontsize=8)
             ax.set_ylabel("images", fontsize=8)
-            ax.text(0.03, 0.95, f"p0 = {p0:g}\npooled $\\chi^2$ p = {fmt_p(info['p_pooled'])}",
+            ax.text(0.03, 0.95, f"p0 = {info.get('p0', p0):g}\npooled $\\chi^2$ p = {fmt_p(info['p_pooled'])}",
                     transform=ax.transAxes, va="top", fontsize=7.5,
                     bbox={"fc": "white", "ec": "#cccccc", "alpha": 0.8})
             if i == 0 and j == len(p0s) - 1:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ..cli_util import EXIT_PARTIAL, parse_int_list, run_cli, split_names
+from ..cli_util import EXIT_PARTIAL, parse_int_list, parse_levels, run_cli, split_names
 from ..devices import resolve_device
 from . import cli_analyses
 from .cli_options import (DATA, DEVICE, EPOCH, NO_PROGRESS, NO_VERIFY, RUN_DIR, SETUP, STORE, WORK,
@@ -98,8 +98,11 @@ def report_cmd(run_dir, work):
               default="thesis", show_default=True)
 @click.option("--probes", type=int, default=None, help="K for a new bank [1024].")
 @click.option("--replays", type=int, default=None, help="M for a new bank [10].")
+@click.option("--p0", "levels", default=None,
+              help="Accuracy levels of the binomial tables (a list, default 0.25,0.5,0.75), or "
+                   "'range': each setup's own (short runs, the demo).")
 def all_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verify, no_progress,
-            ref_epochs, steps, allow_missing, shrinkage, tsne_method, probes, replays):
+            ref_epochs, steps, allow_missing, shrinkage, tsne_method, probes, replays, levels):
     """Every analysis, then the report. An analysis that cannot be computed is skipped with
     its reason (listed in the output and the report) and the command exits 3."""
     from .pipeline import AllOptions, run_all
@@ -110,8 +113,8 @@ def all_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verify,
                   dataset, data_root, device, "fp32", no_verify, no_progress)
     refs = parse_int_list(ref_epochs, "--ref-epochs")
     opts = AllOptions(tuple(names), epoch, tuple(refs) if refs else None, steps, shrinkage,
-                      tsne_method, resolve_device(device), not no_verify, not no_progress,
-                      {"dataset": dataset, "data_root": data_root})
+                      tsne_method, parse_levels(levels), resolve_device(device), not no_verify,
+                      not no_progress, {"dataset": dataset, "data_root": data_root})
     if run_all(ws, rt, opts, show, echo=click.echo):
         sys.exit(EXIT_PARTIAL)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli_util import parse_int_list, split_names, user_errors
+from ..cli_util import parse_int_list, parse_levels, split_names, user_errors
 from ..devices import resolve_device
 from .cli_options import (DATA, DEVICE, EPOCH, NO_PROGRESS, NO_VERIFY, RUN_DIR, SETUP, STORE, WORK,
                           options, show, workspace)
@@ -41,13 +41,17 @@ def dynamics_cmd(run_dir, work, store, setups, epochs, reference, include_init):
 @click.option("--null-sims", default=1000, show_default=True,
               help="Datasets simulated under 'every image equally hard' to calibrate Tables 4.1/4.2.")
 @click.option("--include-init", is_flag=True, help="Let the p0 searches pick epoch 0.")
-def binomial_cmd(run_dir, work, store, setups, draws, seed, null_sims, include_init):
+@click.option("--p0", "levels", default=None,
+              help="Accuracy levels p0 (a list; default 0.25,0.5,0.75 as the thesis), or 'range': "
+                   "each setup's own, 25/50/75% of its range (for short runs).")
+def binomial_cmd(run_dir, work, store, setups, draws, seed, null_sims, include_init, levels):
     """Tables 4.1 (chi-square) and 4.2 (MAE vs binomial noise), thesis-faithful and calibrated
     side by side; Fig. 4.3, 4.4, 4.5, B.1."""
-    from .binomial import run_binomial
+    from .binomial import DEFAULT_P0S, run_binomial
 
+    p0s = parse_levels(levels) or DEFAULT_P0S
     _analysis(run_dir, work, store, setups, lambda d, out, ws: run_binomial(
-        d, out, draws=draws, seed=seed, null_sims=null_sims, include_init=include_init))
+        d, out, p0s, draws=draws, seed=seed, null_sims=null_sims, include_init=include_init))
 
 
 @click.command("heterogeneity")

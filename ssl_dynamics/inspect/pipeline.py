@@ -25,6 +25,7 @@ class AllOptions:
     steps: int = 1000  # activation maximization
     shrinkage: float = 0.0
     tsne_method: str = "thesis"
+    p0s: tuple[float, ...] | str | None = None  # binomial levels; None: the thesis's
     device: str = "cpu"
     verify: bool = True
     progress: bool = True
@@ -62,7 +63,7 @@ def run_all(ws, rt_step: Callable[[], dict], opts: AllOptions, show: Callable[[d
     if res is not None:
         echo(f"evaluated {res['evaluated']} checkpoints in {res['seconds']:.1f} s")
     for name, fn in analysis_steps(ws, out, setups, opts.ref_epochs, echo, data_opts=opts.data,
-                                   progress=opts.progress):
+                                   progress=opts.progress, p0s=opts.p0s):
         show(run_step(name, fn, skipped, echo) or {})
     cache = FeatureCache(ws, opts.device, opts.data, opts.verify, echo)
     steps = [("probe", lambda: run_probe(cache, out, setups, opts.epoch, device=opts.device)),
