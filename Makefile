@@ -48,7 +48,7 @@ inspect-all:  ## every phase-two analysis and the HTML report for $(RUN)
 
 demo: $(STAMP)  ## the whole two-phase pipeline at demo scale on the embedded digits, on the CPU
 	$(TRAIN) run --preset demo --out $(DEMO) --device cpu
-	$(INSPECT) all $(DEMO) --device cpu --probes 512 --replays 5
+	$(INSPECT) all $(DEMO) --device cpu --probes 512 --replays 5 --p0 range
 
 bench: $(STAMP)  ## throughput benchmarks on the current device (JSON under benchmarks/results/)
 	$(PYTHON) benchmarks/bench_train.py

@@ -40,6 +40,7 @@ class WorkerSpec:
     request: TrainRequest
     log: str
     progress: bool
+    threads: int = 0  # CPU threads of this worker (0: torch's default)
 
 
 def run_on_devices(root: str | Path, cfg: RunConfig, setups: list[str], devices: list[str],
@@ -53,14 +54,26 @@ def run_on_devices(root: str | Path, cfg: RunConfig, setups: list[str], devices:
     if jobs:
         folder = art.new_folder(paths.logs)
         echo(f"{len(devices)} workers on {', '.join(devices)}; their logs: {folder}")
+        threads = cpu_threads(devices)
         specs = [WorkerSpec(k, dev, str(root), cfg, tuple(setups), request,
-                            str(folder / f"worker-{k}-{dev.replace(':', '')}.log"), progress)
+                            str(folder / f"worker-{k}-{dev.replace(':', '')}.log"), progress,
+                            threads if dev == "cpu" else 0)
                  for k, dev in enumerate(devices)]
         failed = _run(specs)
         if failed:
             raise WorkFailed("; ".join(f"worker {s.index} on {s.device} exited with status {code} "
                                        f"(log: {s.log})" for s, code in failed))
     return art.grid_status(root, only(cfg, setups))
+
+
+def cpu_threads(devices: list[str]) -> int:
+    """The machine's cores shared evenly by the CPU workers (small networks on a CPU gain more
+    from one process per core than from several threads per process); 0 (torch's default)
+    when OMP_NUM_THREADS says otherwise."""
+    n = sum(d == "cpu" for d in devices)
+    if not n or "OMP_NUM_THREADS" in os.environ:
+        return 0
+    return max(1, (os.cpu_count() or 1) // n)
 
 
 def _run(specs: list[WorkerSpec]) -> list[tuple[WorkerSpec, int]]:
@@ -110,6 +123,10 @@ def worker_main(spec: WorkerSpec) -> None:
 
 
 def _train(spec: WorkerSpec, echo) -> None:
+    if spec.threads:
+        import torch
+
+        torch.set_num_threads(spec.threads)
     opts = spec.request.resolve(spec.device)
     paths, dataset = open_prepared(spec.root, spec.cfg, list(spec.setups))
     jobs = plan(paths.root, spec.cfg, list(spec.setups))
