@@ -50,7 +50,7 @@ def _rgb_to_hsv(x: torch.Tensor):
 
     torchvision's `where(eqc, 1, maxc)` and `where(eqc, 1, cr)` only matter when cr == 0,
     where any non-zero divisor gives 0: adding the 0/1 mask eqc is one. Its three hue
-    candidates are selected with 0/1 lerps (exact), and fmod(h, 1) is h - floor(h) for h >= 0.
+    candidates are selected with 0/1 lerps (exact).
     """
     v = x.amax(dim=1)
     cr = x.amin(dim=1).neg_().add_(v)  # maxc - minc
@@ -65,8 +65,7 @@ def _rgb_to_hsv(x: torch.Tensor):
     h = torch.add(gc, 4.0, out=cr).sub_(rc)  # max is b: 4 + gc - rc
     h.lerp_(rc.add_(2.0).sub_(bc), is_g)  # max is g (and not r): 2 + rc - bc
     h.lerp_(bc.sub_(gc), is_r)  # max is r: bc - gc
-    h.div_(6.0).add_(1.0)
-    h.sub_(torch.floor(h, out=is_g))
+    h.div_(6.0).add_(1.0).frac_()  # fmod(h, 1); h > 0 here, where frac is h - floor(h)
     return h, s, v, is_g
 
 
@@ -145,33 +144,51 @@ def _apply_op_(x: torch.Tensor, op: int, p: Params, samples: torch.Tensor) -> No
         adjust_hue(x, value, out=x)
 
 
-def color_jitter(x: torch.Tensor, p: Params, out: torch.Tensor | None = None) -> torch.Tensor:
-    """ColorJitter with per-sample factors and per-sample op order, where p['jitter'];
-    x is left alone, the result goes to `out` (new if not given).
+def _jitter_ops(p: Params) -> torch.Tensor:
+    """[n, 4] op codes in each sample's order; NO_JITTER where p['jitter'] is off."""
+    return torch.where(p["jitter"].cpu().view(-1, 1), p["order"].cpu(), NO_JITTER)
 
-    Before each of the four positions the rows are reordered (one `index_select`) so
-    that the samples running the same op there are contiguous; each op then runs once,
-    in place, on its slice. The last step puts the rows back in order. Which sample runs
-    what is decided from the CPU parameters (no device synchronisation).
+
+def jitter_first_rows(p: Params) -> torch.Tensor:
+    """Samples grouped by their first jitter op: the row order `jitter_rows` starts from
+    without a copy (the crop can write its views in this order)."""
+    return torch.argsort(_jitter_ops(p)[:, 0], stable=True)
+
+
+def jitter_rows(x: torch.Tensor, p: Params, samples: torch.Tensor, out: torch.Tensor,
+                overwrite: bool = False) -> torch.Tensor:
+    """ColorJitter on x, whose row k holds sample samples[k]; the result goes to `out` in
+    sample order. x is overwritten only if `overwrite`.
+
+    Before each of the four positions the rows are reordered (one `index_select`, unless
+    they already are) so that the samples running the same op there are contiguous; each
+    op then runs once, in place, on its slice. The last step puts the rows back in sample
+    order. Which sample runs what is decided from the CPU parameters (no device
+    synchronisation).
     """
     n, dev = len(x), x.device
-    ops = torch.where(p["jitter"].cpu().view(-1, 1), p["order"].cpu(), NO_JITTER)  # [n, 4]
-    samples = torch.arange(n)  # samples[k]: the sample in row k of cur
+    ops = _jitter_ops(p)
     cur, copies = x, 0
     for pos in range(ops.shape[1]):
         op = ops[samples, pos]
         regroup = torch.argsort(op, stable=True)
-        if copies == 0 or not torch.equal(regroup, torch.arange(n)):  # never write into x
+        if not overwrite or not torch.equal(regroup, torch.arange(n)):
             buf = scratch(f"jitter.{copies % 2}", x.shape, x.dtype, dev)  # not cur's buffer
             cur = torch.index_select(cur, 0, regroup.to(dev), out=buf)
-            samples, op, copies = samples[regroup], op[regroup], copies + 1
+            samples, op, copies, overwrite = samples[regroup], op[regroup], copies + 1, True
         bounds = torch.bincount(op, minlength=NO_JITTER + 1).cumsum(0).tolist()
         for code in range(NO_JITTER):
             start, stop = ([0] + bounds)[code], bounds[code]
             if stop > start:
                 _apply_op_(cur[start:stop], code, p, samples[start:stop])
-    out = torch.empty_like(x) if out is None else out
     return torch.index_select(cur, 0, torch.argsort(samples).to(dev), out=out)
+
+
+def color_jitter(x: torch.Tensor, p: Params, out: torch.Tensor | None = None) -> torch.Tensor:
+    """ColorJitter with per-sample factors and per-sample op order, where p['jitter'];
+    x is left alone, the result goes to `out` (new if not given). See `jitter_rows`."""
+    out = torch.empty_like(x) if out is None else out
+    return jitter_rows(x, p, torch.arange(len(x)), out)
 
 
 def random_grayscale_(x: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
