@@ -148,25 +148,16 @@ def _blur_pass(x: torch.Tensor, k: list[torch.Tensor], dim: int, side: torch.Ten
     return out
 
 
-BLUR_CHUNK = 64  # samples per blur step: its three [chunk, 3, 32, 32] buffers stay in L2
-
-
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """3-tap separable Gaussian blur with per-sample sigma and reflect padding.
 
     Along W, then along H, as torchvision's kernel (an outer product of the 1-D taps) on
     the reflect-padded image; filtering the padded rows along W gives the rows that the
-    H pass reflects, so each pass can reflect on its own, with no padded copy. Runs
-    BLUR_CHUNK samples at a time (on the CPU, ~1.4x faster than whole batches of 512).
+    H pass reflects, so each pass can reflect on its own, with no padded copy.
     """
     if BLUR_KERNEL != 3:
         raise NotImplementedError("gaussian_blur is written for 3 taps")
     k = _blur_taps(sigma, x.dtype, x.device)
-    out = torch.empty_like(x)
-    for start in range(0, len(x), BLUR_CHUNK):
-        rows = slice(start, start + BLUR_CHUNK)
-        xc, kc = x[rows], [t[rows] for t in k]
-        side = scratch("blur.side", xc.shape, x.dtype, x.device)
-        along_w = _blur_pass(xc, kc, 3, side, scratch("blur.w", xc.shape, x.dtype, x.device))
-        _blur_pass(along_w, kc, 2, side, out[rows])
-    return out
+    side = scratch("blur.side", x.shape, x.dtype, x.device)
+    along_w = _blur_pass(x, k, 3, side, scratch("blur.w", x.shape, x.dtype, x.device))
+    return _blur_pass(along_w, k, 2, side, torch.empty_like(x))
