@@ -53,7 +53,8 @@ def _rgb_to_hsv(x: torch.Tensor):
     candidates are selected with 0/1 lerps (exact).
     """
     v = x.amax(dim=1)
-    cr = x.amin(dim=1).neg_().add_(v)  # maxc - minc
+    cr = x.amin(dim=1)
+    torch.sub(v, cr, out=cr)  # maxc - minc
     eqc = torch.eq(cr, 0, out=torch.empty_like(cr))  # grey pixel
     s = torch.add(v, eqc)
     torch.div(cr, s, out=s)
@@ -85,8 +86,9 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor, spare: torch.
     in odd sectors and t = v (1 - s (1 - f)) in even ones. f and 1 - f are |6h - e| with
     e the odd integer of {i, i + 1} (each is the rounded value of the same real), so only
     the middle value needed is computed. Since p <= middle <= v, each channel is
-    clamp(middle + role, p, v): exactly p, the middle value or v. Sector 6 (h == 1) is
-    sector 0 with f = 0, where t == p: the parabolas need no wrap-around.
+    clamp(middle + role, p, v): exactly p, the middle value or v (all three channels in
+    one pass, out first holding the roles). Sector 6 (h == 1) is sector 0 with f = 0,
+    where t == p: the parabolas need no wrap-around.
     """
     h6 = h.mul_(6.0)
     i = torch.floor(h6, out=spare)
@@ -94,12 +96,10 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor, spare: torch.
     g.sub_(h6).abs_()  # f in odd sectors, 1 - f in even ones
     p = torch.neg(s).add_(1.0).mul_(v).clamp_(0, 1)  # v (1 - s)
     mid = g.mul_(s).neg_().add_(1.0).mul_(v).clamp_(0, 1)  # q (odd sectors) or t (even)
-    role = h6  # h6 is not needed any more
-    for ch, (centre, sign) in enumerate(HUE_ROLE_PARABOLAS):
-        torch.sub(i, centre, out=role).square_().sub_(2.25)
-        (torch.add if sign > 0 else torch.sub)(mid, role, out=role)  # middle + role
-        torch.clamp(role, p, v, out=out[:, ch])
-    return out
+    centre, sign = (torch.tensor(c, dtype=v.dtype, device=v.device).view(1, 3, 1, 1)
+                    for c in zip(*HUE_ROLE_PARABOLAS))
+    role = torch.sub(i.unsqueeze(1), centre, out=out).square_().sub_(2.25).mul_(sign)
+    return role.add_(mid.unsqueeze(1)).clamp_(min=p.unsqueeze(1), max=v.unsqueeze(1))
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -132,7 +132,9 @@ def _scale_(x: torch.Tensor, f: torch.Tensor, offset: torch.Tensor | None = None
 def _apply_op_(x: torch.Tensor, op: int, p: Params, samples: torch.Tensor) -> None:
     """Jitter op number `op` in place on x, the rows of `samples` (indices into p)."""
     name = JITTER_OPS[op][0]
-    value = p[name][samples].to(x.device, x.dtype if op < 3 else p[name].dtype)
+    value = p[name][samples].to(x.device)
+    if name != "hue":
+        value = value.to(x.dtype)  # blend factors in the images' dtype
     if name == "brightness":
         _scale_(x, value)
     elif name == "contrast":
