@@ -13,9 +13,10 @@ from .scratch import scratch
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float in [0, 1], as torchvision's ToTensor (k / 255 in float32).
-    (`torch.div(x, 255.0)` gives the same numbers but takes a slow mixed-dtype path.)"""
-    return x.float().div_(255.0)
+    """uint8 -> float in [0, 1], as torchvision's ToTensor (k / 255 in float32), in a new
+    tensor also when x is float already. (`torch.div(x, 255.0)` gives the same numbers but
+    takes a slow mixed-dtype path.)"""
+    return x.to(torch.float32, copy=True).div_(255.0)
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
