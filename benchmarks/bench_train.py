@@ -2,7 +2,7 @@
 
 Two measurements in one run, on synthetic uint8 32x32 images (no dataset download):
 
-(a) augmentation throughput (images/s): our batched pipeline (`augment.py`, through the
+(a) augmentation throughput (images/s): our batched pipeline (`ssl_dynamics/augment/`, through the
     setups' own objectives, so SimCLR makes 2 views per image) vs the reference way of the
     thesis's code: torchvision PIL transforms per image in a torch DataLoader (batch 256,
     `--num-workers` worker processes). Ratio = ours / reference.

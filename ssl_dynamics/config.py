@@ -30,7 +30,7 @@ class SetupConfig:
 
     name: str
     objective: str  # "simclr" (InfoNCE over 2B views) or "classify" (cross-entropy)
-    augment: str  # "simclr" | "supervised" | "none" (see augment.py)
+    augment: str  # "simclr" | "supervised" | "none" (see augment/)
     epochs: int
     optimizer: str  # "adam" | "sgd"
     lr: float
