@@ -67,7 +67,7 @@ class TrainJob(_Resubmits):
 
         job_started(self.sigterm_requeues)
         w = self.work
-        opts = w.request.resolve()
+        opts = w.request.resolve(backbone=w.cfg.backbone)
         setups = canonical_order({s for s, _, _ in w.runs})
         paths, dataset = open_prepared(w.root, w.cfg, setups)
         status = {(s, seed): art.seed_status(paths, s, seed, w.cfg.setups[s].epochs) for s, seed, _ in w.runs}
