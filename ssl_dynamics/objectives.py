@@ -26,6 +26,16 @@ def make_views(kind: str, x: torch.Tensor, n_views: int, g: torch.Generator):
     return aug.augment(kind, x.repeat_interleave(n_views, dim=0) if n_views > 1 else x, g)
 
 
+def make_packed_views(kind: str, xs: list[torch.Tensor], n_views: int,
+                      gens: list[torch.Generator]) -> torch.Tensor:
+    """[P, n_views*B, 3, H, W]: `make_views(kind, xs[p], n_views, gens[p])` for every p (the
+    same parameters, drawn from each batch's own generator), applied in one call."""
+    reps = [x.repeat_interleave(n_views, dim=0) if n_views > 1 else x for x in xs]
+    params = aug.concat_params([aug.sample_params(kind, len(r), g, r.shape[-1]) for r, g in zip(reps, gens)])
+    out = aug.apply_params(kind, torch.cat(reps), params)
+    return out.view(len(xs), -1, *out.shape[1:])
+
+
 class Objective:
     """What every objective shares: its config, its views, a loss with per-view correctness."""
 
@@ -36,6 +46,10 @@ class Objective:
 
     def views(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         return make_views(self.cfg.augment, x, self.views_per_image, g)[0]
+
+    def packed_views(self, xs: list[torch.Tensor], gens: list[torch.Generator]) -> torch.Tensor:
+        """`views(xs[p], gens[p])` for P equal-sized batches at once: [P, V*B, 3, H, W]."""
+        return make_packed_views(self.cfg.augment, xs, self.views_per_image, gens)
 
     def loss(self, out: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         correct, _ = self.score(out, targets)

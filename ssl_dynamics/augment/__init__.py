@@ -18,10 +18,11 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
-from .color import (JITTER_OPS, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
+# the package's public names: callers import them from ssl_dynamics.augment
+from .color import (JITTER_OPS,  # noqa: F401 adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
                     color_jitter, jitter_first_rows, jitter_rows, random_grayscale_, rgb_to_gray)
 from .geometry import gaussian_blur, normalize, padded_crop_flip, resized_crop, to_float
-from .params import (BLUR_KERNEL, BLUR_SIGMA, CIFAR_MEAN, CIFAR_STD, CROP_ATTEMPTS, CROP_RATIO,
+from .params import (BLUR_KERNEL,  # noqa: F401 BLUR_SIGMA, CIFAR_MEAN, CIFAR_STD, CROP_ATTEMPTS, CROP_RATIO,
                      CROP_SCALE, FLIP_P, GRAY_P, GRAY_WEIGHTS, HUE_STRENGTH, JITTER_P,
                      JITTER_STRENGTH, PAD, Params, make_generator, sample_none,
                      sample_resized_crop, sample_simclr, sample_supervised)

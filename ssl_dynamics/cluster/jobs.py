@@ -67,7 +67,7 @@ class TrainJob(_Resubmits):
 
         job_started(self.sigterm_requeues)
         w = self.work
-        opts = w.request.resolve()
+        opts = w.request.resolve(backbone=w.cfg.backbone)
         setups = canonical_order({s for s, _, _ in w.runs})
         paths, dataset = open_prepared(w.root, w.cfg, setups)
         status = {(s, seed): art.seed_status(paths, s, seed, w.cfg.setups[s].epochs) for s, seed, _ in w.runs}
@@ -91,6 +91,7 @@ class RtWork:
     device: str = "auto"
     bf16: bool = False
     verify: bool = True
+    group: str = "auto"  # checkpoints per forward pass, resolved on the job's device
 
 
 class RtJob(_Resubmits):
@@ -103,12 +104,15 @@ class RtJob(_Resubmits):
     def __call__(self) -> dict:
         from ..devices import resolve_device
         from ..inspect.rt import EvalOptions, compute_rt
+        from ..inspect.rt_plan import resolve_group
         from ..inspect.workspace import open_workspace
 
         job_started(self.sigterm_requeues)
         w = self.work
         ws = open_workspace(w.run_dir, w.work_dir, echo=print)
-        opts = EvalOptions(resolve_device(w.device), w.bf16, w.verify, progress=True)
+        dev = resolve_device(w.device)
+        opts = EvalOptions(dev, w.bf16, w.verify, progress=True,
+                           group=resolve_group(w.group, dev, ws.run.cfg.backbone))
         res = compute_rt(ws, w.select, opts, w.bank, Path(w.store), w.data,
                          echo=lambda m: print(m, flush=True))
         return {k: v for k, v in res.items() if k != "missing"}

@@ -41,14 +41,18 @@ def cli():
 
 
 def _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, bank_seed,
-             simclr_batch, dataset, data_root, device, precision, no_verify, no_progress, store=None):
+             simclr_batch, dataset, data_root, device, precision, no_verify, no_progress, store=None,
+             group="auto"):
     from .rt import BankRequest, EvalOptions, Selection, compute_rt, parse_shard
+    from .rt_plan import resolve_group
 
     select = Selection(tuple(split_names(setups) or ()) or None,
                        tuple(parse_int_list(epochs, "--epochs")) if epochs else None,
                        parse_shard(shard), allow_missing)
     request = BankRequest(probes, replays, bank_seed, simclr_batch, Path(bank) if bank else None)
-    opts = EvalOptions(resolve_device(device), precision == "bf16", not no_verify, not no_progress)
+    dev = resolve_device(device)
+    opts = EvalOptions(dev, precision == "bf16", not no_verify, not no_progress,
+                       resolve_group(group, dev, ws.run.cfg.backbone))
     return lambda: compute_rt(ws, select, opts, request, store,
                               {"dataset": dataset, "data_root": data_root}, echo=click.echo)
 
@@ -66,12 +70,16 @@ def _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, ba
               help="B: SimCLR views are classified within fixed batches of B images "
                    "[the simclr setup's training batch size, 256 in the thesis].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--group", default="auto", show_default=True,
+              help="Checkpoints of one setup evaluated per forward pass as one grouped network: "
+                   "auto (1 on the CPU, 8 on a GPU) or a number; 1 = one at a time.")
 def rt_cmd(run_dir, work, store, setups, dataset, data_root, device, no_verify, no_progress,
-           epochs, shard, allow_missing, bank, probes, replays, bank_seed, simclr_batch, precision):
+           epochs, shard, allow_missing, bank, probes, replays, bank_seed, simclr_batch, precision, group):
     """Evaluate every checkpoint of RUN_DIR on the bank into the r_t store (resumable)."""
     ws = workspace(run_dir, work)
     step = _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, bank_seed,
-                    simclr_batch, dataset, data_root, device, precision, no_verify, no_progress, store)
+                    simclr_batch, dataset, data_root, device, precision, no_verify, no_progress, store,
+                    group)
     res = step()
     click.echo(f"evaluated {res['evaluated']} checkpoints in {res['seconds']:.1f} s "
                f"({res['checkpoints_per_s']:.2f} ckpt/s, {res['images_per_s']:.0f} images/s) "

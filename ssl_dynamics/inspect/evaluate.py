@@ -10,6 +10,10 @@ import numpy as np
 import torch
 
 EVAL_CHUNK = 2048  # views per forward pass: large enough to fill a GPU, small for 2 CPU cores
+# Views per pass of a grouped network of G checkpoints: EVAL_CHUNK // G keeps the activations
+# of one pass as large as a single checkpoint's; never below 256 views, which keeps a pass's
+# kernels large enough to be worth launching.
+MIN_GROUP_CHUNK = 256
 
 
 @torch.no_grad()
@@ -27,6 +31,31 @@ def network_outputs(model: torch.nn.Module, views: torch.Tensor, bf16: bool = Fa
         with torch.autocast(flat.device.type, dtype=torch.bfloat16, enabled=bf16):
             outs.append(model(flat[start:start + EVAL_CHUNK])["out"].float())
     return torch.cat(outs).reshape(m, k, v, -1)
+
+
+@torch.no_grad()
+def grouped_outputs(model, views: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """The heads' outputs [G, M, K, V, D] (float32) of a GroupedNetwork of G checkpoints
+    (shared_input=True, eval mode) on bank views [M, K, V, 3, H, W], in channels_last."""
+    m, k, v = views.shape[:3]
+    model = model.to(memory_format=torch.channels_last)
+    flat = views.reshape(m * k * v, *views.shape[3:]).contiguous(memory_format=torch.channels_last)
+    chunk = max(EVAL_CHUNK // model.n, MIN_GROUP_CHUNK)
+    outs = []
+    for start in range(0, len(flat), chunk):
+        with torch.autocast(flat.device.type, dtype=torch.bfloat16, enabled=bf16):
+            outs.append(model(flat[start:start + chunk])["out"].float())
+    return torch.cat(outs, dim=1).reshape(model.n, m, k, v, -1)
+
+
+@torch.no_grad()
+def evaluate_group(model, objective, views: torch.Tensor, targets: torch.Tensor, simclr_batch: int,
+                   bf16: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(correct, p_true) [M, K, V] of each checkpoint of a GroupedNetwork, as `evaluate` gives
+    them one checkpoint at a time."""
+    out = grouped_outputs(model, views, bf16)
+    scored = [objective.score_bank(o, targets, simclr_batch) for o in out]
+    return [(c.cpu().numpy(), p.cpu().numpy()) for c, p in scored]
 
 
 @torch.no_grad()

@@ -2,7 +2,9 @@
 
 Never trains. Reads the run directory (possibly copied from elsewhere, possibly read-only),
 checks each checkpoint against its manifest and its run, evaluates it in eval mode on the
-stored bank views and writes one chunk per checkpoint. Rerunning skips evaluated
+stored bank views and writes one chunk per checkpoint. With `group` G > 1, G checkpoints
+of one setup are evaluated per forward pass as one grouped network (ssl_dynamics/packed.py;
+on the CPU its fp32 outputs equal one-at-a-time evaluation bit for bit). Rerunning skips evaluated
 checkpoints; `shard=(i, n)` takes every n-th checkpoint of the grid so that n processes
 can share the work on one Zarr store. Every check that can fail runs before the first write.
 """
@@ -22,7 +24,7 @@ from ..objectives import objective_for
 from ..progress import bar
 from . import bank as bank_mod
 from . import rt_plan as plan
-from .evaluate import evaluate
+from .evaluate import evaluate, evaluate_group
 from .rt_plan import BankRequest, EvalOptions, Selection, Task  # noqa: F401  (the API)
 from .rtdata import export_h5
 from .store import RtStore, work_path
@@ -102,11 +104,16 @@ def compute_rt(ws: Workspace, select: Selection = Selection(), opts: EvalOptions
     building the bank when the run directory moved from its machine. Every check runs
     before the first write (`check_rt`).
     """
+    if opts.group > 1:
+        from ..packed import check_packable
+
+        check_packable(ws.run.cfg.backbone, "--group")
     rt_plan = check_rt(ws, select, request, store_path)
     store, bank, tasks = open_rt(ws, rt_plan, data, echo)
     shard_i, shard_n = select.shard
     echo(f"{len(tasks)} checkpoints to evaluate"
-         + (f" (shard {shard_i}/{shard_n})" if shard_n > 1 else "") + f" on {opts.device}")
+         + (f" (shard {shard_i}/{shard_n})" if shard_n > 1 else "") + f" on {opts.device}"
+         + (f", {opts.group} per pass" if opts.group > 1 else ""))
     res = evaluate_tasks(ws.run, store, bank, tasks, opts)
     store.consolidate()  # xarray reads the consolidated metadata: make sure it is current
     if rt_plan.store_path.suffix in (".h5", ".hdf5"):
@@ -127,30 +134,56 @@ def ensure_bank(ws: Workspace, path: Path, spec: bank_mod.BankSpec, exists: bool
     return bank_mod.build_bank(path, dataset.train_x, dataset.train_y, keys, ws.run.dataset_sha256, spec)
 
 
+# Threads reading and checking the next group's checkpoints while the current one runs:
+# hashing and safetensors parsing release the GIL, so a few threads read a group in parallel.
+LOADER_THREADS = 4
+
+
 def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: list[Task],
                    opts: EvalOptions) -> dict:
-    """Evaluate the tasks in order, loading the next checkpoint while the current one runs."""
-    dev = torch.device(opts.device)
+    """Evaluate the tasks in order, in groups of up to opts.group checkpoints of one setup,
+    loading the next group while the current one runs."""
     on_dev: dict = {}
+    groups = plan.group_tasks(tasks, opts.group)
     n_images, t0 = 0, time.perf_counter()
     progress = bar(len(tasks), "checkpoints", "ckpt", opts.progress)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(load_task, run.paths, tasks[0], opts.verify) if tasks else None
-        for i, task in enumerate(tasks):
-            state = future.result()
-            if i + 1 < len(tasks):
-                future = pool.submit(load_task, run.paths, tasks[i + 1], opts.verify)
-            net, objective, views, targets = _on_device(on_dev, run, store, bank, task.setup, dev)
-            net.load_state_dict(state)
-            correct, p_true = evaluate(net, objective, views, targets, bank.spec.simclr_batch, opts.bf16)
-            store.write(task.setup, task.s_idx, task.epoch, correct, p_true)
-            n_images += int(np.prod(views.shape[:3]))
-            progress.update(1)
+    with ThreadPoolExecutor(max_workers=min(opts.group, LOADER_THREADS)) as pool:
+        def load(group: list[Task]) -> list:
+            return [pool.submit(load_task, run.paths, t, opts.verify) for t in group]
+
+        futures = load(groups[0]) if groups else []
+        for i, group in enumerate(groups):
+            states = [f.result() for f in futures]
+            if i + 1 < len(groups):
+                futures = load(groups[i + 1])
+            results = _evaluate(on_dev, run, store, bank, group, states, opts)
+            for task, (correct, p_true) in zip(group, results):
+                store.write(task.setup, task.s_idx, task.epoch, correct, p_true)
+                n_images += int(np.prod(correct.shape))
+                progress.update(1)
     progress.close()
     seconds = time.perf_counter() - t0
     return {"evaluated": len(tasks), "seconds": seconds,
             "checkpoints_per_s": len(tasks) / seconds if tasks and seconds else 0.0,
             "images_per_s": n_images / seconds if tasks and seconds else 0.0}
+
+
+def _evaluate(cache: dict, run: art.Run, store: RtStore, bank: bank_mod.Bank, group: list[Task],
+              states: list[dict], opts: EvalOptions) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(correct, p_true) of each checkpoint of a group: one at a time for a group of one,
+    else one pass of a grouped network."""
+    dev = torch.device(opts.device)
+    net, objective, views, targets = _on_device(cache, run, store, bank, group[0].setup, dev)
+    if len(group) == 1:
+        net.load_state_dict(states[0])
+        return [evaluate(net, objective, views, targets, bank.spec.simclr_batch, opts.bf16)]
+    key = ("grouped", group[0].setup, len(group))
+    if key not in cache:
+        from ..packed import GroupedNetwork
+
+        cache[key] = GroupedNetwork(net, len(group), shared_input=True, device=dev).eval()
+    cache[key].load_state_dicts(states)
+    return evaluate_group(cache[key], objective, views, targets, bank.spec.simclr_batch, opts.bf16)
 
 
 def _on_device(cache: dict, run: art.Run, store: RtStore, bank: bank_mod.Bank, setup: str, dev):

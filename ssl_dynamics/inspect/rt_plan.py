@@ -42,6 +42,7 @@ class EvalOptions:
     bf16: bool = False
     verify: bool = True  # check every checkpoint's sha256 against its manifest before use
     progress: bool = True
+    group: int = 1  # checkpoints of one setup per forward pass (one grouped network)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,43 @@ class Task:
     seed: int
     epoch: int
     s_idx: int
+
+
+# Checkpoints per grouped pass on a GPU when --group is auto. NOT YET MEASURED on a GPU: a
+# first guess that divides the kernel launches of evaluation by 8 (benchmarks/gpu_check.sh
+# measures batched vs one at a time; set it from that). On the CPU a grouped network is
+# slower than one checkpoint at a time, so auto is 1 there.
+GPU_GROUP_DEFAULT = 8
+
+
+def resolve_group(text: str | int, device: str, backbone: str) -> int:
+    """`--group`: auto (GPU_GROUP_DEFAULT on a GPU for a backbone that can be grouped, else 1)
+    or a positive number; a number above 1 needs a backbone that can be grouped."""
+    from ..packed import PACKABLE_BACKBONES, check_packable
+
+    if str(text).strip() == "auto":
+        return GPU_GROUP_DEFAULT if device.startswith("cuda") and backbone in PACKABLE_BACKBONES else 1
+    try:
+        group = int(str(text))
+    except ValueError:
+        raise UserError(f"--group {text!r}: use auto or a positive number of checkpoints") from None
+    if group < 1:
+        raise UserError(f"--group {text}: use auto or a positive number of checkpoints (1 evaluates "
+                        f"one checkpoint at a time)")
+    if group > 1:
+        check_packable(backbone, "--group")
+    return group
+
+
+def group_tasks(tasks: list[Task], size: int) -> list[list[Task]]:
+    """Consecutive tasks of one setup, at most `size` per group, in order."""
+    groups: list[list[Task]] = []
+    for t in tasks:
+        if groups and groups[-1][0].setup == t.setup and len(groups[-1]) < size:
+            groups[-1].append(t)
+        else:
+            groups.append([t])
+    return groups
 
 
 def find_missing(paths: art.RunPaths, setup: str, epochs: int, seeds) -> dict[int, list[int]]:

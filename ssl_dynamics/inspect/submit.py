@@ -24,8 +24,10 @@ from .workspace import open_workspace
 def submit_rt(run_dir: str | Path, work: str | Path | None, shards: int, select: Selection,
               bank: BankRequest, store: str | None, data: dict, cluster: ClusterOptions,
               device: str = "auto", bf16: bool = False, verify: bool = True,
-              echo=print) -> ex.Submission | None:
+              echo=print, group: str = "auto") -> ex.Submission | None:
     """Check, build the bank, plan the shards and submit those with work left."""
+    from .rt_plan import resolve_group
+
     if shards < 1:
         raise UserError("--shards must be at least 1")
     if store and Path(store).suffix != ".zarr":
@@ -33,6 +35,7 @@ def submit_rt(run_dir: str | Path, work: str | Path | None, shards: int, select:
     given = {"run directory": Path(run_dir), "work folder": work, "r_t store": store}
     check_environment(cluster, {k: Path(v) for k, v in given.items() if v})
     ws = open_workspace(run_dir, work, echo=echo)
+    resolve_group(group, "cpu", ws.run.cfg.backbone)  # refuses bad values before any write
     store_path = Path(store).absolute() if store else ws.store.absolute()
     check_paths(cluster, {"work folder": ws.dir, "r_t store": store_path})
     plan = check_rt(ws, replace(select, shard=(0, shards)), bank, store_path)
@@ -59,7 +62,7 @@ def submit_rt(run_dir: str | Path, work: str | Path | None, shards: int, select:
     from ..cluster.jobs import RtJob, RtWork  # imports submitit: checked above
 
     calls = [RtJob(RtWork(str(Path(run_dir).absolute()), str(ws.dir.absolute()), str(store_path),
-                          replace(select, shard=(i, shards)), bank, data, device, bf16, verify),
+                          replace(select, shard=(i, shards)), bank, data, device, bf16, verify, group),
                    sigterm_requeues=cluster.executor == "local") for i in todo]
     return ex.submit("rt", calls, planned, cluster, jobs_dir, echo)
 

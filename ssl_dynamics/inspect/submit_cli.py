@@ -32,10 +32,12 @@ def submit():
 @click.option("--bank-seed", type=int, default=None, help="Seed of the probe choice and replays [0].")
 @click.option("--simclr-batch", type=int, default=None, help="B: SimCLR classification batch [training's].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--group", default="auto", show_default=True,
+              help="Checkpoints per forward pass: auto (1 on the CPU, 8 on a GPU) or a number.")
 @click.option("--no-verify", is_flag=True, help="Skip checking each checkpoint's sha256 (faster).")
 @cluster_options
 def submit_rt_cmd(run_dir, shards, work, store, setups, epochs, allow_missing, dataset, data_root,
-                  bank, probes, replays, bank_seed, simclr_batch, precision, no_verify, **cluster):
+                  bank, probes, replays, bank_seed, simclr_batch, precision, group, no_verify, **cluster):
     """Evaluate RUN_DIR's checkpoints into the r_t store with SHARDS jobs.
 
     Jobs are requeued when preempted or out of time and skip evaluated checkpoints; the
@@ -57,7 +59,7 @@ def submit_rt_cmd(run_dir, shards, work, store, setups, epochs, allow_missing, d
     request = BankRequest(probes, replays, bank_seed, simclr_batch, Path(bank).absolute() if bank else None)
     device = "cuda" if opts.executor == "slurm" and opts.gpus_per_job else "auto" if opts.gpus_per_job else "cpu"
     sub = submit_rt(run_dir, work, shards, select, request, store, {"dataset": dataset, "data_root": data_root},
-                    opts, device, precision == "bf16", not no_verify, click.echo)
+                    opts, device, precision == "bf16", not no_verify, click.echo, group)
     if sub is None or not opts.wait:
         if sub is not None:
             click.echo(f"when the jobs are done: inspect all {run_dir}")

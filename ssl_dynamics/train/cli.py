@@ -9,7 +9,7 @@ from ..cli_util import run_cli
 from ..cluster.cli import cluster_options, from_cli
 from ..config import SETUP_NAMES, override, parse_seeds, preset
 from ..errors import UserError, WorkFailed
-from .loop import TrainRequest
+from .loop import TrainRequest, parse_pack
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,12 +46,29 @@ def grid_options(f):
                      help="Storage type of the saved weights: bf16 halves the archive (resume.pt keeps fp32)."),
         click.option("--compile", "compile_", is_flag=True,
                      help="torch.compile the network (opt-in; pays compilation in the first epoch)."),
+        click.option("--compile-mode", type=click.Choice(["default", "reduce-overhead", "max-autotune"]),
+                     default="default", show_default=True,
+                     help="torch.compile mode (implies --compile); reduce-overhead adds CUDA graphs."),
+        click.option("--pack", default="auto", show_default=True,
+                     help="Seeds of one setup trained together as one grouped network per device: "
+                          "auto (1 on the CPU, 4 on a GPU) or a number; 1 = one seed at a time."),
         click.option("--ignore-disk-check", is_flag=True, help="Start even if the checkpoints may not fit."),
         click.option("--no-download", is_flag=True, help="Never download CIFAR-10."),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
+
+
+def train_request(cfg, device, precision, channels_last, deterministic, checkpoint_dtype, compile_,
+                  compile_mode, pack) -> TrainRequest:
+    """The TrainRequest of the grid options, refusing a pack the backbone cannot take."""
+    if (parse_pack(pack) or 1) > 1:
+        from ..packed import check_packable
+
+        check_packable(cfg.backbone)
+    return TrainRequest(device, precision, channels_last, deterministic, checkpoint_dtype, compile_,
+                        compile_mode, pack)
 
 
 def grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments):
@@ -82,8 +99,8 @@ def grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignme
                    "such as cuda:0,cuda:1 or cpu,cpu (a device may repeat).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignments, precision,
-            channels_last, deterministic, checkpoint_dtype, compile_, ignore_disk_check, no_download,
-            device, devices, no_progress):
+            channels_last, deterministic, checkpoint_dtype, compile_, compile_mode, pack,
+            ignore_disk_check, no_download, device, devices, no_progress):
     """Train (setup, seed) pairs into OUT, resuming whatever is incomplete.
 
     \b
@@ -92,14 +109,15 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
       train run --out artifacts/thesis --devices all        # one worker per GPU
       train run --setup simclr --seeds 0-3 --epochs 10 --out artifacts/x
       train run --preset demo --out artifacts/demo          # CPU, minutes
+      train run --out artifacts/thesis --pack 8             # 8 seeds per grouped network
     """
     from ..artifacts import SeedStatus
 
     if device and devices:
         raise UserError("give --device (one process) or --devices (one worker per device), not both")
     cfg, chosen = grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments)
-    request = TrainRequest(device or "auto", precision, channels_last, deterministic, checkpoint_dtype,
-                           compile_)
+    request = train_request(cfg, device or "auto", precision, channels_last, deterministic,
+                            checkpoint_dtype, compile_, compile_mode, pack)
     kw = dict(check_disk=not ignore_disk_check, download=not no_download, echo=click.echo,
               progress=not no_progress)
     status: list[SeedStatus]
@@ -113,9 +131,10 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
     else:
         from .grid import train_grid
 
-        opts = request.resolve()
+        opts = request.resolve(backbone=cfg.backbone)
         click.echo(f"training {', '.join(chosen)} x seeds {list(cfg.seeds)} on {opts.device} "
-                   f"({'bf16' if opts.bf16 else 'fp32'}) into {out}")
+                   f"({'bf16' if opts.bf16 else 'fp32'}"
+                   + (f", {opts.pack} seeds per pack" if opts.pack > 1 else "") + f") into {out}")
         status = train_grid(out, cfg, chosen, opts, **kw)
     done = sum(s.state == "complete" for s in status)
     click.echo(f"done: {done}/{len(status)} runs complete")
@@ -125,10 +144,11 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
 @grid_options
 @cluster_options
 @click.option("--runs-per-job", type=click.IntRange(1), default=1, show_default=True,
-              help="(setup, seed) runs trained one after another by each job.")
+              help="(setup, seed) runs trained by each job: one after another, or in packs of "
+                   "--pack seeds (give a multiple of it).")
 def submit_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignments, precision,
-               channels_last, deterministic, checkpoint_dtype, compile_, ignore_disk_check, no_download,
-               runs_per_job, **cluster):
+               channels_last, deterministic, checkpoint_dtype, compile_, compile_mode, pack,
+               ignore_disk_check, no_download, runs_per_job, **cluster):
     """Submit the grid's incomplete runs as a job array (SLURM via submitit, or local).
 
     Jobs write into OUT (which must be on a filesystem the nodes share), are requeued when
@@ -147,7 +167,8 @@ def submit_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assi
     opts = from_cli(**cluster, default_name="ssl-train")
     cfg, chosen = grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments)
     gpu = "cuda" if opts.executor == "slurm" and opts.gpus_per_job else "auto" if opts.gpus_per_job else "cpu"
-    request = TrainRequest(gpu, precision, channels_last, deterministic, checkpoint_dtype, compile_)
+    request = train_request(cfg, gpu, precision, channels_last, deterministic, checkpoint_dtype,
+                            compile_, compile_mode, pack)
     sub = submit_grid(out, cfg, chosen, request, opts, runs_per_job, not ignore_disk_check,
                       not no_download, click.echo)
     if sub is None or not opts.wait:

@@ -5,11 +5,17 @@ run's files and trains what is missing. Each (setup, seed) is trained under its 
 so several workers (processes, devices, cluster jobs) can share one run directory: a
 worker first trains the seeds no other worker holds, then waits for the held ones (which
 are usually finished by then), and a killed worker's lock dies with it.
+
+With `opts.pack` P > 1, up to P seeds of one setup that this worker could lock are trained
+together (train/pack.py); seeds held by others are waited for one at a time, as above, and
+then trained through the same grouped path.
 """
 from __future__ import annotations
 
 import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,7 @@ from ..data import Dataset, load_dataset
 from ..errors import UserError
 from ..progress import bar
 from .loop import TrainOptions, batches_per_epoch, train_seed
+from .pack import train_pack
 from .prepare import check_run, disk_estimate, prepare_run
 
 
@@ -64,6 +71,10 @@ def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions
     unknown = [s for s in setups if s not in cfg.setups]
     if unknown:
         raise UserError(f"unknown setup {unknown[0]!r}: choose from {', '.join(cfg.setups)}")
+    if opts.pack > 1:
+        from ..packed import check_packable
+
+        check_packable(cfg.backbone)
     base = _existing_ancestor(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"--out {root} is a file, not a folder")
@@ -122,41 +133,82 @@ def train_runs(paths: art.RunPaths, cfg: RunConfig, dataset: Dataset, jobs: list
                opts: TrainOptions, echo=print, progress: bool = True) -> None:
     """Train the jobs of a prepared run directory, each under its (setup, seed) lock.
 
-    First the seeds no other worker holds, in order; then, waiting for each lock, the seeds
-    that were held. Those are usually finished by then and skipped; a holder that died
-    released its lock with its life, and its seed is resumed here.
+    First the seeds no other worker holds, in order (with opts.pack > 1: in packs of up to
+    opts.pack seeds of one setup); then, waiting for each lock, the seeds that were held.
+    Those are usually finished by then and skipped; a holder that died released its lock
+    with its life, and its seed is resumed here.
     """
     dev = torch.device(opts.device)
     random_y = torch.from_numpy(np.load(paths.random_labels)).to(dev)
     data = (dataset.train_x.to(dev), dataset.train_y.to(dev), random_y, dataset.identity()["sha256"])
     overall = bar(sum(j.until - max(j.done, 0) for j in jobs), "grid (epochs)", "ep", progress,
                   position=0)
-    held = [j for j in jobs if not _train_locked(paths, cfg, j, data, opts, overall, echo, progress, False)]
+    run = _Runner(paths, cfg, data, opts, overall, echo, progress)
+    held = []
+    for _, group in groupby(jobs, key=lambda j: (j.setup, j.until)):
+        queue = list(group)
+        while queue:
+            held += run.locked(queue, opts.pack, blocking=False)
     for job in held:
-        if not _train_locked(paths, cfg, job, data, opts, overall, echo, progress, False):
+        if run.locked([job], 1, blocking=False):
             echo(f"{job.setup} seed {job.seed}: another worker is training it; waiting for it")
-            _train_locked(paths, cfg, job, data, opts, overall, echo, progress, True)
+            run.locked([job], 1, blocking=True)
     overall.close()
 
 
-def _train_locked(paths: art.RunPaths, cfg: RunConfig, job: Job, data: tuple, opts: TrainOptions,
-                  overall, echo, progress: bool, blocking: bool) -> bool:
-    """Train one job under its lock; False when another worker holds it (non-blocking)."""
-    train_x, true_y, random_y, sha = data
-    sc = cfg.setups[job.setup]
-    with art.file_lock(paths.seed_lock(job.setup, job.seed), blocking=blocking) as got:
-        if not got:
-            return False
-        now = pending(art.seed_status(paths, job.setup, job.seed, sc.epochs), job.until)
-        if now is None:  # another worker finished it since the plan was made
-            return True
-        echo(f"{job.setup} seed {job.seed}: " + (f"resuming after epoch {now.done}, to {job.until}"
-                                                 if now.done >= 0 else f"from scratch to epoch {job.until}"))
-        steps = bar(batches_per_epoch(len(train_x), sc) * (job.until - max(now.done, 0)),
-                    f"{job.setup} seed {job.seed}", "batch", progress, leave=False, position=1)
-        train_seed(paths, cfg, sc, job.seed, train_x, random_y if sc.random_labels else true_y,
-                   sha, opts, on_batch=lambda: steps.update(1),
-                   on_epoch=lambda e, m: (overall.update(1), overall.set_postfix(loss=f"{m['loss']:.3f}")),
-                   until=job.until)
+@dataclass
+class _Runner:
+    """What training under locks needs besides the jobs."""
+
+    paths: art.RunPaths
+    cfg: RunConfig
+    data: tuple
+    opts: TrainOptions
+    overall: object
+    echo: object
+    progress: bool
+
+    def locked(self, queue: list[Job], size: int, blocking: bool) -> list[Job]:
+        """Take jobs from the front of `queue` until `size` of them are locked here, train
+        those (together when opts.pack > 1); returns the jobs whose locks others hold."""
+        held = []
+        with ExitStack() as locks:
+            mine = []
+            while queue and len(mine) < size:
+                job = queue.pop(0)
+                lock = art.file_lock(self.paths.seed_lock(job.setup, job.seed), blocking=blocking)
+                (mine if locks.enter_context(lock) else held).append(job)
+            self._train(mine)
+        return held
+
+    def _train(self, jobs: list[Job]) -> None:
+        """Train locked jobs of one setup with one `until`, skipping those finished meanwhile."""
+        sc = self.cfg.setups[jobs[0].setup] if jobs else None
+        now = [n for j in jobs
+               if (n := pending(art.seed_status(self.paths, j.setup, j.seed, sc.epochs), j.until))]
+        if not now:  # other workers finished them since the plan was made
+            return
+        train_x, true_y, random_y, sha = self.data
+        name, until = now[0].setup, now[0].until
+        seeds = ", ".join(str(j.seed) for j in now)
+        low = min(j.done for j in now)
+        self.echo(f"{name} seed{'s' if len(now) > 1 else ''} {seeds}"
+                  + (" (packed)" if self.opts.pack > 1 else "") + ": "
+                  + (f"resuming after epoch {low}, to {until}" if low >= 0
+                     else f"from scratch to epoch {until}"))
+        steps = bar(batches_per_epoch(len(train_x), sc) * (until - max(low, 0)),
+                    f"{name} seed{'s' if len(now) > 1 else ''} {seeds}", "batch", self.progress,
+                    leave=False, position=1)
+
+        def epoch_done(*args) -> None:
+            self.overall.update(1)
+            self.overall.set_postfix(loss=f"{args[-1]['loss']:.3f}")
+
+        targets = random_y if sc.random_labels else true_y
+        if self.opts.pack > 1:
+            train_pack(self.paths, self.cfg, sc, [j.seed for j in now], train_x, targets, sha,
+                       self.opts, on_batch=lambda: steps.update(1), on_epoch=epoch_done, until=until)
+        else:
+            train_seed(self.paths, self.cfg, sc, now[0].seed, train_x, targets, sha, self.opts,
+                       on_batch=lambda: steps.update(1), on_epoch=epoch_done, until=until)
         steps.close()
-    return True

@@ -25,43 +25,8 @@ from ..devices import resolve_device  # noqa: F401  (re-exported for callers)
 from ..errors import UserError
 from ..models import Network, build_network
 from ..objectives import objective_for
+from .options import TrainOptions, TrainRequest, parse_pack  # noqa: F401  (re-exported)
 from .schedules import learning_rate
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """How to run (not what to compute): none of this changes the science in fp32."""
-
-    device: str = "cpu"
-    bf16: bool = False  # autocast matmuls/convs to bfloat16 (GPU)
-    channels_last: bool = False  # NHWC memory format (faster convs on tensor cores)
-    deterministic: bool = False  # torch.use_deterministic_algorithms + no cudnn autotune
-    checkpoint_dtype: str = "fp32"  # storage type of the saved weights: fp32 | bf16
-    compile: bool = False  # torch.compile the network (opt-in; first epoch pays compilation)
-
-
-@dataclass(frozen=True)
-class TrainRequest:
-    """How the command line asked to run, resolved into TrainOptions on the machine that
-    trains (a cluster job learns its device only when it starts)."""
-
-    device: str = "auto"  # auto | cpu | cuda[:N]
-    precision: str = "auto"  # auto (bf16 on a GPU, fp32 on the CPU) | fp32 | bf16
-    channels_last: bool | None = None  # None: on for a GPU
-    deterministic: bool = False
-    checkpoint_dtype: str = "fp32"
-    compile: bool = False
-
-    def resolve(self, device: str | None = None) -> TrainOptions:
-        """TrainOptions for `device` (default: the requested one), checked against torch."""
-        dev = resolve_device(device or self.device)
-        on_gpu = dev.startswith("cuda")
-        return TrainOptions(
-            device=dev,
-            bf16=self.precision == "bf16" or (self.precision == "auto" and on_gpu),
-            channels_last=on_gpu if self.channels_last is None else self.channels_last,
-            deterministic=self.deterministic, checkpoint_dtype=self.checkpoint_dtype,
-            compile=self.compile)
 
 
 def set_determinism(on: bool) -> None:
@@ -231,7 +196,7 @@ def train_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: in
     """
     set_determinism(opts.deterministic)
     state = open_seed(paths, run, setup, seed, dataset_sha, opts)
-    step_model = compiled(state.model) if opts.compile else None
+    step_model = compiled(state.model, opts.compile_mode) if opts.compile else None
     for _ in range(state.epoch, setup.epochs if until is None else until):
         metrics = run_epoch(state, train_x, targets, opts, step_model, on_batch)
         commit_epoch(paths, run, state, dataset_sha, opts, metrics)
@@ -240,9 +205,9 @@ def train_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: in
     return state.manifest
 
 
-def compiled(model: torch.nn.Module) -> torch.nn.Module:
+def compiled(model: torch.nn.Module, mode: str = "default") -> torch.nn.Module:
     """torch.compile'd view of `model` (same parameters; checkpoints are saved from `model`)."""
-    return torch.compile(model)
+    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, dev: torch.device) -> None:

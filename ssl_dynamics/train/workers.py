@@ -48,8 +48,8 @@ def run_on_devices(root: str | Path, cfg: RunConfig, setups: list[str], devices:
                    echo=print, progress: bool = True) -> list[art.SeedStatus]:
     """Train the grid with one worker per device; the grid's status afterwards."""
     root = Path(root)
-    dataset, jobs = check_grid(root, cfg, setups, request.resolve(devices[0]), check_disk,
-                               download, echo)
+    dataset, jobs = check_grid(root, cfg, setups, request.resolve(devices[0], cfg.backbone),
+                               check_disk, download, echo)
     paths = prepare_run(root, cfg, setups, dataset, echo)
     if jobs:
         folder = art.new_folder(paths.logs)
@@ -127,7 +127,7 @@ def _train(spec: WorkerSpec, echo) -> None:
         import torch
 
         torch.set_num_threads(spec.threads)
-    opts = spec.request.resolve(spec.device)
+    opts = spec.request.resolve(spec.device, spec.cfg.backbone)
     paths, dataset = open_prepared(spec.root, spec.cfg, list(spec.setups))
     jobs = plan(paths.root, spec.cfg, list(spec.setups))
     echo(f"worker {spec.index} on {opts.device}: {len(jobs)} runs of the grid still need epochs")

@@ -1,0 +1,83 @@
+"""How to train (device, precision, packing ...), never what: none of it changes the science in fp32.
+
+`TrainRequest` is what the command line asked for; `resolve` turns it into `TrainOptions` on
+the machine that trains (a cluster job or a device worker learns its device only there).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..devices import resolve_device
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to run on one device, resolved."""
+
+    device: str = "cpu"
+    bf16: bool = False  # autocast matmuls/convs to bfloat16 (GPU)
+    channels_last: bool = False  # NHWC memory format (faster convs on tensor cores)
+    deterministic: bool = False  # torch.use_deterministic_algorithms + no cudnn autotune
+    checkpoint_dtype: str = "fp32"  # storage type of the saved weights: fp32 | bf16
+    compile: bool = False  # torch.compile the network (opt-in; first epoch pays compilation)
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
+    pack: int = 1  # seeds of one setup trained together as one grouped network (train/pack.py)
+
+
+# Seeds per grouped network on a GPU when --pack is auto. NOT YET MEASURED on a GPU: a
+# first guess that divides the step's kernel launches by 4 (benchmarks/gpu_check.sh measures
+# 1 vs packed seeds; set it from that). On the CPU a grouped network is slower than one
+# network at a time (docs/benchmarks.md), so auto is 1 there.
+GPU_PACK_DEFAULT = 4
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """How the command line asked to run, resolved into TrainOptions on the machine that
+    trains (a cluster job learns its device only when it starts)."""
+
+    device: str = "auto"  # auto | cpu | cuda[:N]
+    precision: str = "auto"  # auto (bf16 on a GPU, fp32 on the CPU) | fp32 | bf16
+    channels_last: bool | None = None  # None: on for a GPU
+    deterministic: bool = False
+    checkpoint_dtype: str = "fp32"
+    compile: bool = False
+    compile_mode: str = "default"
+    pack: str = "auto"  # auto | a positive number of seeds
+
+    def resolve(self, device: str | None = None, backbone: str = "resnet18_cifar") -> TrainOptions:
+        """TrainOptions for `device` (default: the requested one), checked against torch.
+
+        `--pack auto` is GPU_PACK_DEFAULT on a GPU for a backbone that can be grouped, else 1.
+        A packed run defaults to channels_last on the CPU too: there the grouped network is
+        faster in it, and gives each seed the same bits whatever the pack's size."""
+        from ..packed import PACKABLE_BACKBONES
+
+        dev = resolve_device(device or self.device)
+        on_gpu = dev.startswith("cuda")
+        pack = parse_pack(self.pack)
+        if pack is None:
+            pack = GPU_PACK_DEFAULT if on_gpu and backbone in PACKABLE_BACKBONES else 1
+        default_cl = on_gpu or pack > 1
+        return TrainOptions(
+            device=dev,
+            bf16=self.precision == "bf16" or (self.precision == "auto" and on_gpu),
+            channels_last=default_cl if self.channels_last is None else self.channels_last,
+            deterministic=self.deterministic, checkpoint_dtype=self.checkpoint_dtype,
+            compile=self.compile or self.compile_mode != "default", compile_mode=self.compile_mode,
+            pack=pack)
+
+
+def parse_pack(text: str | int) -> int | None:
+    """`--pack`: a positive number of seeds, or None for auto."""
+    if str(text).strip() == "auto":
+        return None
+    try:
+        pack = int(str(text))
+    except ValueError:
+        raise UserError(f"--pack {text!r}: use auto or a positive number of seeds") from None
+    if pack < 1:
+        raise UserError(f"--pack {text}: use auto or a positive number of seeds (1 trains one "
+                        f"seed at a time)")
+    return pack

@@ -1,0 +1,85 @@
+"""Smaller archives (`--checkpoint-dtype bf16`): bf16 weights on disk, exact fp32 resume,
+and a disk-space check that counts the smaller files."""
+from collections import namedtuple
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ssl_dynamics import artifacts as art
+from ssl_dynamics.config import override, preset
+from ssl_dynamics.errors import UserError
+from ssl_dynamics.train.grid import train_grid
+from ssl_dynamics.train.loop import TrainOptions
+from ssl_dynamics.train.prepare import disk_estimate
+
+BF16 = TrainOptions(device="cpu", deterministic=True, checkpoint_dtype="bf16")
+
+
+def tiny(epochs=3, seeds=(0, 1)):
+    cfg = override(preset("smoke"), [f"epochs={epochs}", "batch_size=16", "train_subset=48", "width=8"])
+    return replace(cfg, seeds=tuple(seeds))
+
+
+def quiet(*_a, **_k):
+    return None
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("pack", [1, 2])
+def test_bf16_checkpoints_resume_exactly(tmp_path, monkeypatch, pack):
+    """Killed after epoch 2's checkpoint and manifest but before its resume.pt: the rerun
+    redoes epoch 2 from resume.pt's fp32 weights and writes the same bytes."""
+    opts = replace(BF16, pack=pack, channels_last=pack > 1)
+    cfg = tiny()
+    train_grid(tmp_path / "full", cfg, ["supervised"], opts, progress=False, echo=quiet)
+    real = art.save_resume
+
+    def killed_at_epoch_2(path, state):
+        if state["epoch"] == 2:
+            raise Killed
+        real(path, state)
+
+    monkeypatch.setattr(art, "save_resume", killed_at_epoch_2)
+    with pytest.raises(Killed):
+        train_grid(tmp_path / "cut", cfg, ["supervised"], opts, progress=False, echo=quiet)
+    monkeypatch.setattr(art, "save_resume", real)
+    cut = art.RunPaths(tmp_path / "cut")
+    assert art.read_json(cut.manifest("supervised", 0))["checkpoints"].keys() >= {"2"}  # on disk, not committed
+    assert art.load_resume(cut.resume("supervised", 0))["epoch"] == 1
+    train_grid(tmp_path / "cut", cfg, ["supervised"], opts, progress=False, echo=quiet)
+    full = art.RunPaths(tmp_path / "full")
+    for seed in cfg.seeds:
+        assert art.read_json(full.manifest("supervised", seed))["checkpoints"] == \
+            art.read_json(cut.manifest("supervised", seed))["checkpoints"]
+    state, _ = art.load_checkpoint(cut.checkpoint("supervised", 0, 3))
+    assert state["head.weight"].dtype == torch.bfloat16
+    assert state["backbone.stem.1.running_var"].dtype == torch.float32  # BN statistics stay fp32
+    resume = art.load_resume(cut.resume("supervised", 0))
+    assert resume["model"]["head.weight"].dtype == torch.float32
+    assert torch.equal(resume["model"]["head.weight"].bfloat16(), state["head.weight"])
+
+
+def test_disk_estimate_halves_with_bf16():
+    cfg = preset("thesis")
+    todo = [(name, seed, -1, sc.epochs) for name, sc in cfg.setups.items() for seed in cfg.seeds]
+    fp32, bf16 = disk_estimate(cfg, todo, "fp32"), disk_estimate(cfg, todo, "bf16")
+    assert 0.49 < bf16 / fp32 < 0.52  # BN statistics, metadata and fp32 resume files stay
+    assert 0.95e12 < fp32 < 1.1e12  # the grid's ~1 TB of fp32 checkpoints
+
+
+def test_disk_check_counts_bf16_files(tmp_path, monkeypatch):
+    import shutil
+
+    cfg = tiny(epochs=2, seeds=(0,))
+    todo = [("simclr", 0, -1, 2)]
+    free = (disk_estimate(cfg, todo, "fp32") + disk_estimate(cfg, todo, "bf16")) // 2
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(free, 0, free))
+    with pytest.raises(UserError, match="not enough disk space"):
+        train_grid(tmp_path, cfg, ["simclr"], replace(BF16, checkpoint_dtype="fp32"), progress=False, echo=quiet)
+    train_grid(tmp_path, cfg, ["simclr"], BF16, progress=False, echo=quiet)
+    assert art.RunPaths(tmp_path).checkpoint("simclr", 0, 2).exists()

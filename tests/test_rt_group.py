@@ -1,0 +1,62 @@
+"""Batched inspection (`inspect rt --group G`): several checkpoints of one setup per forward
+pass give exactly the store of one-at-a-time evaluation (fp32, CPU)."""
+import shutil
+
+import numpy as np
+import pytest
+
+from _util import rt
+from ssl_dynamics.errors import UserError
+from ssl_dynamics.inspect.rt_plan import Task, group_tasks, resolve_group
+from ssl_dynamics.inspect.rtdata import load_rt
+
+
+def test_group_tasks_keeps_setups_apart():
+    tasks = [Task(s, seed, e, -1) for s in ("a", "b") for seed in (0, 1) for e in range(3)]
+    groups = group_tasks(tasks, 4)
+    assert [len(g) for g in groups] == [4, 2, 4, 2]
+    assert all(len({t.setup for t in g}) == 1 for g in groups)
+    assert [t for g in groups for t in g] == tasks
+
+
+def test_grouped_store_equals_one_at_a_time(tiny_rt, tmp_path):
+    """tiny_rt was evaluated one checkpoint at a time; G = 4 makes groups of 4 and 2 per
+    setup (6 checkpoints each), and the stored arrays must be identical."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_rt, run)
+    res = rt(run, tmp_path / "grouped.zarr", group=4)
+    assert res["evaluated"] == 24
+    one, grouped = load_rt(run / "inspect" / "rt.zarr"), load_rt(tmp_path / "grouped.zarr")
+    for setup, a in one.items():
+        b = grouped[setup]
+        assert b.valid.all()
+        for field in ("correct", "p_true", "correct_second", "p_true_second"):
+            x, y = getattr(a, field), getattr(b, field)
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert x.dtype == y.dtype and np.array_equal(x, y), (setup, field)
+
+
+def test_group_values():
+    assert resolve_group("auto", "cpu", "resnet18_cifar") == 1
+    assert resolve_group("auto", "cuda", "timm:resnet18") == 1
+    assert resolve_group("3", "cpu", "resnet18_cifar") == 3
+    for bad in ("0", "x"):
+        with pytest.raises(UserError, match="--group"):
+            resolve_group(bad, "cpu", "resnet18_cifar")
+    with pytest.raises(UserError, match="--group above 1 needs the CIFAR ResNet-18"):
+        resolve_group("2", "cpu", "timm:resnet18")
+
+
+def test_grouped_evaluation_still_checks_every_sha256(tiny_run, tmp_path):
+    from ssl_dynamics import artifacts as art
+    from conftest import TINY_BANK
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    p = art.RunPaths(run).checkpoint("supervised", 1, 1)
+    data = bytearray(p.read_bytes())
+    data[-5] ^= 0xFF  # a weight, not the header: only the sha256 can tell
+    p.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="seed-01/epoch-0001.safetensors: its sha256 differs"):
+        rt(run, setups=["supervised"], group=3, **TINY_BANK)
