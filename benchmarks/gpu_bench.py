@@ -17,7 +17,8 @@ optional parts at the end run while the time budget lasts):
    (eager), 1 network and a pack; the loop's efficiency relative to it;
 4. inspect: `inspect rt` checkpoints/s on a 1,024 x 10 bank, batched (--group) vs one at a time;
 5. projection: the whole thesis grid's wall time, ours vs the reference way;
-6. optional: the compiled ceiling (torch.compile), the compiled loop, a larger pack.
+6. optional: the compiled ceiling (torch.compile), a larger pack, P worker processes sharing
+   the device instead of a pack, the compiled loop.
 """
 from __future__ import annotations
 
@@ -101,13 +102,15 @@ def projection(ctx: Ctx) -> dict:
     """Grid wall time from the measured seconds per epoch per model: ours (the best measured
     pack per setup; the random-label setups cost as supervised) vs the reference way."""
     measured = ctx.result.get("parts", {})
-    ours, ref, inspect = {}, {}, {}  # seconds per setup, scaled to CIFAR-10 epochs (195 batches)
+    ours, ref, inspect, best = {}, {}, {}, {}  # seconds per setup, scaled to CIFAR-10 epochs (195 batches)
     for setup, epochs in GRID_EPOCHS.items():
         kind = "simclr" if setup == "simclr" else "supervised"
-        loops = [v for k, v in measured.items() if k.startswith(f"loop {kind} ") and v]
+        loops = {k: v for k, v in measured.items() if k.startswith((f"loop {kind} ", f"procs {kind} ")) and v}
         refs = measured.get(f"reference {kind}")
         if loops:
-            ours[setup] = GRID_SEEDS * epochs * min(v["seconds_per_cifar_epoch_per_model"] for v in loops)
+            way = min(loops, key=lambda k: loops[k]["seconds_per_cifar_epoch_per_model"])
+            ours[setup] = GRID_SEEDS * epochs * loops[way]["seconds_per_cifar_epoch_per_model"]
+            best[setup] = way
         if refs:
             ref[setup] = GRID_SEEDS * epochs * refs["reference"]["seconds_per_epoch"]
     rates = measured.get("inspect") or {}
@@ -119,6 +122,7 @@ def projection(ctx: Ctx) -> dict:
            "ours_train_hours": round(sum(ours.values()) / 3600, 2) if len(ours) == 4 else None,
            "reference_train_hours": round(sum(ref.values()) / 3600, 2) if len(ref) == 4 else None,
            "inspect_rt_hours": round(sum(inspect.values()) / 3600, 3) if len(inspect) == 4 else None,
+           "fastest_way": best,
            "per_setup_hours": {"ours": {k: round(v / 3600, 3) for k, v in ours.items()},
                                "reference": {k: round(v / 3600, 3) for k, v in ref.items()}}}
     if out["ours_train_hours"] and out["reference_train_hours"]:
@@ -133,7 +137,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/gpu")
     ap.add_argument("--packs", default=None, help="pack sizes to measure (default 4,8; quick 2)")
     ap.add_argument("--group", type=int, default=None, help="inspect --group (default 8; quick 2)")
-    ap.add_argument("--budget-s", type=float, default=None, help="no optional part after this (240; quick 150)")
+    ap.add_argument("--budget-s", type=float, default=None, help="no optional part after this (210; quick 150)")
     ap.add_argument("--with-compile", action="store_true", help="in --quick: also the compiled parts")
     args = ap.parse_args()
     quick = args.quick
@@ -143,7 +147,7 @@ def main() -> None:
     args.subset = 512 if quick and args.data else 0
     args.packs = [int(p) for p in (args.packs or ("2" if quick else "4,8")).split(",")]
     args.group = args.group or (2 if quick else 8)
-    args.budget_s = args.budget_s or (150 if quick else 240)
+    args.budget_s = args.budget_s or (150 if quick else 210)
     args.ref_batches, args.warmup = (2, 1) if quick else (40, 5)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     # every part loads the same images: decode the JPEG folder once
@@ -165,6 +169,7 @@ def run_all(ctx: Ctx) -> None:
         run_part(ctx, f"reference {setup}", parts.reference, setup)
     for pack in (1, first):
         run_part(ctx, f"ceiling simclr pack {pack} eager", parts.ceiling, "simclr", pack, False)
+    run_part(ctx, "ceiling supervised pack 1 eager", parts.ceiling, "supervised", 1, False)
     run_part(ctx, "inspect", parts.inspect_rate)
     run_part(ctx, "projection", projection)
     compile_ok = not ctx.args.quick or ctx.args.with_compile
@@ -172,8 +177,11 @@ def run_all(ctx: Ctx) -> None:
         run_part(ctx, "ceiling simclr pack 1 compiled", parts.ceiling, "simclr", 1, True, optional=True)
     for pack in more:
         run_part(ctx, f"loop simclr pack {pack}", parts.loop, "simclr", pack, False, optional=True)
+    run_part(ctx, f"procs simclr {first}", parts.procs, "simclr", first, optional=True)
     if compile_ok:
         run_part(ctx, f"loop simclr pack {first} compiled", parts.loop, "simclr", first, True, optional=True)
+        run_part(ctx, "ceiling simclr pack 1 cudagraphs", parts.ceiling, "simclr", 1, "reduce-overhead",
+                 optional=True)
         run_part(ctx, f"ceiling simclr pack {first} compiled", parts.ceiling, "simclr", first, True,
                  optional=True)
     run_part(ctx, "projection", projection)  # again, with whatever the optional parts added

@@ -89,6 +89,34 @@ def loop(ctx, setup: str, pack: int, compile_: bool) -> dict:
             "wall_s": round(wall, 1)}
 
 
+def procs(ctx, setup: str, n: int) -> dict:
+    """The other way to share a device: `train run --devices cuda:0,...` (n worker processes,
+    one seed each, on the same device), 2 epochs; epoch 2's seconds, overlapped across workers."""
+    import json
+
+    from ssl_dynamics import artifacts as art
+    from ssl_dynamics.train.options import TrainRequest
+    from ssl_dynamics.train.workers import run_on_devices
+
+    cfg = ctx.config(n, 2)
+    root = ctx.tmp / f"procs-{setup}-{n}"
+    dev = str(ctx.device) if ctx.device.type == "cpu" else "cuda:0"
+    t0 = time.perf_counter()
+    run_on_devices(root, cfg, [setup], [dev] * n, TrainRequest(pack="1"), download=False, echo=quiet,
+                   progress=False)
+    wall = time.perf_counter() - t0
+    rows = [[json.loads(x) for x in art.RunPaths(root).metrics(setup, s).read_text().splitlines()]
+            for s in range(n)]
+    shutil.rmtree(root)
+    sec = max(r[1]["seconds"] for r in rows)  # the slowest worker's second epoch
+    nb = ctx.args.batches_per_epoch
+    views = nb * ctx.args.batch_size * objective_for(cfg.setups[setup]).views_per_image
+    return {"processes": n, "epoch_s_max": sec, "epoch_s": [r[1]["seconds"] for r in rows],
+            "seconds_per_cifar_epoch_per_model": sec / n * BATCHES_PER_CIFAR_EPOCH / nb,
+            "views_per_s": round(n * views / sec, 1), "mfu": mfu(ctx, n * views / sec),
+            "wall_s": round(wall, 1), "note": "epochs of different workers overlap only roughly"}
+
+
 def reference(ctx, setup: str) -> dict:
     """The reference way (PIL transforms in a DataLoader, one worker per core) and our batched
     augmentation, each feeding the same step of the same model (bench_train.train_steps)."""
@@ -110,7 +138,7 @@ def reference(ctx, setup: str) -> dict:
     return rows
 
 
-def ceiling(ctx, setup: str, pack: int, compile_: bool) -> dict:
+def ceiling(ctx, setup: str, pack: int, compile_: bool | str) -> dict:
     """Forward + backward + optimizer step on views already on the device (no augmentation,
     no data movement): the most the loop could reach with this model and step."""
     cfg = ctx.config(pack, 1)
@@ -127,7 +155,8 @@ def ceiling(ctx, setup: str, pack: int, compile_: bool) -> dict:
     optimizer = build_optimizer(model, sc)
     views = torch.stack([objective.views(x, make_generator(p, 1, 0, "views")) for p in range(pack)])
     inp = views[0].contiguous(memory_format=torch.channels_last) if pack == 1 else pack_views(views, True)
-    step_model = torch.compile(model) if compile_ else model
+    mode = compile_ if isinstance(compile_, str) else "default"  # "reduce-overhead": CUDA graphs
+    step_model = torch.compile(model, mode=mode) if compile_ else model
 
     def step() -> None:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):

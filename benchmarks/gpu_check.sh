@@ -25,7 +25,7 @@ mkdir -p "$out"
 exec > >(tee -a "$out/gpu_check.log") 2>&1
 echo "gpu_check $(date -u +%FT%TZ) ${quick:-full} on $(hostname)"
 
-if compgen -G ".whl/*.whl" > /dev/null; then
+if ! python3 -c "import zarr" 2>/dev/null && compgen -G ".whl/*.whl" > /dev/null; then
     pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || echo "wheel install failed"
     export PYTHONPATH=/tmp/site:$PWD
 else
@@ -44,10 +44,10 @@ else
     echo "no $archive: synthetic images (speed only)"
 fi
 
-# the CUDA tests (skipped without a GPU), at most 2.5 minutes
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$out/cuda_tests.log" 2>&1
+# the CUDA tests (skipped without a GPU), at most 2 minutes
+timeout "${TEST_TIMEOUT_S:-120}" python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$out/cuda_tests.log" 2>&1
 echo "cuda tests: $(tail -1 "$out/cuda_tests.log")"
 
 # the benchmark: its own budget stops optional parts; the timeout is the hard stop
-timeout "${BENCH_TIMEOUT_S:-330}" python3 benchmarks/gpu_bench.py $quick "${data[@]}" --out "$out"
+timeout "${BENCH_TIMEOUT_S:-300}" python3 benchmarks/gpu_bench.py $quick "${data[@]}" --out "$out"
 echo "gpu_check done (exit $?): $out/gpu_bench.json"
