@@ -80,6 +80,9 @@ class Ctx:
 
 def run_part(ctx: Ctx, name: str, fn, *args, optional: bool = False):
     """Run one part; record its result or its error; never raise."""
+    if ctx.args.parts and not any(name == p or (p.endswith("*") and name.startswith(p[:-1]))
+                                  for p in ctx.args.parts):
+        return None
     if optional and ctx.elapsed() > ctx.args.budget_s:
         ctx.result.setdefault("skipped", []).append(f"{name}: time budget spent")
         print(f"[{ctx.elapsed():6.0f}s] skip {name} (budget)", flush=True)
@@ -138,9 +141,12 @@ def main() -> None:
     ap.add_argument("--packs", default=None, help="pack sizes to measure (default 4,8; quick 2)")
     ap.add_argument("--group", type=int, default=None, help="inspect --group (default 8; quick 2)")
     ap.add_argument("--budget-s", type=float, default=None, help="no optional part after this (210; quick 150)")
+    ap.add_argument("--parts", default="", help="only these parts, comma-separated; a trailing * matches a prefix "
+                    "(e.g. 'loop simclr pack 1,inspect,projection*'); default all")
     ap.add_argument("--with-compile", action="store_true", help="in --quick: also the compiled parts")
     args = ap.parse_args()
     quick = args.quick
+    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     args.device = "cpu" if quick else "cuda"
     args.dataset = f"imagefolder:{args.data}" if args.data else "synthetic"
     args.width, args.batch_size = (8, 64) if quick else (64, 256)

@@ -188,6 +188,23 @@ def ceiling(ctx, setup: str, pack: int, compile_: bool | str) -> dict:
     return out
 
 
+def profiled(fn, top: int = 25) -> list[str]:
+    """Where the main thread's time goes in fn(): cProfile's top functions by own time, and
+    by cumulative time (a wait on the loader threads or on the GPU shows up as such)."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(fn)
+    lines = []
+    for key in ("tottime", "cumulative"):
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(top)
+        lines += [f"by {key}:"] + [ln for ln in buf.getvalue().splitlines() if ln.strip()][4:]
+    return lines
+
+
 def inspect_rate(ctx) -> dict:
     """`inspect rt` on a 1,024 x 10 bank: checkpoints/s batched (--group) vs one at a time, on
     checkpoints of a short packed run (supervised: 10,240 views each; simclr: 20,480)."""
@@ -219,5 +236,8 @@ def inspect_rate(ctx) -> dict:
             row[f"{name}_views_per_s"] = round(res["images_per_s"], 1)
         row["speedup"] = round(row["batched_ckpt_per_s"] / row["one_at_a_time_ckpt_per_s"], 2)
         out[setup] = row
+    out["profile_supervised"] = profiled(lambda: compute_rt(
+        ws, Selection(("supervised",)), EvalOptions(str(ctx.device), cuda, True, False, 1), bank,
+        root / "profiled.zarr", echo=quiet))
     shutil.rmtree(root)
     return out

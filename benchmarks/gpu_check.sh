@@ -49,5 +49,7 @@ timeout "${TEST_TIMEOUT_S:-120}" python3 -m pytest -q -p no:cacheprovider tests/
 echo "cuda tests: $(tail -1 "$out/cuda_tests.log")"
 
 # the benchmark: its own budget stops optional parts; the timeout is the hard stop
-timeout "${BENCH_TIMEOUT_S:-300}" python3 benchmarks/gpu_bench.py $quick "${data[@]}" --out "$out"
+# GPU_BENCH_PARTS: only some parts, e.g. 'loop simclr pack 1,inspect,projection' (gpu_bench.py --parts)
+timeout "${BENCH_TIMEOUT_S:-300}" python3 benchmarks/gpu_bench.py $quick "${data[@]}" --out "$out" \
+    --parts "${GPU_BENCH_PARTS:-}" ${GPU_BENCH_ARGS:-}
 echo "gpu_check done (exit $?): $out/gpu_bench.json"

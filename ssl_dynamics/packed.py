@@ -108,10 +108,11 @@ class GroupedNetwork(nn.Module):
             parts = [s[key] for s in states]
             if key.endswith("num_batches_tracked"):  # one counter: equal in lockstep training
                 v.copy_(parts[0])
-            elif key.startswith("head."):
-                v.copy_(torch.stack(parts))
-            else:
-                v.copy_(torch.cat(parts))
+                continue
+            whole = torch.stack(parts) if key.startswith("head.") else torch.cat(parts)
+            if v.device.type == "cuda" and whole.device.type == "cpu":
+                whole = whole.pin_memory()  # queued like a kernel: no wait for the GPU per tensor
+            v.copy_(whole, non_blocking=True)
 
     def state_dict_of(self, p: int) -> dict[str, torch.Tensor]:
         """Network p's state dict (copies), with the keys of `Network.state_dict()`."""

@@ -19,23 +19,27 @@ import torch
 
 from ..errors import UserError
 # the package's public names: callers import them from ssl_dynamics.augment
-from .color import (JITTER_OPS,  # noqa: F401 adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
-                    color_jitter, jitter_first_rows, jitter_rows, random_grayscale_, rgb_to_gray)
+from .color import (  # noqa: F401
+    JITTER_OPS, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
+    color_jitter, jitter_first_rows, jitter_rows, random_grayscale_, rgb_to_gray)
 from .geometry import gaussian_blur, normalize, padded_crop_flip, resized_crop, to_float
-from .params import (BLUR_KERNEL,  # noqa: F401 BLUR_SIGMA, CIFAR_MEAN, CIFAR_STD, CROP_ATTEMPTS, CROP_RATIO,
-                     CROP_SCALE, FLIP_P, GRAY_P, GRAY_WEIGHTS, HUE_STRENGTH, JITTER_P,
-                     JITTER_STRENGTH, PAD, Params, make_generator, sample_none,
-                     sample_resized_crop, sample_simclr, sample_supervised)
+from .params import (  # noqa: F401
+    BLUR_KERNEL, BLUR_SIGMA, CIFAR_MEAN, CIFAR_STD, CROP_ATTEMPTS, CROP_RATIO, CROP_SCALE, FLIP_P,
+    GRAY_P, GRAY_WEIGHTS, HUE_STRENGTH, JITTER_P, JITTER_STRENGTH, PAD, Params, make_generator,
+    sample_none, sample_resized_crop, sample_simclr, sample_supervised)
 from .scratch import scratch
+from .transfer import to_device
 
 
-SIMCLR_CHUNK = 512  # views per pass through the SimCLR ops: bounds the scratch memory
+# Views per pass through the SimCLR ops on the CPU: bounds the scratch memory there. A GPU
+# takes any batch whole: each pass costs ~800 kernel launches whatever its size.
+SIMCLR_CHUNK = 512
 
 
 def apply_simclr(x: torch.Tensor, p: Params) -> torch.Tensor:
     """RandomResizedCrop + flip, ColorJitter (p = 0.8), RandomGrayscale, GaussianBlur.
     Every view depends only on its image and parameters, so large batches run in chunks."""
-    if len(x) > SIMCLR_CHUNK:
+    if len(x) > SIMCLR_CHUNK and x.device.type == "cpu":
         return torch.cat([apply_simclr(x[i:i + SIMCLR_CHUNK], index_params(p, slice(i, i + SIMCLR_CHUNK)))
                           for i in range(0, len(x), SIMCLR_CHUNK)])
     size = x.shape[-1]
@@ -43,7 +47,7 @@ def apply_simclr(x: torch.Tensor, p: Params) -> torch.Tensor:
     shape, dev = (len(x), 3, size, size), x.device
     # the crop writes its views straight into the row order the jitter starts from
     rows = jitter_first_rows(p)
-    crop = resized_crop(x.index_select(0, rows.to(dev)), index_params(p, rows), size,
+    crop = resized_crop(x.index_select(0, to_device(rows, dev)), index_params(p, rows), size,
                         out=scratch("simclr.crop", shape, torch.float32, dev))
     out = jitter_rows(crop, p, rows, scratch("simclr.jitter", shape, torch.float32, dev), overwrite=True)
     out = random_grayscale_(out, p["gray"])

@@ -15,6 +15,7 @@ import torch
 
 from .params import GRAY_WEIGHTS, Params
 from .scratch import scratch
+from .transfer import constant, to_device
 
 
 def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +97,7 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor, spare: torch.
     g.sub_(h6).abs_()  # f in odd sectors, 1 - f in even ones
     p = torch.neg(s).add_(1.0).mul_(v).clamp_(0, 1)  # v (1 - s)
     mid = g.mul_(s).neg_().add_(1.0).mul_(v).clamp_(0, 1)  # q (odd sectors) or t (even)
-    centre, sign = (torch.tensor(c, dtype=v.dtype, device=v.device).view(1, 3, 1, 1)
+    centre, sign = (constant(c, v.dtype, v.device).view(1, 3, 1, 1)
                     for c in zip(*HUE_ROLE_PARABOLAS))
     role = torch.sub(i.unsqueeze(1), centre, out=out).square_().sub_(2.25).mul_(sign)
     return role.add_(mid.unsqueeze(1)).clamp_(min=p.unsqueeze(1), max=v.unsqueeze(1))
@@ -106,7 +107,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor, out: torch.Tensor | None = 
     """torchvision's float hue adjustment: RGB -> HSV, rotate H by shift, HSV -> RGB.
     `out` may be x itself (x is read only before out is written)."""
     h, s, v, spare = _rgb_to_hsv(x)
-    h.add_(shift.to(x.device).view(-1, 1, 1))
+    h.add_(to_device(shift, x.device).view(-1, 1, 1))
     h.sub_(torch.floor(h, out=spare))  # remainder(h, 1): h > -1
     return _hsv_to_rgb(h, s, v, spare, torch.empty_like(x) if out is None else out)
 
@@ -132,7 +133,7 @@ def _scale_(x: torch.Tensor, f: torch.Tensor, offset: torch.Tensor | None = None
 def _apply_op_(x: torch.Tensor, op: int, p: Params, samples: torch.Tensor) -> None:
     """Jitter op number `op` in place on x, the rows of `samples` (indices into p)."""
     name = JITTER_OPS[op][0]
-    value = p[name][samples].to(x.device)
+    value = to_device(p[name][samples], x.device)
     if name != "hue":
         value = value.to(x.dtype)  # blend factors in the images' dtype
     if name == "brightness":
@@ -176,14 +177,14 @@ def jitter_rows(x: torch.Tensor, p: Params, samples: torch.Tensor, out: torch.Te
         regroup = torch.argsort(op, stable=True)
         if not overwrite or not torch.equal(regroup, torch.arange(n)):
             buf = scratch(f"jitter.{copies % 2}", x.shape, x.dtype, dev)  # not cur's buffer
-            cur = torch.index_select(cur, 0, regroup.to(dev), out=buf)
+            cur = torch.index_select(cur, 0, to_device(regroup, dev), out=buf)
             samples, op, copies, overwrite = samples[regroup], op[regroup], copies + 1, True
         bounds = torch.bincount(op, minlength=NO_JITTER + 1).cumsum(0).tolist()
         for code in range(NO_JITTER):
             start, stop = ([0] + bounds)[code], bounds[code]
             if stop > start:
                 _apply_op_(cur[start:stop], code, p, samples[start:stop])
-    return torch.index_select(cur, 0, torch.argsort(samples).to(dev), out=out)
+    return torch.index_select(cur, 0, to_device(torch.argsort(samples), dev), out=out)
 
 
 def color_jitter(x: torch.Tensor, p: Params, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -195,7 +196,8 @@ def color_jitter(x: torch.Tensor, p: Params, out: torch.Tensor | None = None) ->
 
 def random_grayscale_(x: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
     """RandomGrayscale in place: the samples where `gray` get their grey image on all channels."""
-    sel = torch.nonzero(gray.cpu()).flatten().to(x.device)
+    sel = torch.nonzero(gray.cpu()).flatten()  # on the CPU: no wait for the device
     if len(sel):
+        sel = to_device(sel, x.device)
         x.index_copy_(0, sel, rgb_to_gray(x.index_select(0, sel)).expand(-1, 3, -1, -1))
     return x

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .params import BLUR_KERNEL, CIFAR_MEAN, CIFAR_STD, PAD, Params
 from .scratch import scratch
+from .transfer import constant, to_device
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -20,8 +21,8 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(CIFAR_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = constant(CIFAR_MEAN, x.dtype, x.device).view(1, 3, 1, 1)
+    std = constant(CIFAR_STD, x.dtype, x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -33,14 +34,14 @@ def _bilinear_taps(start: torch.Tensor, length: torch.Tensor, size: int, dtype, 
     src = scale * (dst + 0.5) - 0.5 clamped at 0, i1 = i0 + 1 except at the last pixel of
     the segment, so pixels outside the box are never read.
     """
-    length = length.to(device)
+    length = to_device(length, device)
     scale = (length.to(dtype) / size).view(-1, 1)
     dst = torch.arange(size, device=device, dtype=dtype).view(1, -1)
     src = (scale * (dst + 0.5) - 0.5).clamp_min(0)
     i0 = src.long()  # src >= 0, so truncation is floor
     w1 = (src - i0).clamp(0, 1)
     i1 = i0 + (i0 < length.view(-1, 1) - 1).long()
-    off = start.to(device).view(-1, 1)
+    off = to_device(start, device).view(-1, 1)
     return i0 + off, i1 + off, 1 - w1, w1
 
 
@@ -82,7 +83,7 @@ def resized_crop(x: torch.Tensor, p: Params, size: int, out: torch.Tensor | None
     dev = x.device
     dt = torch.float32 if x.dtype == torch.uint8 else x.dtype
     c0, c1, cw0, cw1 = _bilinear_taps(p["left"], p["w"], size, dt, dev)
-    flip = p["flip"].to(dev).view(-1, 1)
+    flip = to_device(p["flip"], dev).view(-1, 1)
     c0, c1 = torch.where(flip, c0.flip(1), c0), torch.where(flip, c1.flip(1), c1)
     cw0, cw1 = torch.where(flip, cw0.flip(1), cw0), torch.where(flip, cw1.flip(1), cw1)
     r0, r1, rw0, rw1 = _bilinear_taps(p["top"], p["h"], size, dt, dev)
@@ -112,11 +113,11 @@ def padded_crop_flip(x: torch.Tensor, p: Params) -> torch.Tensor:
     dev = x.device
     Hp, Wp = H + 2 * PAD, W + 2 * PAD
     xp = F.pad(x, (PAD, PAD, PAD, PAD))
-    rows = (torch.arange(n * c, device=dev).view(n, c, 1) * Hp + p["dy"].to(dev).view(n, 1, 1)
+    rows = (torch.arange(n * c, device=dev).view(n, c, 1) * Hp + to_device(p["dy"], dev).view(n, 1, 1)
             + torch.arange(H, device=dev).view(1, 1, H))
     out = xp.reshape(n * c * Hp, Wp).index_select(0, rows.view(-1)).view(n, c, H, Wp)
     cols = torch.arange(W, device=dev).view(1, W)
-    cols = torch.where(p["flip"].to(dev).view(n, 1), (W - 1) - cols, cols) + p["dx"].to(dev).view(n, 1)
+    cols = torch.where(to_device(p["flip"], dev).view(n, 1), (W - 1) - cols, cols) + to_device(p["dx"], dev).view(n, 1)
     return out.gather(3, cols.view(n, 1, 1, W).expand(n, c, H, W))
 
 
@@ -125,7 +126,7 @@ def _blur_taps(sigma: torch.Tensor, dtype, device) -> list[torch.Tensor]:
     Tap j and tap K-1-j are the same number (same exp argument, same divisor)."""
     radius = BLUR_KERNEL // 2
     taps = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
-    k = torch.exp(-(taps.view(1, -1) ** 2) / (2 * sigma.to(device, dtype).view(-1, 1) ** 2))
+    k = torch.exp(-(taps.view(1, -1) ** 2) / (2 * to_device(sigma, device, dtype).view(-1, 1) ** 2))
     k = k / k.sum(dim=1, keepdim=True)  # [n, K]
     return [k[:, i].view(-1, 1, 1, 1) for i in range(BLUR_KERNEL)]
 
