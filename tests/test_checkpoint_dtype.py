@@ -83,3 +83,47 @@ def test_disk_check_counts_bf16_files(tmp_path, monkeypatch):
         train_grid(tmp_path, cfg, ["simclr"], replace(BF16, checkpoint_dtype="fp32"), progress=False, echo=quiet)
     train_grid(tmp_path, cfg, ["simclr"], BF16, progress=False, echo=quiet)
     assert art.RunPaths(tmp_path).checkpoint("simclr", 0, 2).exists()
+
+
+# ---- load_weights: the loader of inspect rt, every check of load_network without a network ----
+
+def _saved(tmp_path, edit=None):
+    from ssl_dynamics.models import build_network
+
+    torch.manual_seed(0)
+    net = build_network("resnet18_cifar", 10, 8)
+    if edit:
+        with torch.no_grad():
+            edit(net)
+    path = tmp_path / "seed-00" / "epoch-0001.safetensors"
+    path.parent.mkdir(parents=True)
+    sha = art.save_checkpoint(path, net, {"backbone": "resnet18_cifar", "head_dim": 10, "width": 8})
+    art.write_json_atomic(path.parent / "manifest.json", {"checkpoints": {"1": sha}})
+    return path, net
+
+
+def test_load_weights_equals_load_network(tmp_path):
+    path, net = _saved(tmp_path)
+    state, meta = art.load_weights(path)
+    via_net = art.load_network(path)[0].state_dict()
+    assert state.keys() == via_net.keys() == net.state_dict().keys() and meta["width"] == 8
+    assert all(torch.equal(state[k], via_net[k]) for k in state)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_load_weights_names_the_non_finite_tensor(tmp_path, bad):
+    def poison(net):
+        net.backbone.stages[1][0].conv1.weight[0, 0, 0, 0] = bad
+
+    path, _ = _saved(tmp_path, poison)
+    with pytest.raises(UserError, match=r"non-finite weights \(NaN/inf\) in backbone.stages.1.0.conv1.weight"):
+        art.load_weights(path)
+
+
+def test_load_weights_accepts_huge_finite_weights(tmp_path):
+    def huge(net):  # a sum or a norm of these would overflow float32; a max |x| does not
+        net.head.weight.fill_(3e38)
+
+    path, _ = _saved(tmp_path, huge)
+    state, _ = art.load_weights(path)
+    assert float(state["head.weight"].max()) == pytest.approx(3e38, rel=1e-6)

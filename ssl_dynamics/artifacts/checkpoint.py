@@ -9,6 +9,7 @@ network from the file's own metadata and refuses missing tensors and non-finite 
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import struct
@@ -132,14 +133,7 @@ def check_header(path: str | Path, shapes: dict[str, tuple[int, ...]]) -> dict:
         header = _header(head + f.read(min(n, HEADER_LIMIT)), path)  # refuses a short read
     meta = _meta(header, path)
     have = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
-    lacking, extra = sorted(set(shapes) - set(have)), sorted(set(have) - set(shapes))
-    if lacking or extra:
-        what = f"lacks {_names(lacking)}" if lacking else f"has unknown tensors {_names(extra)}"
-        raise UserError(f"corrupt checkpoint {path}: it {what}")
-    wrong = [k for k in shapes if tuple(shapes[k]) != have[k]]
-    if wrong:
-        raise UserError(f"corrupt checkpoint {path}: {wrong[0]} has shape {have[wrong[0]]}, "
-                        f"the network needs {tuple(shapes[wrong[0]])}")
+    check_shapes(have, shapes, path)
     return meta
 
 
@@ -187,39 +181,62 @@ def load_network(path: str | Path, verify: bool = True, data: bytes | None = Non
     """
     from ..models import build_network
 
+    state, meta = load_weights(path, verify, data)
+    with torch.device("meta"):  # no random initialisation: every tensor comes from the file
+        net = build_network(meta["backbone"], int(meta["head_dim"]), int(meta["width"]))
+    net.load_state_dict(state, assign=True)
+    return net.eval(), meta
+
+
+def load_weights(path: str | Path, verify: bool = True,
+                 data: bytes | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict in float32, meta) of one checkpoint with every check of `load_network`,
+    without building the network: `inspect rt`'s loader threads need only the tensors, and
+    building a network is ~30 ms of Python that holds the GIL."""
     path = Path(path)
     state, meta = parse_checkpoint(verified_bytes(path, verify) if data is None else data, path)
     missing = [k for k in ("backbone", "width", "head_dim") if k not in meta]
     if missing:
         raise UserError(f"corrupt checkpoint {path}: its metadata lacks {', '.join(missing)}")
     try:
-        with torch.device("meta"):  # no random initialisation: every tensor comes from the file
-            net = build_network(meta["backbone"], int(meta["head_dim"]), int(meta["width"]))
+        shapes = network_shapes(meta["backbone"], int(meta["head_dim"]), int(meta["width"]))
     except (ValueError, TypeError, RuntimeError) as e:
         raise UserError(f"checkpoint {path}: cannot rebuild its network: {e}") from None
-    load_state(net, state, path, assign=True)
-    return net.eval(), meta
+    check_state(state, shapes, path)
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, meta
 
 
-def load_state(net: torch.nn.Module, state: dict[str, torch.Tensor], path: Path,
-               assign: bool = False) -> None:
-    """Load `state` into `net` (float32 whatever the stored float type), refusing gaps,
-    extras, wrong shapes and NaN/inf. `assign` takes the tensors over (for meta networks)."""
-    want = net.state_dict()
-    lacking = sorted(set(want) - set(state))
-    extra = sorted(set(state) - set(want))
+@functools.lru_cache(maxsize=16)
+def network_shapes(backbone: str, head_dim: int, width: int) -> dict[str, tuple[int, ...]]:
+    """The state dict's tensor shapes of a network (built once per architecture, on meta)."""
+    from ..models import build_network
+
+    with torch.device("meta"):
+        net = build_network(backbone, head_dim, width)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def check_shapes(have: dict[str, tuple[int, ...]], shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    """Refuse a checkpoint whose tensors (name -> shape) lack, add or reshape any of `shapes`."""
+    lacking, extra = sorted(set(shapes) - set(have)), sorted(set(have) - set(shapes))
     if lacking or extra:
-        what = (f"lacks {_names(lacking)}" if lacking else f"has unknown tensors {_names(extra)}")
+        what = f"lacks {_names(lacking)}" if lacking else f"has unknown tensors {_names(extra)}"
         raise UserError(f"corrupt checkpoint {path}: it {what}")
-    for name, t in state.items():
-        if tuple(t.shape) != tuple(want[name].shape):
-            raise UserError(f"corrupt checkpoint {path}: {name} has shape {tuple(t.shape)}, "
-                            f"the network needs {tuple(want[name].shape)}")
-        if t.is_floating_point() and not torch.isfinite(t).all():
+    wrong = [k for k in shapes if tuple(shapes[k]) != tuple(have[k])]
+    if wrong:
+        raise UserError(f"corrupt checkpoint {path}: {wrong[0]} has shape {have[wrong[0]]}, "
+                        f"the network needs {tuple(shapes[wrong[0]])}")
+
+
+def check_state(state: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    """Refuse gaps, extras, wrong shapes and NaN/inf in a checkpoint's tensors."""
+    check_shapes({k: tuple(t.shape) for k, t in state.items()}, shapes, path)
+    floats = [(k, t) for k, t in state.items() if t.is_floating_point() and t.numel()]
+    # one max-|x| per tensor in C++ (NaN and inf propagate); names are looked up only on failure
+    peaks = torch._foreach_norm([t for _, t in floats], float("inf")) if floats else []
+    for (name, _), peak in zip(floats, peaks):
+        if not torch.isfinite(peak):
             raise UserError(f"checkpoint {path} has non-finite weights (NaN/inf) in {name}")
-    if assign:
-        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    net.load_state_dict(state, assign=assign)
 
 
 def _names(names: list[str]) -> str:

@@ -10,9 +10,11 @@ can share the work on one Zarr store. Every check that can fail runs before the 
 """
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +48,7 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 def load_task(paths: art.RunPaths, task: Task, verify: bool, pin: bool = False) -> dict:
     """Load one checkpoint with every check (runs in a background thread); its state dict,
     in pinned memory when `pin` (a GPU then copies it without waiting, see copy_state)."""
-    net, _ = art.load_network(paths.checkpoint(task.setup, task.seed, task.epoch), verify=verify)
-    state = net.state_dict()
+    state, _ = art.load_weights(paths.checkpoint(task.setup, task.seed, task.epoch), verify=verify)
     return {k: v.pin_memory() for k, v in state.items()} if pin else state
 
 
@@ -136,34 +137,44 @@ def ensure_bank(ws: Workspace, path: Path, spec: bank_mod.BankSpec, exists: bool
     return bank_mod.build_bank(path, dataset.train_x, dataset.train_y, keys, ws.run.dataset_sha256, spec)
 
 
-# Threads reading and checking the next group's checkpoints while the current one runs:
-# hashing and safetensors parsing release the GIL, so a few threads read a group in parallel.
-LOADER_THREADS = 4
+# Threads reading and checking checkpoints ahead of the evaluation: hashing and safetensors
+# parsing release the GIL, and one thread reads ~7-10 checkpoints/s of the thesis's size on a
+# 2-core VM (benchmarks/checkpoint_load.py), slower than a GPU evaluates them. Half the cores
+# (at least 2, at most 8) leave the rest to the evaluation itself.
+LOADER_THREADS = max(2, min(8, (os.cpu_count() or 2) // 2))
 
 
 def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: list[Task],
                    opts: EvalOptions) -> dict:
     """Evaluate the tasks in order, in groups of up to opts.group checkpoints of one setup,
-    loading the next group while the current one runs."""
+    while loader threads read the next LOADER_THREADS + group checkpoints."""
     on_dev: dict = {}
     pin = torch.device(opts.device).type == "cuda"
     groups = plan.group_tasks(tasks, opts.group)
+    order = iter([t for group in groups for t in group])
+    ahead = LOADER_THREADS + opts.group  # checkpoints in memory at once: bounded
     n_images, t0 = 0, time.perf_counter()
     progress = bar(len(tasks), "checkpoints", "ckpt", opts.progress)
-    with ThreadPoolExecutor(max_workers=min(opts.group, LOADER_THREADS)) as pool:
-        def load(group: list[Task]) -> list:
-            return [pool.submit(load_task, run.paths, t, opts.verify, pin) for t in group]
+    with ThreadPoolExecutor(max_workers=LOADER_THREADS) as pool:
+        pending: deque = deque()
 
-        futures = load(groups[0]) if groups else []
-        for i, group in enumerate(groups):
-            states = [f.result() for f in futures]
-            if i + 1 < len(groups):
-                futures = load(groups[i + 1])
-            results = _evaluate(on_dev, run, store, bank, group, states, opts)
-            for task, (correct, p_true) in zip(group, results):
-                store.write(task.setup, task.s_idx, task.epoch, correct, p_true)
-                n_images += int(np.prod(correct.shape))
-                progress.update(1)
+        def fill() -> None:
+            while len(pending) < ahead and (task := next(order, None)) is not None:
+                pending.append(pool.submit(load_task, run.paths, task, opts.verify, pin))
+
+        try:
+            for group in groups:
+                fill()
+                states = [pending.popleft().result() for _ in group]
+                fill()
+                results = _evaluate(on_dev, run, store, bank, group, states, opts)
+                for task, (correct, p_true) in zip(group, results):
+                    store.write(task.setup, task.s_idx, task.epoch, correct, p_true)
+                    n_images += int(np.prod(correct.shape))
+                    progress.update(1)
+        finally:  # after a failure: drop the loads not yet started
+            for future in pending:
+                future.cancel()
     progress.close()
     seconds = time.perf_counter() - t0
     return {"evaluated": len(tasks), "seconds": seconds,
