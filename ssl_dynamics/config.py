@@ -14,7 +14,10 @@ from typing import Any
 
 from .errors import UserError
 
-SCHEMA_VERSION = 1  # bump when the meaning of a stored field changes
+# Bump when the meaning of a stored field changes. 2: augment "none" is ToTensor alone (as the
+# reference code trained random_labels); what schema 1 called "none" (ToTensor + Normalize)
+# is "normalize" (upgrade_setup_dict).
+SCHEMA_VERSION = 2
 
 SETUP_NAMES = ("simclr", "supervised", "random_labels", "random_labels_aug")
 
@@ -182,7 +185,7 @@ def override(cfg: RunConfig, assignments: list[str]) -> RunConfig:
     return cfg
 
 
-CHOICES = {"objective": ("simclr", "classify"), "augment": ("simclr", "supervised", "none"),
+CHOICES = {"objective": ("simclr", "classify"), "augment": ("simclr", "supervised", "none", "normalize"),
            "optimizer": ("adam", "sgd"), "schedule": ("reference", "cosine", "constant")}
 # (field, lowest allowed value, whether the lowest value itself is allowed)
 SETUP_BOUNDS = (("epochs", 1, True), ("batch_size", 1, True), ("head_dim", 1, True),
@@ -257,6 +260,7 @@ def setup_from_dict(d: Any, source: str = "setup config") -> SetupConfig:
     """A SetupConfig from its stored form (extra keys like schema_version ignored), checked."""
     if not isinstance(d, dict):
         raise UserError(f"corrupt {source}: expected a JSON object")
+    d = upgrade_setup_dict(d, d.get("schema_version", 1))
     known = {f.name for f in fields(SetupConfig)}
     try:
         sc = SetupConfig(**{k: v for k, v in d.items() if k in known})
@@ -264,6 +268,18 @@ def setup_from_dict(d: Any, source: str = "setup config") -> SetupConfig:
         raise UserError(f"corrupt {source}: {e}") from None
     validate_setup(sc)
     return sc
+
+
+def upgrade_setup_dict(d: Any, schema_version: Any) -> Any:
+    """A setup config stored under an older schema, in today's terms: before schema 2 the
+    augmentation "none" normalized its input, which is today's "normalize"."""
+    try:
+        old = int(schema_version) < 2
+    except (TypeError, ValueError):
+        return d
+    if old and isinstance(d, dict) and d.get("augment") == "none":
+        return {**d, "augment": "normalize"}
+    return d
 
 
 def canonical_json(d: Any) -> str:

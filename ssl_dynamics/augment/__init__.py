@@ -60,16 +60,25 @@ def apply_supervised(x: torch.Tensor, p: Params) -> torch.Tensor:
 
 
 def apply_none(x: torch.Tensor, p: Params) -> torch.Tensor:
+    """ToTensor alone: [0, 1], no normalization (the reference trained random_labels so)."""
+    return to_float(x)
+
+
+def apply_normalize(x: torch.Tensor, p: Params) -> torch.Tensor:
+    """ToTensor + Normalize, no randomness (what runs of schema 1 called "none")."""
     return normalize(to_float(x))
 
 
-SAMPLERS = {"simclr": sample_simclr, "supervised": sample_supervised, "none": sample_none}
-APPLIERS = {"simclr": apply_simclr, "supervised": apply_supervised, "none": apply_none}
+DETERMINISTIC = ("none", "normalize")  # pipelines without randomness: one replay is all of them
+SAMPLERS = {"simclr": sample_simclr, "supervised": sample_supervised, "none": sample_none,
+            "normalize": sample_none}
+APPLIERS = {"simclr": apply_simclr, "supervised": apply_supervised, "none": apply_none,
+            "normalize": apply_normalize}
 
 
 def check_pipeline(kind: str) -> None:
     if kind not in SAMPLERS:
-        raise UserError(f"unknown augmentation {kind!r}: use simclr, supervised or none")
+        raise UserError(f"unknown augmentation {kind!r}: use simclr, supervised, none or normalize")
 
 
 def sample_params(kind: str, n: int, g: torch.Generator, size: int = 32) -> Params:

@@ -27,13 +27,14 @@ import numpy as np
 import torch
 
 from .. import artifacts as art
-from ..augment import make_generator
+from ..augment import DETERMINISTIC, make_generator
 from ..config import SCHEMA_VERSION
 from ..errors import UserError
 from ..objectives import make_views
 
 ViewKey = tuple[str, int]  # (augmentation kind, views per image)
-NATURAL_GROUPS = {("simclr", 2): "simclr", ("supervised", 1): "supervised", ("none", 1): "none"}
+NATURAL_GROUPS = {("simclr", 2): "simclr", ("supervised", 1): "supervised", ("none", 1): "none",
+                  ("normalize", 1): "normalize"}
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def choose_probes(n_train: int, k: int, seed: int) -> np.ndarray:
 def replay_views(key: ViewKey, images: torch.Tensor, n_replays: int, seed: int) -> tuple[np.ndarray, dict]:
     """[M, K, V, 3, H, W] views of uint8 images [K, 3, H, W] and their parameters."""
     kind, v = key
-    m = 1 if kind == "none" else n_replays
+    m = 1 if kind in DETERMINISTIC else n_replays
     views, params = [], {}
     for j in range(m):
         out, p = make_views(kind, images, v, make_generator(seed, "bank", kind, j))
@@ -106,7 +107,7 @@ def _hash(*arrays: np.ndarray) -> str:
 def bank_bytes(spec: BankSpec, keys: list[ViewKey], image_shape: tuple[int, ...]) -> int:
     """Size of the bank's views on disk (float32), for the space check before building it."""
     k, per_view = spec.n_probe, int(np.prod(image_shape)) * 4
-    return sum((1 if kind == "none" else spec.n_replays) * k * v * per_view for kind, v in keys)
+    return sum((1 if kind in DETERMINISTIC else spec.n_replays) * k * v * per_view for kind, v in keys)
 
 
 def build_bank(path: str | Path, train_x: torch.Tensor, train_y: torch.Tensor, keys: list[ViewKey],
@@ -143,10 +144,18 @@ def _fingerprint(fps: dict[ViewKey, str]) -> str:
     return _hash(np.frombuffer("".join(ordered).encode(), np.uint8))
 
 
-def _group_key(name: str, g) -> ViewKey:
+def _group_key(name: str, g, schema_version: int) -> ViewKey:
     """(kind, V) of a bank group; banks made before these attributes derive it from the
-    group's name and its views' shape."""
-    return str(g.attrs.get("kind", name)), int(g["views"].shape[2])
+    group's name and its views' shape. Before schema 2, "none" views were normalized: today's
+    "normalize" (config.upgrade_setup_dict)."""
+    kind = str(g.attrs.get("kind", name))
+    if kind == "none" and schema_version < 2:
+        kind = "normalize"
+    return kind, int(g["views"].shape[2])
+
+
+def _schema(f) -> int:
+    return int(f.attrs.get("schema_version", 1))
 
 
 def read_spec(path: str | Path) -> tuple[BankSpec, str, list[ViewKey]]:
@@ -156,7 +165,7 @@ def read_spec(path: str | Path) -> tuple[BankSpec, str, list[ViewKey]]:
     try:
         with h5py.File(path, "r") as f:
             spec = BankSpec(**{fl.name: int(f.attrs[fl.name]) for fl in fields(BankSpec)})
-            keys = [_group_key(n, f[n]) for n in f if isinstance(f[n], h5py.Group)]
+            keys = [_group_key(n, f[n], _schema(f)) for n in f if isinstance(f[n], h5py.Group)]
             return spec, str(f.attrs["dataset_sha256"]), keys
     except (OSError, KeyError, ValueError) as e:
         raise UserError(f"corrupt bank {path}: {e}") from None
@@ -184,7 +193,7 @@ def load_bank(path: str | Path) -> Bank:
     try:
         with h5py.File(path, "r") as f:
             groups = {n: f[n] for n in f if isinstance(f[n], h5py.Group)}
-            keys = {_group_key(n, g): g for n, g in groups.items()}
+            keys = {_group_key(n, g, _schema(f)): g for n, g in groups.items()}
             return Bank(spec, f["probe_indices"][:], f["labels"][:],
                         {k: g["views"][:] for k, g in keys.items()},
                         {k: str(g.attrs["fingerprint"]) for k, g in keys.items()},

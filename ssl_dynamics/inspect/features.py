@@ -32,7 +32,7 @@ THESIS_EPOCHS = {"simclr": 200, "supervised": 200, "random_labels": 30, "random_
 
 def eval_transform(augment: str):
     """The deterministic part of a setup's training pipeline."""
-    return to_float if augment == "simclr" else (lambda x: normalize(to_float(x)))
+    return to_float if augment in ("simclr", "none") else (lambda x: normalize(to_float(x)))
 
 
 @torch.no_grad()

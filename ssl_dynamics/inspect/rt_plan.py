@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from .. import artifacts as art
-from ..config import canonical_json
+from ..augment import DETERMINISTIC
+from ..config import canonical_json, upgrade_setup_dict
 from ..errors import UserError
 from ..objectives import objective_for
 from . import bank as bank_mod
@@ -172,7 +173,7 @@ def store_bytes(run: art.Run, setups: list[str], spec: bank_mod.BankSpec, keys) 
     for s in setups:
         sc = run.cfg.setups[s]
         v = objective_for(sc).views_per_image
-        m = 1 if sc.augment == "none" else spec.n_replays
+        m = 1 if sc.augment in DETERMINISTIC else spec.n_replays
         total += len(run.cfg.seeds) * (sc.epochs + 1) * m * min(spec.n_probe, run.n_train) * v * 5
     return total
 
@@ -205,7 +206,8 @@ def check_meta(run: art.Run, path: Path, meta: dict, setup: str) -> None:
     """Refuse a checkpoint that belongs to another run, config or architecture."""
     if meta.get("dataset_sha256") != run.dataset_sha256:
         raise UserError(f"checkpoint {path} was trained on a different dataset than the run")
-    if canonical_json(meta.get("setup_config")) != canonical_json(run.cfg.setups[setup].to_dict()):
+    stored = upgrade_setup_dict(meta.get("setup_config"), run.meta.get("schema_version", 1))
+    if canonical_json(stored) != canonical_json(run.cfg.setups[setup].to_dict()):
         raise UserError(f"checkpoint {path} was made with a different config than "
                         f"{run.paths.setup_json(setup)}")
     if meta.get("backbone") != run.cfg.backbone or meta.get("width") != run.cfg.width:

@@ -17,7 +17,7 @@ import torch
 
 from .. import __version__
 from .. import artifacts as art
-from ..config import SCHEMA_VERSION, RunConfig, SetupConfig, canonical_json
+from ..config import SCHEMA_VERSION, RunConfig, SetupConfig, canonical_json, setup_from_dict
 from ..data import Dataset
 from ..errors import UserError
 
@@ -106,7 +106,8 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
     for name in setups:
         p = paths.setup_json(name)
         if p.exists():
-            have, want = art.read_json(p, dict), setup_record(cfg.setups[name])
+            # compared as configs: a setup stored under an older schema, in today's terms
+            have, want = setup_from_dict(art.read_json(p, dict), str(p)).to_dict(), cfg.setups[name].to_dict()
             if canonical_json(have) != canonical_json(want):
                 if trained_anything(paths, name):
                     keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))

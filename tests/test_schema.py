@@ -1,0 +1,89 @@
+"""random_labels trains on ToTensor alone (augment "none", schema 2), and runs stored under
+schema 1, whose "none" normalized, keep their meaning ("normalize")."""
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ssl_dynamics import augment as aug
+from ssl_dynamics.config import (SCHEMA_VERSION, override, preset, setup_from_dict, thesis_setups,
+                                 upgrade_setup_dict)
+from ssl_dynamics.errors import UserError
+from ssl_dynamics.inspect.features import eval_transform
+from ssl_dynamics.inspect.rt_plan import check_meta
+from ssl_dynamics.objectives import objective_for
+
+IMAGES = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def test_random_labels_sees_totensor_only():
+    sc = thesis_setups()["random_labels"]
+    assert sc.augment == "none"
+    views = objective_for(sc).views(IMAGES, aug.make_generator(0, 1, 0, "views"))
+    assert torch.equal(views, IMAGES.float() / 255)  # ToTensor: k / 255, nothing else
+    assert torch.equal(eval_transform("none")(IMAGES), IMAGES.float() / 255)
+
+
+def test_normalize_is_schema_1_none():
+    mean = torch.tensor(aug.CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(aug.CIFAR_STD).view(1, 3, 1, 1)
+    p = aug.sample_params("normalize", len(IMAGES), aug.make_generator(0), 32)
+    got = aug.apply_params("normalize", IMAGES, p)
+    assert torch.allclose(got, (IMAGES.float() / 255 - mean) / std, atol=1e-6)
+    assert torch.equal(eval_transform("normalize")(IMAGES), got)
+    # the other setups are unchanged: supervised still normalizes, SimCLR never did
+    assert float(aug.apply_params("supervised", IMAGES, aug.sample_params("supervised", 6, aug.make_generator(1), 32)).min()) < 0
+
+
+@pytest.mark.parametrize("schema, stored, now", [(1, "none", "normalize"), ("1", "none", "normalize"),
+                                                 (2, "none", "none"), (1, "supervised", "supervised"),
+                                                 (None, "none", "none")])
+def test_upgrade_setup_dict(schema, stored, now):
+    assert upgrade_setup_dict({"augment": stored}, schema)["augment"] == now
+
+
+def test_setup_json_of_schema_1_reads_as_normalize():
+    d = {"schema_version": 1, **thesis_setups()["random_labels"].to_dict()}
+    assert setup_from_dict(d).augment == "normalize"
+    d["schema_version"] = SCHEMA_VERSION
+    assert setup_from_dict(d).augment == "none"
+    missing = thesis_setups()["random_labels"].to_dict()  # no schema_version at all: schema 1
+    assert setup_from_dict(missing).augment == "normalize"
+
+
+def test_checkpoint_of_a_schema_1_run_matches_its_upgraded_config(tmp_path):
+    old = {**thesis_setups()["random_labels"].to_dict(), "augment": "none"}
+    cfg = preset("thesis")
+    cfg.setups["random_labels"] = setup_from_dict({"schema_version": 1, **old})
+    run = SimpleNamespace(cfg=cfg, meta={"schema_version": 1}, dataset_sha256="d",
+                          paths=SimpleNamespace(setup_json=lambda s: tmp_path / f"{s}.json"))
+    meta = {"dataset_sha256": "d", "setup_config": old, "backbone": cfg.backbone, "width": cfg.width}
+    check_meta(run, tmp_path / "epoch-0001.safetensors", meta, "random_labels")  # no refusal
+    run.meta = {"schema_version": 2}  # the same checkpoint in a schema-2 run is another config
+    with pytest.raises(UserError, match="different config"):
+        check_meta(run, tmp_path / "epoch-0001.safetensors", meta, "random_labels")
+
+
+def test_schema_1_run_continues_but_refuses_todays_random_labels(tmp_path):
+    """A schema-1 run directory: its supervised setup continues; asking it for today's
+    random_labels (ToTensor alone) after it trained the normalized one is refused."""
+    from ssl_dynamics.data import load_dataset
+    from ssl_dynamics.train.prepare import check_run
+
+    cfg = override(preset("smoke"), ["epochs=1"])
+    ds = load_dataset(cfg.dataset, cfg.data_root, cfg.train_subset, cfg.subset_seed, download=False)
+    from ssl_dynamics import artifacts as art
+
+    paths = art.RunPaths(tmp_path / "run")
+    for name in ("supervised", "random_labels"):
+        d = {"schema_version": 1, **cfg.setups[name].to_dict()}
+        paths.setup_json(name).parent.mkdir(parents=True, exist_ok=True)
+        paths.setup_json(name).write_text(json.dumps(d))
+    assert check_run(paths, cfg, ["supervised"], ds) == []  # same config: nothing to replace
+    # random_labels, once trained under schema 1, is another config today
+    seed_dir = paths.seed_dir("random_labels", 0)
+    seed_dir.mkdir(parents=True)
+    paths.manifest("random_labels", 0).write_text(json.dumps({"checkpoints": {"0": "x", "1": "y"}}))
+    with pytest.raises(UserError, match="augment"):
+        check_run(paths, cfg, ["random_labels"], ds)
