@@ -301,9 +301,16 @@ def test_supervised_pipeline_matches_torchvision_tensor_and_pil():
         torch.testing.assert_close(ours[i], ref_pil, atol=1e-6, rtol=0)
 
 
-def test_none_pipeline_is_normalize_only():
+def test_none_pipeline_is_totensor_only():
     x8 = _images(8)
     out = A.apply_params("none", x8, A.sample_params("none", 8, A.make_generator(0)))
+    ref = torch.stack([TF.to_tensor(Image.fromarray(im.permute(1, 2, 0).numpy())) for im in x8])  # ToTensor
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
+def test_normalize_pipeline_is_totensor_and_normalize():
+    x8 = _images(8)
+    out = A.apply_params("normalize", x8, A.sample_params("normalize", 8, A.make_generator(0)))
     ref = TF.normalize(x8.float() / 255, A.CIFAR_MEAN, A.CIFAR_STD)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
 
@@ -311,7 +318,7 @@ def test_none_pipeline_is_normalize_only():
 # ------------------------------------------------------------------ determinism, shapes
 
 
-@pytest.mark.parametrize("kind", ["simclr", "supervised", "none"])
+@pytest.mark.parametrize("kind", ["simclr", "supervised", "none", "normalize"])
 def test_same_key_same_params_and_views(kind):
     x8 = _images(32)
     v1, p1 = A.augment(kind, x8, A.make_generator(3, 7, 11, "views"))

@@ -17,7 +17,7 @@ from ssl_dynamics.objectives import objective_for
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.mark.parametrize("kind", ["simclr", "supervised", "none"])
+@pytest.mark.parametrize("kind", ["simclr", "supervised", "none", "normalize"])
 def test_augmentation_same_on_gpu_and_cpu(kind):
     # 1100 views: the CPU applies SimCLR in chunks of 512, the GPU in one pass
     x = torch.randint(0, 256, (1100, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
