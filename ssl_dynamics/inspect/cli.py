@@ -72,7 +72,7 @@ def _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, ba
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--group", default="auto", show_default=True,
               help="Checkpoints of one setup evaluated per forward pass as one grouped network: "
-                   "auto (1 on the CPU, 8 on a GPU) or a number; 1 = one at a time.")
+                   "auto (1: one at a time, the fastest measured) or a number; 1 = one at a time.")
 def rt_cmd(run_dir, work, store, setups, dataset, data_root, device, no_verify, no_progress,
            epochs, shard, allow_missing, bank, probes, replays, bank_seed, simclr_batch, precision, group):
     """Evaluate every checkpoint of RUN_DIR on the bank into the r_t store (resumable)."""

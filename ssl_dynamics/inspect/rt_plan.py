@@ -69,11 +69,12 @@ class Task:
     s_idx: int
 
 
-# Checkpoints per grouped pass on a GPU when --group is auto. NOT YET MEASURED on a GPU: a
-# first guess that divides the kernel launches of evaluation by 8 (benchmarks/gpu_check.sh
-# measures batched vs one at a time; set it from that). On the CPU a grouped network is
-# slower than one checkpoint at a time, so auto is 1 there.
-GPU_GROUP_DEFAULT = 8
+# Checkpoints per grouped pass on a GPU when --group is auto. Measured on an H200
+# (docs/benchmarks.md, bf16, 1,024 x 10 bank): 8 per pass gave 0.71x (SimCLR) and 0.96x
+# (supervised) the rate of one at a time: grouped convolutions cost the GPU more than the
+# launches they save. So auto is 1 everywhere until a measurement says otherwise; --group G
+# remains for trying. On the CPU a grouped network is slower too.
+GPU_GROUP_DEFAULT = 1
 
 
 def resolve_group(text: str | int, device: str, backbone: str) -> int:

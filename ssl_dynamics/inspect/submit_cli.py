@@ -33,7 +33,7 @@ def submit():
 @click.option("--simclr-batch", type=int, default=None, help="B: SimCLR classification batch [training's].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--group", default="auto", show_default=True,
-              help="Checkpoints per forward pass: auto (1 on the CPU, 8 on a GPU) or a number.")
+              help="Checkpoints per forward pass: auto (1: one at a time, the fastest measured) or a number.")
 @click.option("--no-verify", is_flag=True, help="Skip checking each checkpoint's sha256 (faster).")
 @cluster_options
 def submit_rt_cmd(run_dir, shards, work, store, setups, epochs, allow_missing, dataset, data_root,
