@@ -8,6 +8,8 @@ is kept in <work>/skipped.json for the report. The command exits 0 when everythi
 """
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -35,8 +37,11 @@ class AllOptions:
 def run_step(name: str, fn: Callable[[], dict | None], skipped: list[dict], echo) -> dict | None:
     """Run one analysis; a failure is recorded as skipped (with its reason), not raised."""
     echo(f"== {name}")
+    t0 = time.perf_counter()
     try:
-        return fn()
+        out = fn()
+        echo(f"({name}: {time.perf_counter() - t0:.1f} s)")
+        return out
     except (UserError, ValueError) as e:
         reason = str(e)
     except Exception as e:  # a bug or an unforeseen case: the rest still runs

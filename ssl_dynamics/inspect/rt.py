@@ -11,6 +11,7 @@ can share the work on one Zarr store. Every check that can fail runs before the 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -147,34 +148,62 @@ LOADER_THREADS = max(2, min(8, (os.cpu_count() or 2) // 2))
 def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: list[Task],
                    opts: EvalOptions) -> dict:
     """Evaluate the tasks in order, in groups of up to opts.group checkpoints of one setup,
-    while loader threads read the next LOADER_THREADS + group checkpoints."""
-    on_dev: dict = {}
+    while loader threads read the next LOADER_THREADS + group checkpoints. On the CPU each
+    core evaluates its own checkpoint on one thread (see cpu_evaluators)."""
     pin = torch.device(opts.device).type == "cuda"
     groups = plan.group_tasks(tasks, opts.group)
     order = iter([t for group in groups for t in group])
-    ahead = LOADER_THREADS + opts.group  # checkpoints in memory at once: bounded
+    workers = cpu_evaluators(opts)
+    ahead = LOADER_THREADS + opts.group * workers  # checkpoints in memory at once: bounded
     n_images, t0 = 0, time.perf_counter()
     progress = bar(len(tasks), "checkpoints", "ckpt", opts.progress)
-    with ThreadPoolExecutor(max_workers=LOADER_THREADS) as pool:
+    local, lock = threading.local(), threading.Lock()
+
+    def evaluate_group(group: list[Task], states: list[dict]) -> list:
+        cache = local.__dict__.setdefault("on_device", {})  # one network per thread
+        return _evaluate(cache, run, store, bank, group, states, opts, lock)
+
+    threads = torch.get_num_threads()
+    with ThreadPoolExecutor(max_workers=LOADER_THREADS) as pool, \
+            ThreadPoolExecutor(max_workers=workers) as evaluators:
         pending: deque = deque()
+        running: deque = deque()
 
         def fill() -> None:
             while len(pending) < ahead and (task := next(order, None)) is not None:
                 pending.append(pool.submit(load_task, run.paths, task, opts.verify, pin))
 
+        def finish_one() -> None:
+            nonlocal n_images
+            group, future = running.popleft()
+            for task, (correct, p_true) in zip(group, future.result()):
+                store.write(task.setup, task.s_idx, task.epoch, correct, p_true)
+                n_images += int(np.prod(correct.shape))
+                progress.update(1)
+
         try:
+            if workers > 1:
+                torch.set_num_threads(1)
             for group in groups:
                 fill()
                 states = [pending.popleft().result() for _ in group]
                 fill()
-                results = _evaluate(on_dev, run, store, bank, group, states, opts)
-                for task, (correct, p_true) in zip(group, results):
-                    store.write(task.setup, task.s_idx, task.epoch, correct, p_true)
-                    n_images += int(np.prod(correct.shape))
-                    progress.update(1)
-        finally:  # after a failure: drop the loads not yet started
+                running.append((group, evaluators.submit(evaluate_group, group, states)))
+                if len(running) >= workers:
+                    finish_one()
+            while running:
+                finish_one()
+        except BaseException:  # keep what was evaluated before the failure, drop the rest
             for future in pending:
                 future.cancel()
+            while running:
+                try:
+                    finish_one()
+                except Exception:  # noqa: BLE001 - the first failure is the one raised
+                    pass
+            raise
+        finally:
+            torch.set_num_threads(threads)
     progress.close()
     seconds = time.perf_counter() - t0
     return {"evaluated": len(tasks), "seconds": seconds,
@@ -182,12 +211,24 @@ def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: lis
             "images_per_s": n_images / seconds if tasks and seconds else 0.0}
 
 
+def cpu_evaluators(opts: EvalOptions) -> int:
+    """Checkpoints evaluated at once: on the CPU one per torch thread, each on one thread.
+    The small convolutions of these networks use a core far better in one thread per
+    checkpoint than in several threads per convolution (benchmarks/bench_inspect.py), and a
+    checkpoint's numbers then do not depend on how many cores the machine has. One on a GPU."""
+    if torch.device(opts.device).type != "cpu":
+        return 1
+    return max(1, torch.get_num_threads())
+
+
 def _evaluate(cache: dict, run: art.Run, store: RtStore, bank: bank_mod.Bank, group: list[Task],
-              states: list[dict], opts: EvalOptions) -> list[tuple[np.ndarray, np.ndarray]]:
+              states: list[dict], opts: EvalOptions,
+              lock: threading.Lock) -> list[tuple[np.ndarray, np.ndarray]]:
     """(correct, p_true) of each checkpoint of a group: one at a time for a group of one,
-    else one pass of a grouped network."""
+    else one pass of a grouped network. `cache` is the calling thread's own."""
     dev = torch.device(opts.device)
-    net, objective, views, targets = _on_device(cache, run, store, bank, group[0].setup, dev)
+    with lock:  # the store is read once per thread and setup, never beside another read
+        net, objective, views, targets = _on_device(cache, run, store, bank, group[0].setup, dev)
     if len(group) == 1:
         copy_state(net, states[0])
         return [evaluate(net, objective, views, targets, bank.spec.simclr_batch, opts.bf16)]
