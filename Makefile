@@ -47,8 +47,8 @@ inspect-all:  ## every phase-two analysis and the HTML report for $(RUN)
 	$(INSPECT) all $(RUN)
 
 demo: $(STAMP)  ## the whole two-phase pipeline at demo scale on the embedded digits, on the CPU
-	$(TRAIN) run --preset demo --out $(DEMO) --device cpu
-	$(INSPECT) all $(DEMO) --device cpu --probes 512 --replays 5 --p0 range
+	$(TRAIN) run --preset demo --out $(DEMO) --devices cpu,cpu --channels-last
+	$(INSPECT) all $(DEMO) --device cpu --probes 256 --replays 3 --steps 64 --p0 range
 
 bench: $(STAMP)  ## throughput benchmarks on the current device (JSON under benchmarks/results/)
 	$(PYTHON) benchmarks/bench_train.py

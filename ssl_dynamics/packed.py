@@ -43,6 +43,20 @@ def check_packable(backbone: str, option: str = "--pack") -> None:
                         f"backbone {backbone} cannot be grouped: use {option} 1")
 
 
+def parse_count(text: str | int, option: str, things: str, one: str) -> int | None:
+    """`--pack` / `--group`: a positive number of `things`, or None for auto; `one` says
+    what 1 means."""
+    if str(text).strip() == "auto":
+        return None
+    try:
+        count = int(str(text))
+    except ValueError:
+        raise UserError(f"{option} {text!r}: use auto or a positive number of {things}") from None
+    if count < 1:
+        raise UserError(f"{option} {text}: use auto or a positive number of {things} (1 {one})")
+    return count
+
+
 class PackedLinear(nn.Module):
     """P linear layers: weight [P, out, in], bias [P, out]; input [P, B, in]."""
 

@@ -80,17 +80,11 @@ GPU_GROUP_DEFAULT = 1
 def resolve_group(text: str | int, device: str, backbone: str) -> int:
     """`--group`: auto (GPU_GROUP_DEFAULT on a GPU for a backbone that can be grouped, else 1)
     or a positive number; a number above 1 needs a backbone that can be grouped."""
-    from ..packed import PACKABLE_BACKBONES, check_packable
+    from ..packed import PACKABLE_BACKBONES, check_packable, parse_count
 
-    if str(text).strip() == "auto":
+    group = parse_count(text, "--group", "checkpoints", "evaluates one checkpoint at a time")
+    if group is None:
         return GPU_GROUP_DEFAULT if device.startswith("cuda") and backbone in PACKABLE_BACKBONES else 1
-    try:
-        group = int(str(text))
-    except ValueError:
-        raise UserError(f"--group {text!r}: use auto or a positive number of checkpoints") from None
-    if group < 1:
-        raise UserError(f"--group {text}: use auto or a positive number of checkpoints (1 evaluates "
-                        f"one checkpoint at a time)")
     if group > 1:
         check_packable(backbone, "--group")
     return group

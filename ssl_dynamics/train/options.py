@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..devices import resolve_device
-from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -72,13 +71,6 @@ class TrainRequest:
 
 def parse_pack(text: str | int) -> int | None:
     """`--pack`: a positive number of seeds, or None for auto."""
-    if str(text).strip() == "auto":
-        return None
-    try:
-        pack = int(str(text))
-    except ValueError:
-        raise UserError(f"--pack {text!r}: use auto or a positive number of seeds") from None
-    if pack < 1:
-        raise UserError(f"--pack {text}: use auto or a positive number of seeds (1 trains one "
-                        f"seed at a time)")
-    return pack
+    from ..packed import parse_count
+
+    return parse_count(text, "--pack", "seeds", "trains one seed at a time")
