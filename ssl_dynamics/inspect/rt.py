@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,7 +155,7 @@ def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: lis
     order = iter([t for group in groups for t in group])
     workers = cpu_evaluators(opts)
     ahead = LOADER_THREADS + opts.group * workers  # checkpoints in memory at once: bounded
-    n_images, t0 = 0, time.perf_counter()
+    t0 = time.perf_counter()
     progress = bar(len(tasks), "checkpoints", "ckpt", opts.progress)
     local, lock = threading.local(), threading.Lock()
 
@@ -164,22 +164,13 @@ def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: lis
         return _evaluate(cache, run, store, bank, group, states, opts, lock)
 
     threads = torch.get_num_threads()
-    with ThreadPoolExecutor(max_workers=LOADER_THREADS) as pool, \
-            ThreadPoolExecutor(max_workers=workers) as evaluators:
+    running = _Running(workers, evaluate_group, store, progress)
+    with ThreadPoolExecutor(max_workers=LOADER_THREADS) as pool:
         pending: deque = deque()
-        running: deque = deque()
 
         def fill() -> None:
             while len(pending) < ahead and (task := next(order, None)) is not None:
                 pending.append(pool.submit(load_task, run.paths, task, opts.verify, pin))
-
-        def finish_one() -> None:
-            nonlocal n_images
-            group, future = running.popleft()
-            for task, (correct, p_true) in zip(group, future.result()):
-                store.write(task.setup, task.s_idx, task.epoch, correct, p_true)
-                n_images += int(np.prod(correct.shape))
-                progress.update(1)
 
         try:
             if workers > 1:
@@ -188,27 +179,62 @@ def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: lis
                 fill()
                 states = [pending.popleft().result() for _ in group]
                 fill()
-                running.append((group, evaluators.submit(evaluate_group, group, states)))
-                if len(running) >= workers:
-                    finish_one()
-            while running:
-                finish_one()
+                running.start(group, states)
+            running.finish_all()
         except BaseException:  # keep what was evaluated before the failure, drop the rest
             for future in pending:
                 future.cancel()
-            while running:
-                try:
-                    finish_one()
-                except Exception:  # noqa: BLE001 - the first failure is the one raised
-                    pass
+            running.finish_all(quiet=True)
             raise
         finally:
             torch.set_num_threads(threads)
+            running.close()
     progress.close()
     seconds = time.perf_counter() - t0
     return {"evaluated": len(tasks), "seconds": seconds,
             "checkpoints_per_s": len(tasks) / seconds if tasks and seconds else 0.0,
-            "images_per_s": n_images / seconds if tasks and seconds else 0.0}
+            "images_per_s": running.images / seconds if tasks and seconds else 0.0}
+
+
+class _Running:
+    """Evaluations in flight, written to the store in the order they started. With one
+    worker each runs at once in the calling thread (the GPU path); with more, in a pool."""
+
+    def __init__(self, workers: int, evaluate, store: RtStore, progress):
+        self.workers, self.evaluate, self.store, self.progress = workers, evaluate, store, progress
+        self.pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+        self.queue: deque = deque()
+        self.images = 0
+
+    def start(self, group: list[Task], states: list[dict]) -> None:
+        if self.pool is None:
+            done: Future = Future()
+            done.set_result(self.evaluate(group, states))
+            self.queue.append((group, done))
+        else:
+            self.queue.append((group, self.pool.submit(self.evaluate, group, states)))
+        if len(self.queue) >= self.workers:
+            self.finish_one()
+
+    def finish_one(self) -> None:
+        group, future = self.queue.popleft()
+        for task, (correct, p_true) in zip(group, future.result()):
+            self.store.write(task.setup, task.s_idx, task.epoch, correct, p_true)
+            self.images += int(np.prod(correct.shape))
+            self.progress.update(1)
+
+    def finish_all(self, quiet: bool = False) -> None:
+        """Write every evaluation in flight; `quiet` drops failures (another one is raised)."""
+        while self.queue:
+            try:
+                self.finish_one()
+            except Exception:  # noqa: BLE001
+                if not quiet:
+                    raise
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def cpu_evaluators(opts: EvalOptions) -> int:
