@@ -60,3 +60,31 @@ def test_grouped_evaluation_still_checks_every_sha256(tiny_run, tmp_path):
     p.write_bytes(bytes(data))
     with pytest.raises(UserError, match="seed-01/epoch-0001.safetensors: its sha256 differs"):
         rt(run, setups=["supervised"], group=3, **TINY_BANK)
+
+
+def test_cpu_store_does_not_depend_on_the_number_of_cores(tiny_rt, tmp_path):
+    """On the CPU each core evaluates its own checkpoint on one thread, so a machine with
+    one core (one evaluator, in the calling thread) and one with three (three evaluator
+    threads) store the same bits."""
+    import torch
+
+    from ssl_dynamics.inspect import rt as rt_mod
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_rt, run)
+    threads = torch.get_num_threads()
+    stores = {}
+    try:
+        for cores in (1, 3):
+            torch.set_num_threads(cores)
+            assert rt_mod.cpu_evaluators(rt_mod.EvalOptions("cpu")) == cores
+            stores[cores] = tmp_path / f"cores{cores}.zarr"
+            assert rt(run, stores[cores])["evaluated"] == 24
+            assert torch.get_num_threads() == cores  # restored after the evaluation
+    finally:
+        torch.set_num_threads(threads)
+    one, three = load_rt(stores[1]), load_rt(stores[3])
+    for setup, a in one.items():
+        b = three[setup]
+        assert a.valid.all() and b.valid.all()
+        assert np.array_equal(a.correct, b.correct) and np.array_equal(a.p_true, b.p_true), setup
