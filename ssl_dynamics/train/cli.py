@@ -109,7 +109,7 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
       train run --out artifacts/thesis --devices all        # one worker per GPU
       train run --setup simclr --seeds 0-3 --epochs 10 --out artifacts/x
       train run --preset demo --out artifacts/demo          # CPU, minutes
-      train run --out artifacts/thesis --pack 8             # 8 seeds per grouped network
+      train run --out artifacts/thesis --pack 2             # 2 seeds per grouped network (GPU default 4)
     """
     from ..artifacts import SeedStatus
 
