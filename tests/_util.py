@@ -1,6 +1,12 @@
 """Small shared helpers for the tests (not fixtures)."""
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 from ssl_dynamics.inspect.rt import BankRequest, EvalOptions, Selection, compute_rt, parse_shard
 from ssl_dynamics.inspect.workspace import open_workspace
 
@@ -53,3 +59,18 @@ def private_copy(src, tmp_path, name="run"):
     dst = tmp_path / name
     shutil.copytree(src, dst)
     return dst
+
+
+TRAIN_RUN = [sys.executable, "-c", "from ssl_dynamics.train.cli import main; main()", "run"]
+
+
+def kill_train_run_at(args: list[str], out, target, env=None) -> None:
+    """Start `train run ARGS --out OUT` in a real process and SIGKILL it as soon as the file
+    `target` exists (or it ended, or 120 s passed): a crash at an arbitrary point of the grid."""
+    proc = subprocess.Popen(TRAIN_RUN + args + ["--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not Path(target).exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -3,16 +3,15 @@ and views, agreement with separate training, resume after a kill, and the refusa
 import copy
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _util import TRAIN_RUN, kill_train_run_at
 from ssl_dynamics import artifacts as art
 from ssl_dynamics.augment import make_generator
 from ssl_dynamics.config import override, preset, thesis_setups
@@ -206,19 +205,11 @@ def test_killed_packed_run_resumes_every_seed_exactly(tmp_path):
             "--set", "train_subset=48", "--set", "batch_size=16", "--set", "width=8", "--device", "cpu",
             "--pack", "3",
             "--deterministic", "--no-progress"]
-    cmd = [sys.executable, "-c", "from ssl_dynamics.train.cli import main; main()", "run"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd + args + ["--out", str(tmp_path / "cut")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = art.RunPaths(tmp_path / "cut").checkpoint("supervised", 1, 2)
-    deadline = time.time() + 120
-    while not target.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_train_run_at(args, tmp_path / "cut", art.RunPaths(tmp_path / "cut").checkpoint("supervised", 1, 2), env)
     cut = art.RunPaths(tmp_path / "cut")
     assert not all(art.read_json(cut.manifest("supervised", s))["complete"] for s in range(3))
-    subprocess.run(cmd + args + ["--out", str(tmp_path / "cut")], check=True, capture_output=True, env=env)
+    subprocess.run(TRAIN_RUN + args + ["--out", str(tmp_path / "cut")], check=True, capture_output=True, env=env)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the processes ran
     try:

@@ -1,9 +1,7 @@
 """Phase one: determinism, resume equivalence, atomic writes, the CLI and its errors."""
 import json
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from _util import TRAIN_RUN, kill_train_run_at
 from ssl_dynamics import artifacts as art
 from ssl_dynamics.augment import make_generator
 from ssl_dynamics.config import override, parse_seeds, preset, thesis_setups
@@ -173,17 +172,9 @@ def test_killed_process_resumes_to_same_weights(tmp_path):
     args = ["--preset", "smoke", "--setup", "supervised", "--seeds", "0", "--epochs", "6",
             "--set", "train_subset=48", "--set", "batch_size=16", "--device", "cpu",
             "--deterministic", "--no-progress"]
-    cmd = [sys.executable, "-c", "from ssl_dynamics.train.cli import main; main()", "run"]
-    subprocess.run(cmd + args + ["--out", str(tmp_path / "full")], check=True, capture_output=True)
-    proc = subprocess.Popen(cmd + args + ["--out", str(tmp_path / "cut")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = art.RunPaths(tmp_path / "cut").checkpoint("supervised", 0, 2)
-    deadline = time.time() + 120
-    while not target.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    subprocess.run(cmd + args + ["--out", str(tmp_path / "cut")], check=True, capture_output=True)
+    subprocess.run(TRAIN_RUN + args + ["--out", str(tmp_path / "full")], check=True, capture_output=True)
+    kill_train_run_at(args, tmp_path / "cut", art.RunPaths(tmp_path / "cut").checkpoint("supervised", 0, 2))
+    subprocess.run(TRAIN_RUN + args + ["--out", str(tmp_path / "cut")], check=True, capture_output=True)
     full, cut = art.RunPaths(tmp_path / "full"), art.RunPaths(tmp_path / "cut")
     assert art.read_json(full.manifest("supervised", 0))["checkpoints"] == \
         art.read_json(cut.manifest("supervised", 0))["checkpoints"]
