@@ -12,7 +12,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import artifacts as art
 from ..augment import DETERMINISTIC
@@ -211,16 +210,10 @@ def check_meta(run: art.Run, path: Path, meta: dict, setup: str) -> None:
 
 def precheck(run: art.Run, tasks: list[Task]) -> None:
     """Header, metadata and tensor names/shapes of every pending checkpoint, before any write."""
-    from ..models import build_network
-
-    shapes = {}
     for t in tasks:
-        if t.setup not in shapes:
-            with torch.device("meta"):
-                net = build_network(run.cfg.backbone, run.cfg.setups[t.setup].head_dim, run.cfg.width)
-            shapes[t.setup] = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        shapes = art.network_shapes(run.cfg.backbone, run.cfg.setups[t.setup].head_dim, run.cfg.width)
         path = run.paths.checkpoint(t.setup, t.seed, t.epoch)
-        check_meta(run, path, art.check_header(path, shapes[t.setup]), t.setup)
+        check_meta(run, path, art.check_header(path, shapes), t.setup)
 
 
 def label_permutation(run: art.Run, setups: list[str]) -> np.ndarray | None:
