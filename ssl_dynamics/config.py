@@ -270,15 +270,20 @@ def setup_from_dict(d: Any, source: str = "setup config") -> SetupConfig:
     return sc
 
 
-def upgrade_setup_dict(d: Any, schema_version: Any) -> Any:
-    """A setup config stored under an older schema, in today's terms: before schema 2 the
-    augmentation "none" normalized its input, which is today's "normalize"."""
+def upgrade_augment(kind: str, schema_version: Any) -> str:
+    """An augmentation name stored under an older schema, in today's terms: before schema 2
+    "none" normalized its input, which is today's "normalize"."""
     try:
         old = int(schema_version) < 2
     except (TypeError, ValueError):
-        return d
-    if old and isinstance(d, dict) and d.get("augment") == "none":
-        return {**d, "augment": "normalize"}
+        return kind
+    return "normalize" if old and kind == "none" else kind
+
+
+def upgrade_setup_dict(d: Any, schema_version: Any) -> Any:
+    """A setup config stored under an older schema, in today's terms (upgrade_augment)."""
+    if isinstance(d, dict) and "augment" in d:
+        return {**d, "augment": upgrade_augment(d["augment"], schema_version)}
     return d
 
 

@@ -87,3 +87,21 @@ def test_schema_1_run_continues_but_refuses_todays_random_labels(tmp_path):
     paths.manifest("random_labels", 0).write_text(json.dumps({"checkpoints": {"0": "x", "1": "y"}}))
     with pytest.raises(UserError, match="augment"):
         check_run(paths, cfg, ["random_labels"], ds)
+
+
+def test_bank_groups_of_schema_1_read_as_normalize(tmp_path):
+    """A schema-1 bank's "none" group holds normalized views: it serves today's "normalize"."""
+    import h5py
+
+    from ssl_dynamics.inspect.bank import _group_key, _schema
+
+    with h5py.File(tmp_path / "bank.h5", "w") as f:
+        for name in ("old", "new"):
+            g = f.create_group(name)
+            g.attrs["kind"] = "none"
+            g.create_dataset("views", shape=(1, 4, 1, 3, 2, 2), dtype="f4")
+        f.attrs["schema_version"] = 1
+        assert _schema(f) == 1
+        assert _group_key("old", f["old"], _schema(f)) == ("normalize", 1)
+        assert _group_key("new", f["new"], 2) == ("none", 1)
+        assert _group_key("supervised", f["old"], 1)[0] == "normalize"  # the attribute wins over the name

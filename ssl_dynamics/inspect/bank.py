@@ -28,7 +28,7 @@ import torch
 
 from .. import artifacts as art
 from ..augment import DETERMINISTIC, make_generator
-from ..config import SCHEMA_VERSION
+from ..config import SCHEMA_VERSION, upgrade_augment
 from ..errors import UserError
 from ..objectives import make_views
 
@@ -147,11 +147,8 @@ def _fingerprint(fps: dict[ViewKey, str]) -> str:
 def _group_key(name: str, g, schema_version: int) -> ViewKey:
     """(kind, V) of a bank group; banks made before these attributes derive it from the
     group's name and its views' shape. Before schema 2, "none" views were normalized: today's
-    "normalize" (config.upgrade_setup_dict)."""
-    kind = str(g.attrs.get("kind", name))
-    if kind == "none" and schema_version < 2:
-        kind = "normalize"
-    return kind, int(g["views"].shape[2])
+    "normalize" (config.upgrade_augment)."""
+    return upgrade_augment(str(g.attrs.get("kind", name)), schema_version), int(g["views"].shape[2])
 
 
 def _schema(f) -> int:
