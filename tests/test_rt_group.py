@@ -88,3 +88,20 @@ def test_cpu_store_does_not_depend_on_the_number_of_cores(tiny_rt, tmp_path):
         b = three[setup]
         assert a.valid.all() and b.valid.all()
         assert np.array_equal(a.correct, b.correct) and np.array_equal(a.p_true, b.p_true), setup
+
+
+@pytest.mark.parametrize("value, message", [("0", "--group 0: use auto or a positive number of checkpoints"),
+                                            ("two", "--group 'two'")])
+def test_bad_group_is_one_line_exit_2(tiny_run, tmp_path, monkeypatch, capsys, value, message):
+    import sys
+
+    from ssl_dynamics.inspect.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    monkeypatch.setattr(sys, "argv", ["inspect", "rt", str(run), "--group", value, "--no-progress"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and message in err
+    assert not any((run / "inspect").rglob("*"))  # refused before anything was written
