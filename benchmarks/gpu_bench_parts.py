@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import time
 
 import torch
 
-from bench_train import train_steps
+from bench_train import machine_info, sync, train_steps
 from ssl_dynamics.augment import make_generator
 from ssl_dynamics.models import build_network
 from ssl_dynamics.objectives import objective_for
@@ -28,19 +27,13 @@ def quiet(*_a, **_k) -> None:
     return None
 
 
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def machine(dev: torch.device) -> dict:
-    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "loadavg_start": os.getloadavg(), "device": str(dev)}
+    """bench_train's machine description, plus the GPU's memory, CUDA and cuDNN versions."""
+    info = machine_info(dev)
     if dev.type == "cuda":
         p = torch.cuda.get_device_properties(dev)
-        info.update(device_name=p.name, memory_gib=round(p.total_memory / 2**30, 1),
-                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        info.update(memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
     return info
 
 
