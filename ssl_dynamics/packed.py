@@ -127,7 +127,7 @@ class GroupedNetwork(nn.Module):
             if key.endswith("num_batches_tracked"):  # one counter: equal in lockstep training
                 v.copy_(parts[0])
                 continue
-            whole = torch.stack(parts) if key.startswith("head.") else torch.cat(parts)
+            whole = (torch.stack(parts) if key.startswith("head.") else torch.cat(parts)).to(v.dtype)
             if v.device.type == "cuda" and whole.device.type == "cpu":
                 whole = whole.pin_memory()  # queued like a kernel: no wait for the GPU per tensor
             v.copy_(whole, non_blocking=True)

@@ -90,8 +90,9 @@ def _json_name(kind: type) -> str:
     return {dict: "object", list: "array"}.get(kind, kind.__name__)
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def sha256_bytes(data) -> str:
+    """The sha256 of bytes, or of a uint8 tensor's memory (read in place)."""
+    return hashlib.sha256(data.numpy() if hasattr(data, "numpy") else data).hexdigest()
 
 
 def sha256_file(path: str | Path) -> str:

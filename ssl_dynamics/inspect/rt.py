@@ -46,11 +46,36 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def load_task(paths: art.RunPaths, task: Task, verify: bool, pin: bool = False) -> dict:
-    """Load one checkpoint with every check (runs in a background thread); its state dict,
-    in pinned memory when `pin` (a GPU then copies it without waiting, see copy_state)."""
-    state, _ = art.load_weights(paths.checkpoint(task.setup, task.seed, task.epoch), verify=verify)
-    return {k: v.pin_memory() for k, v in state.items()} if pin else state
+@dataclass(frozen=True)
+class Loaded:
+    """A checkpoint's state dict, whose tensors view `data`, the file's bytes in a buffer
+    of the loader's `Buffers` (pinned for a GPU: copy_state then never waits)."""
+
+    state: dict[str, torch.Tensor]
+    data: torch.Tensor
+
+
+def load_task(paths: art.RunPaths, task: Task, verify: bool, buffers: art.Buffers) -> Loaded:
+    """Read one checkpoint into a reused buffer and check everything (runs in a loader
+    thread). Weights stay in their stored dtype: copy_state converts them."""
+    path = paths.checkpoint(task.setup, task.seed, task.epoch)
+    data = art.verified_bytes(path, verify, buffers)
+    try:
+        state, _ = art.load_weights(path, data=data, float32=False)
+    except BaseException:
+        buffers.give(data)
+        raise
+    return Loaded(state, data)
+
+
+def release(buffers: art.Buffers, loaded: list[Loaded], dev: torch.device) -> None:
+    """Give the loaded checkpoints' buffers back once the copies queued out of them ran."""
+    event = None
+    if dev.type == "cuda":
+        event = torch.cuda.Event()
+        event.record()
+    for item in loaded:
+        buffers.give(item.data, event)
 
 
 @dataclass(frozen=True)
@@ -138,10 +163,11 @@ def ensure_bank(ws: Workspace, path: Path, spec: bank_mod.BankSpec, exists: bool
     return bank_mod.build_bank(path, dataset.train_x, dataset.train_y, keys, ws.run.dataset_sha256, spec)
 
 
-# Threads reading and checking checkpoints ahead of the evaluation: hashing and safetensors
-# parsing release the GIL, and one thread reads ~7-10 checkpoints/s of the thesis's size on a
-# 2-core VM (benchmarks/checkpoint_load.py), slower than a GPU evaluates them. Half the cores
-# (at least 2, at most 8) leave the rest to the evaluation itself.
+# Threads reading and checking checkpoints ahead of the evaluation: reading, hashing and the
+# finiteness check release the GIL, and one thread reads ~27 verified checkpoints/s of the
+# thesis's size on a 2-core VM (benchmarks/checkpoint_load.py), slower than a GPU evaluates
+# them (~8 ms each on an H200). Half the cores (at least 2, at most 8) leave the rest to the
+# evaluation itself.
 LOADER_THREADS = max(2, min(8, (os.cpu_count() or 2) // 2))
 
 
@@ -150,7 +176,7 @@ def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: lis
     """Evaluate the tasks in order, in groups of up to opts.group checkpoints of one setup,
     while loader threads read the next LOADER_THREADS + group checkpoints. On the CPU each
     core evaluates its own checkpoint on one thread (see cpu_evaluators)."""
-    pin = torch.device(opts.device).type == "cuda"
+    buffers = art.Buffers(pinned=torch.device(opts.device).type == "cuda")
     groups = plan.group_tasks(tasks, opts.group)
     order = iter([t for group in groups for t in group])
     workers = cpu_evaluators(opts)
@@ -159,9 +185,9 @@ def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: lis
     progress = bar(len(tasks), "checkpoints", "ckpt", opts.progress)
     local, lock = threading.local(), threading.Lock()
 
-    def evaluate_group(group: list[Task], states: list[dict]) -> list:
+    def evaluate_group(group: list[Task], loaded: list[Loaded]) -> list:
         cache = local.__dict__.setdefault("on_device", {})  # one network per thread
-        return _evaluate(cache, run, store, bank, group, states, opts, lock)
+        return _evaluate(cache, run, store, bank, group, loaded, opts, lock, buffers)
 
     threads = torch.get_num_threads()
     running = _Running(workers, evaluate_group, store, progress)
@@ -170,16 +196,16 @@ def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: lis
 
         def fill() -> None:
             while len(pending) < ahead and (task := next(order, None)) is not None:
-                pending.append(pool.submit(load_task, run.paths, task, opts.verify, pin))
+                pending.append(pool.submit(load_task, run.paths, task, opts.verify, buffers))
 
         try:
             if workers > 1:
                 torch.set_num_threads(1)
             for group in groups:
                 fill()
-                states = [pending.popleft().result() for _ in group]
+                loaded = [pending.popleft().result() for _ in group]
                 fill()
-                running.start(group, states)
+                running.start(group, loaded)
             running.finish_all()
         except BaseException:  # keep what was evaluated before the failure, drop the rest
             for future in pending:
@@ -206,13 +232,13 @@ class _Running:
         self.queue: deque = deque()
         self.images = 0
 
-    def start(self, group: list[Task], states: list[dict]) -> None:
+    def start(self, group: list[Task], loaded: list[Loaded]) -> None:
         if self.pool is None:
             done: Future = Future()
-            done.set_result(self.evaluate(group, states))
+            done.set_result(self.evaluate(group, loaded))
             self.queue.append((group, done))
         else:
-            self.queue.append((group, self.pool.submit(self.evaluate, group, states)))
+            self.queue.append((group, self.pool.submit(self.evaluate, group, loaded)))
         if len(self.queue) >= self.workers:
             self.finish_one()
 
@@ -248,22 +274,24 @@ def cpu_evaluators(opts: EvalOptions) -> int:
 
 
 def _evaluate(cache: dict, run: art.Run, store: RtStore, bank: bank_mod.Bank, group: list[Task],
-              states: list[dict], opts: EvalOptions,
-              lock: threading.Lock) -> list[tuple[np.ndarray, np.ndarray]]:
+              loaded: list[Loaded], opts: EvalOptions, lock: threading.Lock,
+              buffers: art.Buffers) -> list[tuple[np.ndarray, np.ndarray]]:
     """(correct, p_true) of each checkpoint of a group: one at a time for a group of one,
     else one pass of a grouped network. `cache` is the calling thread's own."""
     dev = torch.device(opts.device)
     with lock:  # the store is read once per thread and setup, never beside another read
         net, objective, views, targets = _on_device(cache, run, store, bank, group[0].setup, dev)
     if len(group) == 1:
-        copy_state(net, states[0])
+        copy_state(net, loaded[0].state)
+        release(buffers, loaded, dev)
         return [evaluate(net, objective, views, targets, bank.spec.simclr_batch, opts.bf16)]
     key = ("grouped", group[0].setup, len(group))
     if key not in cache:
         from ..packed import GroupedNetwork
 
         cache[key] = GroupedNetwork(net, len(group), shared_input=True, device=dev).eval()
-    cache[key].load_state_dicts(states)
+    cache[key].load_state_dicts([item.state for item in loaded])
+    release(buffers, loaded, dev)
     return evaluate_group(cache[key], objective, views, targets, bank.spec.simclr_batch, opts.bf16)
 
 
@@ -276,7 +304,12 @@ def copy_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     if own.keys() != state.keys():
         raise ValueError("checkpoint keys differ from the network's")
     for key, v in own.items():
-        v.copy_(state[key], non_blocking=True)
+        src = state[key]
+        if src.device != v.device and src.dtype != v.dtype:
+            # bf16 weights: across devices copy_ would convert on the CPU into pageable
+            # memory (and wait); moved first, they convert on the device
+            src = src.to(v.device, non_blocking=True)
+        v.copy_(src, non_blocking=True)
 
 
 def _on_device(cache: dict, run: art.Run, store: RtStore, bank: bank_mod.Bank, setup: str, dev):
