@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ssl_dynamics.errors import UserError
-from ssl_dynamics.inspect import binomial as bn
+from ssl_dynamics.inspect import binomial_rows as bn
 from ssl_dynamics.inspect import stats as st
 from ssl_dynamics.inspect.binomial import run_binomial
 from ssl_dynamics.inspect.classes import run_classes
@@ -241,7 +241,7 @@ def test_table42_equals_direct_mae(full):
         t = st.first_epoch_reaching(st.epoch_means(r), row["p0"])
         assert row["epoch"] == int(d.epochs[t])
         mean, std, _ = st.binomial_mae(r[t], 5, row["p_hat0"], 4,
-                                       rng=bn._rng(0, row["setup"], row["p0"], bn.STREAM_MAE))
+                                       rng=bn.stream_rng(0, row["setup"], row["p0"], bn.STREAM_MAE))
         assert (row["mae_mean"], row["mae_std"]) == (pytest.approx(mean), pytest.approx(std))
 
 

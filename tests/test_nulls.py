@@ -12,6 +12,7 @@ import pytest
 from scipy import stats as sps
 
 from ssl_dynamics.inspect import nulls as nl
+from ssl_dynamics.inspect import overdispersion as od
 from ssl_dynamics.inspect import stats as st
 
 # The thesis's design for the worked case.
@@ -251,18 +252,18 @@ def test_heterogeneous_data_are_detected():
 
 def test_betabinomial_recovers_rho_with_coverage():
     true_rho = 1 / (2 + 3 + 1)
-    fits = [nl.betabinomial_fit(heterogeneous_counts(100 + i), N) for i in range(40)]
+    fits = [od.betabinomial_fit(heterogeneous_counts(100 + i), N) for i in range(40)]
     first = fits[0]
     assert first["ci_low"] < first["rho"] < first["ci_high"]
     assert first["ci_low"] < true_rho < first["ci_high"]
     assert first["mu"] == pytest.approx(0.4, abs=0.03) and first["p_value"] < 1e-10
-    assert first["rho"] == pytest.approx(nl.icc_anova(heterogeneous_counts(100), N), abs=0.02)
+    assert first["rho"] == pytest.approx(od.icc_anova(heterogeneous_counts(100), N), abs=0.02)
     covered = sum(f["ci_low"] <= true_rho <= f["ci_high"] for f in fits)
     assert covered >= 32  # nominal 95 %: P(<= 31 of 40) = 1e-4
 
 
 def test_betabinomial_homogeneous_counts():
-    fits = [nl.betabinomial_fit(rng(200 + i).binomial(N, P, size=K), N) for i in range(40)]
+    fits = [od.betabinomial_fit(rng(200 + i).binomial(N, P, size=K), N) for i in range(40)]
     first = fits[0]
     assert first["rho"] < 0.01 and first["ci_low"] == 0.0 and first["p_value"] > 0.05
     assert sum(f["ci_low"] == 0.0 for f in fits) >= 32
@@ -273,7 +274,7 @@ def test_betabinomial_homogeneous_counts():
 
 
 def test_betabinomial_all_or_none_counts_reach_rho_one():
-    fit = nl.betabinomial_fit(np.repeat([0, N], [600, 424]), N)
+    fit = od.betabinomial_fit(np.repeat([0, N], [600, 424]), N)
     assert fit["rho"] > 0.99 and fit["ci_high"] == 1.0
     assert fit["mu"] == pytest.approx(424 / 1024, abs=1e-6)
 
@@ -304,7 +305,7 @@ def test_degenerate_rates(p):
         assert np.all(nl.simulate_null_r(N, M, 16, p, rng(), 3, rho) == p)
         assert np.all(nl.mae_null_distribution(N, M, 16, p, rng(), 3, 2, rho) == 0.0)
     assert np.all(nl.chisquare_null_distribution(N, 16, p, rng(), 3) == 0.0)
-    fit = nl.betabinomial_fit(np.full(16, int(p) * N), N)
+    fit = od.betabinomial_fit(np.full(16, int(p) * N), N)
     assert fit["mu"] == p and fit["rho"] == 0.0 and fit["p_value"] == 1.0
     assert (fit["ci_low"], fit["ci_high"]) == (0.0, 1.0)
 
@@ -313,12 +314,12 @@ def test_single_seed_and_single_image():
     g = rng(21)
     assert nl.simulate_null_r(1, M, K, P, g, 2).shape == (2, K)
     np.testing.assert_allclose(nl.chisquare_null_distribution(1, K, P, g, 5), 0.0, atol=1e-12)
-    assert nl.betabinomial_fit(g.binomial(1, P, size=K), 1)["ci_high"] == 1.0
+    assert od.betabinomial_fit(g.binomial(1, P, size=K), 1)["ci_high"] == 1.0
     assert nl.faithful_mae([0.5], 1, P, 3, g)[2].shape == (3,)
     assert nl.simulate_null_r(N, M, 1, P, g, 4).shape == (4, 1)
     assert nl.mae_null_distribution(N, M, 1, P, g, 4, 2).shape == (4,)
     assert np.all(np.isfinite(nl.chisquare_null_distribution(N, 1, P, g, 4)))
-    one = nl.betabinomial_fit([12], N)
+    one = od.betabinomial_fit([12], N)
     assert 0.0 <= one["ci_low"] <= one["rho"] <= one["ci_high"] <= 1.0
     assert nl.within_seed_correlation(g.random((4, 3, 1)) < 0.5, np.ones(4, bool)) >= 0.0
     assert np.isnan(nl.rank_agreement([1.0], [2.0])[0])
@@ -340,11 +341,11 @@ def test_single_seed_and_single_image():
         (lambda: nl.within_seed_correlation(np.ones((2, 2, 2), int), np.ones(3, bool)), "valid_t"),
         (lambda: nl.calibrate(np.nan, [1.0]), "observed"),
         (lambda: nl.calibrate(1.0, []), "null"),
-        (lambda: nl.betabinomial_fit([1, 4], 3), "0..3"),
-        (lambda: nl.betabinomial_fit([1.5], 3), "whole"),
-        (lambda: nl.betabinomial_fit([1], 3, alpha=1.0), "alpha"),
-        (lambda: nl.icc_anova([1], 3), "2 images"),
-        (lambda: nl.icc_anova([1, 2], 1), "n must"),
+        (lambda: od.betabinomial_fit([1, 4], 3), "0..3"),
+        (lambda: od.betabinomial_fit([1.5], 3), "whole"),
+        (lambda: od.betabinomial_fit([1], 3, alpha=1.0), "alpha"),
+        (lambda: od.icc_anova([1], 3), "2 images"),
+        (lambda: od.icc_anova([1, 2], 1), "n must"),
         (lambda: nl.rank_agreement([1, 2], [1, 2, 3]), "equal length"),
     ],
 )
@@ -359,7 +360,7 @@ def test_betabinomial_likelihood_and_interval_match_scipy():
     # are informative.
     g = rng(0)
     counts = g.binomial(N, g.beta(0.4 * 99, 0.6 * 99, size=400))
-    fit = nl.betabinomial_fit(counts, N)
+    fit = od.betabinomial_fit(counts, N)
 
     def loglik(mu, rho):
         if rho == 0.0:

@@ -26,15 +26,15 @@ the same numbers whatever other setups are present.
 """
 from __future__ import annotations
 
-import zlib
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import UserError
 from . import binomial_figures as figs
-from . import nulls
 from . import stats as st
+from .binomial_rows import (STREAM_TILDE_NOISE, chi_entry, mae_entry, missing_row, never_note, stream_rng,
+                            spread_entry)
 from .first_second import first_second
 from .outputs import Outputs
 from .plots import seed_count_note
@@ -45,9 +45,6 @@ DEFAULT_P0S = (0.25, 0.5, 0.75)
 # accuracy after the initialization (for short runs that never reach the thesis's levels)
 RANGE_FRACTIONS = (0.25, 0.5, 0.75)
 DEFAULT_NULL_SIMS = 1000  # simulated datasets per null: empirical p-values resolved to 0.001
-MIN_SPREAD_POINTS = 20  # Fig. 4.5: below this many images at step 50 (small K) the step shrinks
-# RNG streams, so that each use of randomness is independent of the others.
-STREAM_MAE, STREAM_TILDE_NOISE, STREAM_NULL_CHI, STREAM_NULL_MAE, STREAM_NULL_MAE_W = range(5)
 
 CHI2_NOTE = (
     "p_hat0 = mean over images of r~_t for augmentation 0 (eq. 4.7); epoch = first epoch after the "
@@ -69,30 +66,6 @@ MAE_NOTE = (
     "(extra variance across images or within seeds brings r_t towards the noise). "
     "rho_within, z_within, p_within: the same with the observed within-seed correlation of "
     "replays kept in the null.")
-
-
-def _rng(seed: int, setup: str, p0: float, stream: int) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(setup.encode()), int(round(p0 * 1e6)), stream])
-
-
-def _counts(d: SetupRt, t: int, aug: int = 0) -> tuple[np.ndarray, int]:
-    """Per-image number of valid seeds correct on augmentation `aug` at epoch index t, and N."""
-    ok = np.asarray(d.valid, dtype=bool)[:, t]
-    return np.asarray(d.correct[ok, t, aug, :], dtype=np.int64).sum(axis=0), int(ok.sum())
-
-
-def _never_note(s: str, p0: float, p_hat: np.ndarray, epochs: np.ndarray, what: str) -> str:
-    if not np.isfinite(p_hat).any():
-        return f"{s}: no evaluated epoch"
-    top = int(np.nanargmax(p_hat))
-    return (f"{s}: {what} never reaches p0 = {p0:g} (largest {p_hat[top]:.3f} at epoch "
-            f"{int(epochs[top])})")
-
-
-def _bins_text(bins: np.ndarray) -> str:
-    """The pooled groups of count bins, e.g. "0-2, 14-30" (every other bin stands alone)."""
-    merged = [f"{lo}-{hi}" for lo, hi in bins if lo != hi]
-    return ", ".join(merged) if merged else "none"
 
 
 def range_levels(p_tilde: np.ndarray, p_all: np.ndarray, cand: np.ndarray) -> tuple[float, ...]:
@@ -122,84 +95,6 @@ def _check_args(p0s, draws, seed, sims) -> tuple[float, ...] | str:
     return p0s
 
 
-def _chi_entry(s, d, t, p0, p_hat, seed, sims, notes) -> tuple[dict, dict]:
-    """Table 4.1 row at epoch index t and what its figures need."""
-    counts, n = _counts(d, t)
-    epoch = int(d.epochs[t])
-    f_obs, f_exp = st.count_frequencies(counts, n), st.binomial_expected(counts.size, n, p_hat)
-    problems = []
-    try:
-        chi_f, p_f = st.chisquare_faithful(counts, n, p_hat)
-        dof_f = int(np.count_nonzero(f_exp > 0)) - 1 - st.ESTIMATED_PARAMS
-        sim = nulls.calibrate(chi_f, nulls.chisquare_null_distribution(
-            n, counts.size, p_hat, _rng(seed, s, p0, STREAM_NULL_CHI), sims))["p_value"]
-    except ValueError as exc:  # too few bins (N < 2 seeds, or p_hat of 0/1)
-        chi_f, p_f, dof_f, sim = float("nan"), float("nan"), None, float("nan")
-        problems.append(f"thesis chi-square undefined: {exc}")
-    chi_p, p_p, dof_p, bins = st.chisquare_pooled(counts, n, p_hat)
-    g, p_g, _, _ = st.g_test_pooled(counts, n, p_hat)
-    if dof_p < 1:
-        problems.append("pooled tests undefined (fewer than 3 groups)")
-    bb = nulls.betabinomial_fit(counts, n)
-    note = "; ".join(problems)
-    if note:
-        notes.append(f"table4_1: {s} p0 = {p0:g} (epoch {epoch}, N = {n}): {note}")
-    row = {"setup": s, "p0": p0, "epoch": epoch, "n_seeds": n, "p_hat0": p_hat,
-           "chi2_thesis_allbins": chi_f, "dof_thesis": dof_f, "p_thesis_allbins": p_f,
-           "p_thesis_sim": sim, "min_expected_allbins": float(f_exp.min()), "chi2_pooled": chi_p,
-           "dof_pooled": int(dof_p), "p_pooled": p_p, "g_pooled": g, "p_g": p_g,
-           "pooled_tails": _bins_text(bins), "rho": bb["rho"], "rho_ci_low": bb["ci_low"],
-           "rho_ci_high": bb["ci_high"], "p_rho0": bb["p_value"], "note": note}
-    return row, {"t": t, "epoch": epoch, "n": n, "p_hat": p_hat, "counts": counts, "f_obs": f_obs,
-                 "f_exp": f_exp, "bins": bins, "p_pooled": p_p}
-
-
-def _mae_entry(s, d, r, t, p0, p_hat, draws, seed, sims) -> tuple[dict, dict]:
-    """Table 4.2 row at epoch index t: the thesis's MAE and its place in two simulated nulls."""
-    valid = np.asarray(d.valid, dtype=bool)
-    n, m, k = int(valid[:, t].sum()), d.correct.shape[2], r.shape[1]
-    mean, std, per_draw = st.binomial_mae(r[t], n, p_hat, draws, rng=_rng(seed, s, p0, STREAM_MAE))
-    # the first draw of the same stream: the noise curve Fig. 4.4 shows
-    noise = np.sort(_rng(seed, s, p0, STREAM_MAE).binomial(n, p_hat, k) / n)
-    null = nulls.mae_null_distribution(n, m, k, p_hat, _rng(seed, s, p0, STREAM_NULL_MAE), sims, draws)
-    rho_w = nulls.within_seed_correlation(d.correct[:, t], valid[:, t])
-    null_w = nulls.mae_null_distribution(n, m, k, p_hat, _rng(seed, s, p0, STREAM_NULL_MAE_W), sims,
-                                         draws, within_seed_rho=rho_w)
-    cal, cal_w = nulls.calibrate(mean, null, two_sided=True), nulls.calibrate(mean, null_w, two_sided=True)
-    row = {"setup": s, "p0": p0, "epoch": int(d.epochs[t]), "n_seeds": n, "replays": m,
-           "p_hat0": p_hat, "mae": f"{mean:.3f} ± {std:.3f}", "mae_mean": mean, "mae_std": std,
-           "null_mae": cal["null_mean"], "null_mae_std": cal["null_std"], "z": cal["z"],
-           "p": cal["p_value"], "rho_within": rho_w, "null_mae_within": cal_w["null_mean"],
-           "z_within": cal_w["z"], "p_within": cal_w["p_value"], "note": ""}
-    return row, {"t": t, "epoch": int(d.epochs[t]), "n": n, "p_hat": p_hat, "noise": noise,
-                 "mae": mean, "per_draw": per_draw, "null": null, "null_within": null_w}
-
-
-def _spread_entry(d: SetupRt, r: np.ndarray, t: int, notes: list[str]) -> dict:
-    """Fig. 4.5 data at epoch index t: every step-th image of the r_t-sorted probe set."""
-    k, m = r.shape[1], d.correct.shape[2]
-    step = st.DEFAULT_SPREAD_STEP
-    if -(-k // step) < MIN_SPREAD_POINTS:
-        step = max(1, k // MIN_SPREAD_POINTS)
-        notes.append(f"fig4_5: {d.setup} has only K = {k} probe images; every {step}th image is "
-                     f"shown instead of every {st.DEFAULT_SPREAD_STEP}th")
-    valid = np.asarray(d.valid, dtype=bool)[:, t:t + 1]
-    rt_all = np.stack([st.r_tilde(d.correct[:, t:t + 1], j, valid)[0] for j in range(m)])
-    order, r_sel, rt_sel = st.spread_rows(r[t], rt_all, step)
-    return {"epoch": int(d.epochs[t]), "k": k, "step": step, "order": order, "r_t": r_sel,
-            "r_tilde": rt_sel, "p_hat": float(np.mean(r[t]))}
-
-
-def _missing_row(kind: str, s: str, p0: float, msg: str) -> dict:
-    nan = float("nan")
-    base = {"setup": s, "p0": p0, "epoch": None, "n_seeds": None, "p_hat0": nan}
-    if kind == "chi":
-        return {**base, "chi2_thesis_allbins": nan, "p_thesis_allbins": nan, "p_thesis_sim": nan,
-                "p_pooled": nan, "p_g": nan, "rho": nan, "note": msg}
-    return {**base, "mae": "n/a", "mae_mean": nan, "mae_std": nan, "null_mae": nan, "z": nan,
-            "p": nan, "note": msg}
-
-
 def _setup_tables(s, d, p0s, draws, seed, sims, include_init, notes, arrays, labelled,
                   coords) -> dict:
     """Table 4.1 / 4.2 rows, figure data and arrays (with their named dimensions) of one setup."""
@@ -222,13 +117,13 @@ def _setup_tables(s, d, p0s, draws, seed, sims, include_init, notes, arrays, lab
     for p0 in p0s:
         t = st.first_epoch_reaching(p_tilde, p0, cand)
         if t is None:
-            msg = _never_note(s, p0, np.where(cand, p_tilde, np.nan), epochs, "p0_hat (augmentation 0)")
+            msg = never_note(s, p0, np.where(cand, p_tilde, np.nan), epochs, "p0_hat (augmentation 0)")
             notes.append(f"table4_1: {msg}")
-            out["chi"].append(_missing_row("chi", s, p0, msg)), out["chi_fig"].append(None)
+            out["chi"].append(missing_row("chi", s, p0, msg)), out["chi_fig"].append(None)
         else:
-            row, info = _chi_entry(s, d, t, p0, float(p_tilde[t]), seed, sims, notes)
+            row, info = chi_entry(s, d, t, p0, float(p_tilde[t]), seed, sims, notes)
             info["r_tilde"], info["p0"] = r0[t], p0
-            info["noise"] = np.sort(_rng(seed, s, p0, STREAM_TILDE_NOISE).binomial(
+            info["noise"] = np.sort(stream_rng(seed, s, p0, STREAM_TILDE_NOISE).binomial(
                 info["n"], info["p_hat"], r0.shape[1]) / info["n"])
             out["chi"].append(row), out["chi_fig"].append(info)
             g = f"{s}/chisq_p0_{p0:g}"
@@ -237,14 +132,14 @@ def _setup_tables(s, d, p0s, draws, seed, sims, include_init, notes, arrays, lab
                            f"{g}/noise_sorted": info["noise"]})
         t = st.first_epoch_reaching(p_all, p0, cand)
         if t is None:
-            msg = _never_note(s, p0, np.where(cand, p_all, np.nan), epochs, "mean r_t")
+            msg = never_note(s, p0, np.where(cand, p_all, np.nan), epochs, "mean r_t")
             notes.append(f"table4_2: {msg}")
-            out["mae"].append(_missing_row("mae", s, p0, msg))
+            out["mae"].append(missing_row("mae", s, p0, msg))
             out["mae_fig"].append(None), out["spread"].append(None)
             continue
-        row, info = _mae_entry(s, d, r, t, p0, float(p_all[t]), draws, seed, sims)
+        row, info = mae_entry(s, d, r, t, p0, float(p_all[t]), draws, seed, sims)
         out["mae"].append(row), out["mae_fig"].append(info)
-        out["spread"].append(_spread_entry(d, r, t, notes) if d.correct.shape[2] > 1 else None)
+        out["spread"].append(spread_entry(d, r, t, notes) if d.correct.shape[2] > 1 else None)
         g = f"{s}/mae_p0_{p0:g}"
         arrays.update({f"{g}/per_draw": info["per_draw"], f"{g}/noise_sorted": info["noise"],
                        f"{g}/null_mae": info["null"], f"{g}/null_mae_within": info["null_within"]})
@@ -252,7 +147,7 @@ def _setup_tables(s, d, p0s, draws, seed, sims, include_init, notes, arrays, lab
         last = int(np.flatnonzero(valid.any(axis=0))[-1])
         notes.append(f"fig4_5: {s} reaches none of the p0 levels; drawn at its last evaluated "
                      f"epoch {int(epochs[last])}")
-        out["spread"] = [_spread_entry(d, r, last, notes)]
+        out["spread"] = [spread_entry(d, r, last, notes)]
     return out
 
 

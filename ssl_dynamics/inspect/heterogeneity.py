@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
-from . import nulls
+from . import nulls, overdispersion
 from . import stats as st
 from .dynamics import evaluated_indices, reference_alignment
 from .outputs import Outputs
@@ -44,7 +44,7 @@ def rho_by_epoch(d: SetupRt, include_init: bool = False) -> dict[str, np.ndarray
             continue
         ok = valid[:, t]
         counts = np.asarray(d.correct[ok, t, 0, :], dtype=np.int64).sum(axis=0)
-        fit = nulls.betabinomial_fit(counts, int(ok.sum()), CI_ALPHA)
+        fit = overdispersion.betabinomial_fit(counts, int(ok.sum()), CI_ALPHA)
         out["rho"][t], out["ci_low"][t], out["ci_high"][t] = fit["rho"], fit["ci_low"], fit["ci_high"]
         out["p_value"][t], out["mean_rt"][t], out["n"][t] = fit["p_value"], np.mean(r[t]), ok.sum()
     return out
