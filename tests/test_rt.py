@@ -163,6 +163,16 @@ def test_flipped_tensor_bytes_are_refused_and_earlier_work_kept(run):
     assert rt(run, setups=["simclr"], verify=False, **QUIET)["evaluated"] > 0
 
 
+def test_truncated_weights_are_refused_without_verify(run):
+    p = art.RunPaths(run).checkpoint("simclr", 0, 1)
+    p.write_bytes(p.read_bytes()[:-100])  # the header is intact: the loader finds the gap
+    with pytest.raises(UserError, match="corrupt checkpoint .*simclr/seed-00/epoch-0001.safetensors: "
+                                        "tensor .* runs past the end of the file"):
+        rt(run, setups=["simclr"], device="cpu", verify=False, **BANK, **QUIET)
+    d = load_rt(run / "inspect" / "rt.zarr")["simclr"]
+    assert d.valid[0, 0] and not d.valid[0, 1]
+
+
 def test_foreign_checkpoint_refused(run):
     paths = art.RunPaths(run)
     state, meta = art.load_checkpoint(paths.checkpoint("supervised", 0, 1))
