@@ -107,6 +107,21 @@ def test_growing_seeds_keeps_the_seed_coordinate_in_step(tmp_path):
     assert meta["dimension_names"] == ["seed"] and meta["shape"] == [3]
 
 
+def test_writes_after_growing_the_seeds_reach_the_new_seed(tmp_path):
+    """write() keeps array handles; growing the seed axis through the same store object
+    must not leave it writing through handles of the old shape."""
+    store = RtStore(tmp_path / "s.zarr")
+    store.init_probes(np.arange(4), np.zeros(4, dtype=int), "bank")
+    targets = np.zeros(4, dtype=int)
+    store.ensure_setup("supervised", [0], 2, 1, 4, 1, targets, {})
+    store.write("supervised", 0, 1, np.ones((1, 4, 1)), np.full((1, 4, 1), 0.25))
+    assert store.ensure_setup("supervised", [0, 5], 2, 1, 4, 1, targets, {}) == [0, 5]
+    store.write("supervised", 1, 0, np.ones((1, 4, 1)), np.full((1, 4, 1), 0.75))
+    back = RtStore(tmp_path / "s.zarr", writable=False).read("supervised")
+    assert back["done"].tolist() == [[0, 1], [1, 0]]
+    assert back["p_true"][1, 0].tolist() == [[[0.75]] * 4] and back["p_true"][0, 1, 0, 0, 0] == 0.25
+
+
 def test_stale_consolidated_metadata_is_detected(tmp_path):
     path = tmp_path / "s.zarr"
     store = RtStore(path)

@@ -222,14 +222,23 @@ def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: lis
             "images_per_s": running.images / seconds if tasks and seconds else 0.0}
 
 
+# Evaluated checkpoints whose store writes may wait at once: a write (~4 ms on a 2-core VM,
+# benchmarks/analysis_scale.py) then overlaps the next evaluation instead of following it,
+# and a failed write still surfaces within a few checkpoints.
+WRITES_AHEAD = 4
+
+
 class _Running:
-    """Evaluations in flight, written to the store in the order they started. With one
-    worker each runs at once in the calling thread (the GPU path); with more, in a pool."""
+    """Evaluations in flight, written to the store in the order they started, by one
+    writer thread. With one worker each evaluation runs at once in the calling thread (the
+    GPU path); with more, in a pool."""
 
     def __init__(self, workers: int, evaluate, store: RtStore, progress):
         self.workers, self.evaluate, self.store, self.progress = workers, evaluate, store, progress
         self.pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+        self.writer = ThreadPoolExecutor(max_workers=1)
         self.queue: deque = deque()
+        self.writes: deque = deque()
         self.images = 0
 
     def start(self, group: list[Task], loaded: list[Loaded]) -> None:
@@ -244,23 +253,30 @@ class _Running:
 
     def finish_one(self) -> None:
         group, future = self.queue.popleft()
-        for task, (correct, p_true) in zip(group, future.result()):
+        self.writes.append(self.writer.submit(self._write, group, future.result()))
+        while len(self.writes) > WRITES_AHEAD:
+            self.writes.popleft().result()
+
+    def _write(self, group: list[Task], results: list) -> None:
+        for task, (correct, p_true) in zip(group, results):
             self.store.write(task.setup, task.s_idx, task.epoch, correct, p_true)
             self.images += int(np.prod(correct.shape))
             self.progress.update(1)
 
     def finish_all(self, quiet: bool = False) -> None:
         """Write every evaluation in flight; `quiet` drops failures (another one is raised)."""
-        while self.queue:
-            try:
-                self.finish_one()
-            except Exception:  # noqa: BLE001
-                if not quiet:
-                    raise
+        for pending, step in ((self.queue, self.finish_one), (self.writes, lambda: self.writes.popleft().result())):
+            while pending:
+                try:
+                    step()
+                except Exception:  # noqa: BLE001
+                    if not quiet:
+                        raise
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
+        self.writer.shutdown()
 
 
 def cpu_evaluators(opts: EvalOptions) -> int:

@@ -63,6 +63,7 @@ class RtStore:
     def __init__(self, path: str | Path, writable: bool = True):
         self.path = work_path(path)
         self.writable = writable
+        self._arrays: dict[str, tuple] = {}  # setup -> (correct, p_true, done) handles for write
         self.group = self._open()
         if writable:
             self.upgrade()
@@ -79,6 +80,15 @@ class RtStore:
                                    use_consolidated=False)
         except Exception as e:
             raise UserError(f"cannot open r_t store {self.path}: {e}") from None
+
+    @property
+    def group(self):
+        return self._group
+
+    @group.setter
+    def group(self, group) -> None:
+        # a re-read group may have new or resized arrays: handles opened before are stale
+        self._group, self._arrays = group, {}
 
     def _lock(self):
         return art.file_lock(self.path.with_name(self.path.name + ".lock"))
@@ -178,6 +188,7 @@ class RtStore:
             g.attrs.update({"seeds": order, "shape": shape})
             dims.write_seed_coordinate(g, order)
             dims.consolidate(self.path)
+            self._arrays = {}
         return order
 
     def setups(self) -> list[str]:
@@ -193,10 +204,13 @@ class RtStore:
         return self.group[f"{setup}/done"][:].astype(bool)
 
     def write(self, setup: str, s: int, e: int, correct: np.ndarray, p_true: np.ndarray) -> None:
-        g = self.group[setup]
-        g["correct"][s, e] = correct.astype(np.uint8)
-        g["p_true"][s, e] = p_true.astype(np.float32)
-        g["done"][s, e] = 1  # last: it commits the chunk
+        if setup not in self._arrays:  # opening an array reads its metadata: a third of a write
+            g = self.group[setup]
+            self._arrays[setup] = (g["correct"], g["p_true"], g["done"])
+        c, p, done = self._arrays[setup]
+        c[s, e] = correct.astype(np.uint8)
+        p[s, e] = p_true.astype(np.float32)
+        done[s, e] = 1  # last: it commits the chunk
 
     def read(self, setup: str) -> dict[str, np.ndarray]:
         g = self.group[setup]
