@@ -70,7 +70,7 @@ def rate(paths: list[Path], way: str, verify: bool, threads: int) -> float:
         if way == "fresh":
             return art.load_weights(p, verify=verify)[0]
         data = art.verified_bytes(p, verify, buffers)
-        state = art.load_weights(p, data=data, float32=False)[0]
+        state = art.load_weights(p, data=data, views=True)[0]
         buffers.give(data)
         return state
 

@@ -173,6 +173,47 @@ def test_truncated_weights_are_refused_without_verify(run):
     assert d.valid[0, 0] and not d.valid[0, 1]
 
 
+def test_buffers_come_back_only_after_their_weights_were_copied(run, monkeypatch):
+    """The loader's buffers are reused: one given back too early would hand the network
+    another file's bytes. Poisoned (NaN) the moment they come back, they must change nothing."""
+    rt(run, setups=["supervised"], **BANK, **QUIET)
+    want = load_rt(run / "inspect" / "rt.zarr")["supervised"]
+
+    class Poisoning(art.Buffers):
+        def give(self, view, event=None):
+            buf = self._taken.get(view.untyped_storage().data_ptr())
+            if buf is not None:
+                buf.fill_(255)  # every float read from it is NaN
+            super().give(view, event)
+
+    monkeypatch.setattr(art, "Buffers", Poisoning)
+    rt(run, run / "inspect" / "again.zarr", setups=["supervised"], **QUIET)
+    got = load_rt(run / "inspect" / "again.zarr")["supervised"]
+    assert np.array_equal(got.correct, want.correct)
+    assert np.array_equal(got.p_true, want.p_true)
+
+
+def test_a_failed_store_write_stops_the_run_and_keeps_what_was_written(run, monkeypatch):
+    from ssl_dynamics.inspect.store import RtStore
+
+    real, calls = RtStore.write, []
+
+    def failing(self, setup, s, e, correct, p_true):
+        calls.append((s, e))
+        if len(calls) == 3:
+            raise OSError("disk gone")
+        real(self, setup, s, e, correct, p_true)
+
+    monkeypatch.setattr(RtStore, "write", failing)
+    with pytest.raises(OSError, match="disk gone"):
+        rt(run, setups=["supervised"], **BANK, **QUIET)
+    done = load_rt(run / "inspect" / "rt.zarr")["supervised"].valid
+    written = [c for i, c in enumerate(calls) if i != 2]
+    assert sorted(map(tuple, np.argwhere(done).tolist())) == sorted(written)
+    monkeypatch.setattr(RtStore, "write", real)
+    assert rt(run, setups=["supervised"], **QUIET)["evaluated"] == 6 - len(written)  # the rest
+
+
 def test_foreign_checkpoint_refused(run):
     paths = art.RunPaths(run)
     state, meta = art.load_checkpoint(paths.checkpoint("supervised", 0, 1))

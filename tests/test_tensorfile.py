@@ -79,6 +79,26 @@ def test_malformed_headers_are_refused(edit, message):
         tensors_of(_tensor(_with_header(edit)), "x")
 
 
+def _raw(header: dict | str, body: bytes = b"") -> bytes:
+    text = header.encode("utf-8") if isinstance(header, str) else json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + body
+
+
+@pytest.mark.parametrize("data, message", [
+    (_raw('{"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}, '
+          '"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}', b"\1"), "names w twice"),
+    (_raw({"w": {"dtype": "U8", "shape": [True], "data_offsets": [0, 1]}}, b"\1"), "invalid shape"),
+    (_raw({"w": {"dtype": "F32", "shape": [0, 2**62], "data_offsets": [0, 0]}}), "invalid shape"),
+    (_raw({"w": {"dtype": "F32", "shape": [0, 2**40, 2**40], "data_offsets": [0, 0]}}), "tensor w:"),
+    (_raw({"__metadata__": {"a": 1}}), "unreadable header"),
+    (_raw({"__metadata__": None}), "unreadable header"),
+    (len(b'{}'.decode().encode("utf-16")).to_bytes(8, "little") + "{}".encode("utf-16"), "unreadable header"),
+])
+def test_headers_outside_the_format_are_refused(data, message):
+    with pytest.raises(UserError, match=f"corrupt checkpoint x: .*{message}"):
+        tensors_of(_tensor(data), "x")
+
+
 @pytest.mark.parametrize("data", [b"", b"\1\0\0", (2**40).to_bytes(8, "little") + b"{}", b"\4\0\0\0\0\0\0\0[1] "])
 def test_garbage_is_refused(data):
     with pytest.raises(UserError, match="corrupt checkpoint x"):
@@ -86,11 +106,24 @@ def test_garbage_is_refused(data):
 
 
 class _Event:
-    def __init__(self):
-        self.waited = 0
+    def __init__(self, done: bool = False):
+        self.waited, self.done = 0, done
+
+    def query(self):
+        return self.done
 
     def synchronize(self):
         self.waited += 1
+
+
+def test_a_buffer_whose_copy_has_run_is_taken_first(tmp_path):
+    buffers = Buffers()
+    a, b = buffers.take(10), buffers.take(10)
+    pending, ran = _Event(done=False), _Event(done=True)
+    buffers.give(a, pending)
+    buffers.give(b, ran)
+    c = buffers.take(10)
+    assert c.data_ptr() == b.data_ptr() and ran.waited == 1 and pending.waited == 0
 
 
 def test_buffers_are_reused_only_after_their_copy_ran(tmp_path):
@@ -124,7 +157,7 @@ def test_a_checkpoint_loads_the_same_through_reused_buffers(tmp_path):
         paths.append(path)
     for path, net in zip(paths * 2, nets * 2):
         data = art.verified_bytes(path, verify=False, buffers=buffers)
-        state, _ = art.load_weights(path, data=data, float32=False)
+        state, _ = art.load_weights(path, data=data, views=True)
         want = art.model_state(net, torch.bfloat16)
         assert all(torch.equal(state[k], want[k]) for k in want)
         buffers.give(data)
@@ -142,3 +175,29 @@ def test_non_finite_weights_are_found_whatever_their_sum(values):
     check_state({"h": torch.tensor([float("nan")]).bfloat16()[:0]}, {"h": (0,)}, "x")  # empty: nothing to check
     with pytest.raises(UserError, match="in h"):
         check_state({"h": torch.tensor([1.0, float("nan")]).bfloat16()}, {"h": (2,)}, "x")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.bfloat16])
+def test_the_finiteness_check_in_every_float_dtype(dtype):
+    big = torch.finfo(dtype).max
+    fine = {"w": torch.full((8,), big, dtype=dtype), "n": torch.tensor([2**62, 2**62], dtype=torch.int64)}
+    check_state(fine, {"w": (8,), "n": (2,)}, "x")  # integers are not floats: no check, no overflow
+    for bad in (float("nan"), float("inf")):
+        state = {**fine, "w": torch.tensor([1.0, bad], dtype=dtype)}
+        with pytest.raises(UserError, match="in w"):
+            check_state(state, {"w": (2,), "n": (2,)}, "x")
+
+
+def test_loaded_networks_own_their_tensors(tmp_path):
+    import io
+
+    from ssl_dynamics.models import build_network
+
+    torch.manual_seed(0)
+    path = tmp_path / "seed-00" / "epoch-0000.safetensors"
+    path.parent.mkdir()
+    art.save_checkpoint(path, build_network("resnet18_cifar", 10, 4), {"backbone": "resnet18_cifar", "head_dim": 10, "width": 4})
+    net, _ = art.load_network(path, verify=False)
+    torch.save(net.state_dict(), io.BytesIO())  # views of one uint8 storage could not be saved
+    state, _ = art.load_weights(path, verify=False)
+    assert len({t.untyped_storage().data_ptr() for t in state.values()}) == len(state)

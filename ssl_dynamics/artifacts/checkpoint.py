@@ -103,8 +103,10 @@ def read_checkpoint_bytes(path: str | Path, buffers: Buffers | None = None) -> t
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state_dict, meta), unverified. No pickled code is executed."""
-    return parse_checkpoint(read_checkpoint_bytes(path), path)
+    """(state_dict, meta), unverified, the tensors as stored, each owning its memory. No
+    pickled code is executed."""
+    state, meta = parse_checkpoint(read_checkpoint_bytes(path), path)
+    return {k: v.clone() for k, v in state.items()}, meta
 
 
 def manifest_sha256(path: Path) -> str:
@@ -125,10 +127,16 @@ def verified_bytes(path: str | Path, verify: bool = True, buffers: Buffers | Non
     verify is False."""
     path = Path(path)
     data = read_checkpoint_bytes(path, buffers)
-    if verify and sha256_bytes(data) != manifest_sha256(path):
+    if verify:
+        verify_sha256(path, data)
+    return data
+
+
+def verify_sha256(path: Path, data: torch.Tensor) -> None:
+    """Refuse checkpoint bytes whose sha256 differs from the one the seed's manifest recorded."""
+    if sha256_bytes(data) != manifest_sha256(path):
         raise UserError(f"corrupt checkpoint {path}: its sha256 differs from the one its manifest "
                         f"recorded (changed or damaged after training; --no-verify skips the check)")
-    return data
 
 
 def load_network(path: str | Path, verify: bool = True, data: bytes | None = None):
@@ -149,14 +157,15 @@ def load_network(path: str | Path, verify: bool = True, data: bytes | None = Non
 
 def load_weights(path: str | Path, verify: bool = True, data: torch.Tensor | None = None,
                  buffers: Buffers | None = None,
-                 float32: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                 views: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict, meta) of one checkpoint with every check of `load_network`, without
     building the network: `inspect rt`'s loader threads need only the tensors, and
     building a network is ~30 ms of Python that holds the GIL.
 
-    The tensors view the file's bytes (read into a buffer from `buffers` if given: the
-    caller gives it back once done with the tensors). `float32` converts bf16 weights
-    (new tensors); without it they stay as stored, for a copy into fp32 parameters."""
+    By default the tensors are float32 (integer buffers as stored) and own their memory.
+    With `views` they stay in their stored dtype as views into the file's bytes (`data`,
+    or a buffer from `buffers` that the caller gives back once done with them): no copy,
+    for a copy into a network's parameters right after."""
     path = Path(path)
     state, meta = parse_checkpoint(verified_bytes(path, verify, buffers) if data is None else data, path)
     missing = [k for k in ("backbone", "width", "head_dim") if k not in meta]
@@ -167,8 +176,9 @@ def load_weights(path: str | Path, verify: bool = True, data: torch.Tensor | Non
     except (ValueError, TypeError, RuntimeError) as e:
         raise UserError(f"checkpoint {path}: cannot rebuild its network: {e}") from None
     check_state(state, shapes, path)
-    if float32:
-        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    if not views:  # own copies: nothing keeps the file's buffer alive, torch.save works
+        state = {k: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone()
+                 for k, v in state.items()}
     return state, meta
 
 

@@ -29,6 +29,7 @@ SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16
                       torch.uint8: "U8", torch.bool: "BOOL"}
 TORCH_DTYPES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 HEADER_LIMIT = 100 * 2**20  # a header past 100 MiB is not a checkpoint of ours: refuse early
+DIM_LIMIT = 2**62  # a dimension beyond this is not a tensor of ours (torch sizes are int64)
 
 
 def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -67,7 +68,8 @@ class Buffers:
     def take(self, nbytes: int) -> torch.Tensor:
         with self._lock:
             fits = [i for i, (buf, _) in enumerate(self._free) if buf.numel() >= nbytes]
-            buf, event = self._free.pop(fits[0]) if fits else (None, None)
+            ready = [i for i in fits if self._free[i][1] is None or self._free[i][1].query()]
+            buf, event = self._free.pop((ready or fits)[0]) if fits else (None, None)
         if event is not None:
             event.synchronize()
         if buf is None:
@@ -91,14 +93,17 @@ def read_file(path: Path, buffers: Buffers | None = None) -> torch.Tensor:
         size = f.seek(0, 2)
         f.seek(0)
         buf = buffers.take(size) if buffers is not None else torch.empty(max(size, 1), dtype=torch.uint8)
-        view = memoryview(buf.numpy())[:size]
-        got = 0
-        while got < size and (n := f.readinto(view[got:])):
-            got += n
-        if got != size or f.read(1):
+        try:
+            view = memoryview(buf.numpy())[:size]
+            got = 0
+            while got < size and (n := f.readinto(view[got:])):
+                got += n
+            if got != size or f.read(1):
+                raise UserError(f"{path} changed while it was read")
+        except BaseException:
             if buffers is not None:
                 buffers.give(buf)
-            raise UserError(f"{path} changed while it was read")
+            raise
     return buf[:size]
 
 
@@ -111,13 +116,24 @@ def header_of(data: torch.Tensor | bytes, path: Path) -> tuple[dict, int]:
     (n,) = struct.unpack("<Q", raw[:8])
     if n > min(HEADER_LIMIT, len(raw) - 8):
         raise UserError(f"corrupt checkpoint {path}: header length {n} does not fit the file")
-    try:
-        header = json.loads(bytes(raw[8:8 + n]))
+    try:  # the format's header is UTF-8 JSON (json.loads of bytes would also take UTF-16/32)
+        header = json.loads(bytes(raw[8:8 + n]).decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"corrupt checkpoint {path}: unreadable header") from None
-    if not isinstance(header, dict):
+    except KeyError as e:
+        raise UserError(f"corrupt checkpoint {path}: the header names {e.args[0]} twice") from None
+    metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise UserError(f"corrupt checkpoint {path}: unreadable header")
     return header, 8 + n
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        names = [k for k, _ in pairs]
+        raise KeyError(next(k for k in names if names.count(k) > 1))
+    return out
 
 
 def _entry(name: str, spec: object, path: Path) -> tuple[torch.dtype, list[int], int, int]:
@@ -126,10 +142,10 @@ def _entry(name: str, spec: object, path: Path) -> tuple[torch.dtype, list[int],
     if not isinstance(spec, dict) or spec.get("dtype") not in TORCH_DTYPES:
         raise UserError(f"{bad} an unknown dtype")
     shape, offsets = spec.get("shape"), spec.get("data_offsets")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+    if not (isinstance(shape, list) and all(type(d) is int and 0 <= d < DIM_LIMIT for d in shape)):
         raise UserError(f"{bad} an invalid shape")
     if not (isinstance(offsets, list) and len(offsets) == 2
-            and all(isinstance(o, int) and o >= 0 for o in offsets) and offsets[0] <= offsets[1]):
+            and all(type(o) is int and o >= 0 for o in offsets) and offsets[0] <= offsets[1]):
         raise UserError(f"{bad} invalid data offsets")
     dtype = TORCH_DTYPES[spec["dtype"]]
     if offsets[1] - offsets[0] != math.prod(shape) * dtype.itemsize:
@@ -143,7 +159,7 @@ def tensors_of(data: torch.Tensor, path: Path) -> tuple[dict[str, torch.Tensor],
     size is copied out); the tensors must tile the data section exactly, as the format
     requires."""
     header, start = header_of(data, path)
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", {})
     entries = sorted(((_entry(name, spec, path), name) for name, spec in header.items()),
                      key=lambda e: (e[0][2], e[0][3]))
     end = 0
@@ -158,7 +174,10 @@ def tensors_of(data: torch.Tensor, path: Path) -> tuple[dict[str, torch.Tensor],
         raw = data[start + lo:start + hi]
         if raw.data_ptr() % dtype.itemsize:
             raw = raw.clone()  # views of a wider type must be aligned to it
-        state[name] = raw.view(dtype).view(shape) if raw.numel() else torch.empty(shape, dtype=dtype)
+        try:
+            state[name] = raw.view(dtype).view(shape) if raw.numel() else torch.empty(shape, dtype=dtype)
+        except RuntimeError as e:  # e.g. an empty shape whose other dimensions torch refuses
+            raise UserError(f"corrupt checkpoint {path}: tensor {name}: {e}") from None
     if start + end != len(data):
         raise UserError(f"corrupt checkpoint {path}: {len(data) - start - end} bytes after the last tensor")
     return state, metadata

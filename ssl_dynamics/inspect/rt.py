@@ -59,9 +59,11 @@ def load_task(paths: art.RunPaths, task: Task, verify: bool, buffers: art.Buffer
     """Read one checkpoint into a reused buffer and check everything (runs in a loader
     thread). Weights stay in their stored dtype: copy_state converts them."""
     path = paths.checkpoint(task.setup, task.seed, task.epoch)
-    data = art.verified_bytes(path, verify, buffers)
+    data = art.read_checkpoint_bytes(path, buffers)
     try:
-        state, _ = art.load_weights(path, data=data, float32=False)
+        if verify:
+            art.verify_sha256(path, data)
+        state, _ = art.load_weights(path, data=data, views=True)
     except BaseException:
         buffers.give(data)
         raise
@@ -71,9 +73,9 @@ def load_task(paths: art.RunPaths, task: Task, verify: bool, buffers: art.Buffer
 def release(buffers: art.Buffers, loaded: list[Loaded], dev: torch.device) -> None:
     """Give the loaded checkpoints' buffers back once the copies queued out of them ran."""
     event = None
-    if dev.type == "cuda":
+    if dev.type == "cuda":  # on the stream the copies were queued on: the device's own
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(dev))
     for item in loaded:
         buffers.give(item.data, event)
 
@@ -164,7 +166,7 @@ def ensure_bank(ws: Workspace, path: Path, spec: bank_mod.BankSpec, exists: bool
 
 
 # Threads reading and checking checkpoints ahead of the evaluation: reading, hashing and the
-# finiteness check release the GIL, and one thread reads ~27 verified checkpoints/s of the
+# finiteness check release the GIL, and one thread reads ~30 verified checkpoints/s of the
 # thesis's size on a 2-core VM (benchmarks/checkpoint_load.py), slower than a GPU evaluates
 # them (~8 ms each on an H200). Half the cores (at least 2, at most 8) leave the rest to the
 # evaluation itself.
@@ -295,7 +297,8 @@ def _evaluate(cache: dict, run: art.Run, store: RtStore, bank: bank_mod.Bank, gr
     """(correct, p_true) of each checkpoint of a group: one at a time for a group of one,
     else one pass of a grouped network. `cache` is the calling thread's own."""
     dev = torch.device(opts.device)
-    with lock:  # the store is read once per thread and setup, never beside another read
+    with lock:  # the store is read once per thread and setup (beside the writer thread's
+        # writes, of other arrays: zarr's calls are thread-safe), never beside another read
         net, objective, views, targets = _on_device(cache, run, store, bank, group[0].setup, dev)
     if len(group) == 1:
         copy_state(net, loaded[0].state)

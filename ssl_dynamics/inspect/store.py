@@ -42,6 +42,7 @@ from . import storedims as dims
 ARRAYS = ("correct", "p_true")
 # Chunk reads zarr keeps in flight when a whole array is read: 64 (the default of later zarr
 # releases; 3.1.6 has 10) read a store of per-checkpoint chunks 1.3x faster on a 2-core VM.
+# zarr's config is process-wide: it is set around each whole-array read only.
 READ_CONCURRENCY = 64
 CHECKSUM = True  # zstd frame checksums: a damaged chunk is an error, not silent garbage
 
