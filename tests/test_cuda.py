@@ -101,3 +101,43 @@ def test_grouped_evaluation_on_gpu_matches_one_at_a_time():
         for net, (c, p) in zip(nets, together):
             c1, p1 = evaluate(net, objective_for(setup), views, targets, 256, bf16)
             assert (c1 == c).mean() > 0.97 and np.abs(p1 - p).max() < (5e-2 if bf16 else 1e-3)
+
+
+# --------------------------------------------------------------------------- inspect rt end to end
+
+def _as_bf16_checkpoints(run) -> None:
+    """Re-save every checkpoint of `run` with bf16 weights (manifests updated)."""
+    for manifest in sorted(run.glob("*/seed-*/manifest.json")):
+        m = art.read_json(manifest)
+        for epoch in m["checkpoints"]:
+            path = manifest.parent / f"epoch-{int(epoch):04d}.safetensors"
+            net, meta = art.load_network(path)
+            m["checkpoints"][epoch] = art.save_checkpoint(path, net, meta, torch.bfloat16)
+        art.write_json_atomic(manifest, m)
+
+
+def rt_on_two_devices(run, tmp_path, devices=("cpu", "cuda")) -> None:
+    """inspect rt of the same bf16-weight run on two devices (fp32 arithmetic, one at a time
+    and two per pass): the stored correctness agrees and p_true is close."""
+    from _util import private_copy, rt
+    from ssl_dynamics.inspect.rtdata import load_rt
+
+    run = private_copy(run, tmp_path)
+    _as_bf16_checkpoints(run)
+    bank = dict(n_probe=24, n_replays=3, simclr_batch=8)
+    stores = {}
+    for device in devices:
+        for group in (1, 2):
+            store = run / "inspect" / f"{device}-{group}.zarr"
+            rt(run, store, device=device, group=group, **bank)
+            stores[device, group] = load_rt(store)
+    first = stores[devices[0], 1]
+    for key, other in stores.items():
+        for s, d in first.items():
+            assert d.valid.all() and other[s].valid.all(), key
+            assert (other[s].correct == d.correct).mean() > 0.99, (key, s)
+            assert np.nanmax(np.abs(other[s].p_true - d.p_true)) < 1e-3, (key, s)
+
+
+def test_inspect_rt_on_gpu_matches_cpu_with_bf16_checkpoints(tiny_run, tmp_path):
+    rt_on_two_devices(tiny_run, tmp_path)
