@@ -122,6 +122,28 @@ def test_writes_after_growing_the_seeds_reach_the_new_seed(tmp_path):
     assert back["p_true"][1, 0].tolist() == [[[0.75]] * 4] and back["p_true"][0, 1, 0, 0, 0] == 0.25
 
 
+def test_opening_for_writing_waits_for_the_stores_lock(tmp_path):
+    """Processes starting on one store (shards) open it under its lock: zarr rewrites
+    metadata in place, and a half-written root zarr.json looks absent, so open_group would
+    try to create the store a second time and fail."""
+    import subprocess
+    import sys
+    import time
+
+    from ssl_dynamics import artifacts as art
+
+    path = tmp_path / "s.zarr"
+    code = ("import sys; from ssl_dynamics.inspect.store import RtStore; print('ready', flush=True); "
+            f"RtStore({str(path)!r}); print('open', flush=True)")
+    with art.file_lock(path.with_name(path.name + ".lock")):
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.0)  # opening takes ~50 ms: long enough, were it not waiting
+        assert proc.poll() is None and not (path / "zarr.json").exists()  # not even created
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.strip() == "open"
+
+
 def test_stale_consolidated_metadata_is_detected(tmp_path):
     path = tmp_path / "s.zarr"
     store = RtStore(path)
