@@ -10,11 +10,10 @@ can share the work on one Zarr store. Every check that can fail runs before the 
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from . import bank as bank_mod
 from . import rt_plan as plan
 from .evaluate import evaluate, evaluate_group
 from .rt_plan import BankRequest, EvalOptions, Selection, Task  # noqa: F401  (the API)
+from .rt_threads import LOADER_THREADS, Loaded, Running, load_task, release
 from .rtdata import export_h5
 from .store import RtStore, work_path
 from .workspace import Workspace
@@ -44,40 +44,6 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise UserError(f"--shard {text!r}: need 0 <= i < n")
     return i, n
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """A checkpoint's state dict, whose tensors view `data`, the file's bytes in a buffer
-    of the loader's `Buffers` (pinned for a GPU: copy_state then never waits)."""
-
-    state: dict[str, torch.Tensor]
-    data: torch.Tensor
-
-
-def load_task(paths: art.RunPaths, task: Task, verify: bool, buffers: art.Buffers) -> Loaded:
-    """Read one checkpoint into a reused buffer and check everything (runs in a loader
-    thread). Weights stay in their stored dtype: copy_state converts them."""
-    path = paths.checkpoint(task.setup, task.seed, task.epoch)
-    data = art.read_checkpoint_bytes(path, buffers)
-    try:
-        if verify:
-            art.verify_sha256(path, data)
-        state, _ = art.load_weights(path, data=data, views=True)
-    except BaseException:
-        buffers.give(data)
-        raise
-    return Loaded(state, data)
-
-
-def release(buffers: art.Buffers, loaded: list[Loaded], dev: torch.device) -> None:
-    """Give the loaded checkpoints' buffers back once the copies queued out of them ran."""
-    event = None
-    if dev.type == "cuda":  # on the stream the copies were queued on: the device's own
-        event = torch.cuda.Event()
-        event.record(torch.cuda.current_stream(dev))
-    for item in loaded:
-        buffers.give(item.data, event)
 
 
 @dataclass(frozen=True)
@@ -165,14 +131,6 @@ def ensure_bank(ws: Workspace, path: Path, spec: bank_mod.BankSpec, exists: bool
     return bank_mod.build_bank(path, dataset.train_x, dataset.train_y, keys, ws.run.dataset_sha256, spec)
 
 
-# Threads reading and checking checkpoints ahead of the evaluation: reading, hashing and the
-# finiteness check release the GIL, and one thread reads ~30 verified checkpoints/s of the
-# thesis's size on a 2-core VM (benchmarks/checkpoint_load.py), slower than a GPU evaluates
-# them (~8 ms each on an H200). Half the cores (at least 2, at most 8) leave the rest to the
-# evaluation itself.
-LOADER_THREADS = max(2, min(8, (os.cpu_count() or 2) // 2))
-
-
 def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: list[Task],
                    opts: EvalOptions) -> dict:
     """Evaluate the tasks in order, in groups of up to opts.group checkpoints of one setup,
@@ -192,7 +150,7 @@ def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: lis
         return _evaluate(cache, run, store, bank, group, loaded, opts, lock, buffers)
 
     threads = torch.get_num_threads()
-    running = _Running(workers, evaluate_group, store, progress)
+    running = Running(workers, evaluate_group, store, progress)
     with ThreadPoolExecutor(max_workers=LOADER_THREADS) as pool:
         pending: deque = deque()
 
@@ -222,63 +180,6 @@ def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: lis
     return {"evaluated": len(tasks), "seconds": seconds,
             "checkpoints_per_s": len(tasks) / seconds if tasks and seconds else 0.0,
             "images_per_s": running.images / seconds if tasks and seconds else 0.0}
-
-
-# Evaluated checkpoints whose store writes may wait at once: a write (~4 ms on a 2-core VM,
-# benchmarks/analysis_scale.py) then overlaps the next evaluation instead of following it,
-# and a failed write still surfaces within a few checkpoints.
-WRITES_AHEAD = 4
-
-
-class _Running:
-    """Evaluations in flight, written to the store in the order they started, by one
-    writer thread. With one worker each evaluation runs at once in the calling thread (the
-    GPU path); with more, in a pool."""
-
-    def __init__(self, workers: int, evaluate, store: RtStore, progress):
-        self.workers, self.evaluate, self.store, self.progress = workers, evaluate, store, progress
-        self.pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-        self.writer = ThreadPoolExecutor(max_workers=1)
-        self.queue: deque = deque()
-        self.writes: deque = deque()
-        self.images = 0
-
-    def start(self, group: list[Task], loaded: list[Loaded]) -> None:
-        if self.pool is None:
-            done: Future = Future()
-            done.set_result(self.evaluate(group, loaded))
-            self.queue.append((group, done))
-        else:
-            self.queue.append((group, self.pool.submit(self.evaluate, group, loaded)))
-        if len(self.queue) >= self.workers:
-            self.finish_one()
-
-    def finish_one(self) -> None:
-        group, future = self.queue.popleft()
-        self.writes.append(self.writer.submit(self._write, group, future.result()))
-        while len(self.writes) > WRITES_AHEAD:
-            self.writes.popleft().result()
-
-    def _write(self, group: list[Task], results: list) -> None:
-        for task, (correct, p_true) in zip(group, results):
-            self.store.write(task.setup, task.s_idx, task.epoch, correct, p_true)
-            self.images += int(np.prod(correct.shape))
-            self.progress.update(1)
-
-    def finish_all(self, quiet: bool = False) -> None:
-        """Write every evaluation in flight; `quiet` drops failures (another one is raised)."""
-        for pending, step in ((self.queue, self.finish_one), (self.writes, lambda: self.writes.popleft().result())):
-            while pending:
-                try:
-                    step()
-                except Exception:  # noqa: BLE001
-                    if not quiet:
-                        raise
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
-        self.writer.shutdown()
 
 
 def cpu_evaluators(opts: EvalOptions) -> int:
