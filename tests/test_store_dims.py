@@ -123,9 +123,8 @@ def test_writes_after_growing_the_seeds_reach_the_new_seed(tmp_path):
 
 
 def test_opening_for_writing_waits_for_the_stores_lock(tmp_path):
-    """Processes starting on one store (shards) open it under its lock: zarr rewrites
-    metadata in place, and a half-written root zarr.json looks absent, so open_group would
-    try to create the store a second time and fail."""
+    """Processes starting on one new store (shards) open it under its lock: unlocked, two
+    of them could both find it absent and both create it, and the later one fails."""
     import subprocess
     import sys
     import time

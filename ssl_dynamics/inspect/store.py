@@ -69,9 +69,9 @@ class RtStore:
         self.writable = writable
         self._arrays: dict[str, tuple] = {}  # setup -> (correct, p_true, done) handles for write
         if writable:
-            # under the lock: another process may be creating the store, or rewriting its
-            # root zarr.json (consolidation), and zarr writes metadata in place: read half
-            # written, it looks absent and open_group(mode="a") tries to create it again
+            # under the lock: open_group(mode="a") creates a store it does not find, so two
+            # processes starting on a new store (shards) could both decide to create it, and
+            # the later one fails ("a group exists"); locked, one creates and the rest open
             with self._lock():
                 self.group = self._open()
         else:
@@ -216,9 +216,8 @@ class RtStore:
 
     def write(self, setup: str, s: int, e: int, correct: np.ndarray, p_true: np.ndarray) -> None:
         if setup not in self._arrays:  # opening an array reads its metadata: a third of a write
-            with self._lock():  # (never beside another process's resize of it)
-                g = self.group[setup]
-                self._arrays[setup] = (g["correct"], g["p_true"], g["done"])
+            g = self.group[setup]
+            self._arrays[setup] = (g["correct"], g["p_true"], g["done"])
         c, p, done = self._arrays[setup]
         c[s, e] = correct.astype(np.uint8)
         p[s, e] = p_true.astype(np.float32)
