@@ -227,6 +227,7 @@ def inspect_rate(ctx) -> dict:
             res = compute_rt(ws, Selection((setup,)), opts, bank, root / f"{setup}-{group}.zarr", echo=quiet)
             row[f"{name}_ckpt_per_s"] = round(res["checkpoints_per_s"], 2)
             row[f"{name}_views_per_s"] = round(res["images_per_s"], 1)
+            row[f"{name}_waited_s"] = res["waited_s"]  # for the loader / for the store's writer
         row["speedup"] = round(row["batched_ckpt_per_s"] / row["one_at_a_time_ckpt_per_s"], 2)
         out[setup] = row
     out["profile_supervised"] = profiled(lambda: compute_rt(

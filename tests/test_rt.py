@@ -38,6 +38,9 @@ def run(trained, tmp_path):
 def test_rt_end_to_end_shapes_ranges_and_resume(run):
     res = rt(run, device="cpu", **BANK, **QUIET)
     assert res["evaluated"] == 4 * 2 * 3  # setups x seeds x epochs 0..2
+    # where the evaluating thread waited: for the loader, for the store's writer
+    assert set(res["waited_s"]) == {"checkpoints", "writes"}
+    assert 0 <= sum(res["waited_s"].values()) <= res["seconds"]
     data = load_rt(run / "inspect" / "rt.zarr")
     assert set(data) == {"simclr", "supervised", "random_labels", "random_labels_aug"}
     for name, d in data.items():

@@ -81,9 +81,11 @@ def rt_cmd(run_dir, work, store, setups, dataset, data_root, device, no_verify, 
                     simclr_batch, dataset, data_root, device, precision, no_verify, no_progress, store,
                     group)
     res = step()
+    waited = res.get("waited_s", {})
     click.echo(f"evaluated {res['evaluated']} checkpoints in {res['seconds']:.1f} s "
-               f"({res['checkpoints_per_s']:.2f} ckpt/s, {res['images_per_s']:.0f} images/s) "
-               f"-> {res['store']}")
+               f"({res['checkpoints_per_s']:.2f} ckpt/s, {res['images_per_s']:.0f} images/s; "
+               f"waited {waited.get('checkpoints', 0):.1f} s for the loader, "
+               f"{waited.get('writes', 0):.1f} s for the store) -> {res['store']}")
 
 
 @cli.command("report")

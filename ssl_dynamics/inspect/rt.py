@@ -163,7 +163,9 @@ def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: lis
                 torch.set_num_threads(1)
             for group in groups:
                 fill()
+                t_wait = time.perf_counter()
                 loaded = [pending.popleft().result() for _ in group]
+                running.waited["checkpoints"] += time.perf_counter() - t_wait
                 fill()
                 running.start(group, loaded)
             running.finish_all()
@@ -179,7 +181,10 @@ def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: lis
     seconds = time.perf_counter() - t0
     return {"evaluated": len(tasks), "seconds": seconds,
             "checkpoints_per_s": len(tasks) / seconds if tasks and seconds else 0.0,
-            "images_per_s": running.images / seconds if tasks and seconds else 0.0}
+            "images_per_s": running.images / seconds if tasks and seconds else 0.0,
+            # where the evaluating thread's time went besides evaluating: waiting for the loader
+            # (loader-bound when large) and for the store's writer
+            "waited_s": {k: round(v, 3) for k, v in running.waited.items()}}
 
 
 def cpu_evaluators(opts: EvalOptions) -> int:

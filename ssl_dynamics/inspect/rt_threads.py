@@ -6,6 +6,7 @@ the forward passes (benchmarks/checkpoint_load.py, benchmarks/analysis_scale.py)
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ class Running:
         self.queue: deque = deque()
         self.writes: deque = deque()
         self.images = 0
+        self.waited = {"checkpoints": 0.0, "writes": 0.0}  # seconds the evaluating thread waited
 
     def start(self, group: list[Task], loaded: list[Loaded]) -> None:
         if self.pool is None:
@@ -91,8 +93,10 @@ class Running:
     def finish_one(self) -> None:
         group, future = self.queue.popleft()
         self.writes.append(self.writer.submit(self._write, group, future.result()))
+        t0 = time.perf_counter()
         while len(self.writes) > WRITES_AHEAD:
             self.writes.popleft().result()
+        self.waited["writes"] += time.perf_counter() - t0
 
     def _write(self, group: list[Task], results: list) -> None:
         for task, (correct, p_true) in zip(group, results):
