@@ -107,7 +107,9 @@ def test_grouped_evaluation_on_gpu_matches_one_at_a_time():
 
 def _as_bf16_checkpoints(run) -> None:
     """Re-save every checkpoint of `run` with bf16 weights (manifests updated)."""
-    for manifest in sorted(run.glob("*/seed-*/manifest.json")):
+    manifests = sorted(run.glob("checkpoints/*/seed-*/manifest.json"))
+    assert manifests
+    for manifest in manifests:
         m = art.read_json(manifest)
         for epoch in m["checkpoints"]:
             path = manifest.parent / f"epoch-{int(epoch):04d}.safetensors"
@@ -135,8 +137,9 @@ def rt_on_two_devices(run, tmp_path, devices=("cpu", "cuda")) -> None:
     for key, other in stores.items():
         for s, d in first.items():
             assert d.valid.all() and other[s].valid.all(), key
-            assert (other[s].correct == d.correct).mean() > 0.99, (key, s)
-            assert np.nanmax(np.abs(other[s].p_true - d.p_true)) < 1e-3, (key, s)
+            # cuDNN's fp32 convolutions use TF32: close, not equal; wrong weights are far off
+            assert (other[s].correct == d.correct).mean() > 0.98, (key, s)
+            assert np.nanmax(np.abs(other[s].p_true - d.p_true)) < 5e-3, (key, s)
 
 
 def test_inspect_rt_on_gpu_matches_cpu_with_bf16_checkpoints(tiny_run, tmp_path):

@@ -132,7 +132,7 @@ def test_opening_for_writing_waits_for_the_stores_lock(tmp_path):
     from ssl_dynamics import artifacts as art
 
     path = tmp_path / "s.zarr"
-    code = ("import sys; from ssl_dynamics.inspect.store import RtStore; print('ready', flush=True); "
+    code = ("import zarr; from ssl_dynamics.inspect.store import RtStore; print('ready', flush=True); "
             f"RtStore({str(path)!r}); print('open', flush=True)")
     with art.file_lock(path.with_name(path.name + ".lock")):
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -93,10 +93,15 @@ class Running:
     def finish_one(self) -> None:
         group, future = self.queue.popleft()
         self.writes.append(self.writer.submit(self._write, group, future.result()))
-        t0 = time.perf_counter()
         while len(self.writes) > WRITES_AHEAD:
+            self._wait_write()
+
+    def _wait_write(self) -> None:
+        t0 = time.perf_counter()
+        try:
             self.writes.popleft().result()
-        self.waited["writes"] += time.perf_counter() - t0
+        finally:
+            self.waited["writes"] += time.perf_counter() - t0
 
     def _write(self, group: list[Task], results: list) -> None:
         for task, (correct, p_true) in zip(group, results):
@@ -106,7 +111,7 @@ class Running:
 
     def finish_all(self, quiet: bool = False) -> None:
         """Write every evaluation in flight; `quiet` drops failures (another one is raised)."""
-        for pending, step in ((self.queue, self.finish_one), (self.writes, lambda: self.writes.popleft().result())):
+        for pending, step in ((self.queue, self.finish_one), (self.writes, self._wait_write)):
             while pending:
                 try:
                     step()
