@@ -201,3 +201,47 @@ def test_loaded_networks_own_their_tensors(tmp_path):
     torch.save(net.state_dict(), io.BytesIO())  # views of one uint8 storage could not be saved
     state, _ = art.load_weights(path, verify=False)
     assert len({t.untyped_storage().data_ptr() for t in state.values()}) == len(state)
+
+
+def test_a_file_that_changes_while_read_is_refused_and_its_buffer_given_back(tmp_path, monkeypatch):
+    import builtins
+
+    from ssl_dynamics.artifacts import tensorfile
+
+    path = tmp_path / "f.safetensors"
+    path.write_bytes(bytes(64))
+
+    class Growing:  # reports 16 bytes at the end-seek, then finds 64: another writer appended
+        def __init__(self, f):
+            self.f = f
+
+        def seek(self, offset, whence=0):
+            return 16 if whence == 2 else self.f.seek(offset, whence)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(tensorfile, "open", lambda *a, **k: Growing(builtins.open(*a, **k)), raising=False)
+    buffers = Buffers()
+    with pytest.raises(UserError, match=f"^{path} changed while it was read$"):
+        read_file(path, buffers)
+    assert not buffers._taken and len(buffers._free) == 1
+
+
+def test_a_refused_checksum_gives_the_buffer_back(tmp_path):
+    from ssl_dynamics.models import build_network
+
+    path = tmp_path / "seed-00" / "epoch-0001.safetensors"
+    path.parent.mkdir()
+    art.save_checkpoint(path, build_network("resnet18_cifar", 10, 4), {"backbone": "resnet18_cifar", "head_dim": 10, "width": 4})
+    art.write_json_atomic(path.parent / "manifest.json", {"checkpoints": {"1": "0" * 64}})
+    buffers = Buffers()
+    with pytest.raises(UserError, match="epoch-0001.safetensors: its sha256 differs"):
+        art.verified_bytes(path, True, buffers)
+    assert not buffers._taken and len(buffers._free) == 1

@@ -12,7 +12,7 @@ from .atomic import (atomic_path, check_space, check_writable, format_bytes, fil
 from .checkpoint import (CHECKPOINT_DTYPES, CHECKPOINT_FORMAT, check_header, load_checkpoint, load_network,
                          load_weights, network_shapes,
                          load_resume, read_checkpoint_bytes, manifest_sha256, model_state, parse_checkpoint,
-                         save_checkpoint, save_resume, unwrap, verified_bytes, verify_sha256)
+                         save_checkpoint, save_resume, unwrap, verified_bytes)
 from .paths import EPOCH_RE, SEED_RE, RunPaths
 from .tensorfile import Buffers, safetensors_bytes
 from .run import Run, SeedStatus, grid_status, load_run_config, read_manifest, seed_status
@@ -22,7 +22,7 @@ __all__ = [
     "remove_stale_temps", "sha256_bytes", "sha256_file", "write_bytes_atomic",
     "write_json_atomic", "CHECKPOINT_DTYPES", "CHECKPOINT_FORMAT", "check_header", "load_checkpoint",
     "load_network", "load_weights", "network_shapes", "load_resume", "read_checkpoint_bytes", "manifest_sha256", "model_state", "parse_checkpoint",
-    "Buffers", "safetensors_bytes", "save_checkpoint", "save_resume", "unwrap", "verified_bytes", "verify_sha256",
+    "Buffers", "safetensors_bytes", "save_checkpoint", "save_resume", "unwrap", "verified_bytes",
     "EPOCH_RE", "SEED_RE", "RunPaths", "Run", "SeedStatus", "grid_status", "load_run_config",
     "read_manifest", "seed_status",
 ]

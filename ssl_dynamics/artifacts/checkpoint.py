@@ -68,14 +68,12 @@ def _meta(metadata: dict, path: Path) -> dict:
     return meta
 
 
-def parse_checkpoint(data: torch.Tensor | bytes, path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state_dict, meta) of checkpoint bytes (a uint8 tensor, whose memory the tensors then
-    view, or bytes, which are copied); anything malformed is a UserError naming `path`."""
+def parse_checkpoint(data: torch.Tensor, path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state_dict, meta) of checkpoint bytes (a uint8 tensor, whose memory the tensors
+    view); anything malformed is a UserError naming `path`."""
     path = Path(path)
-    if not isinstance(data, torch.Tensor):
-        data = torch.frombuffer(bytearray(data), dtype=torch.uint8) if len(data) else torch.empty(0, dtype=torch.uint8)
     state, metadata = tensors_of(data, path)
-    return state, _meta(metadata if isinstance(metadata, dict) else {}, path)
+    return state, _meta(metadata, path)
 
 
 def check_header(path: str | Path, shapes: dict[str, tuple[int, ...]]) -> dict:
@@ -88,7 +86,7 @@ def check_header(path: str | Path, shapes: dict[str, tuple[int, ...]]) -> dict:
         head = f.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
         header, _ = header_of(head + f.read(min(n, HEADER_LIMIT)), path)  # refuses a short read
-    meta = _meta(header.get("__metadata__") or {}, path)
+    meta = _meta(header.get("__metadata__", {}), path)
     have = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
     check_shapes(have, shapes, path)
     return meta
@@ -124,22 +122,21 @@ def manifest_sha256(path: Path) -> str:
 
 def verified_bytes(path: str | Path, verify: bool = True, buffers: Buffers | None = None) -> torch.Tensor:
     """The file's bytes (uint8 tensor), checked against its manifest's sha256 unless
-    verify is False."""
+    verify is False. Refused bytes go back to `buffers`."""
     path = Path(path)
     data = read_checkpoint_bytes(path, buffers)
-    if verify:
-        verify_sha256(path, data)
+    try:
+        if verify and sha256_bytes(data) != manifest_sha256(path):
+            raise UserError(f"corrupt checkpoint {path}: its sha256 differs from the one its manifest "
+                            f"recorded (changed or damaged after training; --no-verify skips the check)")
+    except BaseException:
+        if buffers is not None:
+            buffers.give(data)
+        raise
     return data
 
 
-def verify_sha256(path: Path, data: torch.Tensor) -> None:
-    """Refuse checkpoint bytes whose sha256 differs from the one the seed's manifest recorded."""
-    if sha256_bytes(data) != manifest_sha256(path):
-        raise UserError(f"corrupt checkpoint {path}: its sha256 differs from the one its manifest "
-                        f"recorded (changed or damaged after training; --no-verify skips the check)")
-
-
-def load_network(path: str | Path, verify: bool = True, data: bytes | None = None):
+def load_network(path: str | Path, verify: bool = True, data: torch.Tensor | None = None):
     """(network in eval mode on the CPU, meta) of one checkpoint, every check passed.
 
     Checks: the manifest's sha256 (unless `verify` is False), the format and metadata,

@@ -39,10 +39,8 @@ def load_task(paths: art.RunPaths, task: Task, verify: bool, buffers: art.Buffer
     """Read one checkpoint into a reused buffer and check everything (runs in a loader
     thread). Weights stay in their stored dtype: copy_state converts them."""
     path = paths.checkpoint(task.setup, task.seed, task.epoch)
-    data = art.read_checkpoint_bytes(path, buffers)
+    data = art.verified_bytes(path, verify, buffers)
     try:
-        if verify:
-            art.verify_sha256(path, data)
         state, _ = art.load_weights(path, data=data, views=True)
     except BaseException:
         buffers.give(data)

@@ -74,10 +74,9 @@ class RtStore:
             # the later one fails ("a group exists"); locked, one creates and the rest open
             with self._lock():
                 self.group = self._open()
+            self.upgrade()
         else:
             self.group = self._open()
-        if writable:
-            self.upgrade()
 
     def _open(self):
         """(Re)read the group: metadata is cached per handle, and other shards may have written."""
@@ -199,7 +198,6 @@ class RtStore:
             g.attrs.update({"seeds": order, "shape": shape})
             dims.write_seed_coordinate(g, order)
             dims.consolidate(self.path)
-            self._arrays = {}
         return order
 
     def setups(self) -> list[str]:
