@@ -1,5 +1,6 @@
 """Phase one: determinism, resume equivalence, atomic writes, the CLI and its errors."""
 import json
+from pathlib import Path
 import subprocess
 import sys
 from dataclasses import replace
@@ -165,6 +166,80 @@ def test_resume_equals_uninterrupted(tmp_path, setup):
         assert same_state(weights(full.checkpoint(setup, 0, epoch)), weights(cut.checkpoint(setup, 0, epoch)))
     lines = cut.metrics(setup, 0).read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_kill_between_resume_state_and_manifest_rolls_forward(tmp_path, monkeypatch):
+    """resume.pt of the last epoch is on disk, its manifest write is not: the seed is not
+    reported complete (nor the epoch visible), and a rerun completes the manifest without
+    training the epoch again."""
+    cfg, setups = tiny(epochs=2), ["supervised"]
+    train_grid(tmp_path / "full", cfg, setups, CPU, progress=False, echo=lambda *_: None)
+    real = art.write_json_atomic
+
+    def killed_before_last_manifest(target, obj):
+        if Path(target).name == "manifest.json" and "2" in obj.get("checkpoints", {}):
+            raise Crash
+        real(target, obj)
+
+    monkeypatch.setattr(art, "write_json_atomic", killed_before_last_manifest)
+    with pytest.raises(Crash):
+        train_grid(tmp_path / "cut", cfg, setups, CPU, progress=False, echo=lambda *_: None)
+    monkeypatch.setattr(art, "write_json_atomic", real)
+    cut, full = art.RunPaths(tmp_path / "cut"), art.RunPaths(tmp_path / "full")
+    status = grid_status(tmp_path / "cut", replace(cfg, setups={"supervised": cfg.setups["supervised"]}))[0]
+    assert (status.state, status.last_epoch) == ("partial", 1)
+    assert art.load_resume(cut.resume("supervised", 0))["epoch"] == 2
+
+    from ssl_dynamics.train import loop
+
+    def no_training(*args, **kw):
+        raise AssertionError("a committed epoch was trained again")
+
+    monkeypatch.setattr(loop, "run_epoch", no_training)
+    train_grid(tmp_path / "cut", cfg, setups, CPU, progress=False, echo=lambda *_: None)
+    assert art.read_json(cut.manifest("supervised", 0)) == art.read_json(full.manifest("supervised", 0))
+    assert cut.metrics("supervised", 0).read_text() != ""
+
+
+def test_resume_refuses_a_checkpoint_unlike_the_one_resume_state_names(tmp_path):
+    cfg, setups = tiny(epochs=1), ["supervised"]
+    train_grid(tmp_path, cfg, setups, CPU, progress=False, echo=lambda *_: None)
+    paths = art.RunPaths(tmp_path)
+    state = art.load_resume(paths.resume("supervised", 0))
+    state["checkpoint_sha256"] = "0" * 64  # as if the file changed after resume.pt was written
+    art.save_resume(paths.resume("supervised", 0), state)
+    with pytest.raises(UserError, match="corrupt checkpoint"):
+        train_grid(tmp_path, replace(cfg, setups=cfg.setups), setups, CPU, progress=False,
+                   echo=lambda *_: None, until={"supervised": 2})
+
+
+def test_changed_settings_never_delete_a_seed_another_process_trains(tmp_path, monkeypatch):
+    """Before any epoch is committed, new settings replace the initial weights, but not while
+    another process holds the seed (it is in its first epoch with the old settings)."""
+    from ssl_dynamics.train import loop
+
+    cfg, setups = tiny(epochs=1), ["supervised"]
+
+    def killed_in_epoch_1(*args, **kw):
+        raise Crash
+
+    monkeypatch.setattr(loop, "run_epoch", killed_in_epoch_1)
+    with pytest.raises(Crash):
+        train_grid(tmp_path, cfg, setups, CPU, progress=False, echo=lambda *_: None)
+    monkeypatch.undo()
+    paths = art.RunPaths(tmp_path)
+    init = paths.checkpoint("supervised", 0, 0)
+    before = init.read_bytes()
+    changed = override(cfg, ["supervised.lr=0.5"])
+    with art.file_lock(paths.seed_lock("supervised", 0)):
+        with pytest.raises(UserError, match="being trained by another process"):
+            train_grid(tmp_path, changed, setups, CPU, progress=False, echo=lambda *_: None)
+        assert init.read_bytes() == before
+    train_grid(tmp_path, changed, setups, CPU, progress=False, echo=lambda *_: None)
+    assert art.read_json(paths.setup_json("supervised"))["lr"] == 0.5
+    assert grid_status(tmp_path, replace(changed, setups={"supervised": changed.setups["supervised"]}))[0].state \
+        == "complete"
+    assert paths.seed_lock("supervised", 0).exists()
 
 
 def test_killed_process_resumes_to_same_weights(tmp_path):
@@ -341,6 +416,33 @@ def test_extend_equals_training_that_long_from_the_start(tmp_path, setup, monkey
     assert art.read_json(b.setup_json(setup))["epochs"] == 2
     with pytest.raises(UserError, match="--to must be larger"):
         extend_grid(tmp_path / "short", [setup], 2, CPU, progress=False, echo=lambda *_: None)
+
+
+def test_extend_keeps_the_runs_checkpoint_dtype_and_records_how_it_trained(tmp_path):
+    base = ["--setup", "supervised", "--seeds", "0", "--device", "cpu", "--no-progress"]
+    r = CliRunner().invoke(cli, ["run", "--out", str(tmp_path), *SMOKE, "--setup", "supervised",
+                                 "--seeds", "0", "--epochs", "1", "--checkpoint-dtype", "bf16"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["extend", str(tmp_path), "--to", "2", *base])
+    assert r.exit_code == 0, r.output
+    assert "bf16 checkpoints" in r.output
+    paths = art.RunPaths(tmp_path)
+    assert weights(paths.checkpoint("supervised", 0, 2))["backbone.stem.0.weight"].dtype == torch.bfloat16
+    m = art.read_json(paths.manifest("supervised", 0))
+    assert m["trained_with"] == {"device": "cpu", "precision": "fp32", "channels_last": False,
+                                 "checkpoint_dtype": "bf16", "pack": 1, "compile": None,
+                                 "deterministic": False}
+    lines = [json.loads(line) for line in paths.metrics("supervised", 0).read_text().splitlines()]
+    assert [line["trained_with"]["checkpoint_dtype"] for line in lines] == ["bf16", "bf16"]
+    # a run that predates the record: the dtype is read off its newest checkpoint
+    from ssl_dynamics.train.extend import recorded_checkpoint_dtype
+
+    del m["trained_with"]
+    art.write_json_atomic(paths.manifest("supervised", 0), m)
+    assert recorded_checkpoint_dtype(tmp_path, "supervised", (0,)) == "bf16"
+    r = CliRunner().invoke(cli, ["extend", str(tmp_path), "--to", "3", "--checkpoint-dtype", "fp32", *base])
+    assert r.exit_code == 0, r.output
+    assert weights(paths.checkpoint("supervised", 0, 3))["backbone.stem.0.weight"].dtype == torch.float32
 
 
 def test_extend_refuses_a_schedule_that_depends_on_the_run_length(tmp_path):

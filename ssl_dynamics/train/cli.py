@@ -9,6 +9,7 @@ from ..cli_util import run_cli
 from ..cluster.cli import cluster_options, from_cli
 from ..config import SETUP_NAMES, override, parse_seeds, preset
 from ..errors import UserError, WorkFailed
+from .cli_options import how_options
 from .loop import TrainRequest, parse_pack
 
 
@@ -37,25 +38,13 @@ def grid_options(f):
         click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
                      help="Override any hyperparameter: lr=0.1 (all setups), simclr.temperature=0.5, "
                           "supervised.schedule=cosine, width=16, train_subset=5000 ..."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
-                     show_default=True, help="auto: bf16 autocast on a GPU, fp32 on the CPU."),
-        click.option("--channels-last/--no-channels-last", default=None,
-                     help="NHWC memory format (default: on for a GPU)."),
-        click.option("--deterministic", is_flag=True, help="Deterministic kernels (bit-reproducible resumes)."),
-        click.option("--checkpoint-dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-                     help="Storage type of the saved weights: bf16 halves the archive (resume.pt keeps fp32)."),
-        click.option("--compile", "compile_", is_flag=True,
-                     help="torch.compile the network (opt-in; pays compilation in the first epoch)."),
-        click.option("--compile-mode", type=click.Choice(["default", "reduce-overhead", "max-autotune"]),
-                     default="default", show_default=True,
-                     help="torch.compile mode (implies --compile); reduce-overhead adds CUDA graphs."),
-        click.option("--pack", default="auto", show_default=True,
-                     help="Seeds of one setup trained together as one grouped network per device: "
-                          "auto (1 on the CPU, 4 on a GPU) or a number; 1 = one seed at a time."),
         click.option("--ignore-disk-check", is_flag=True, help="Start even if the checkpoints may not fit."),
         click.option("--no-download", is_flag=True, help="Never download CIFAR-10."),
     ]
-    for o in reversed(opts):
+    for o in reversed(opts[-2:]):  # decorators apply bottom-up: the last option first
+        f = o(f)
+    f = how_options()(f)
+    for o in reversed(opts[:-2]):
         f = o(f)
     return f
 

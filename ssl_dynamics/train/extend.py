@@ -18,17 +18,18 @@ import click
 
 from ..artifacts import load_run_config
 from ..config import parse_seeds
-from ..devices import resolve_device
 from ..errors import UserError
 from .grid import train_grid
-from .loop import TrainOptions
+from .cli_options import how_options
+from .loop import TrainOptions, TrainRequest
 
 THESIS_EXTENSIONS = {"supervised": 200, "random_labels": 30}  # thesis section 5.1
 
 
 def extend_grid(root: str | Path, setups: list[str], until: int, opts: TrainOptions,
                 seeds: tuple[int, ...] | None = None, data_root: str | None = None,
-                check_disk: bool = True, echo=print, progress: bool = True):
+                check_disk: bool = True, echo=print, progress: bool = True,
+                dataset: str | None = None):
     """Train `seeds` (default: all of the run's) of `setups` up to epoch `until`."""
     cfg, _ = load_run_config(root)
     for s in setups:
@@ -49,8 +50,31 @@ def extend_grid(root: str | Path, setups: list[str], until: int, opts: TrainOpti
         cfg = replace(cfg, seeds=tuple(seeds))
     if data_root:
         cfg = replace(cfg, data_root=str(data_root))
+    if dataset:
+        cfg = replace(cfg, dataset=dataset)
     return train_grid(root, cfg, setups, opts, check_disk=check_disk, download=False, echo=echo,
                       progress=progress, until={s: until for s in setups})
+
+
+def recorded_checkpoint_dtype(root: str | Path, setup: str, seeds) -> str:
+    """The storage type of a setup's checkpoints: as its manifests record it, or, for runs that
+    predate the record, as its newest checkpoint holds its weights."""
+    import torch
+
+    from .. import artifacts as art
+
+    paths = art.RunPaths(root)
+    for seed in seeds:
+        if not paths.manifest(setup, seed).exists():
+            continue
+        m = art.read_manifest(paths.manifest(setup, seed))
+        how = m.get("trained_with")
+        if isinstance(how, dict) and how.get("checkpoint_dtype") in art.CHECKPOINT_DTYPES:
+            return how["checkpoint_dtype"]
+        if m["checkpoints"]:
+            state, _ = art.load_checkpoint(paths.checkpoint(setup, seed, max(map(int, m["checkpoints"]))))
+            return "bf16" if any(t.dtype == torch.bfloat16 for t in state.values()) else "fp32"
+    return "fp32"
 
 
 @click.command("extend")
@@ -60,23 +84,34 @@ def extend_grid(root: str | Path, setups: list[str], until: int, opts: TrainOpti
 @click.option("--to", "until", type=int, default=None,
               help="Last epoch to reach (default: the thesis's, supervised 200, random_labels 30).")
 @click.option("--seeds", default=None, help="Seeds to extend, e.g. 0 or 0-3 (default: all of the run's).")
-@click.option("--data-root", default=None, help="Where the run's dataset is now.")
+@click.option("--data-root", default=None, help="Where the run's CIFAR-10 is now (its checksum must match).")
+@click.option("--dataset", default=None,
+              help="imagefolder:<path>: where the run's image folder is now (its checksum must match).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
-@click.option("--deterministic", is_flag=True, help="Deterministic kernels.")
+@how_options(checkpoint_dtype_default=None)
 @click.option("--ignore-disk-check", is_flag=True, help="Start even if the checkpoints may not fit.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def extend_cmd(run_dir, setups, until, seeds, data_root, device, deterministic, ignore_disk_check,
+def extend_cmd(run_dir, setups, until, seeds, data_root, dataset, device, precision, channels_last,
+               deterministic, checkpoint_dtype, compile_, compile_mode, pack, ignore_disk_check,
                no_progress):
     """Train seeds of finished setups beyond their planned epochs (e.g. supervised to 200 for
-    the thesis's Table B.1); the dynamics keep reading the planned epochs."""
+    the thesis's Table B.1); the dynamics keep reading the planned epochs.
+
+    It trains the way `train run` does by default (bf16 and packs of 4 on a GPU), and stores
+    the weights in the run's checkpoint dtype; the options change either.
+    """
     for s in setups:
         if until is None and s not in THESIS_EXTENSIONS:
             raise UserError(f"{s}: give --to (the thesis extended only {', '.join(THESIS_EXTENSIONS)})")
-    dev = resolve_device(device)
-    on_gpu = dev.startswith("cuda")
-    opts = TrainOptions(device=dev, bf16=on_gpu, channels_last=on_gpu, deterministic=deterministic)
+    cfg, _ = load_run_config(run_dir)
+    chosen = parse_seeds(seeds) if seeds else None
     for s in setups:
         to = until or THESIS_EXTENSIONS[s]
-        click.echo(f"extending {s} to epoch {to} on {dev}")
-        extend_grid(run_dir, [s], to, opts, parse_seeds(seeds) if seeds else None, data_root,
-                    check_disk=not ignore_disk_check, echo=click.echo, progress=not no_progress)
+        dtype = checkpoint_dtype or recorded_checkpoint_dtype(run_dir, s, chosen or cfg.seeds)
+        opts = TrainRequest(device, precision, channels_last, deterministic, dtype, compile_,
+                            compile_mode, pack).resolve(backbone=cfg.backbone)
+        click.echo(f"extending {s} to epoch {to} on {opts.device} ({'bf16' if opts.bf16 else 'fp32'}"
+                   + (f", {opts.pack} seeds per pack" if opts.pack > 1 else "")
+                   + f", {dtype} checkpoints)")
+        extend_grid(run_dir, [s], to, opts, chosen, data_root, check_disk=not ignore_disk_check,
+                    echo=click.echo, progress=not no_progress, dataset=dataset)

@@ -5,9 +5,13 @@ shuffling of epoch e from (seed, e, "shuffle") and the views of batch b from
 (seed, e, b, "views"). A restarted run therefore needs only the last weights, the
 optimizer state and the epoch to continue exactly where it stopped.
 
-An epoch is committed by writing, in order: its checkpoint, metrics.jsonl, manifest.json,
-then resume.pt. `resume.pt` is the commit record: a kill anywhere before it redoes the
-epoch, and a redone epoch writes the same bytes (deterministic kernels).
+An epoch is committed by writing, in order: its checkpoint, metrics.jsonl, resume.pt (which
+names the checkpoint's sha256), then manifest.json. The manifest is what `train status` and
+phase two read, so an epoch becomes visible only once everything needed to continue from it
+is on disk. A kill before resume.pt redoes the epoch (a redone epoch writes the same bytes
+with deterministic kernels); a kill between resume.pt and the manifest is rolled forward at
+the next start: the checkpoint is checked against the sha256 in resume.pt and entered in
+the manifest, and nothing is retrained.
 """
 from __future__ import annotations
 
@@ -97,7 +101,9 @@ def open_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: int
 
 
 def _resume(paths, setup, seed, model, optimizer, manifest) -> int | None:
-    """Load the committed state into model/optimizer; its epoch, or None for a fresh seed."""
+    """Load the committed state into model/optimizer; its epoch, or None for a fresh seed.
+
+    The manifest is brought in line with resume.pt when a kill fell between the two."""
     resume_path = paths.resume(setup.name, seed)
     trained = [int(e) for e in manifest["checkpoints"] if int(e) > 0]
     if not resume_path.exists():
@@ -114,12 +120,30 @@ def _resume(paths, setup, seed, model, optimizer, manifest) -> int | None:
     start = int(state["epoch"])
     ckpt = paths.checkpoint(setup.name, seed, start)
     data = art.read_checkpoint_bytes(ckpt)
-    if manifest["checkpoints"].get(str(start)) != art.sha256_bytes(data):
-        raise UserError(f"corrupt checkpoint {ckpt}: its sha256 differs from the manifest")
+    sha = art.sha256_bytes(data)
+    # resume.pt written since the manifest names the newer bytes; older resume files do not
+    if (state.get("checkpoint_sha256") or manifest["checkpoints"].get(str(start))) != sha:
+        raise UserError(f"corrupt checkpoint {ckpt}: its sha256 differs from the one recorded "
+                        f"when it was written")
     weights = state.get("model") or art.parse_checkpoint(data, ckpt)[0]
     model.load_state_dict(weights)
     optimizer.load_state_dict(state["optimizer"])
+    if max(map(int, manifest["checkpoints"]), default=-1) != start or \
+            manifest["checkpoints"].get(str(start)) != sha:  # killed before the manifest's write
+        record_epoch(manifest, setup, start, sha)
+        art.write_json_atomic(paths.manifest(setup.name, seed), manifest)
     return start
+
+
+def record_epoch(manifest: dict, setup: SetupConfig, epoch: int, sha: str) -> None:
+    """Enter epoch `epoch` (checkpoint sha256 `sha`) as the manifest's last, in place."""
+    manifest["checkpoints"] = ({k: v for k, v in manifest["checkpoints"].items() if int(k) < epoch}
+                               | {str(epoch): sha})
+    manifest["complete"] = epoch >= setup.epochs
+    if epoch > setup.epochs:
+        manifest["extended_to"] = epoch
+    elif "extended_to" in manifest:
+        del manifest["extended_to"]
 
 
 def run_epoch(state: SeedState, train_x: torch.Tensor, targets: torch.Tensor, opts: TrainOptions,
@@ -166,22 +190,22 @@ def run_epoch(state: SeedState, train_x: torch.Tensor, targets: torch.Tensor, op
 
 def commit_epoch(paths: art.RunPaths, run: RunConfig, state: SeedState, dataset_sha: str,
                  opts: TrainOptions, metrics: dict | None) -> None:
-    """Write epoch `state.epoch`: checkpoint, metrics, manifest, then resume.pt (the commit)."""
+    """Write epoch `state.epoch`: checkpoint, metrics, resume.pt, then the manifest (the
+    commit: what status and phase two see)."""
     setup, seed, epoch = state.setup, state.seed, state.epoch
     dtype = art.CHECKPOINT_DTYPES[opts.checkpoint_dtype]
     sha = art.save_checkpoint(paths.checkpoint(setup.name, seed, epoch), state.model,
                               checkpoint_meta(run, setup, seed, epoch, dataset_sha), dtype)
-    _rewrite_metrics(paths, setup, seed, upto=epoch - 1 if metrics else 0, new=metrics)
-    m = state.manifest
-    m["checkpoints"] = {k: v for k, v in m["checkpoints"].items() if int(k) < epoch} | {str(epoch): sha}
-    m["complete"] = epoch >= setup.epochs
-    if epoch > setup.epochs:
-        m["extended_to"] = epoch
-    art.write_json_atomic(paths.manifest(setup.name, seed), m)
-    resume = {"epoch": epoch, "optimizer": state.optimizer.state_dict()}
+    how = opts.record()
+    _rewrite_metrics(paths, setup, seed, upto=epoch - 1 if metrics else 0,
+                     new=metrics and {**metrics, "trained_with": how})
+    resume = {"epoch": epoch, "checkpoint_sha256": sha, "optimizer": state.optimizer.state_dict()}
     if dtype is not None:  # the checkpoint holds rounded weights: keep the exact ones here
         resume["model"] = art.model_state(state.model)
     art.save_resume(paths.resume(setup.name, seed), resume)
+    record_epoch(state.manifest, setup, epoch, sha)
+    state.manifest["trained_with"] = how  # of the last epoch; metrics.jsonl has every epoch's
+    art.write_json_atomic(paths.manifest(setup.name, seed), state.manifest)
 
 
 def train_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: int,

@@ -23,6 +23,13 @@ class TrainOptions:
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
     pack: int = 1  # seeds of one setup trained together as one grouped network (train/pack.py)
 
+    def record(self) -> dict:
+        """How an epoch was trained, as metrics.jsonl and the manifest keep it."""
+        return {"device": self.device.split(":")[0], "precision": "bf16" if self.bf16 else "fp32",
+                "channels_last": self.channels_last, "checkpoint_dtype": self.checkpoint_dtype,
+                "pack": self.pack, "compile": self.compile_mode if self.compile else None,
+                "deterministic": self.deterministic}
+
 
 # Seeds per grouped network on a GPU when --pack is auto. Measured on an H200 (docs/benchmarks.md,
 # full CIFAR-10, bf16): per model, a pack of 4 trains a SimCLR epoch in 2.11 s against 4.91 s

@@ -10,6 +10,7 @@ import datetime as _dt
 import platform
 import shutil
 import subprocess
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,16 @@ from ..config import SCHEMA_VERSION, RunConfig, SetupConfig, canonical_json, set
 from ..data import Dataset
 from ..errors import UserError
 
-# Fields of run.json that must agree for a second invocation to share the directory.
-RUN_IDENTITY = ("dataset", "data_root", "train_subset", "subset_seed", "backbone", "width",
-                "label_seed")
+# Fields of run.json that must agree for a second invocation to share the directory. Where the
+# data lies (data_root, the path in imagefolder:<path>) may change between machines: the
+# dataset's sha256 decides whether it is the same data, and run.json records the new place.
+RUN_IDENTITY = ("train_subset", "subset_seed", "backbone", "width", "label_seed")
 METADATA_SLACK = 64 * 1024  # bytes per checkpoint beyond the tensors: header, metadata
+
+
+def dataset_kind(name: str) -> str:
+    """cifar10, digits, synthetic or imagefolder: a dataset's name without its location."""
+    return name.split(":", 1)[0]
 
 
 def package_versions() -> dict[str, str]:
@@ -87,6 +94,8 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
                 raise UserError(f"corrupt {paths.run_json}: no valid {key!r} entry (restore it, or "
                                 f"use another --out)")
         diffs = [k for k in RUN_IDENTITY if (old.get("config") or {}).get(k) != getattr(cfg, k)]
+        if dataset_kind(str((old.get("config") or {}).get("dataset"))) != dataset_kind(cfg.dataset):
+            diffs.insert(0, "dataset")
         if (old.get("dataset") or {}).get("sha256") != dataset.identity()["sha256"]:
             diffs.append("dataset contents")
         if diffs and trained_anything(paths):
@@ -118,12 +127,24 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
 
 
 def _forget_untrained(paths: art.RunPaths, names: list[str], echo) -> None:
-    """Remove the initial weights of setups whose settings changed before any training."""
-    for name in names:
-        echo(f"{name}: nothing was trained with its old settings; starting it with the new ones")
-        for seed in paths.seeds(name):
-            shutil.rmtree(paths.seed_dir(name, seed))
-        paths.setup_json(name).unlink(missing_ok=True)
+    """Remove the initial weights of setups whose settings changed before any training.
+
+    Each seed's lock is taken first: a seed that another process is training (its first
+    epoch, with the old settings) is refused, not deleted under it. The lock files stay, so
+    the lock keeps meaning one file."""
+    with ExitStack() as locks:
+        for name in names:
+            for seed in paths.seeds(name):
+                if not locks.enter_context(art.file_lock(paths.seed_lock(name, seed), blocking=False)):
+                    raise UserError(f"{name} seed {seed} is being trained by another process with the "
+                                    f"old settings; wait for it (or stop it) before changing them")
+        for name in names:
+            echo(f"{name}: nothing was trained with its old settings; starting it with the new ones")
+            for seed in paths.seeds(name):
+                for entry in paths.seed_dir(name, seed).iterdir():
+                    if entry != paths.seed_lock(name, seed):
+                        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            paths.setup_json(name).unlink(missing_ok=True)
 
 
 def prepare_run(root: str | Path, cfg: RunConfig, setups: list[str], dataset: Dataset,
