@@ -109,6 +109,22 @@ def check_backbone(name: str) -> None:
                     f"or timm:<model name>")
 
 
+def check_input(name: str, head_dim: int, width: int, shape: tuple[int, int, int]) -> None:
+    """UserError unless a `name` network takes images of `shape` ([C, H, W]): one forward of a
+    single image. The thesis network takes any size; a timm model may be fixed to its own."""
+    from .errors import UserError
+
+    if name in BACKBONES:
+        return
+    net = build_network(name, head_dim, width).eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, *shape))
+    except Exception as e:  # noqa: BLE001 - whatever the model says, on one line
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"backbone {name} cannot take {shape[1]}x{shape[2]} images: {msg}") from None
+
+
 def build_backbone(name: str, width: int = 64) -> nn.Module:
     """`resnet18_cifar` (the thesis network) or `timm:<model name>`."""
     if name in BACKBONES:

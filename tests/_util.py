@@ -64,13 +64,14 @@ def private_copy(src, tmp_path, name="run"):
 TRAIN_RUN = [sys.executable, "-c", "from ssl_dynamics.train.cli import main; main()", "run"]
 
 
-def kill_train_run_at(args: list[str], out, target, env=None) -> None:
+def kill_train_run_at(args: list[str], out, target, env=None) -> int:
     """Start `train run ARGS --out OUT` in a real process and SIGKILL it as soon as the file
-    `target` exists (or it ended, or 120 s passed): a crash at an arbitrary point of the grid."""
+    `target` exists (or it ended, or 120 s passed): a crash at an arbitrary point of the grid.
+    Returns the exit status: -9 when the kill landed before the process ended."""
     proc = subprocess.Popen(TRAIN_RUN + args + ["--out", str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not Path(target).exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    return proc.wait()

@@ -181,6 +181,42 @@ def test_pack_size_does_not_change_a_seeds_bits(tmp_path):
     assert manifests(tmp_path / "full", "supervised", cfg.seeds) == manifests(cut, "supervised", cfg.seeds)
 
 
+def test_a_diverging_seed_leaves_its_pack_and_the_grid_goes_on(tmp_path, monkeypatch):
+    """Seed 1's stem made infinite after its epoch 0: its loss is NaN in epoch 1. It is
+    recorded and left behind; seeds 0 and 2 end with the bits of an undisturbed pack (the
+    seeds never mix), the next setup is trained, and the error names seed 1 at the end."""
+    from ssl_dynamics.train import pack as pack_module
+    from ssl_dynamics.train.grid import only
+    from ssl_dynamics.train.loop import Diverged
+
+    cfg = tiny(epochs=2, width=8)
+    train_grid(tmp_path / "full", cfg, ["supervised"], PACKED, progress=False, echo=quiet)
+    real = pack_module.open_seed
+
+    def poisoned(paths, run, setup, seed, *args):
+        state = real(paths, run, setup, seed, *args)
+        if (setup.name, seed) == ("supervised", 1):
+            with torch.no_grad():
+                next(state.model.parameters()).fill_(float("inf"))
+        return state
+
+    monkeypatch.setattr(pack_module, "open_seed", poisoned)
+    with pytest.raises(Diverged, match="supervised seed 1: loss became nan at epoch 1"):
+        train_grid(tmp_path / "cut", cfg, ["supervised", "random_labels"], PACKED, progress=False,
+                   echo=quiet)
+    status = {(s.setup, s.seed): s for s in
+              art.grid_status(tmp_path / "cut", only(cfg, ["supervised", "random_labels"]))}
+    lost = status.pop(("supervised", 1))
+    assert (lost.state, lost.last_epoch, lost.diverged_at) == ("partial", 0, 1)
+    assert all(s.state == "complete" and s.diverged_at is None for s in status.values())
+    assert manifests(tmp_path / "full", "supervised", (0, 2)) == manifests(tmp_path / "cut", "supervised", (0, 2))
+    # a rerun retries it; once an epoch past the divergence commits, the record goes
+    monkeypatch.setattr(pack_module, "open_seed", real)
+    train_grid(tmp_path / "cut", cfg, ["supervised"], PACKED, progress=False, echo=quiet)
+    m = art.read_json(art.RunPaths(tmp_path / "cut").manifest("supervised", 1))
+    assert m["complete"] and "diverged" not in m
+
+
 def test_packed_and_separate_runs_resume_each_other(tmp_path):
     cfg = tiny(epochs=2, seeds=(0, 1))
     two = replace(PACKED, pack=2)
@@ -206,7 +242,8 @@ def test_killed_packed_run_resumes_every_seed_exactly(tmp_path):
             "--pack", "3",
             "--deterministic", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    kill_train_run_at(args, tmp_path / "cut", art.RunPaths(tmp_path / "cut").checkpoint("supervised", 1, 2), env)
+    assert kill_train_run_at(args, tmp_path / "cut", art.RunPaths(tmp_path / "cut").checkpoint("supervised", 1, 2),
+                             env) == -9  # SIGKILL landed before the run ended
     cut = art.RunPaths(tmp_path / "cut")
     assert not all(art.read_json(cut.manifest("supervised", s))["complete"] for s in range(3))
     subprocess.run(TRAIN_RUN + args + ["--out", str(tmp_path / "cut")], check=True, capture_output=True, env=env)

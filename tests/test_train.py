@@ -1,5 +1,6 @@
 """Phase one: determinism, resume equivalence, atomic writes, the CLI and its errors."""
 import json
+import signal
 from pathlib import Path
 import subprocess
 import sys
@@ -248,7 +249,9 @@ def test_killed_process_resumes_to_same_weights(tmp_path):
             "--set", "train_subset=48", "--set", "batch_size=16", "--device", "cpu",
             "--deterministic", "--no-progress"]
     subprocess.run(TRAIN_RUN + args + ["--out", str(tmp_path / "full")], check=True, capture_output=True)
-    kill_train_run_at(args, tmp_path / "cut", art.RunPaths(tmp_path / "cut").checkpoint("supervised", 0, 2))
+    cut = art.RunPaths(tmp_path / "cut")
+    assert kill_train_run_at(args, tmp_path / "cut", cut.checkpoint("supervised", 0, 2)) == -signal.SIGKILL
+    assert not art.read_json(cut.manifest("supervised", 0))["complete"]  # killed mid-run
     subprocess.run(TRAIN_RUN + args + ["--out", str(tmp_path / "cut")], check=True, capture_output=True)
     full, cut = art.RunPaths(tmp_path / "full"), art.RunPaths(tmp_path / "cut")
     assert art.read_json(full.manifest("supervised", 0))["checkpoints"] == \
@@ -343,6 +346,13 @@ def run_main(args):
     (["run", "--out", "{tmp}", "--seeds", "3-1"], "malformed seed range"),
     (["run", "--out", "/proc/forbidden/run"], "not writable"),
     (["status", "{tmp}/nothing"], "not a run directory"),
+    (["run", "--out", "{tmp}", "--seeds", "0-99999999999"], "at most 100000 are allowed"),
+    (["run", "--out", "{tmp}", "--preset", "smoke", "--set", "subset_seed=99999999999999999999999"],
+     "subset_seed must be at most 2**63 - 1"),
+    (["run", "--out", "", "--preset", "smoke"], "--out is empty"),
+    (["run", "--out", "/dev/null/x", "--preset", "smoke"], "is a file, not a folder"),
+    (["run", "--out", "{tmp}", "--preset", "smoke", "--set", "backbone=timm:vit_tiny_patch16_224"],
+     "cannot take 32x32 images"),
 ])
 def test_cli_bad_input_one_line_exit_2(tmp_path, args, message):
     r = run_main([a.replace("{tmp}", str(tmp_path)) for a in args])
@@ -374,6 +384,18 @@ def test_cli_corrupt_checkpoint_on_resume(tmp_path):
     ck.write_bytes(ck.read_bytes()[:100])
     r = run_main(base + ["--epochs", "1"])
     assert r.returncode == 2 and "corrupt checkpoint" in r.stderr and "epoch-0001" in r.stderr
+
+
+def test_a_diverging_run_is_reported_after_the_rest_of_the_grid(tmp_path):
+    r = run_main(["run", "--out", str(tmp_path), *SMOKE, "--setup", "supervised", "--setup", "random_labels",
+                  "--seeds", "0", "--epochs", "1", "--set", "supervised.lr=1e30"])
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: 1 run diverged: supervised seed 0: loss became")
+    status = {s.setup: s for s in grid_status(tmp_path)}
+    assert status["random_labels"].state == "complete"
+    assert (status["supervised"].state, status["supervised"].diverged_at) == ("partial", 1)
+    out = CliRunner().invoke(cli, ["status", str(tmp_path)]).output
+    assert "diverged in epoch 1" in out
 
 
 def test_disk_check_refuses(tmp_path, monkeypatch):

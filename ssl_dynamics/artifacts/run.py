@@ -60,6 +60,7 @@ class SeedStatus:
     last_epoch: int | None
     epochs: int
     extended_to: int | None = None  # last epoch of an extension beyond `epochs`, if any
+    diverged_at: int | None = None  # the epoch whose loss stopped being finite (not committed)
 
 
 def seed_status(paths: RunPaths, setup: str, seed: int, epochs: int) -> SeedStatus:
@@ -72,7 +73,9 @@ def seed_status(paths: RunPaths, setup: str, seed: int, epochs: int) -> SeedStat
     planned = [e for e in done if e <= epochs]
     top = max(planned) if planned else None
     state = "complete" if m.get("complete") and top == epochs else "partial"
-    return SeedStatus(setup, seed, state, top, epochs, last if last and last > epochs else None)
+    lost = m.get("diverged")
+    lost_at = lost.get("epoch") if isinstance(lost, dict) and isinstance(lost.get("epoch"), int) else None
+    return SeedStatus(setup, seed, state, top, epochs, last if last and last > epochs else None, lost_at)
 
 
 def grid_status(root: str | Path, cfg: RunConfig | None = None) -> list[SeedStatus]:

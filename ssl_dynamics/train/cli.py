@@ -22,6 +22,12 @@ def cli():
     """
 
 
+def _not_empty(ctx, param, value):
+    if value is not None and not value.strip():
+        raise UserError(f"--{param.name} is empty: give a folder")
+    return value
+
+
 def grid_options(f):
     """What to train and how: shared by `run` and `submit`."""
     opts = [
@@ -30,7 +36,7 @@ def grid_options(f):
         click.option("--seeds", default=None, help="Seeds, e.g. 0-29, 0,3,7 or 0-3,10 (default: the preset's)."),
         click.option("--epochs", type=int, default=None,
                      help="How many epochs to train every selected setup (a count; default: the preset's)."),
-        click.option("--out", required=True, help="Run directory (created if missing)."),
+        click.option("--out", required=True, callback=_not_empty, help="Run directory (created if missing)."),
         click.option("--preset", "preset_name", default="thesis", show_default=True,
                      help="thesis (CIFAR-10, 30 seeds), demo (embedded digits, CPU) or smoke (synthetic, tiny)."),
         click.option("--dataset", default=None, help="cifar10 | digits | synthetic | imagefolder:<path>."),
@@ -187,7 +193,8 @@ def status_cmd(run_dir):
     click.echo(f"{'setup':<20} {'seed':>4}  {'state':<9} {'epoch':>11}")
     for r in rows:
         last = "-" if r.last_epoch is None else str(r.last_epoch)
-        more = f"  extended to {r.extended_to}" if r.extended_to else ""
+        more = (f"  extended to {r.extended_to}" if r.extended_to else "") + \
+            (f"  diverged in epoch {r.diverged_at}" if r.diverged_at is not None else "")
         click.echo(f"{r.setup:<20} {r.seed:>4}  {r.state:<9} {last:>5}/{r.epochs:<5}{more}")
     counts = {k: sum(r.state == k for r in rows) for k in ("complete", "partial", "missing")}
     click.echo(", ".join(f"{v} {k}" for k, v in counts.items()))

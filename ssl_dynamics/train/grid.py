@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shutil
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from ..config import RunConfig
 from ..data import Dataset, load_dataset
 from ..errors import UserError
 from ..progress import bar
-from .loop import TrainOptions, batches_per_epoch, train_seed
+from .loop import Diverged, TrainOptions, batches_per_epoch, train_seed
 from .pack import train_pack
 from .prepare import check_run, disk_estimate, prepare_run
 
@@ -78,6 +78,8 @@ def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions
     base = _existing_ancestor(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"--out {root} is a file, not a folder")
+    if not base.is_dir():
+        raise UserError(f"--out {root}: {base} is a file, not a folder")
     try:
         art.check_writable(base)  # a probe file in the nearest existing folder, removed again
     except UserError:
@@ -88,6 +90,9 @@ def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions
         if cfg.setups[name].objective == "classify" and cfg.setups[name].head_dim < dataset.n_classes:
             raise UserError(f"setup {name}: head_dim {cfg.setups[name].head_dim} is smaller than "
                             f"the dataset's {dataset.n_classes} classes")
+    from ..models import check_input
+
+    check_input(cfg.backbone, 10, cfg.width, tuple(dataset.train_x.shape[1:]))
     check_run(art.RunPaths(root), cfg, setups, dataset)
     jobs = plan(root, cfg, setups, until)
     need = disk_estimate(cfg, [(j.setup, j.seed, j.done, j.until) for j in jobs], opts.checkpoint_dtype)
@@ -136,7 +141,8 @@ def train_runs(paths: art.RunPaths, cfg: RunConfig, dataset: Dataset, jobs: list
     First the seeds no other worker holds, in order (with opts.pack > 1: in packs of up to
     opts.pack seeds of one setup); then, waiting for each lock, the seeds that were held.
     Those are usually finished by then and skipped; a holder that died released its lock
-    with its life, and its seed is resumed here.
+    with its life, and its seed is resumed here. A seed whose loss stops being finite is
+    recorded in its manifest and left; `Diverged` names them all once the rest is trained.
     """
     dev = torch.device(opts.device)
     random_y = torch.from_numpy(np.load(paths.random_labels)).to(dev)
@@ -154,6 +160,8 @@ def train_runs(paths: art.RunPaths, cfg: RunConfig, dataset: Dataset, jobs: list
             echo(f"{job.setup} seed {job.seed}: another worker is training it; waiting for it")
             run.locked([job], 1, blocking=True)
     overall.close()
+    if run.lost:
+        raise Diverged(run.lost)
 
 
 @dataclass
@@ -167,6 +175,7 @@ class _Runner:
     overall: object
     echo: object
     progress: bool
+    lost: list[str] = field(default_factory=list)  # seeds that diverged, reported at the end
 
     def locked(self, queue: list[Job], size: int, blocking: bool) -> list[Job]:
         """Take jobs from the front of `queue` until `size` of them are locked here, train
@@ -205,10 +214,15 @@ class _Runner:
             self.overall.set_postfix(loss=f"{args[-1]['loss']:.3f}")
 
         targets = random_y if sc.random_labels else true_y
-        if self.opts.pack > 1:
-            train_pack(self.paths, self.cfg, sc, [j.seed for j in now], train_x, targets, sha,
-                       self.opts, on_batch=lambda: steps.update(1), on_epoch=epoch_done, until=until)
-        else:
-            train_seed(self.paths, self.cfg, sc, now[0].seed, train_x, targets, sha, self.opts,
-                       on_batch=lambda: steps.update(1), on_epoch=epoch_done, until=until)
-        steps.close()
+        try:
+            if self.opts.pack > 1:
+                train_pack(self.paths, self.cfg, sc, [j.seed for j in now], train_x, targets, sha,
+                           self.opts, on_batch=lambda: steps.update(1), on_epoch=epoch_done, until=until)
+            else:
+                train_seed(self.paths, self.cfg, sc, now[0].seed, train_x, targets, sha, self.opts,
+                           on_batch=lambda: steps.update(1), on_epoch=epoch_done, until=until)
+        except Diverged as e:  # the rest of the grid goes on; reported when it is done
+            self.echo(f"diverged: {'; '.join(e.what)}")
+            self.lost += e.what
+        finally:
+            steps.close()

@@ -16,6 +16,7 @@ the manifest, and nothing is retrained.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -140,6 +141,7 @@ def record_epoch(manifest: dict, setup: SetupConfig, epoch: int, sha: str) -> No
     manifest["checkpoints"] = ({k: v for k, v in manifest["checkpoints"].items() if int(k) < epoch}
                                | {str(epoch): sha})
     manifest["complete"] = epoch >= setup.epochs
+    manifest.pop("diverged", None)  # an epoch past a divergence committed: a retry went through
     if epoch > setup.epochs:
         manifest["extended_to"] = epoch
     elif "extended_to" in manifest:
@@ -149,7 +151,8 @@ def record_epoch(manifest: dict, setup: SetupConfig, epoch: int, sha: str) -> No
 def run_epoch(state: SeedState, train_x: torch.Tensor, targets: torch.Tensor, opts: TrainOptions,
               step_model: torch.nn.Module | None = None,
               on_batch: Callable[[], None] | None = None) -> dict:
-    """Train epoch `state.epoch + 1` in place; returns its metrics (not yet on disk)."""
+    """Train epoch `state.epoch + 1` in place; returns its metrics (not yet on disk; a loss
+    that is not finite is the caller's to handle: `diverged`)."""
     setup, seed, epoch = state.setup, state.seed, state.epoch + 1
     dev = torch.device(opts.device)
     objective = objective_for(setup)
@@ -180,9 +183,6 @@ def run_epoch(state: SeedState, train_x: torch.Tensor, targets: torch.Tensor, op
         if on_batch:
             on_batch()
     seconds = time.perf_counter() - t0
-    if not torch.isfinite(loss_sum):
-        raise UserError(f"{setup.name} seed {seed}: loss became {float(loss_sum)} at epoch "
-                        f"{epoch}; lower the learning rate")
     state.epoch = epoch
     return {"epoch": epoch, "loss": float(loss_sum) / seen, "train_acc": float(correct_sum) / seen,
             "lr": lr, "seconds": round(seconds, 4), "images_per_s": round(nb * bs / max(seconds, 1e-9), 1)}
@@ -223,10 +223,31 @@ def train_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: in
     step_model = compiled(state.model, opts.compile_mode) if opts.compile else None
     for _ in range(state.epoch, setup.epochs if until is None else until):
         metrics = run_epoch(state, train_x, targets, opts, step_model, on_batch)
+        if not math.isfinite(metrics["loss"]):
+            raise Diverged([diverged(paths, state, metrics["loss"])])
         commit_epoch(paths, run, state, dataset_sha, opts, metrics)
         if on_epoch:
             on_epoch(state.epoch, metrics)
     return state.manifest
+
+
+class Diverged(UserError):
+    """Seeds whose loss stopped being finite: their manifests say at which epoch. Raised once
+    every other seed of the work is trained."""
+
+    def __init__(self, what: list[str]):
+        self.what = what
+        super().__init__(f"{len(what)} run{'s' if len(what) > 1 else ''} diverged: {'; '.join(what)}. "
+                         f"Every other run was trained; a rerun retries these (lower the learning "
+                         f"rate in a new --out if they diverge again)")
+
+
+def diverged(paths: art.RunPaths, state: SeedState, loss: float) -> str:
+    """Record in the seed's manifest that its loss stopped being finite in epoch
+    `state.epoch` (not committed); what to report."""
+    state.manifest["diverged"] = {"epoch": state.epoch, "loss": str(loss)}
+    art.write_json_atomic(paths.manifest(state.setup.name, state.seed), state.manifest)
+    return f"{state.setup.name} seed {state.seed}: loss became {loss} at epoch {state.epoch}"
 
 
 def compiled(model: torch.nn.Module, mode: str = "default") -> torch.nn.Module:

@@ -21,6 +21,7 @@ own network and optimizer, and `loop.commit_epoch` writes the seed's epoch as al
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -30,11 +31,10 @@ import torch
 from .. import artifacts as art
 from ..augment import make_generator
 from ..config import RunConfig, SetupConfig
-from ..errors import UserError
 from ..objectives import Objective, objective_for
 from ..packed import GroupedNetwork, grouped, load_optimizer_states, optimizer_state_of, pack_views
-from .loop import (SeedState, TrainOptions, batches_per_epoch, build_optimizer, commit_epoch,
-                   compiled, open_seed, set_determinism)
+from .loop import (Diverged, SeedState, TrainOptions, batches_per_epoch, build_optimizer,
+                   commit_epoch, compiled, diverged, open_seed, set_determinism)
 from .schedules import learning_rate
 
 
@@ -78,7 +78,9 @@ def make_pack(states: list[SeedState], setup: SetupConfig, opts: TrainOptions) -
 
 def run_pack_epoch(pack: Pack, train_x: torch.Tensor, targets: torch.Tensor, opts: TrainOptions,
                    on_batch: Callable[[], None] | None = None) -> list[dict]:
-    """Train epoch `epoch + 1` of every slot in place; each real seed's metrics (not on disk)."""
+    """Train epoch `epoch + 1` of every slot in place; each real seed's metrics (not on disk;
+    a seed's loss that is not finite is the caller's to handle). The seeds never mix, so one
+    seed's NaN leaves the others' arithmetic alone."""
     setup, epoch = pack.slots[0].setup, pack.slots[0].epoch + 1
     dev = torch.device(opts.device)
     objective = objective_for(setup)
@@ -108,10 +110,6 @@ def run_pack_epoch(pack: Pack, train_x: torch.Tensor, targets: torch.Tensor, opt
         if on_batch:
             on_batch()
     seconds = time.perf_counter() - t0
-    for p in range(pack.real):
-        if not torch.isfinite(loss_sums[p]):
-            raise UserError(f"{setup.name} seed {seeds[p]}: loss became {float(loss_sums[p])} at "
-                            f"epoch {epoch}; lower the learning rate")
     for state in pack.slots:
         state.epoch = epoch
     return [{"epoch": epoch, "loss": float(loss_sums[p]) / seen, "train_acc": float(correct_sums[p]) / seen,
@@ -140,15 +138,25 @@ def train_pack(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seeds: l
     set_determinism(opts.deterministic)
     until = setup.epochs if until is None else until
     states = [open_seed(paths, run, setup, seed, dataset_sha, opts) for seed in seeds]
-    while (low := min(s.epoch for s in states)) < until:
+    lost: list[str] = []  # seeds that diverged: recorded, dropped, reported at the end
+    while states and (low := min(s.epoch for s in states)) < until:
         behind = [s for s in states if s.epoch == low]
         stop = min([s.epoch for s in states if s.epoch > low] + [until])
         pack = make_pack(behind, setup, opts)
         for _ in range(low, stop):
             metrics = run_pack_epoch(pack, train_x, targets, opts, on_batch)
             unpack(pack)
+            bad = {s.seed for s, m in zip(behind, metrics) if not math.isfinite(m["loss"])}
             for state, m in zip(behind, metrics):
+                if state.seed in bad:
+                    lost.append(diverged(paths, state, m["loss"]))
+                    continue
                 commit_epoch(paths, run, state, dataset_sha, opts, m)
                 if on_epoch:
                     on_epoch(state.seed, state.epoch, m)
+            if bad:  # the others go on in a pack of their own
+                states = [s for s in states if s.seed not in bad]
+                break
+    if lost:
+        raise Diverged(lost)
     return [s.manifest for s in states]

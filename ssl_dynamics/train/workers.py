@@ -89,7 +89,7 @@ def _run(specs: list[WorkerSpec]) -> list[tuple[WorkerSpec, int]]:
             p.join()
     except KeyboardInterrupt:  # the workers got the same SIGINT; let them stop cleanly
         for p in procs:
-            p.join(timeout=30)
+            p.join(timeout=30)  # long enough for an epoch's commit to finish its writes
         raise
     return [(s, p.exitcode) for s, p in zip(specs, procs) if p.exitcode]
 
