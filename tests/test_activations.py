@@ -252,3 +252,27 @@ def test_choose_channels():
     assert a[:10] == choose_channels(128, 10, seed=0)
     assert sorted(choose_channels(8, 36, seed=0)) == list(range(8))
     assert choose_channels(0, 36, seed=0) == []
+
+
+# ---------------------------------------------------------------- which checkpoint Fig. 5.4 draws
+
+
+def test_seed_without_checkpoint_is_an_error_not_another_seed(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from ssl_dynamics import artifacts as art
+    from ssl_dynamics.errors import UserError
+    from ssl_dynamics.inspect import activation_figure
+
+    paths = art.RunPaths(tmp_path)
+    for sd in (0, 2):  # seeds 0 and 2 have epoch 3; seed 1 does not
+        paths.seed_dir("supervised", sd).mkdir(parents=True)
+        paths.checkpoint("supervised", sd, 3).touch()
+    ws = SimpleNamespace(run=SimpleNamespace(cfg=SimpleNamespace(seeds=[0, 1, 2]), paths=paths))
+    monkeypatch.setattr(activation_figure, "resolve_epoch", lambda run, setup, epoch: (3, "asked for"))
+    monkeypatch.setattr(art, "load_network", lambda path, verify: (path, None))
+    with pytest.raises(UserError, match=r"^supervised seed 1 has no checkpoint at epoch 3 \(seeds: \[0, 2\]\)$"):
+        activation_figure._model(ws, "supervised", 3, 1, verify=False)
+    net, e, sd, _ = activation_figure._model(ws, "supervised", 3, 2, verify=False)
+    assert (net, e, sd) == (paths.checkpoint("supervised", 2, 3), 3, 2)
+    assert activation_figure._model(ws, "supervised", 3, None, verify=False)[2] == 0  # default: first seed

@@ -4,6 +4,7 @@ Fig. 4.3-4.5, B.1) and classes (Fig. 5.3), on small synthetic r_t arrays."""
 from __future__ import annotations
 
 import json
+import math
 
 import h5py
 import numpy as np
@@ -231,16 +232,27 @@ def test_table41_equals_direct_stats_calls(full):
         assert row["p_g"] == pytest.approx(p_g, nan_ok=True)
 
 
+def p_hat_all_augmentations(d: SetupRt) -> np.ndarray:
+    """SPEC: Table 4.2's p_hat0 = correct indicators of the valid seeds over ALL augmentations
+    / (N * M * K), per epoch, from the integers (no r_t, no epoch_means)."""
+    valid = np.asarray(d.valid, bool)
+    _, _, m, k = d.correct.shape
+    return np.array([d.correct[valid[:, t], t].astype(np.int64).sum() / (valid[:, t].sum() * m * k)
+                     for t in range(len(d.epochs))])
+
+
 def test_table42_equals_direct_mae(full):
     data, _, res = full
-    for row in res["binomial"]["tables"]["table4_2_mae"]:
-        if row["epoch"] is None:
-            continue
+    rows = [row for row in res["binomial"]["tables"]["table4_2_mae"] if row["epoch"] is not None]
+    assert len(rows) >= 6
+    for row in rows:
         d = data[row["setup"]]
-        r = st.r_t(d.correct, d.valid)
-        t = st.first_epoch_reaching(st.epoch_means(r), row["p0"])
+        p_all = p_hat_all_augmentations(d)
+        t = next(t for t in range(len(d.epochs)) if d.epochs[t] > 0 and p_all[t] >= row["p0"])
         assert row["epoch"] == int(d.epochs[t])
-        mean, std, _ = st.binomial_mae(r[t], 5, row["p_hat0"], 4,
+        assert row["p_hat0"] == p_all[t]  # all augmentations, not augmentation 0's p~0
+        r = st.r_t(d.correct, d.valid)
+        mean, std, _ = st.binomial_mae(r[t], 5, p_all[t], 4,
                                        rng=bn.stream_rng(0, row["setup"], row["p0"], bn.STREAM_MAE))
         assert (row["mae_mean"], row["mae_std"]) == (pytest.approx(mean), pytest.approx(std))
 
@@ -272,6 +284,101 @@ def test_mae_deterministic_given_seed(tmp_path, monkeypatch):
     res = run_binomial(both, Outputs(tmp_path / "d"), p0s=(0.5,), draws=3, seed=7, null_sims=50)
     got = [(r["mae_mean"], r["mae_std"]) for r in res["tables"]["table4_2_mae"] if r["setup"] == "supervised"]
     assert got == a
+
+
+def exact_half_setup(name="supervised"):
+    """3 seeds, 1 augmentation, 4 images of class 0; at epoch 5 the images' counts are
+    2, 1, 2, 1 of 3: exactly half correct, though a float mean of the rates 2/3, 1/3, 2/3,
+    1/3 is 0.49999999999999994. Epoch 9: all correct."""
+    correct = np.zeros((3, 3, 1, 4), np.uint8)
+    correct[:2, 1, 0, [0, 2]] = 1
+    correct[0, 1, 0, [1, 3]] = 1
+    correct[:, 2] = 1
+    labels = np.zeros(4, np.int64)
+    return SetupRt(setup=name, correct=correct, p_true=correct.astype(np.float32),
+                   valid=np.ones((3, 3), bool), seeds=np.arange(3), epochs=np.array([0, 5, 9]),
+                   labels=labels, targets=labels, probe_indices=np.arange(4))
+
+
+def test_exact_tie_with_p0_is_reached_in_every_table(tmp_run, monkeypatch):
+    no_figures(monkeypatch)
+    data = {"supervised": exact_half_setup()}
+    res = run_binomial(data, Outputs(tmp_run), p0s=(0.5,), draws=2, null_sims=20)
+    for name in ("table4_1_chisquare", "table4_2_mae"):
+        (row,) = res["tables"][name]
+        assert (row["epoch"], row["p_hat0"]) == (5, 0.5), name
+    rows = run_classes(data, Outputs(tmp_run), CLASSES)["tables"]["class_rt"]
+    assert rows[0]["epoch_reaching_0.5"] == 5
+
+
+def test_table41_uses_augmentation_0_and_table42_all_augmentations(tmp_run, monkeypatch):
+    no_figures(monkeypatch)
+    # fraction of images correct (every seed) per epoch for augmentation 0 and 1: p~0 reaches
+    # 0.5 at epoch 2 (0.6), the mean over both augmentations only at epoch 4 (0.7)
+    fractions = {0: [0.0, 0.6, 0.8], 1: [0.0, 0.2, 0.6]}
+    correct = np.zeros((2, 3, 2, 10), np.uint8)
+    for j, fs in fractions.items():
+        for t, f in enumerate(fs):
+            correct[:, t, j, : int(round(f * 10))] = 1
+    labels = np.arange(10)
+    d = SetupRt(setup="supervised", correct=correct, p_true=correct.astype(np.float32),
+                valid=np.ones((2, 3), bool), seeds=np.arange(2), epochs=np.array([0, 2, 4]),
+                labels=labels, targets=labels, probe_indices=np.arange(10))
+    res = run_binomial({"supervised": d}, Outputs(tmp_run), p0s=(0.5,), draws=2, null_sims=20)
+    (chi,), (mae,) = res["tables"]["table4_1_chisquare"], res["tables"]["table4_2_mae"]
+    assert (chi["epoch"], chi["p_hat0"]) == (2, pytest.approx(0.6))
+    assert (mae["epoch"], mae["p_hat0"]) == (4, pytest.approx(0.7))
+
+
+def second_view_setup():
+    """SimCLR whose second views equal the first ones except seed 0, augmentation 0 of every
+    even image, flipped; seed 2 has no checkpoint at epoch index 2."""
+    rng = np.random.default_rng(11)
+    s, e, m, k = 3, 4, 2, 12
+    correct = (rng.random((s, e, m, k)) < 0.5).astype(np.uint8)
+    second = correct.copy()
+    second[0, :, 0, 0::2] ^= 1
+    valid = np.ones((s, e), bool)
+    valid[2, 2] = False
+    labels = np.arange(k) % 10
+    return SetupRt(setup="simclr", correct=correct, p_true=correct.astype(np.float32), valid=valid,
+                   seeds=np.arange(s), epochs=np.array([0, 1, 2, 5]), labels=labels,
+                   targets=labels, probe_indices=np.arange(k), correct_second=second)
+
+
+def slow_rate(c, valid, augs):
+    """Per-image rate at one epoch: c [S, M, K], valid [S] -> [K], by loops."""
+    return np.array([np.mean([c[i, j, img] for i in range(c.shape[0]) if valid[i] for j in augs])
+                     for img in range(c.shape[2])])
+
+
+def slow_corr(a, b):
+    if np.all(a == a[0]) or np.all(b == b[0]):
+        return float("nan")
+    da, db = a - a.mean(), b - b.mean()
+    return float(np.sum(da * db) / math.sqrt(np.sum(da * da) * np.sum(db * db)))
+
+
+def test_first_second_diff_values(tmp_run, monkeypatch):
+    no_figures(monkeypatch)
+    d = second_view_setup()
+    out = Outputs(tmp_run)
+    rows = run_binomial({"simclr": d}, out, p0s=(0.5,), draws=2, null_sims=20)["tables"]["first_second_diff"]
+    assert rows == table(out, "first_second_diff")
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 5]  # <= 5 evaluated epochs: all drawn
+    for t, row in enumerate(rows):
+        ok = d.valid[:, t]
+        n = int(ok.sum())
+        assert row["n_seeds"] == n
+        # the flip moves r_t of each even image by 1/(N*M) and r~_t (augmentation 0) by 1/N
+        assert row["mean_abs_diff_r_t"] == pytest.approx(0.5 / (n * 2))
+        assert row["mean_abs_diff_r_tilde"] == pytest.approx(0.5 / n)
+        r1, r2 = (slow_rate(c[:, t], ok, [0, 1]) for c in (d.correct, d.correct_second))
+        t1, t2 = (slow_rate(c[:, t], ok, [0]) for c in (d.correct, d.correct_second))
+        assert row["mean_abs_diff_r_t"] == pytest.approx(np.mean(np.abs(r1 - r2)))
+        assert row["corr_r_t"] == pytest.approx(slow_corr(r1, r2), nan_ok=True)
+        assert row["corr_r_tilde"] == pytest.approx(slow_corr(t1, t2), nan_ok=True)
+    assert all(np.isfinite(r["corr_r_t"]) and r["corr_r_t"] < 1 for r in rows)
 
 
 def test_p0_never_reached_gives_nan_row(tmp_run):

@@ -45,7 +45,7 @@ def _nn_agreement(emb, y):
     return float(np.mean(y[dist.argmin(1)] == y))
 
 
-@pytest.mark.parametrize("method", ["opentsne", "sklearn"])
+@pytest.mark.parametrize("method", ["thesis", "opentsne", "sklearn"])
 def test_tsne_small_finite_deterministic_separating(method):
     x, y = _two_clusters()
     a = tsne_2d(x, seed=0, method=method, n_jobs=1)
@@ -53,6 +53,12 @@ def test_tsne_small_finite_deterministic_separating(method):
     b = tsne_2d(x, seed=0, method=method, n_jobs=1)
     np.testing.assert_array_equal(a, b)
     assert _nn_agreement(a, y) > 0.9
+
+
+def test_tsne_default_is_the_thesis_method():
+    import inspect
+
+    assert inspect.signature(tsne_2d).parameters["method"].default == "thesis"
 
 
 def test_tsne_auto_uses_benchmark_winner():

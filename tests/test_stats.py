@@ -180,6 +180,53 @@ def test_first_epoch_reaching():
     assert isinstance(st.first_epoch_reaching(p, 0.0), int)
 
 
+def exact_half_tie(n_seeds, k, per_image_low, m=1):
+    """[S, 3, M, K]: epoch 1 has exactly half of all (seed, aug, image) indicators correct,
+    image counts alternating low / S*M - low; epoch 0 all wrong, epoch 2 all right."""
+    c = np.zeros((n_seeds, 3, m, k), np.uint8)
+    c[:, 2] = 1
+    for img in range(k):
+        count = per_image_low if img % 2 == 0 else n_seeds * m - per_image_low
+        c[:, 1, :, img] = (np.arange(n_seeds * m) < count).reshape(n_seeds, m)
+    assert c[:, 1].sum() * 2 == c[:, 1].size  # exactly half correct
+    return c
+
+
+@pytest.mark.parametrize("n_seeds, k, low, m", [(3, 4, 2, 1), (30, 1024, 8, 1), (30, 1024, 1, 2)])
+def test_exact_tie_with_p0_reaches_it(n_seeds, k, low, m):
+    # a float mean of the K rates count/(S*M) lands just below 0.5 for these (e.g.
+    # 2/3, 1/3, 2/3, 1/3 sums to 0.49999999999999994 * 4); p_hat must be exactly 0.5
+    c = exact_half_tie(n_seeds, k, low, m)
+    cand = np.array([False, True, True])
+    tilde = [st.epoch_means(st.r_tilde(c, 0))] if m == 1 else []  # Table 4.1's p_hat0
+    for p in [st.epoch_means(st.r_t(c))] + tilde:
+        assert p[1] == 0.5
+        assert st.first_epoch_reaching(p, 0.5, cand) == 1
+    # the per-class 0.5 level: every image in class 0, or split over two classes
+    labels = np.zeros(k, np.int64)
+    assert st.per_class_mean(st.r_t(c), labels, 1)[1, 0] == 0.5
+    labels = (np.arange(k) // 2) % 2  # pairs (low, high): each class exactly half correct
+    np.testing.assert_array_equal(st.per_class_mean(st.r_t(c), labels, 2)[1], [0.5, 0.5])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_epoch_means_equal_integer_totals(seed):
+    correct, valid = random_problem(seed, s=7, e=5, m=3, k=40)
+    valid[:, 0] = False  # an epoch with no valid seed stays NaN
+    n = valid.sum(axis=0)
+    total = np.einsum("sejk,se->e", correct.astype(np.int64), valid.astype(np.int64))
+    with np.errstate(invalid="ignore"):
+        want = total / (n * 3 * 40)  # int / int: the exact fraction, rounded once
+        want0 = np.einsum("sek,se->e", correct[:, :, 0].astype(np.int64), valid) / (n * 40)
+    np.testing.assert_array_equal(st.epoch_means(st.r_t(correct, valid)), want)
+    np.testing.assert_array_equal(st.epoch_means(st.r_tilde(correct, 0, valid)), want0)
+
+
+def test_epoch_means_of_arbitrary_floats_is_the_plain_mean():
+    r = np.random.default_rng(3).random((4, 9))
+    np.testing.assert_array_equal(st.epoch_means(r), r.mean(axis=1))
+
+
 # ---------------------------------------------------------------------------- binomial tests
 
 

@@ -44,7 +44,9 @@ def _model(ws: Workspace, setup: str, epoch: int | None, seed: int | None, verif
     seeds = [sd for sd in ws.run.cfg.seeds if ws.run.paths.checkpoint(setup, sd, e).exists()]
     if not seeds:
         raise UserError(f"{setup} has no checkpoint at epoch {e} for any seed")
-    sd = seeds[0] if seed is None or seed not in seeds else seed
+    sd = seeds[0] if seed is None else seed
+    if sd not in seeds:
+        raise UserError(f"{setup} seed {sd} has no checkpoint at epoch {e} (seeds: {seeds})")
     net, _ = art.load_network(ws.run.paths.checkpoint(setup, sd, e), verify=verify)
     return net, e, sd, how
 

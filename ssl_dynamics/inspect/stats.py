@@ -19,6 +19,8 @@ here, so ``stats.chisquare_faithful`` and friends keep working.
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
@@ -49,6 +51,11 @@ __all__ = [
 
 # Fig. 4.5 shows every 50th image of the r_t-sorted probe set (K = 1024 -> 21 columns).
 DEFAULT_SPREAD_STEP = 50
+# r_t entries are count / (seeds x augmentations). A fraction with a denominator up to 2**26
+# is read back exactly from its correctly rounded float: two such fractions differ by at
+# least 2**-52, more than the rounding of a value in [0, 1] (at most 2**-54). Runs have a few
+# hundred seeds x augmentations at most.
+MAX_EXACT_DENOMINATOR = 2**26
 
 
 # ---------------------------------------------------------------------------- validation
@@ -91,6 +98,43 @@ def _mean_over_seeds(sums: np.ndarray, valid: np.ndarray, per_seed: int) -> np.n
     return out
 
 
+def _fractions(values: np.ndarray) -> list[Fraction] | None:
+    """The fractions (denominator <= MAX_EXACT_DENOMINATOR) whose correctly rounded floats
+    are ``values``; None when some value is no such fraction."""
+    out = []
+    for v in values.tolist():
+        f = Fraction(v).limit_denominator(MAX_EXACT_DENOMINATOR)
+        if float(f) != v:
+            return None
+        out.append(f)
+    return out
+
+
+def _row_means(a: np.ndarray) -> np.ndarray:
+    """Mean of each row of a 2-D float array; a row holding NaN is NaN.
+
+    When every entry is a count/denominator fraction (as r_t's are) the mean is computed
+    from the integer counts and rounded once, so an exact tie with a level such as 0.5
+    compares equal: the float sum of K rates can land an ulp below it. Other values get
+    the plain float mean.
+    """
+    out = a.mean(axis=1)
+    rows = np.flatnonzero(np.isfinite(a).all(axis=1))
+    if not rows.size:
+        return out
+    uniq, inv = np.unique(a[rows].ravel(), return_inverse=True)
+    fr = _fractions(uniq)
+    if fr is None:
+        return out
+    for i, row in zip(rows, inv.reshape(rows.size, -1)):
+        counts = np.bincount(row, minlength=uniq.size)
+        used = np.flatnonzero(counts)
+        den = math.lcm(*(fr[u].denominator for u in used))
+        total = sum(int(counts[u]) * fr[u].numerator * (den // fr[u].denominator) for u in used)
+        out[i] = total / (den * a.shape[1])  # int / int: correctly rounded
+    return out
+
+
 # ---------------------------------------------------------------------------- r_t and friends
 
 
@@ -127,11 +171,15 @@ def seeds_per_epoch(valid: np.ndarray) -> np.ndarray:
 
 
 def epoch_means(r: np.ndarray) -> np.ndarray:
-    """Mean over images of ``r`` [E, K] -> [E] (p_hat(t) of section 4; NaN rows stay NaN)."""
+    """Mean over images of ``r`` [E, K] -> [E] (p_hat(t) of section 4; NaN rows stay NaN).
+
+    For r_t / r_tilde this is exactly (correct indicators) / (valid seeds x augmentations x
+    K), rounded once, so ``first_epoch_reaching`` sees an exact tie with p0 as reaching it.
+    """
     a = np.asarray(r, dtype=np.float64)
     if a.ndim != 2 or a.shape[1] == 0:
         raise ValueError(f"r must have shape [E, K] with K >= 1, got {a.shape}")
-    return a.mean(axis=1)
+    return _row_means(a)
 
 
 def sorted_curves(r: np.ndarray) -> np.ndarray:
@@ -227,7 +275,7 @@ def per_class_mean(r: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndar
     for cls in range(int(n_classes)):
         members = y == cls
         if members.any():  # empty class stays NaN; NaN rows of r stay NaN
-            out[:, cls] = a[:, members].mean(axis=1)
+            out[:, cls] = _row_means(a[:, members])  # exact for r_t, as epoch_means
     return out[0] if one_d else out
 
 
