@@ -77,7 +77,9 @@ class SimCLRObjective(Objective):
 
     def score_bank(self, out: torch.Tensor, targets: torch.Tensor, batch: int):
         """Each replay's K images are classified within fixed batches of `batch` images
-        (2·batch views; the last batch may be shorter), as during training."""
+        (2·batch views), as during training. A shorter last batch is scored as it is, but has
+        fewer negatives, so its views look easier: `inspect rt` refuses a bank whose K is not
+        a multiple of `batch` (rt_plan.check_simclr_batches), as training drops that batch."""
         m, k, v = out.shape[:3]
         correct = torch.empty(m, k, v, dtype=torch.bool, device=out.device)
         p_true = torch.empty(m, k, v, dtype=torch.float32, device=out.device)

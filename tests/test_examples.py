@@ -160,7 +160,9 @@ def test_export_netcdf_and_parquet(run, tmp_path):
     out = invoke("export", run, "--to", "parquet", "--out", target)
     assert "computing the per-example table" in out
     assert pd.read_parquet(target).equals(pd.read_parquet(run / "inspect" / "tables" / "examples.parquet"))
-    assert "computing" not in invoke("export", run, "--to", "parquet", "--out", target)  # current
+    r = CliRunner().invoke(cli, ["export", str(run), "--to", "parquet", "--out", str(target)])
+    assert r.exit_code != 0 and "pass --force to replace it" in str(r.exception)  # refused, not replaced
+    assert "computing" not in invoke("export", run, "--to", "parquet", "--out", target, "--force")  # current
     g = zarr.open_group(str(run / "inspect" / "rt.zarr"), mode="a", use_consolidated=False)
     g["simclr/done"][0, 2] = 0  # the store changed: the table is made again
     assert "computing" in invoke("export", run, "--to", "parquet")

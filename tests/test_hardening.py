@@ -340,7 +340,15 @@ def test_moved_dataset_is_found_by_its_checksum(tmp_path, monkeypatch, capsys):
     assert call(train_cli.main, args, monkeypatch, capsys)[0] == 0
     (tmp_path / "images").rename(tmp_path / "moved")
     code, err = call(inspect_cli.main, ["rt", out, "--no-progress"], monkeypatch, capsys)
-    assert code == 2 and "not found" in err or "image folder" in err
+    assert code == 2 and ("not found" in err or "image folder" in err)
+    # phase one follows the data too: the run is taken up (and extended) from the new place
+    moved = ["--dataset", f"imagefolder:{tmp_path / 'moved'}"]
+    assert call(train_cli.main, [*args, *moved], monkeypatch, capsys)[0] == 0
+    assert json.loads((out / "run.json").read_text())["config"]["dataset"] == moved[1]
+    code, err = call(train_cli.main, ["extend", out, "--setup", "supervised", "--to", "3", "--device", "cpu",
+                                      "--no-progress", *moved], monkeypatch, capsys)
+    assert code == 0, err
+    assert art.read_json(art.RunPaths(out).manifest("supervised", 0))["extended_to"] == 3
     code, err = call(inspect_cli.main, ["rt", out, "--no-progress", "--dataset",
                                         f"imagefolder:{tmp_path / 'moved'}"], monkeypatch, capsys)
     assert code == 0, err
@@ -396,24 +404,36 @@ def test_feature_cache_notices_a_replaced_checkpoint(run):
 
 
 def test_killed_evaluation_resumes_to_the_same_store(archive, tmp_path):
-    """kill -9 `inspect rt` at random moments; reruns end with the uninterrupted store."""
-    import random
+    """kill -9 `inspect rt` while it is writing the store (after its first checkpoint is
+    committed, before its last); the rerun ends with the uninterrupted store."""
     import signal
     import subprocess
     import time
 
     local = tmp_path / "run"
     shutil.copytree(archive, local, ignore=shutil.ignore_patterns("rt.zarr*"))
+    store = local / "inspect" / "rt.zarr"
     cmd = [sys.executable, "-c", "from ssl_dynamics.inspect.cli import main; main()", "rt", local,
            "--no-progress"]
-    rng = random.Random(0)
-    for _ in range(2):  # two random kill points keep CI short; the code paths are the same
+
+    def committed() -> int:  # done flags written (each chunk file appears whole, by rename)
+        return sum(1 for s in SETUPS for p in (store / s / "done" / "c").rglob("*") if p.is_file())
+
+    for _ in range(3):  # the 6 checkpoints take ~0.3 s: a kill that came too late is retried
+        shutil.rmtree(store, ignore_errors=True)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(2.0, 6.0))
+        deadline = time.time() + 120
+        while committed() == 0 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.001)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        evaluated = sum(int(d.valid.sum()) for d in load_rt(store).values()) if committed() else 0
+        if proc.returncode == -signal.SIGKILL and 0 < evaluated < 6:
+            break
+    assert proc.returncode == -signal.SIGKILL  # killed, not finished before the signal
+    assert 0 < evaluated < 6  # mid-run: some checkpoints in the store, not all
     assert subprocess.run(cmd, capture_output=True).returncode == 0
-    a, b = load_rt(archive / "inspect" / "rt.zarr"), load_rt(local / "inspect" / "rt.zarr")
+    a, b = load_rt(archive / "inspect" / "rt.zarr"), load_rt(store)
     for s in SETUPS:
         assert np.array_equal(a[s].correct, b[s].correct) and np.array_equal(a[s].p_true, b[s].p_true)
         assert np.array_equal(a[s].valid, b[s].valid)

@@ -60,7 +60,8 @@ def _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, ba
 @cli.command("rt")
 @options(RUN_DIR, WORK, STORE, SETUP, *DATA, DEVICE, NO_VERIFY, NO_PROGRESS)
 @click.option("--epochs", default=None, help="Only these epoch numbers (a comma-separated list; default: all).")
-@click.option("--shard", default=None, metavar="I/N", help="Take every N-th checkpoint of the grid, from I.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Take shard I of N (a checkpoint's shard depends on its setup, seed and epoch only).")
 @click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
 @click.option("--bank", default=None, help="Bank file (default WORK/bank.h5; built on first use).")
 @click.option("--probes", type=int, default=None, help="K: probe images in a new bank [1024].")
@@ -68,7 +69,7 @@ def _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, ba
 @click.option("--bank-seed", type=int, default=None, help="Seed of the probe choice and replays [0].")
 @click.option("--simclr-batch", type=int, default=None,
               help="B: SimCLR views are classified within fixed batches of B images "
-                   "[the simclr setup's training batch size, 256 in the thesis].")
+                   "[the simclr setup's training batch size, 256 in the thesis]; K must be a multiple of B.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--group", default="auto", show_default=True,
               help="Checkpoints of one setup evaluated per forward pass as one grouped network: "

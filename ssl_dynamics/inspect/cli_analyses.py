@@ -114,14 +114,16 @@ def examples_cmd(run_dir, work, store, setups, dataset, data_root, no_progress, 
               help="netcdf: the r_t store (one group per setup); parquet: the per-example table.")
 @click.option("--out", "target", default=None, metavar="PATH",
               help="Output file (default WORK/rt.nc, or WORK/tables/examples.parquet).")
-def export_cmd(run_dir, work, store, dataset, data_root, no_progress, to, target):
+@click.option("--force", is_flag=True,
+              help="Replace an existing --out file (never the run's files, the bank or an r_t store).")
+def export_cmd(run_dir, work, store, dataset, data_root, no_progress, to, target, force):
     """Portable copies for readers without the toolkit (xarray, pandas, netCDF tools)."""
     from .export import export
 
     ws = workspace(run_dir, work)
     with user_errors():
         path = export(ws, to, target, store, {"dataset": dataset, "data_root": data_root},
-                      not no_progress, echo=click.echo)
+                      not no_progress, echo=click.echo, force=force)
     click.echo(f"exported: {path}")
 
 

@@ -1,7 +1,9 @@
 """`inspect examples` and `inspect export`: the per-example table for a workspace, and
 portable copies (netCDF of the r_t store, Parquet of the table) for people without the toolkit.
 
-Only the work folder is ever written. A Zarr store made before named dimensions existed is
+Only the work folder (or --out) is ever written. An existing --out is replaced only with
+`force`, and never when it is a file of the run (checkpoints/, run.json, the label
+permutation), the bank or the r_t store. A Zarr store made before named dimensions existed is
 upgraded in place when it belongs to the work folder (or was named with --store) and can
 be written; an archive's store on read-only media is read as it is.
 """
@@ -25,7 +27,7 @@ from .examples import TABLE, ExampleOptions, read_meta, run_examples
 from .outputs import Outputs
 from .rtdata import SetupRt, load_rt, open_store, store_state
 from .store import RtStore, work_path
-from .workspace import Workspace
+from .workspace import STORE_NAMES, Workspace
 
 FORMATS = ("netcdf", "parquet")
 NETCDF_LEVEL = 4  # zlib level: most of the gain of 9 at a fraction of the time
@@ -82,23 +84,42 @@ def examples_for_workspace(ws: Workspace, out: Outputs, setups: list[str] | None
 
 
 def export(ws: Workspace, to: str, target: str | Path | None = None, store: str | Path | None = None,
-           data_opts: dict | None = None, progress: bool = True, echo=print) -> Path:
-    """`inspect export`: write a portable copy; returns its path."""
+           data_opts: dict | None = None, progress: bool = True, echo=print, force: bool = False) -> Path:
+    """`inspect export`: write a portable copy; returns its path. An existing `target` is
+    refused unless `force` (the default target in the work folder is the command's own)."""
     if to not in FORMATS:
         raise UserError(f"--to {to!r}: choose one of {', '.join(FORMATS)}")
+    default = ws.dir / "rt.nc" if to == "netcdf" else Outputs(ws.dir).tables / f"{TABLE}.parquet"
+    target = Path(target) if target else None
+    if target is not None or to == "netcdf":  # checked before anything is written
+        out = target or default
+        _check_target(ws, out, ws.store_for_reading(store), force or out.resolve() == default.resolve())
     path = store_for_analysis(ws, store, echo)
     if to == "netcdf":
-        target = Path(target) if target else ws.dir / "rt.nc"
-        _check_target(target, path)
-        return export_netcdf(path, target, progress)
-    return export_parquet(ws, path, Path(target) if target else None, data_opts, echo)
+        return export_netcdf(path, target or default, progress)
+    return export_parquet(ws, path, target, data_opts, echo)
 
 
-def _check_target(target: Path, store: Path) -> None:
-    if target.resolve() in (store.resolve(), work_path(store).resolve()):
-        raise UserError(f"--out {target} is the r_t store itself; choose another path")
+def _check_target(ws: Workspace, target: Path, store: Path, force: bool) -> None:
+    """Refuse an output path that is a file the toolkit reads (always: the run's checkpoints,
+    run.json, the label permutation, the bank, an r_t store), a folder, or an existing file
+    (unless `force`)."""
+    where = target.resolve()
+    for named in ([store], [f / n for f in (ws.dir, ws.archive) for n in STORE_NAMES]):
+        stores = {q.resolve() for p in named for q in (p, work_path(p))}
+        if where in stores or any(s in where.parents for s in stores):
+            what = "the r_t store itself" if named == [store] else "an r_t store"
+            raise UserError(f"--out {target} is {what}; choose another path")
+    if where in {ws.bank.resolve(), (ws.archive / "bank.h5").resolve()}:
+        raise UserError(f"--out {target} is the bank; choose another path")
+    paths = ws.run.paths
+    if where in {paths.run_json.resolve(), paths.random_labels.resolve()} \
+            or paths.checkpoints.resolve() in where.parents:
+        raise UserError(f"--out {target} is a file of the run directory; choose another path")
     if target.is_dir():
         raise UserError(f"--out {target} is a folder; give a file name")
+    if target.exists() and not force:
+        raise UserError(f"--out {target} exists; pass --force to replace it, or choose another path")
     art.check_writable(target.parent)
 
 
@@ -149,8 +170,6 @@ def export_parquet(ws: Workspace, store: Path, target: Path | None, data_opts: d
     this store's present state, all setups, default options), else computed now."""
     out = Outputs(ws.dir)
     table = out.tables / f"{TABLE}.parquet"
-    if target is not None:
-        _check_target(target, store)
     meta = read_meta(table) if table.exists() else {}
     default = ExampleOptions()
     made_with = {k: v for k, v in (meta.get("options") or {}).items() if k != "progress"}

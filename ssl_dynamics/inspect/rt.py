@@ -5,8 +5,9 @@ checks each checkpoint against its manifest and its run, evaluates it in eval mo
 stored bank views and writes one chunk per checkpoint. With `group` G > 1, G checkpoints
 of one setup are evaluated per forward pass as one grouped network (ssl_dynamics/packed.py;
 on the CPU its fp32 outputs equal one-at-a-time evaluation bit for bit). Rerunning skips evaluated
-checkpoints; `shard=(i, n)` takes every n-th checkpoint of the grid so that n processes
-can share the work on one Zarr store. Every check that can fail runs before the first write.
+checkpoints; `shard=(i, n)` takes the checkpoints whose (setup, seed, epoch) falls to shard i
+of n (`rt_plan.shard_of`) so that n processes can share the work on one Zarr store. Every
+check that can fail runs before the first write.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from . import rt_plan as plan
 from .evaluate import evaluate, evaluate_group
 from .rt_plan import BankRequest, EvalOptions, Selection, Task  # noqa: F401  (the API)
 from .rt_threads import LOADER_THREADS, Loaded, Running, load_task, release
-from .rtdata import export_h5
+from .rtdata import export_h5, is_rt_archive, seed_work_store
 from .store import RtStore, work_path
 from .workspace import Workspace
 
@@ -59,12 +60,13 @@ class RtPlan:
     bank_exists: bool
     tasks: list[Task]
     random_labels: np.ndarray | None
+    precision: str = "fp32"  # recorded per setup in the store, which never mixes two
 
 
 def check_rt(ws: Workspace, select: Selection = Selection(), request: BankRequest = BankRequest(),
-             store_path: str | Path | None = None) -> RtPlan:
-    """Every check of an evaluation that needs no write: selection, bank settings, checkpoint
-    headers, label permutation, space."""
+             store_path: str | Path | None = None, precision: str = "fp32") -> RtPlan:
+    """Every check of an evaluation that needs no write: selection, bank settings, the store
+    path, the precision, checkpoint headers, label permutation, space."""
     run = ws.run
     store_path = Path(store_path) if store_path else ws.store
     if select.shard[1] > 1 and store_path.suffix != ".zarr":
@@ -73,13 +75,24 @@ def check_rt(ws: Workspace, select: Selection = Selection(), request: BankReques
     setups, missing = plan.check_selection(run, select)
     keys = plan.view_keys(run, setups)
     bank_path, spec, exists = plan.bank_plan(ws, request, keys)
+    check_store_path(store_path, bank_path)
+    plan.check_precision(store_path, setups, precision)
     tasks = plan.pending_tasks(run, store_path, setups, select)
     plan.precheck(run, tasks)
     random_labels = plan.label_permutation(run, setups)
     art.check_writable(folder)
     need = plan.store_bytes(run, setups, spec, keys) + (0 if exists else bank_mod.bank_bytes(spec, keys, (3, 32, 32)))
     art.check_space(folder, need, "the bank and the r_t store")
-    return RtPlan(store_path, setups, missing, bank_path, spec, exists, tasks, random_labels)
+    return RtPlan(store_path, setups, missing, bank_path, spec, exists, tasks, random_labels, precision)
+
+
+def check_store_path(store_path: Path, bank_path: Path) -> None:
+    """Refuse a store path that would replace a file other than an r_t archive: the bank,
+    or an existing .h5 that is not an archive of `inspect rt` (analysis.h5, anything else)."""
+    if store_path.resolve() == bank_path.resolve():
+        raise UserError(f"--store {store_path} is the bank; choose another path for the r_t store")
+    if store_path.suffix in (".h5", ".hdf5") and store_path.exists() and not is_rt_archive(store_path):
+        raise UserError(f"--store {store_path} exists and is not an r_t archive; choose another path")
 
 
 def open_rt(ws: Workspace, rt_plan: RtPlan, data: dict | None = None,
@@ -87,8 +100,14 @@ def open_rt(ws: Workspace, rt_plan: RtPlan, data: dict | None = None,
     """The bank (built now if it does not exist yet), the store opened for writing with its
     arrays made or checked, and the planned tasks bound to the store's seed slots."""
     bank = ensure_bank(ws, rt_plan.bank_path, rt_plan.spec, rt_plan.bank_exists, data or {}, echo)
-    store = RtStore(rt_plan.store_path)
-    tasks = plan.bind_store(ws.run, store, bank, rt_plan.setups, rt_plan.tasks, rt_plan.random_labels)
+    path = rt_plan.store_path
+    if path.suffix in (".h5", ".hdf5") and path.exists() and not work_path(path).exists():
+        # the archive's work store is gone: start from what the archive holds, not from nothing
+        seed_work_store(path, bank.fingerprint)
+        echo(f"{work_path(path)}: rebuilt from {path} (evaluated checkpoints are kept)")
+    store = RtStore(path)
+    tasks = plan.bind_store(ws.run, store, bank, rt_plan.setups, rt_plan.tasks, rt_plan.random_labels,
+                            rt_plan.precision)
     return store, bank, tasks
 
 
@@ -105,7 +124,7 @@ def compute_rt(ws: Workspace, select: Selection = Selection(), opts: EvalOptions
         from ..packed import check_packable
 
         check_packable(ws.run.cfg.backbone, "--group")
-    rt_plan = check_rt(ws, select, request, store_path)
+    rt_plan = check_rt(ws, select, request, store_path, "bf16" if opts.bf16 else "fp32")
     store, bank, tasks = open_rt(ws, rt_plan, data, echo)
     shard_i, shard_n = select.shard
     echo(f"{len(tasks)} checkpoints to evaluate"

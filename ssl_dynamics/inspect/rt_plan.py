@@ -2,14 +2,18 @@
 
 `plan` reads the run, the bank settings and the store's done flags, then reads the header
 of every pending checkpoint (a few kB each: metadata, tensor names and shapes) so that a
-foreign or damaged checkpoint is refused before anything is evaluated or written. The
-full check of each file (sha256 against its manifest, finite weights) happens when it is
-loaded for evaluation.
+foreign, misplaced or damaged checkpoint is refused before anything is evaluated or
+written. A checkpoint counts only once its seed's manifest lists it (the manifest commits an
+epoch). The full check of each file (sha256 against its manifest, finite weights) happens
+when it is loaded for evaluation.
 """
 from __future__ import annotations
 
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -20,6 +24,7 @@ from ..errors import UserError
 from ..objectives import objective_for
 from . import bank as bank_mod
 from .plots import compress_ints
+from .rtdata import open_store
 from .store import RtStore, work_path
 from .workspace import Workspace
 
@@ -100,11 +105,26 @@ def group_tasks(tasks: list[Task], size: int) -> list[list[Task]]:
     return groups
 
 
+def committed_epochs(paths: art.RunPaths, setup: str, seed: int) -> set[int]:
+    """Epochs of a seed whose checkpoint file exists and is listed in the seed's manifest.
+    A file the manifest lacks is an epoch not committed (still being written, or killed
+    before its commit): it counts as missing, never as a checkpoint to evaluate."""
+    files = set(paths.epochs(setup, seed))
+    manifest = paths.manifest(setup, seed)
+    if not files or not manifest.is_file():
+        return set()
+    try:
+        listed = {int(e) for e in art.read_manifest(manifest)["checkpoints"]}
+    except ValueError:
+        raise UserError(f"corrupt manifest {manifest}: an epoch key is not a number") from None
+    return files & listed
+
+
 def find_missing(paths: art.RunPaths, setup: str, epochs: int, seeds) -> dict[int, list[int]]:
-    """seed -> epochs in 0..epochs without a checkpoint file."""
+    """seed -> epochs in 0..epochs without a committed checkpoint (`committed_epochs`)."""
     missing = {}
     for seed in seeds:
-        have = set(paths.epochs(setup, seed))
+        have = committed_epochs(paths, setup, seed)
         gaps = [e for e in range(epochs + 1) if e not in have]
         if gaps:
             missing[seed] = gaps
@@ -123,8 +143,8 @@ def check_selection(run: art.Run, select: Selection) -> tuple[list[str], dict]:
     missing = {s: m for s in setups
                if (m := find_missing(run.paths, s, run.cfg.setups[s].epochs, run.cfg.seeds))}
     if missing and not select.allow_missing:
-        raise UserError(f"missing checkpoints: {describe_missing(missing)} "
-                        f"(--allow-missing evaluates what exists)")
+        raise UserError(f"missing checkpoints (no file, or not in its seed's manifest): "
+                        f"{describe_missing(missing)} (--allow-missing evaluates what exists)")
     if select.epochs is not None:
         top = max(run.cfg.setups[s].epochs for s in setups)
         bad = [e for e in select.epochs if e < 0 or e > top]
@@ -151,14 +171,32 @@ def bank_plan(ws: Workspace, request: BankRequest, keys) -> tuple[Path, bank_mod
     except ValueError as e:
         raise UserError(str(e)) from None
     if path.exists():
-        return path, bank_mod.check_existing(path, given, keys, ws.run.dataset_sha256, ws.run.n_train), True
+        spec = bank_mod.check_existing(path, given, keys, ws.run.dataset_sha256, ws.run.n_train)
+        check_simclr_batches(spec.n_probe, spec.simclr_batch, keys, ws.run.n_train, path)
+        return path, spec, True
     if given["simclr_batch"] is None and "simclr" in ws.run.cfg.setups:
         given["simclr_batch"] = ws.run.cfg.setups["simclr"].batch_size  # B of the bank = B of training
     try:
         spec = bank_mod.BankSpec.with_overrides(**given)
     except ValueError as e:
         raise UserError(str(e)) from None
+    check_simclr_batches(min(spec.n_probe, ws.run.n_train), spec.simclr_batch, keys, ws.run.n_train)
     return path, spec, False
+
+
+def check_simclr_batches(k: int, b: int, keys, n_train: int, existing: Path | None = None) -> None:
+    """Refuse evaluating SimCLR (a pair objective, V = 2) on K probe images that do not fill
+    whole batches of B: a short last batch has fewer negatives, which makes its views easier
+    to classify and inflates their r_t (training drops that batch: drop_last)."""
+    if not any(v > 1 for _, v in keys) or k % b == 0:
+        return
+    probes = [n for n in (k - k % b, k - k % b + b) if 0 < n <= n_train]  # K <= the training set
+    batches = [d for d in range(min(b, k), 0, -1) if k % d == 0][:3]
+    raise UserError((f"bank {existing} has K = {k} probe images" if existing else f"K = {k} probe images")
+                    + f", not a multiple of the SimCLR batch B = {b}: the last batch would be short "
+                    f"and inflate r_t; use " + ("a new --bank with " if existing else "")
+                    + (f"--probes {' or '.join(map(str, probes))}, or " if probes else "")
+                    + f"--simclr-batch {' or '.join(map(str, batches))}")
 
 
 def store_bytes(run: art.Run, setups: list[str], spec: bank_mod.BankSpec, keys) -> int:
@@ -172,32 +210,69 @@ def store_bytes(run: art.Run, setups: list[str], spec: bank_mod.BankSpec, keys) 
     return total
 
 
-def pending_tasks(run: art.Run, store_path: Path, setups: list[str], select) -> list[Task]:
-    """The checkpoints of this shard that exist and are not in the store yet (read only)."""
-    done: dict[str, set] = {}
+@contextmanager
+def existing_store(store_path: Path) -> Iterator:
+    """What the store holds now, read only: its Zarr work store, else (an .h5 path whose work
+    store is gone) the archive itself, else None."""
     if work_path(store_path).exists():
-        store = RtStore(store_path, writable=False)
-        for s in setups:
-            if s in store.group:
-                seeds, flags = store.attrs(s)["seeds"], store.done(s)
-                done[s] = {(int(seeds[i]), int(e)) for i, e in zip(*np.nonzero(flags))}
+        yield RtStore(store_path, writable=False)
+    elif store_path.suffix in (".h5", ".hdf5") and store_path.exists():
+        with open_store(store_path) as store:
+            yield store
+    else:
+        yield None
+
+
+def shard_of(setup: str, seed: int, epoch: int, n: int) -> int:
+    """The shard (of n) that evaluates checkpoint (setup, seed, epoch). It depends on that key
+    alone (not on the run's other seeds or setups, nor on their order), so shards planned at
+    different times, before and after seeds were added, split the grid the same way; the
+    epochs of one (setup, seed) go round-robin from a stable hash, so shards stay balanced."""
+    return (zlib.crc32(f"{setup}/{seed}".encode()) + epoch) % n
+
+
+def pending_tasks(run: art.Run, store_path: Path, setups: list[str], select) -> list[Task]:
+    """The checkpoints of this shard that are committed and not in the store yet (read only)."""
+    done: dict[str, set] = {}
+    with existing_store(store_path) as store:
+        for s in [s for s in setups if s in store.setups()] if store is not None else []:
+            seeds, flags = store.attrs(s)["seeds"], store.done(s)
+            done[s] = {(int(seeds[i]), int(e)) for i, e in zip(*np.nonzero(flags))}
     shard_i, shard_n = select.shard
-    slots: list[Task | None] = []
+    tasks = []
     for s in setups:
         for seed in run.cfg.seeds:
-            have = set(run.paths.epochs(s, seed))
+            have = committed_epochs(run.paths, s, seed)
             for e in range(run.cfg.setups[s].epochs + 1):
-                # a checkpoint's shard depends only on its place in the full grid, so shards
-                # started at different times never take the same checkpoint
-                mine = len(slots) % shard_n == shard_i
-                wanted = select.epochs is None or e in select.epochs
-                slots.append(Task(s, seed, e, -1) if mine and wanted and e in have
-                             and (seed, e) not in done.get(s, set()) else None)
-    return [t for t in slots if t is not None]
+                if (shard_of(s, seed, e, shard_n) == shard_i and e in have
+                        and (select.epochs is None or e in select.epochs)
+                        and (seed, e) not in done.get(s, set())):
+                    tasks.append(Task(s, seed, e, -1))
+    return tasks
 
 
-def check_meta(run: art.Run, path: Path, meta: dict, setup: str) -> None:
-    """Refuse a checkpoint that belongs to another run, config or architecture."""
+def check_precision(store_path: Path, setups: list[str], precision: str) -> None:
+    """Refuse adding results of another precision to a setup of the store (read only).
+    Stores written before the precision was recorded have none: accepted."""
+    with existing_store(store_path) as store:
+        for s in [s for s in setups if s in store.setups()] if store is not None else []:
+            have = store.attrs(s).get("precision")
+            if have is not None and have != precision:
+                raise UserError(f"{store_path}/{s} was evaluated in {have}; use the same --precision "
+                                f"({have}) or another --store path")
+
+
+def check_meta(run: art.Run, path: Path, meta: dict, setup: str, seed: int | None = None,
+               epoch: int | None = None) -> None:
+    """Refuse a checkpoint that belongs to another run, config, architecture or place in the
+    grid (its own setup, seed and epoch, when given, must be those of its path)."""
+    if seed is not None:
+        said = {"setup": meta.get("setup"), "seed": meta.get("seed"), "epoch": meta.get("epoch")}
+        want = {"setup": setup, "seed": seed, "epoch": epoch}
+        wrong = [f"{k} {said[k]!r} (its path says {want[k]!r})" for k in want if said[k] != want[k]]
+        if wrong:
+            raise UserError(f"checkpoint {path} is another checkpoint's file: it records "
+                            f"{', '.join(wrong)}")
     if meta.get("dataset_sha256") != run.dataset_sha256:
         raise UserError(f"checkpoint {path} was trained on a different dataset than the run")
     stored = upgrade_setup_dict(meta.get("setup_config"), run.meta.get("schema_version", 1))
@@ -213,7 +288,7 @@ def precheck(run: art.Run, tasks: list[Task]) -> None:
     for t in tasks:
         shapes = art.network_shapes(run.cfg.backbone, run.cfg.setups[t.setup].head_dim, run.cfg.width)
         path = run.paths.checkpoint(t.setup, t.seed, t.epoch)
-        check_meta(run, path, art.check_header(path, shapes), t.setup)
+        check_meta(run, path, art.check_header(path, shapes), t.setup, t.seed, t.epoch)
 
 
 def label_permutation(run: art.Run, setups: list[str]) -> np.ndarray | None:
@@ -222,7 +297,7 @@ def label_permutation(run: art.Run, setups: list[str]) -> np.ndarray | None:
 
 
 def bind_store(run: art.Run, store: RtStore, bank: bank_mod.Bank, setups: list[str],
-               tasks: list[Task], random_labels: np.ndarray | None) -> list[Task]:
+               tasks: list[Task], random_labels: np.ndarray | None, precision: str = "fp32") -> list[Task]:
     """Create or check (and grow) the store's arrays; the tasks with their seed slots."""
     store.init_probes(bank.probe_indices, bank.labels, bank.fingerprint)
     order = {}
@@ -233,5 +308,6 @@ def bind_store(run: art.Run, store: RtStore, bank: bank_mod.Bank, setups: list[s
         m, k, v = bank.views[key].shape[:3]
         order[s] = store.ensure_setup(s, list(run.cfg.seeds), sc.epochs + 1, m, k, v, targets, {
             "setup_config": sc.to_dict(), "bank_fingerprint": bank.fingerprints[key],
-            "dataset_sha256": run.dataset_sha256, "simclr_batch": bank.spec.simclr_batch})
+            "dataset_sha256": run.dataset_sha256, "simclr_batch": bank.spec.simclr_batch,
+            "precision": precision})
     return [replace(t, s_idx=order[t.setup].index(t.seed)) for t in tasks]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import artifacts as art
+from ..artifacts.atomic import fsync_dir
 from ..config import SCHEMA_VERSION, canonical_order
 from ..errors import UserError
 from . import h5dims, storedims
@@ -101,6 +104,47 @@ def _export_setup(g, data: dict[str, np.ndarray], attrs: dict[str, Any], idx, la
             ds.attrs["coordinates"] = storedims.LABEL_COORD
     for k, v in attrs.items():
         g.attrs[k] = json.dumps(v)
+
+
+def is_rt_archive(path: Path) -> bool:
+    """Whether the HDF5 file at `path` is an r_t archive (`export_h5`), not another file."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            groups = [f[k] for k in f if isinstance(f[k], h5py.Group)]
+            return ("bank_fingerprint" in f.attrs and "probe_indices" in f and "labels" in f
+                    and all("done" in g and "correct" in g for g in groups))
+    except OSError:
+        return False
+
+
+def seed_work_store(archive: Path, bank_fingerprint: str) -> None:
+    """Rebuild the Zarr work store of an .h5 archive from the archive (the work store was
+    removed or never copied), so that the export at the end of `inspect rt` holds what the
+    archive held plus what is evaluated now. Built under a temporary name and renamed into
+    place: a kill leaves no partial work store that a later export would take for the whole."""
+    wp = work_path(archive)
+    tmp = wp.with_name(f".seeding.{wp.name}")
+    lock = tmp.with_name(tmp.name + ".lock")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a kill while seeding
+    with open_store(archive) as src:
+        if str(src.root_attrs().get("bank_fingerprint")) != bank_fingerprint:
+            raise UserError(f"{archive} was made from a different bank; use another --store path "
+                            f"(or the bank it was made with)")
+        dst = RtStore(tmp)
+        dst.init_probes(*src.probes(), bank_fingerprint)
+        for setup in src.setups():
+            dst.restore_setup(setup, src.attrs(setup), src.read(setup))
+    dst.consolidate()
+    lock.unlink(missing_ok=True)
+    try:
+        os.rename(tmp, wp)
+    except OSError:  # another process made the work store meanwhile: use that one
+        if not wp.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(wp.parent)
 
 
 class H5Store:

@@ -9,7 +9,8 @@ Layout (one group per setup, chunked per checkpoint so that shards never share a
     <store>/<setup>/targets  int64   [K]               labels scored against (permuted for
                                                        random-label setups)
     <store>/<setup>/{seed,epoch,replay,probe,view,label}   coordinates (see storedims.py)
-    attrs: schema_version, seeds, epochs, setup config, bank fingerprint, dataset sha256
+    attrs: schema_version, seeds, epochs, setup config, bank fingerprint, dataset sha256,
+           simclr_batch, precision (fp32 | bf16: one store never mixes them)
 
 S indexes the run's seeds (in the order they were added: `attrs.seeds`), E the epochs
 0..t_max, M the replays, V the views (2 for SimCLR, else 1). `done` is written after the
@@ -25,7 +26,8 @@ upgraded when opened for writing (`storedims.py`).
 
 A path ending in `.h5` asks for an HDF5 archive: the work happens in a Zarr store
 beside it (`<name>.h5.work.zarr`, kept for resuming) and each finished `inspect rt` exports
-the whole archive atomically.
+the whole archive atomically. An archive whose work store is gone seeds a new one first
+(`rtdata.seed_work_store`), so that evaluating more adds to the archive, never replaces it.
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ ARRAYS = ("correct", "p_true")
 # zarr's config is process-wide: it is set around each whole-array read only.
 READ_CONCURRENCY = 64
 CHECKSUM = True  # zstd frame checksums: a damaged chunk is an error, not silent garbage
+# setup attributes that stores written before they existed lack: unknown there, so accepted
+# (and left unrecorded: the chunks already written may have been made either way)
+UNRECORDED_BEFORE = ("precision",)
 
 
 def work_path(path: str | Path) -> Path:
@@ -154,14 +159,30 @@ class RtStore:
                 self._create(setup, [int(s) for s in seeds], n_epochs, (m, k, v), targets, want)
                 return [int(s) for s in seeds]
             have = dict(self.group[setup].attrs)
-            diffs = [key for key in want if canonical_json(have.get(key)) != canonical_json(want[key])]
+            diffs = [key for key in want if canonical_json(have.get(key)) != canonical_json(want[key])
+                     and not (key in UNRECORDED_BEFORE and key not in have)]
             if list(have.get("shape", [])[2:]) != [m, k, v]:
                 diffs.append("shape")
+            if diffs == ["precision"]:
+                raise UserError(f"{self.path}/{setup} was evaluated in {have['precision']}; use the "
+                                f"same --precision ({have['precision']}) or another --store path")
             if diffs:
                 what = "bank" if "bank_fingerprint" in diffs else ", ".join(diffs)
                 raise UserError(f"{self.path}/{setup} was made with a different {what}; "
                                 f"use another --store path")
             return self._grow(setup, have, seeds)
+
+    def restore_setup(self, setup: str, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Make a setup as an exported archive holds it: its attributes and every array."""
+        with self._lock():
+            self.group = self._open()
+            want = {k: v for k, v in attrs.items() if k not in ("schema_version", "seeds", "shape")}
+            shape = arrays["correct"].shape
+            self._create(setup, [int(s) for s in attrs["seeds"]], shape[1], tuple(shape[2:]),
+                         arrays["targets"], want)
+            g = self.group[setup]
+            for name in ("correct", "p_true", "done"):
+                g[name][...] = arrays[name]
 
     def _create(self, setup, seeds, n_epochs, mkv, targets, want) -> None:
         g = self.group.create_group(setup)

@@ -4,8 +4,8 @@ The submitting process runs every check of `inspect rt`, builds the bank once an
 creates the store's arrays, so that jobs only fill chunks. Shards whose checkpoints are
 all evaluated, and shards that jobs of an earlier submission still hold, are not
 submitted: submitting again after failures submits what is left. The shard of a
-checkpoint depends only on its place in the full grid, so n must stay the same for one
-store (rerun with the same --shards).
+checkpoint depends only on its (setup, seed, epoch) and n (`rt_plan.shard_of`), so n must
+stay the same for one store (rerun with the same --shards).
 """
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def submit_rt(run_dir: str | Path, work: str | Path | None, shards: int, select:
     resolve_group(group, "cpu", ws.run.cfg.backbone)  # refuses bad values before any write
     store_path = Path(store).absolute() if store else ws.store.absolute()
     check_paths(cluster, {"work folder": ws.dir, "r_t store": store_path})
-    plan = check_rt(ws, replace(select, shard=(0, shards)), bank, store_path)
+    # every shard's checkpoints are checked here (shard 0/1 is the whole grid), before any write
+    plan = check_rt(ws, replace(select, shard=(0, 1)), bank, store_path, "bf16" if bf16 else "fp32")
     jobs_dir = ws.dir / "jobs"
     busy = {w.get("shard"): jid for jid, w in active_work(jobs_dir, "rt")
             if w.get("store") == str(store_path)}

@@ -1,0 +1,229 @@
+"""What `inspect rt` and `inspect export` must never do: overwrite files they do not own, mix
+precisions in one store, take a checkpoint for another, score SimCLR on a short batch, let
+shards overlap, or start writing before a check that can fail."""
+import hashlib
+import shutil
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from _util import private_copy, rt
+from ssl_dynamics import artifacts as art
+from ssl_dynamics.errors import UserError
+from ssl_dynamics.inspect import bank as bank_mod
+from ssl_dynamics.inspect import cli as inspect_cli
+from ssl_dynamics.inspect.export import export
+from ssl_dynamics.inspect.rt_plan import Selection, check_simclr_batches, pending_tasks, shard_of
+from ssl_dynamics.inspect.rtdata import load_rt
+from ssl_dynamics.inspect.store import RtStore
+from ssl_dynamics.inspect.workspace import open_workspace
+
+QUIET = dict(echo=lambda *_: None)
+TINY_BANK = dict(n_probe=24, n_replays=3, simclr_batch=8)  # the bank of tiny_rt
+
+
+@pytest.fixture
+def run(tiny_rt, tmp_path):
+    """A private copy of the evaluated tiny run (4 setups x 2 seeds x epochs 0-2)."""
+    return private_copy(tiny_rt, tmp_path)
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def call_cli(args, monkeypatch, capsys) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["inspect", *map(str, args)])
+    try:
+        inspect_cli.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- 1. export --out
+
+def test_export_never_overwrites_without_force_nor_the_runs_files(run, tmp_path, monkeypatch, capsys):
+    ws = open_workspace(run, **QUIET)
+    kept = {p: sha(p) for p in (run / "run.json", ws.bank)}
+    code, err = call_cli(["export", run, "--to", "netcdf", "--out", run / "run.json", "--no-progress"],
+                         monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1 and "is a file of the run directory" in err, err
+    ckpt = art.RunPaths(run).checkpoint("simclr", 0, 1)
+    for target, message in ((run / "run.json", "file of the run directory"),
+                            (ckpt, "file of the run directory"),
+                            (ckpt.parent / "new.nc", "file of the run directory"),
+                            (ws.bank, "is the bank"),
+                            (ws.store / "x.nc", "is the r_t store itself"),
+                            (ws.dir / "rt.h5", "is an r_t store")):
+        with pytest.raises(UserError, match=message):
+            export(ws, "netcdf", target, progress=False, force=True, **QUIET)
+    assert all(sha(p) == h for p, h in kept.items()) and not (ckpt.parent / "new.nc").exists()
+    other = tmp_path / "mine.nc"
+    other.write_text("keep me")
+    for to in ("netcdf", "parquet"):
+        with pytest.raises(UserError, match="exists; pass --force"):
+            export(ws, to, other, progress=False, **QUIET)
+    assert other.read_text() == "keep me"
+    assert export(ws, "netcdf", other, progress=False, force=True, **QUIET) == other
+    assert other.read_bytes()[:4] == b"\x89HDF"
+    # the default output in the work folder is the command's own: exporting again replaces it
+    export(ws, "netcdf", progress=False, **QUIET)
+    assert export(ws, "netcdf", progress=False, **QUIET) == ws.dir / "rt.nc"
+
+
+# --------------------------------------------------------------------------- 2. rt --store X.h5
+
+def test_archive_without_its_work_store_is_extended_not_replaced(run, tmp_path):
+    archive = tmp_path / "a.h5"
+    rt(run, archive, setups=["supervised"])
+    before = load_rt(archive)["supervised"]
+    shutil.rmtree(tmp_path / "a.h5.work.zarr")  # e.g. only the archive was copied
+    res = rt(run, archive, setups=["random_labels"], **QUIET)
+    assert res["evaluated"] == 6
+    after = load_rt(archive)
+    assert set(after) == {"supervised", "random_labels"}
+    assert np.array_equal(after["supervised"].correct, before.correct) and after["supervised"].valid.all()
+    shutil.rmtree(tmp_path / "a.h5.work.zarr")
+    assert rt(run, archive, setups=["supervised"])["evaluated"] == 0  # done flags come from the archive
+    # an archive made from another bank is refused, and left as it was
+    shutil.rmtree(tmp_path / "a.h5.work.zarr")
+    h = sha(archive)
+    with pytest.raises(UserError, match="different bank"):
+        rt(run, archive, setups=["random_labels"], bank_path=tmp_path / "other-bank.h5",
+           **{**TINY_BANK, "bank_seed": 7})
+    assert sha(archive) == h and not (tmp_path / "a.h5.work.zarr").exists()
+
+
+def test_store_path_that_is_the_bank_or_another_h5_is_refused(run, tmp_path):
+    bank = run / "inspect" / "bank.h5"
+    h = sha(bank)
+    with pytest.raises(UserError, match="is the bank"):
+        rt(run, bank, setups=["supervised"])
+    foreign = tmp_path / "other.h5"
+    shutil.copyfile(bank, foreign)  # another run's bank, analysis.h5, ...: not an r_t archive
+    with pytest.raises(UserError, match="exists and is not an r_t archive"):
+        rt(run, foreign, setups=["supervised"])
+    assert sha(bank) == h and sha(foreign) == h
+    assert not (run / "inspect" / "bank.h5.work.zarr").exists() and not (tmp_path / "other.h5.work.zarr").exists()
+
+
+# --------------------------------------------------------------------------- 3. precision
+
+def test_precision_is_recorded_and_a_mismatch_refused(run, tmp_path):
+    store = tmp_path / "p.zarr"
+    rt(run, store, setups=["supervised"], epochs=[0])
+    assert RtStore(store, writable=False).attrs("supervised")["precision"] == "fp32"
+    with pytest.raises(UserError, match=r"evaluated in fp32; use the same --precision \(fp32\) or another --store"):
+        rt(run, store, setups=["supervised"], bf16=True)
+    assert load_rt(store)["supervised"].valid.sum() == 2  # nothing was added
+    # the store's own check (shards racing past the plan): same refusal
+    s = RtStore(store)
+    attrs = {k: v for k, v in s.attrs("supervised").items() if k not in ("schema_version", "seeds", "shape", "epochs")}
+    targets = s.read_targets("supervised")
+    shape = s.attrs("supervised")["shape"]
+    with pytest.raises(UserError, match="evaluated in fp32"):
+        s.ensure_setup("supervised", [0, 1], shape[1], *shape[2:], targets, {**attrs, "precision": "bf16"})
+    # a store written before the precision was recorded: unknown, accepted, left unrecorded
+    import zarr
+
+    g = zarr.open_group(str(store), mode="a", use_consolidated=False)
+    g["supervised"].attrs.put({k: v for k, v in g["supervised"].attrs.asdict().items() if k != "precision"})
+    assert rt(run, store, setups=["supervised"], epochs=[1], bf16=True)["evaluated"] == 2
+    assert "precision" not in RtStore(store, writable=False).attrs("supervised")
+
+
+# --------------------------------------------------------------------------- 4. misplaced checkpoint
+
+def test_a_checkpoint_copied_over_another_seed_is_refused(run, tmp_path):
+    paths = art.RunPaths(run)
+    for f in paths.seed_dir("supervised", 0).iterdir():  # seed 0's files, manifest included
+        shutil.copyfile(f, paths.seed_dir("supervised", 1) / f.name)
+    for verify in (True, False):
+        with pytest.raises(UserError, match=r"seed-01/epoch-0000.safetensors is another checkpoint's "
+                                            r"file: it records seed 0 \(its path says 1\)"):
+            rt(run, tmp_path / "x.zarr", setups=["supervised"], verify=verify)
+    assert not (tmp_path / "x.zarr").exists()  # refused before anything was written
+    shutil.copyfile(paths.checkpoint("supervised", 0, 1), paths.checkpoint("supervised", 0, 2))
+    m = art.read_json(paths.manifest("supervised", 0))
+    m["checkpoints"]["2"] = m["checkpoints"]["1"]
+    art.write_json_atomic(paths.manifest("supervised", 0), m)
+    with pytest.raises(UserError, match=r"seed-00/epoch-0002.safetensors .* records epoch 1 \(its path says 2\)"):
+        rt(run, tmp_path / "x.zarr", setups=["supervised"], epochs=[2])
+
+
+# --------------------------------------------------------------------------- 5. SimCLR batches
+
+def test_simclr_probe_count_must_fill_whole_batches(tiny_run, tmp_path):
+    run = private_copy(tiny_run, tmp_path)  # no bank yet
+    with pytest.raises(UserError, match=r"^K = 20 probe images, not a multiple of the SimCLR batch "
+                                        r"B = 8: .*; use --probes 16 or 24, or --simclr-batch 5 or 4 or 2$"):
+        rt(run, setups=["simclr"], n_probe=20, n_replays=2, simclr_batch=8)
+    assert not (run / "inspect" / "bank.h5").exists()
+    # a bank with such a K (built for the classifiers, which have no batches) is refused for SimCLR
+    ws = open_workspace(run, **QUIET)
+    ds = ws.run.load_dataset()
+    bank = tmp_path / "k20.h5"
+    bank_mod.build_bank(bank, ds.train_x, ds.train_y, [("simclr", 2), ("supervised", 1)],
+                        ws.run.dataset_sha256, bank_mod.BankSpec(20, 2, 0, 8))
+    with pytest.raises(UserError, match=r"bank .*k20.h5 has K = 20 probe images, not a multiple of the "
+                                        r"SimCLR batch B = 8: .*; use a new --bank with --probes 16 or 24"):
+        rt(run, setups=["simclr"], bank_path=bank)
+    # the defaults: the thesis (K 1024, B 256) and `make demo` (--probes 256, the demo's B 64)
+    check_simclr_batches(1024, 256, [("simclr", 2)], 50_000)
+    check_simclr_batches(256, 64, [("simclr", 2)], 1437)
+    check_simclr_batches(20, 8, [("supervised", 1)], 48)  # classifiers: any K
+
+
+# --------------------------------------------------------------------------- 6. shard ownership
+
+def test_shard_of_a_checkpoint_depends_on_its_key_only(tiny_run):
+    run = art.Run.open(tiny_run)
+    setups = list(run.cfg.setups)
+    grid = {(s, seed, e) for s in setups for seed in run.cfg.seeds for e in range(run.cfg.setups[s].epochs + 1)}
+
+    def shards(fake, order, n):
+        return [{(t.setup, t.seed, t.epoch) for t in pending_tasks(fake, tiny_run / "none.zarr", order,
+                                                                    Selection(shard=(i, n)))}
+                for i in range(n)]
+
+    for n in (2, 3, 5):
+        base = shards(run, setups, n)
+        assert set().union(*base) == grid and sum(map(len, base)) == len(grid)  # a partition
+        assert all(base)  # each shard has work on this 24-checkpoint grid
+        grown = SimpleNamespace(paths=run.paths, cfg=SimpleNamespace(seeds=(7, 1, 0), setups=run.cfg.setups))
+        assert shards(grown, setups[::-1], n) == base  # seed 7 added (no checkpoints), reordered
+        for i, tasks in enumerate(base):
+            assert all(shard_of(*key, n) == i for key in tasks)
+    assert shard_of("simclr", 3, 17, 8) == shard_of("simclr", 3, 17, 8) == (shard_of("simclr", 3, 16, 8) + 1) % 8
+
+
+# --------------------------------------------------------------------------- 7. manifests, before any write
+
+def test_a_checkpoint_absent_from_its_manifest_counts_as_missing(run, tmp_path):
+    paths = art.RunPaths(run)
+    m = art.read_json(paths.manifest("supervised", 1))
+    del m["checkpoints"]["2"]  # the file stays: an epoch killed before its commit
+    art.write_json_atomic(paths.manifest("supervised", 1), m)
+    store = tmp_path / "m.zarr"
+    with pytest.raises(UserError, match=r"missing checkpoints .*supervised seed 1 epochs 2 .*--allow-missing"):
+        rt(run, store, setups=["supervised"])
+    assert not store.exists()
+    assert rt(run, store, setups=["supervised"], allow_missing=True)["evaluated"] == 5
+    assert load_rt(store)["supervised"].valid.tolist() == [[True] * 3, [True, True, False]]
+
+
+def test_submit_checks_every_shards_checkpoints_before_writing(run, monkeypatch, capsys):
+    n = 3
+    seed, epoch = next((seed, e) for seed in (0, 1) for e in range(3) if shard_of("supervised", seed, e, n) == n - 1)
+    p = art.RunPaths(run).checkpoint("supervised", seed, epoch)
+    p.write_bytes(p.read_bytes()[:64])
+    shutil.rmtree(run / "inspect")
+    code, err = call_cli(["submit", "rt", run, "--shards", n, "--setup", "supervised", "--probes", "24",
+                          "--replays", "2", "--executor", "local", "--gpus-per-job", "0", "--dry-run"],
+                         monkeypatch, capsys)
+    assert code == 2 and f"seed-{seed:02d}/epoch-{epoch:04d}" in err and err.count("\n") == 1, err
+    assert not (run / "inspect" / "bank.h5").exists() and not (run / "inspect" / "rt.zarr").exists()
