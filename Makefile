@@ -50,9 +50,9 @@ demo: $(STAMP)  ## the whole two-phase pipeline at demo scale on the embedded di
 	$(TRAIN) run --preset demo --out $(DEMO) --devices cpu,cpu --channels-last
 	$(INSPECT) all $(DEMO) --device cpu --probes 256 --replays 3 --steps 64 --p0 range
 
-bench: $(STAMP)  ## throughput benchmarks on the current device (JSON under benchmarks/results/)
-	$(PYTHON) benchmarks/bench_train.py
-	$(PYTHON) benchmarks/bench_inspect.py
+bench: $(STAMP)  ## throughput benchmarks on the current device (JSON under benchmarks/results/bench_*.json)
+	$(PYTHON) benchmarks/bench_train.py --out benchmarks/results/bench_train.json
+	$(PYTHON) benchmarks/bench_inspect.py --out benchmarks/results/bench_inspect.json
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -118,7 +118,9 @@ def projection(ctx: Ctx) -> dict:
             ref[setup] = GRID_SEEDS * epochs * refs["reference"]["seconds_per_epoch"]
     rates = measured.get("inspect") or {}
     for setup, epochs in GRID_EPOCHS.items():
-        rate = rates.get("simclr" if setup == "simclr" else "supervised", {}).get("batched_ckpt_per_s")
+        measured_rates = rates.get("simclr" if setup == "simclr" else "supervised", {})
+        rate = max((measured_rates.get(k) or 0 for k in ("one_at_a_time_ckpt_per_s", "batched_ckpt_per_s")),
+                   default=0)  # the faster way: what --group would be set to
         if rate:
             inspect[setup] = GRID_SEEDS * (epochs + 1) / rate
     out = {"grid": {"epochs": GRID_EPOCHS, "seeds": GRID_SEEDS, "checkpoints": GRID_CHECKPOINTS},

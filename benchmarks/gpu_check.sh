@@ -5,7 +5,7 @@
 # inspect rt batched vs one at a time; the whole grid's projected wall time).
 #
 #   bash benchmarks/gpu_check.sh            # on the GPU box, from a copy of the working tree
-#   bash benchmarks/gpu_check.sh --quick    # anywhere: the same code paths on the CPU, tiny, ~2 min
+#   bash benchmarks/gpu_check.sh --quick    # anywhere: the same code paths on the CPU, tiny, ~1-2 min
 #
 # Results (JSON and logs) go to $OUT when set (the device tool's output folder), else to
 # benchmarks/results/gpu/: gpu_bench.json, gpu_check.log, cuda_tests.log, gpu.txt.

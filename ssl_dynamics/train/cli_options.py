@@ -14,7 +14,7 @@ def how_options(checkpoint_dtype_default: str | None = "fp32"):
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
                      show_default=True, help="auto: bf16 autocast on a GPU, fp32 on the CPU."),
         click.option("--channels-last/--no-channels-last", default=None,
-                     help="NHWC memory format (default: on for a GPU)."),
+                     help="NHWC memory format (default: on for a GPU or a pack above 1)."),
         click.option("--deterministic", is_flag=True, help="Deterministic kernels (bit-reproducible resumes)."),
         click.option("--checkpoint-dtype", type=click.Choice(["fp32", "bf16"]),
                      default=checkpoint_dtype_default, show_default=checkpoint_dtype_default is not None,
