@@ -25,7 +25,7 @@ from ..objectives import objective_for
 from . import bank as bank_mod
 from .plots import compress_ints
 from .rtdata import open_store
-from .store import RtStore, work_path
+from .store import RtStore, other_precision, work_path
 from .workspace import Workspace
 
 
@@ -258,8 +258,7 @@ def check_precision(store_path: Path, setups: list[str], precision: str) -> None
         for s in [s for s in setups if s in store.setups()] if store is not None else []:
             have = store.attrs(s).get("precision")
             if have is not None and have != precision:
-                raise UserError(f"{store_path}/{s} was evaluated in {have}; use the same --precision "
-                                f"({have}) or another --store path")
+                raise other_precision(store_path, s, have)
 
 
 def check_meta(run: art.Run, path: Path, meta: dict, setup: str, seed: int | None = None,

@@ -52,6 +52,12 @@ CHECKSUM = True  # zstd frame checksums: a damaged chunk is an error, not silent
 UNRECORDED_BEFORE = ("precision",)
 
 
+def other_precision(path: Path, setup: str, have: str) -> UserError:
+    """The refusal of results in another precision than the setup's stored ones."""
+    return UserError(f"{path}/{setup} was evaluated in {have}; use the same --precision ({have}) "
+                     f"or another --store path")
+
+
 def work_path(path: str | Path) -> Path:
     """The Zarr store that evaluation writes for a requested store path."""
     path = Path(path)
@@ -164,8 +170,7 @@ class RtStore:
             if list(have.get("shape", [])[2:]) != [m, k, v]:
                 diffs.append("shape")
             if diffs == ["precision"]:
-                raise UserError(f"{self.path}/{setup} was evaluated in {have['precision']}; use the "
-                                f"same --precision ({have['precision']}) or another --store path")
+                raise other_precision(self.path, setup, have["precision"])
             if diffs:
                 what = "bank" if "bank_fingerprint" in diffs else ", ".join(diffs)
                 raise UserError(f"{self.path}/{setup} was made with a different {what}; "
