@@ -43,7 +43,8 @@ def test_homogeneous_images_are_not_called_heterogeneous(tmp_path):
     # the thesis's statistic sits at the design's floor (about 0.049, see docs/science.md) ...
     assert mae["epoch"] == 1 and 0.044 < mae["mae_mean"] < 0.056
     assert mae["null_mae"] == pytest.approx(0.049, abs=0.003)
-    # ... and calibrated it says "consistent with equally hard images"
+    # ... and calibrated it does not call them different (a large p alone would not show that
+    # images are equally hard; the rho checks below do)
     assert mae["p"] > 0.01 and abs(mae["z"]) < 3.5
     chi = row(res, "table4_1_chisquare", 0.25)
     assert chi["rho_ci_low"] == 0.0 and chi["rho"] < 0.02 and chi["p_rho0"] > 0.01
@@ -99,3 +100,18 @@ def test_heterogeneity_and_agreement(tmp_path):
     assert abs(agree[("simclr", "supervised")]) < 0.15  # unrelated
     assert (tmp_path / "figures" / "fig_heterogeneity.png").exists()
     assert (tmp_path / "figures" / "fig_hardness_agreement.png").exists()
+
+
+def test_heterogeneity_figure_names_the_reference_setup(tmp_path, monkeypatch):
+    # the reference is not the first setup of the data: the aligned panel must name it
+    labels = {}
+
+    def keep_labels(self, fig, name):
+        labels[name] = [ax.get_xlabel() for ax in fig.axes]
+        return tmp_path / f"{name}.png"
+
+    monkeypatch.setattr(Outputs, "save_figure", keep_labels)
+    data = {"supervised": heterogeneous(7), "simclr": homogeneous(8)}
+    run_heterogeneity(data, Outputs(tmp_path), ref_setup="simclr", ref_epochs=(1,))
+    aligned = labels["fig_heterogeneity"][1]
+    assert "SimCLR" in aligned and "upervised" not in aligned

@@ -12,8 +12,9 @@ Null hypothesis: every (augmented) image is equally hard. `run_binomial` writes:
   (``rho``, with a profile-likelihood interval; ρ = 0 means equally hard images).
 - table ``table4_2_mae``: MAE between sorted r_t and sorted Binom(N, p̂0)/N noise as the thesis
   computed it (``mae``), next to where that MAE sits under "every image equally hard" simulated
-  with the same N seeds, M replays and K images: the null's mean (``null_mae``, the floor of
-  the thesis's statistic for this design), ``z`` and the empirical ``p``; and the same under a
+  with the same N seeds, M replays and K images: the null's mean (``null_mae``, the value of
+  the thesis's statistic for equally hard images in this design), ``z`` and the empirical
+  two-sided ``p``; and the same under a
   null that keeps the observed within-seed correlation of replays (``rho_within``, ``z_within``,
   ``p_within``).
 - figures ``fig4_3_binomial_counts``, ``fig4_3_sorted_rtilde``, ``fig4_4_binomial_noise``,

@@ -81,7 +81,7 @@ def run_heterogeneity(data: dict[str, SetupRt], out: Outputs, ref_setup: str | N
              **{k: float(fits[s][k][aligned[s][a]]) for k in ("mean_rt", "rho", "ci_low", "ci_high", "p_value")}}
             for s in data for a, ti in enumerate(ref_idx)]
     agree = agreement(data, r, aligned, ref_setup, ref_idx)
-    figures = [out.save_figure(draw_rho(data, fits, rows), "fig_heterogeneity")]
+    figures = [out.save_figure(draw_rho(data, fits, rows, ref_setup), "fig_heterogeneity")]
     if agree:
         figures.append(out.save_figure(draw_agreement(agree), "fig_hardness_agreement"))
     out.write_table("heterogeneity", rows, note=(
@@ -98,7 +98,7 @@ def run_heterogeneity(data: dict[str, SetupRt], out: Outputs, ref_setup: str | N
             "figures": [str(f) for f in figures], "notes": notes}
 
 
-def draw_rho(data: dict[str, SetupRt], fits: dict, rows: list[dict]):
+def draw_rho(data: dict[str, SetupRt], fits: dict, rows: list[dict], ref_setup: str):
     """Left: rho against mean r_t over all epochs (with its interval); right: at the aligned epochs."""
     plt, fig, (ax_m, ax_a) = new_figure(2, panel_size=(5.2, 3.8), max_cols=2)
     for pos, s in enumerate(data):
@@ -114,7 +114,7 @@ def draw_rho(data: dict[str, SetupRt], fits: dict, rows: list[dict]):
                             [row["ci_high"] - row["rho"] for row in mine]],
                       color=col, marker="o", ms=4, capsize=2, lw=1.2, label=setup_label(s))
     ax_m.set_xlabel("mean $r_t$ over the probe images")
-    ax_a.set_xlabel(f"reference epoch ({setup_label(rows[0]['setup'] if rows else '')} aligned)")
+    ax_a.set_xlabel(f"{setup_label(ref_setup)} epoch (the other setups aligned to it)")
     if rows and max(row["ref_epoch"] for row in rows) > 20 * max(1, min(row["ref_epoch"] for row in rows)):
         ax_a.set_xscale("log")
     for ax in (ax_m, ax_a):

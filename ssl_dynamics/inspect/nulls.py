@@ -4,11 +4,14 @@ Pure numpy/scipy, no I/O; bad arguments raise ``ValueError``; all randomness com
 caller-supplied ``numpy.random.Generator``.
 
 r_t(x_k) averages N seeds x M replays, so even if every image were equally hard it is much
-narrower than the Binom(N, p)/N noise of Table 4.2: the thesis's MAE has a floor set by the
-design (N = 30, M = 10, K = 1024, p = 0.4: about 0.049; identical replays, as without
-augmentation: about 0.005). Here the statistics are simulated under "every image equally
-hard" with exactly the study's design, observed values are calibrated against that (z,
-empirical p-value); `overdispersion.py` measures heterogeneity of difficulty directly.
+narrower than the Binom(N, p)/N noise of Table 4.2: with equally hard images the thesis's
+MAE takes a value set by the design (N = 30, M = 10, K = 1024, p = 0.4: about 0.049;
+identical replays, as without augmentation: about 0.005). Here the statistics are simulated
+under "every image equally hard" with exactly the study's design, observed values are
+calibrated against that (z, empirical p-value). The MAE is not monotone in how different
+the images are (some heterogeneity pulls it below the homogeneous value, more pushes it
+above, and in between it crosses it), so a large p-value does not show equally hard images;
+`overdispersion.py` measures heterogeneity of difficulty directly.
 """
 
 from __future__ import annotations
@@ -203,8 +206,8 @@ def calibrate(observed, null, two_sided: bool = False) -> dict:
     p_value = (1 + #{null >= observed}) / (1 + sims), the one-sided upper-tail empirical
     p-value (never 0; smallest possible 1 / (1 + sims)). With `two_sided`, twice the smaller
     of the two tails (capped at 1): for statistics that depart from the null either way,
-    like Table 4.2's MAE, which extra variance across images can push below its floor (r_t
-    moves towards the binomial noise) as well as above it.
+    like Table 4.2's MAE, which extra variance across images can push below its homogeneous
+    value (r_t moves towards the binomial noise) as well as above it.
     """
     null = np.asarray(null, dtype=np.float64)
     if null.ndim != 1 or null.size == 0 or np.any(np.isnan(null)):

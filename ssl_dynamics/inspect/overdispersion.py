@@ -46,16 +46,18 @@ def betabinomial_fit(counts, n: int, alpha: float = 0.05) -> dict:
 
     Returns dict: mu, rho = 1/(a+b+1) (0 = homogeneous difficulty, binomial), ci_low/ci_high
     (profile-likelihood interval, chi2(1) cutoff), lr = 2(l(rho_hat) - l(0)) and p_value =
-    0.5 P(chi2_1 > lr) (boundary mixture; 1 when lr = 0). If rho is not identifiable (n = 1
-    or all counts 0 / all n), rho = 0 with CI [0, 1] and p_value 1.
+    0.5 P(chi2_1 > lr) (boundary mixture; 1 when lr = 0). If rho is not identifiable (n = 1,
+    or every count 0 or every count n), rho, lr and p_value are NaN and the CI is [0, 1]:
+    such data fit every rho equally well, so reporting 0 ("equally hard") would be a claim
+    the data cannot make.
     """
     n = _int("n", n)
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     c = _counts(counts, n)
     mean_rate = c.mean() / n
-    out = {"mu": float(mean_rate), "rho": 0.0, "ci_low": 0.0, "ci_high": 1.0,
-           "lr": 0.0, "p_value": 1.0, "k": int(c.size), "n": n}
+    out = {"mu": float(mean_rate), "rho": float("nan"), "ci_low": 0.0, "ci_high": 1.0,
+           "lr": float("nan"), "p_value": float("nan"), "k": int(c.size), "n": n}
     if n == 1 or mean_rate in (0.0, 1.0):
         return out
     # Sufficient statistics from the count histogram, j = 0..n-1:

@@ -40,14 +40,16 @@ SECTIONS = [
      "How to read it: the thesis compared each setup's sorted r_t with sorted binomial noise and "
      "read a small MAE (column mae) as 'difficulty behaves like noise'. But r_t averages N seeds "
      "times M augmentations, so even if every image were exactly as hard as every other it would "
-     "be much narrower than that noise, and the MAE cannot fall below a floor set by the design: "
-     "about 0.049 for 30 seeds, 10 augmentations, 1024 images at p = 0.4, but about 0.005 when "
-     "the augmentations are identical (no augmentation). null_mae is that floor for each row's "
-     "own design. z and p say how far the observed MAE lies above what equally hard images would "
-     "give: a large z and a tiny p mean the images really differ in difficulty; an MAE close to "
-     "null_mae means this data cannot tell the images apart. The *_within columns ask the same "
-     "with the observed correlation between the augmentations of one image under one seed kept, "
-     "a stricter comparison. Compare setups by z and p, not by the raw MAE."),
+     "be much narrower than that noise, so with equally hard images the MAE takes a value set by "
+     "the design: about 0.049 for 30 seeds, 10 augmentations, 1024 images at p = 0.4, but about "
+     "0.005 when the augmentations are identical (no augmentation). null_mae is that value for "
+     "each row's own design. z and p say how far the observed MAE lies from it: a tiny p means "
+     "the images really differ in difficulty (z < 0: some extra spread pulled r_t towards the "
+     "noise; z > 0: more spread pushed it beyond). The MAE is not monotone in that spread and "
+     "crosses null_mae on the way, so a large p does NOT show equally hard images; read rho "
+     "(Table 4.1, inspect heterogeneity) for how different the images are, and compare setups "
+     "by rho, not by the MAE, z or p. The *_within columns ask the same with the observed "
+     "correlation between the augmentations of one image under one seed kept."),
     ("fig4_4_binomial_noise", "Fig. 4.4: r_t vs binomial noise", "Sorted r_t beside sorted binomial noise."),
     ("fig4_5_aug_spread", "Fig. 4.5: spread over augmentations",
      "Every 50th image of the r_t-sorted probe set: one dot per augmentation (r̃), the line is r_t."),
