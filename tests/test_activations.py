@@ -268,11 +268,24 @@ def test_seed_without_checkpoint_is_an_error_not_another_seed(tmp_path, monkeypa
     for sd in (0, 2):  # seeds 0 and 2 have epoch 3; seed 1 does not
         paths.seed_dir("supervised", sd).mkdir(parents=True)
         paths.checkpoint("supervised", sd, 3).touch()
-    ws = SimpleNamespace(run=SimpleNamespace(cfg=SimpleNamespace(seeds=[0, 1, 2]), paths=paths))
+    ws = SimpleNamespace(run=SimpleNamespace(cfg=SimpleNamespace(seeds=[0, 1, 2], backbone="resnet18_cifar"),
+                                             paths=paths))
     monkeypatch.setattr(activation_figure, "resolve_epoch", lambda run, setup, epoch: (3, "asked for"))
-    monkeypatch.setattr(art, "load_network", lambda path, verify: (path, None))
+    loaded = {}
+
+    def load_network(path, verify):  # a stand-in network that remembers which file it came from
+        loaded[path] = net = Network(_model(), 10)
+        return net, None
+
+    monkeypatch.setattr(art, "load_network", load_network)
     with pytest.raises(UserError, match=r"^supervised seed 1 has no checkpoint at epoch 3 \(seeds: \[0, 2\]\)$"):
         activation_figure._model(ws, "supervised", 3, 1, verify=False)
     net, e, sd, _ = activation_figure._model(ws, "supervised", 3, 2, verify=False)
-    assert (net, e, sd) == (paths.checkpoint("supervised", 2, 3), 3, 2)
+    assert (net, e, sd) == (loaded[paths.checkpoint("supervised", 2, 3)], 3, 2)
     assert activation_figure._model(ws, "supervised", 3, None, verify=False)[2] == 0  # default: first seed
+    # a timm backbone has no CIFAR blocks: one line, not an AttributeError from deep inside
+    from ssl_dynamics.models import build_network
+    ws.run.cfg.backbone = "timm:resnet10t"
+    monkeypatch.setattr(art, "load_network", lambda path, verify: (build_network("timm:resnet10t", 10), None))
+    with pytest.raises(UserError, match=r"needs the backbone resnet18_cifar .* this run trained timm:resnet10t$"):
+        activation_figure._model(ws, "supervised", 3, 2, verify=False)

@@ -118,7 +118,7 @@ def test_garbage_label_permutation(run, monkeypatch, capsys):
     ("--replays", "0", "n-replays must be an integer >= 1"),
     ("--replays", "-1", "n-replays must be an integer >= 1"),
     ("--simclr-batch", "0", "simclr-batch must be an integer >= 1"),
-    ("--bank-seed", "-1", "seed must be an integer >= 0"),
+    ("--bank-seed", "-1", "'--bank-seed': -1 is not in the range 0<=x<="),
 ])
 def test_bad_bank_values(run, monkeypatch, capsys, option, value, message):
     for fresh in (False, True):  # refused whether a bank exists or would be built
@@ -140,6 +140,14 @@ def test_bad_analysis_options(run, monkeypatch, capsys):
                    capsys, "--channels must be at least 1")
     expect_refusal(inspect_cli.main, ["dynamics", run, "--reference", "foo"], run, monkeypatch,
                    capsys, "reference setup 'foo' is not in the data")
+    # refused before any work (t-SNE takes minutes on CIFAR), with the option's name
+    for args, message in [(["embed", "--shrinkage", "2"], "'--shrinkage': 2.0 is not in the range 0.0<=x<=1.0"),
+                          (["all", "--shrinkage", "-0.1"], "'--shrinkage': -0.1 is not in the range"),
+                          (["embed", "--tsne-seed", "-1"], "'--tsne-seed': -1 is not in the range 0<=x<="),
+                          (["probe", "--seed", str(2**64)], f"'--seed': {2**64} is not in the range"),
+                          (["binomial", "--seed", "-2"], "'--seed': -2 is not in the range"),
+                          (["activations", "--channel-seed", "-1"], "'--channel-seed': -1 is not in the range")]:
+        expect_refusal(inspect_cli.main, [args[0], run, *args[1:]], run, monkeypatch, capsys, message)
 
 
 def test_inspect_folder_is_a_file(run, monkeypatch, capsys):

@@ -105,6 +105,25 @@ def test_exactly_singular_and_indefinite_raise():
     assert np.all(np.isfinite(m))
 
 
+
+def test_low_variance_unit_is_not_singular_and_kl_ignores_rescaling():
+    # KL is invariant under x -> D x (D diagonal, invertible): a unit of tiny but real variance
+    # (1e-14 relative, as a nearly dead ReLU unit gives) must not be called singular
+    rng = np.random.default_rng(9)
+    d = 64
+    x = np.concatenate([rng.normal(size=(300, d)), rng.normal(size=(300, d)) * 1.3 + 0.5])
+    y = np.repeat([0, 1], 300)
+    means, covs = class_gaussians(x, y, 2)
+    scale = np.ones(d)
+    scale[0] = 1e-7
+    scaled = kl_matrix(means * scale, covs * np.outer(scale, scale))
+    np.testing.assert_allclose(scaled, kl_matrix(means, covs), rtol=1e-8)
+    # ... while a unit that is an exact copy of another stays singular at any scale
+    x2 = np.column_stack([x, 1e-7 * x[:, 1]])
+    with pytest.raises(ValueError, match="singular"):
+        kl_matrix(*class_gaussians(x2, y, 2))
+
+
 def test_shrinkage_formula_and_validation():
     cov = np.diag([1.0, 3.0])
     np.testing.assert_allclose(shrink_covariance(cov, 0.5), np.diag([1.5, 2.5]))

@@ -75,9 +75,14 @@ def test_inspect_all_and_report(run, tmp_path):
     with h5py.File(local / "inspect" / "analysis.h5") as f:
         assert {"probe", "tsne", "kl", "activations"} <= set(f)
         assert f["kl/simclr_kl"].shape == (10, 10) and np.isfinite(f["kl/simclr_kl"][:]).all()
-    # the cached representations are reused: a second probe extracts nothing
-    out = invoke("probe", local, "--device", "cpu", "--setup", "simclr")
+    # the cached representations are reused: a second probe extracts nothing; its random-init
+    # baseline is the same network and input whatever --setup lists (the first setup here
+    # feeds [0, 1] pixels, the baseline the normalized ones of the first classifier setup)
+    out = invoke("probe", local, "--device", "cpu", "--setup", "supervised")
     assert "extracting" not in out
+    again = json.loads((local / "inspect" / "tables" / "tableB_1_probe.json").read_text())["rows"]
+    init = [next(r for r in rows if r["model"] == "random_init") for rows in (probe, again)]
+    assert init[0] == init[1] and init[0]["epoch_choice"] == "initialization: supervised's epoch 0, normalized input"
 
 
 def test_report_on_an_empty_inspect_dir(run, tmp_path):

@@ -48,6 +48,9 @@ def _model(ws: Workspace, setup: str, epoch: int | None, seed: int | None, verif
     if sd not in seeds:
         raise UserError(f"{setup} seed {sd} has no checkpoint at epoch {e} (seeds: {seeds})")
     net, _ = art.load_network(ws.run.paths.checkpoint(setup, sd, e), verify=verify)
+    if not hasattr(getattr(net, "backbone", None), "forward_to"):
+        raise UserError(f"activation maximization needs the backbone resnet18_cifar (its blocks "
+                        f"and receptive fields); this run trained {ws.run.cfg.backbone}")
     return net, e, sd, how
 
 

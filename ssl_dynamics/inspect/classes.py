@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import UserError
 from . import stats as st
 from .outputs import Outputs
-from .plots import CLASS_CMAP, new_figure, seed_count_note, seeds_tag, setup_label
+from .plots import class_colors, new_figure, seed_count_note, seeds_tag, setup_label
 from .rtdata import SetupRt
 
 REACH_LEVEL = 0.5  # table column: first epoch with class mean r_t >= this
@@ -104,7 +104,7 @@ def _fig_classes(data, curves, names, out: Outputs):
     plt, fig, axes = new_figure(len(setups), panel_size=(5.0, 3.6), max_cols=2)
     from matplotlib.ticker import MaxNLocator
 
-    cmap = plt.get_cmap(CLASS_CMAP)
+    colors = class_colors(len(names))
     for ax, s in zip(axes, setups):
         ev, cm, n_seeds = curves[s]
         x = np.asarray(data[s].epochs)[ev]
@@ -112,7 +112,7 @@ def _fig_classes(data, curves, names, out: Outputs):
             y = cm[ev, c]
             if not np.isfinite(y).any():
                 continue
-            ax.plot(x, y, color=cmap(c % cmap.N), lw=1.3, marker="o" if len(ev) <= 12 else None,
+            ax.plot(x, y, color=colors[c], lw=1.3, marker="o" if len(ev) <= 12 else None,
                     ms=3, label=name)
         ax.set_title(f"{setup_label(s)} ({seeds_tag(n_seeds[ev])})")
         ax.set_ylim(-0.02, 1.02)

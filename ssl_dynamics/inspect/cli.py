@@ -13,8 +13,8 @@ import click
 from ..cli_util import EXIT_PARTIAL, parse_int_list, parse_levels, run_cli, split_names
 from ..devices import resolve_device
 from . import cli_analyses
-from .cli_options import (DATA, DEVICE, EPOCH, NO_PROGRESS, NO_VERIFY, RUN_DIR, SETUP, STORE, WORK,
-                          options, show, workspace)
+from .cli_options import (DATA, DEVICE, EPOCH, NO_PROGRESS, NO_VERIFY, RNG_SEED, RUN_DIR, SETUP, SHRINKAGE,
+                          STORE, WORK, options, show, workspace)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
@@ -66,7 +66,7 @@ def _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, ba
 @click.option("--bank", default=None, help="Bank file (default WORK/bank.h5; built on first use).")
 @click.option("--probes", type=int, default=None, help="K: probe images in a new bank [1024].")
 @click.option("--replays", type=int, default=None, help="M: augmentations per probe image [10].")
-@click.option("--bank-seed", type=int, default=None, help="Seed of the probe choice and replays [0].")
+@click.option("--bank-seed", type=RNG_SEED, default=None, help="Seed of the probe choice and replays [0].")
 @click.option("--simclr-batch", type=int, default=None,
               help="B: SimCLR views are classified within fixed batches of B images "
                    "[the simclr setup's training batch size, 256 in the thesis]; K must be a multiple of B.")
@@ -104,7 +104,7 @@ def report_cmd(run_dir, work):
               help="Reference epochs for `dynamics` (a list; default: the thesis's that exist).")
 @click.option("--steps", default=1000, show_default=True, help="Activation-maximization iterations.")
 @click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
-@click.option("--shrinkage", default=0.0, show_default=True, help="KL covariance shrinkage (see embed).")
+@click.option("--shrinkage", type=SHRINKAGE, default=0.0, show_default=True, help="KL covariance shrinkage (see embed).")
 @click.option("--tsne-method", type=click.Choice(["thesis", "opentsne", "sklearn", "auto"]),
               default="thesis", show_default=True)
 @click.option("--probes", type=int, default=None, help="K for a new bank [1024].")

@@ -5,8 +5,8 @@ import click
 
 from ..cli_util import parse_int_list, parse_levels, split_names, user_errors
 from ..devices import resolve_device
-from .cli_options import (DATA, DEVICE, EPOCH, NO_PROGRESS, NO_VERIFY, RUN_DIR, SETUP, STORE, WORK,
-                          options, show, workspace)
+from .cli_options import (DATA, DEVICE, EPOCH, NO_PROGRESS, NO_VERIFY, RNG_SEED, RUN_DIR, SETUP, SHRINKAGE,
+                          STORE, WORK, options, show, workspace)
 from .example_measures import HARDNESS_DIRECTION as HARDNESS
 
 def _analysis(run_dir, work, store, setups, fn):
@@ -37,7 +37,7 @@ def dynamics_cmd(run_dir, work, store, setups, epochs, reference, include_init):
 @click.command("binomial")
 @options(RUN_DIR, WORK, STORE, SETUP)
 @click.option("--draws", default=10, show_default=True, help="Binomial noise draws for the MAE.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the binomial draws and the nulls.")
+@click.option("--seed", type=RNG_SEED, default=0, show_default=True, help="Seed of the binomial draws and the nulls.")
 @click.option("--null-sims", default=1000, show_default=True,
               help="Datasets simulated under 'every image equally hard' to calibrate Tables 4.1/4.2.")
 @click.option("--include-init", is_flag=True, help="Let the p0 searches pick epoch 0.")
@@ -141,7 +141,7 @@ def _representations(run_dir, work, setups, device, dataset, data_root, no_verif
 
 @click.command("probe")
 @options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, *DATA, NO_VERIFY)
-@click.option("--seed", default=0, show_default=True, help="Seed of the probe's init and shuffling.")
+@click.option("--seed", type=RNG_SEED, default=0, show_default=True, help="Seed of the probe's init and shuffling.")
 def probe_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verify, seed):
     """Table B.1: linear probes on frozen representations, plus random init and raw pixels."""
     from .representations import run_probe
@@ -153,11 +153,11 @@ def probe_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verif
 @click.command("embed", short_help="t-SNE and KL between class Gaussians (Figs 5.1, 5.2).")
 @options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, *DATA, NO_VERIFY)
 @click.option("--seed", type=int, default=None, help="Model seed to embed (default: the first).")
-@click.option("--tsne-seed", default=0, show_default=True)
+@click.option("--tsne-seed", type=RNG_SEED, default=0, show_default=True, help="Seed of t-SNE and its 25% subset.")
 @click.option("--tsne-method", type=click.Choice(["thesis", "opentsne", "sklearn", "auto"]),
               default="thesis", show_default=True,
               help="thesis: scikit-learn's 2021 defaults as the thesis ran them; opentsne: faster.")
-@click.option("--shrinkage", default=0.0, show_default=True,
+@click.option("--shrinkage", type=SHRINKAGE, default=0.0, show_default=True,
               help="Shrink class covariances towards a scaled identity (for singular ones).")
 def embed_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verify, seed, tsne_seed,
               tsne_method, shrinkage):
@@ -174,7 +174,7 @@ def embed_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verif
 @click.option("--seed", type=int, default=None, help="Model seed (default: the first).")
 @click.option("--steps", default=1000, show_default=True, help="Gradient-ascent iterations.")
 @click.option("--channels", default=36, show_default=True, help="Channels per (setup, block).")
-@click.option("--channel-seed", default=0, show_default=True, help="Seed of the channel order and starts.")
+@click.option("--channel-seed", type=RNG_SEED, default=0, show_default=True, help="Seed of the channel order and starts.")
 def activations_cmd(run_dir, work, setups, epoch, device, no_verify, no_progress, seed, steps,
                     channels, channel_seed):
     """Fig. 5.4: gradient-ascent pseudo-images per (setup, block), sigmoid-normalized."""

@@ -14,6 +14,11 @@ SETUP = click.option("--setup", "setups", multiple=True, metavar="NAME",
 EPOCH = click.option("--epoch", type=int, default=None,
                      help="The one checkpoint epoch to analyse (default: the thesis's epoch when the "
                           "run has it, else each setup's last).")
+# Seeds of random streams: numpy and torch take them as 64-bit integers; a negative or larger
+# one is refused by click with the option's name instead of an overflow deep inside.
+RNG_SEED = click.IntRange(0, 2**63 - 1)
+# Shrinkage weight of a covariance towards a scaled identity: a convex combination.
+SHRINKAGE = click.FloatRange(0.0, 1.0)
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
 DATA = [click.option("--dataset", default=None, help="Where the run's dataset is now, e.g. "
                                                      "imagefolder:<new path> (its checksum must match)."),

@@ -7,9 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .outputs import matplotlib_agg
-from .plots import setup_label
-
-CLASS_COLORS = "tab10"  # ten distinct colours, one per CIFAR-10 class
+from .plots import class_colors, setup_label
 
 
 def draw_tsne(embeddings: dict, labels: np.ndarray, names: list[str], fraction: float):
@@ -17,12 +15,12 @@ def draw_tsne(embeddings: dict, labels: np.ndarray, names: list[str], fraction: 
     plt = matplotlib_agg()
     n = len(embeddings)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.2), squeeze=False)
+    colors = np.asarray(class_colors(len(names)))
     for ax, (s, (emb, e, sd)) in zip(axes[0], embeddings.items()):
-        ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap=CLASS_COLORS, s=2, vmin=-0.5, vmax=9.5,
-                   rasterized=True)
+        ax.scatter(emb[:, 0], emb[:, 1], c=colors[labels], s=2, rasterized=True)
         ax.set_title(f"{setup_label(s)} (epoch {e}, seed {sd})")
         ax.set_xticks([]), ax.set_yticks([])
-    handles = [plt.Line2D([], [], marker="o", ls="", color=plt.get_cmap(CLASS_COLORS)(c), label=names[c])
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colors[c], label=names[c])
                for c in range(len(names))]
     fig.legend(handles=handles, loc="lower center", ncol=min(10, len(names)), frameon=False)
     fig.suptitle(f"t-SNE of the representation ({len(labels)} training images, class-stratified "

@@ -30,9 +30,14 @@ FEATURE_BATCH = 1024  # images per forward pass during extraction
 THESIS_EPOCHS = {"simclr": 200, "supervised": 200, "random_labels": 30, "random_labels_aug": 500}
 
 
+# Augmentations whose pipeline feeds [0, 1] pixels without normalization (SPEC: SimCLR's
+# views and the no-augmentation setup); every other one normalizes with the CIFAR mean/std.
+RAW_INPUT = ("simclr", "none")
+
+
 def eval_transform(augment: str):
     """The deterministic part of a setup's training pipeline."""
-    return to_float if augment in ("simclr", "none") else (lambda x: normalize(to_float(x)))
+    return to_float if augment in RAW_INPUT else (lambda x: normalize(to_float(x)))
 
 
 @torch.no_grad()

@@ -24,8 +24,11 @@ from scipy.linalg import LinAlgError, cholesky, solve_triangular
 
 __all__ = ["class_gaussians", "gaussian_kl", "kl_matrix", "shrink_covariance"]
 
-# A Cholesky pivot L_kk^2 below this many units of D * eps * max(diag Sigma) is treated as
-# zero: a rank-deficient matrix often factors "successfully" with round-off-sized pivots.
+# A Cholesky pivot L_kk^2 below this many units of D * eps * Sigma_kk is treated as zero: a
+# rank-deficient matrix often factors "successfully" with round-off-sized pivots. Each pivot
+# is compared with its own variance (Cholesky's backward error in that entry is about
+# D * eps * Sigma_kk), so a valid covariance with one low-variance unit is not refused: the KL
+# does not change when a dimension is rescaled.
 _PIVOT_RTOL_FACTOR = 1.0
 
 
@@ -109,10 +112,9 @@ def _cholesky(cov: np.ndarray, name: str) -> np.ndarray:
         low = cholesky(cov, lower=True, check_finite=False)
     except LinAlgError:
         raise ValueError(f"covariance of {name} is not positive definite{hint}") from None
-    pivots = np.diag(low) ** 2
-    scale = float(np.max(np.diag(cov))) if d else 0.0
-    tol = _PIVOT_RTOL_FACTOR * d * np.finfo(np.float64).eps * scale
-    if scale <= 0.0 or not np.all(pivots > tol):
+    pivots, variances = np.diag(low) ** 2, np.diag(cov)
+    tol = _PIVOT_RTOL_FACTOR * d * np.finfo(np.float64).eps * variances
+    if d == 0 or not np.all(variances > 0.0) or not np.all(pivots > tol):
         raise ValueError(f"covariance of {name} is singular (numerically rank deficient){hint}")
     return low
 

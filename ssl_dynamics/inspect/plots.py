@@ -31,7 +31,19 @@ _FALLBACK_COLORS = ("#7b3fb5", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcb
 # Fig. 4.3/4.4: one colour per p0 level (blue, light green, red as in the thesis).
 P0_COLORS = ("#4a6fe3", "#9ad52f", "#e0472c", "#8c564b", "#17becf")
 EPOCH_CMAP = "rainbow"  # Fig. 4.1: colour = epoch / t_max
-CLASS_CMAP = "tab10"
+# One distinct colour per class: tab10 for CIFAR-10, tab20 up to 20 classes, evenly spaced
+# hues beyond (an imagefolder: dataset can have any number of classes).
+CLASS_CMAPS = ((10, "tab10"), (20, "tab20"))
+
+
+def class_colors(n: int) -> list[tuple]:
+    """n distinct RGBA colours, the first ten those of tab10."""
+    from matplotlib import colormaps
+
+    for size, name in CLASS_CMAPS:
+        if n <= size:
+            return [colormaps[name](c) for c in range(n)]
+    return [colormaps["hsv"](c / n) for c in range(n)]
 
 RANK_LABEL = "images sorted by $r_t(x)$ (rank / K)"
 RT_LABEL = "P(correct)  $r_t(x)$"

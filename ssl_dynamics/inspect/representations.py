@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import UserError
 from .embed import stratified_subset, tsne_2d
 from .embed_figures import draw_kl, draw_tsne
-from .features import FeatureCache, resolve_epoch
+from .features import RAW_INPUT, FeatureCache, resolve_epoch
 from .kl import class_gaussians, kl_matrix
 from .outputs import Outputs
 from .probe import raw_pixel_features, train_linear_probe
@@ -66,6 +66,23 @@ def _probe_row(name, feats, at_epoch, how, y_tr, y_te, n_classes, seed, device) 
     return row, arrays
 
 
+def random_init_source(cache: FeatureCache) -> tuple[str, str]:
+    """The setup whose epoch-0 checkpoints stand for "a randomly initialised network".
+
+    Epoch 0 of any setup is a fresh network (its head is never used here), but the features
+    depend on the input scale: setups trained on normalized images feed normalized ones,
+    SimCLR and no augmentation feed [0, 1] pixels. One fixed choice, whatever --setup lists:
+    the run's first setup (in its config order) that feeds normalized images, as a classifier
+    would see them, else its first setup; either must have epoch-0 checkpoints.
+    """
+    with_init = [s for s in cache.cfg.setups if cache.seeds_with(s, 0)]
+    if not with_init:
+        raise UserError("no setup has an epoch-0 checkpoint for the random-init baseline")
+    normalized = [s for s in with_init if cache.cfg.setups[s].augment not in RAW_INPUT]
+    base = (normalized or with_init)[0]
+    return base, "normalized" if normalized else "[0, 1]"
+
+
 def run_probe(cache: FeatureCache, out: Outputs, setups: list[str], epoch: int | None = None,
               seed: int = 0, device: str = "cpu") -> dict:
     """Linear probe per setup (mean ± std over the seeds that exist), random init, raw pixels."""
@@ -78,10 +95,10 @@ def run_probe(cache: FeatureCache, out: Outputs, setups: list[str], epoch: int |
         feats = [cache.get(s, sd, e) for sd in _seeds_or_fail(cache, s, e)]
         row, arr = _probe_row(s, feats, e, how, **common)
         rows.append(row), arrays.update(arr)
-    # Epoch 0 of any setup is a randomly initialised network (its head is never used here).
-    base = setups[0]
+    base, input_kind = random_init_source(cache)
     feats = [cache.get(base, sd, 0) for sd in _seeds_or_fail(cache, base, 0)]
-    for name, f, e, how in (("random_init", feats, 0, "initialization"),
+    init_how = f"initialization: {base}'s epoch 0, {input_kind} input"
+    for name, f, e, how in (("random_init", feats, 0, init_how),
                             ("raw_pixels", [(raw_pixel_features(ds.train_x.numpy()),
                                              raw_pixel_features(ds.test_x.numpy()))], None, "")):
         row, arr = _probe_row(name, f, e, how, **common)
