@@ -260,7 +260,7 @@ def test_option_values():
     assert [copts.parse_time(t) for t in ("4h", "90m", "2d", "45", "1-00:00:00", "04:00:00", "30:00")] == \
         [240, 90, 2880, 45, 1440, 240, 30]
     assert [copts.parse_mem(m) for m in ("32G", "4000", "1t", "32GB")] == ["32G", "4000M", "1T", "32G"]
-    for bad in ("", "4 hours", "0m", "1:2:3:4"):
+    for bad in ("", "4 hours", "0m", "1:2:3:4", "4:70", "2:00:61", "1-24"):
         with pytest.raises(UserError, match="--time"):
             copts.parse_time(bad)
 
@@ -291,17 +291,26 @@ def test_dry_run_shows_the_script_and_writes_nothing(tmp_path, monkeypatch, caps
 
 # --------------------------------------------------------------------------- job states
 
+def fake_commands(folder: Path, **scripts: str) -> None:
+    """Stand-ins for SLURM's commands: name -> shell script body."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in scripts.items():
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+
+
+SACCT_OUT = ("printf '100_0|COMPLETED\\n100_0.batch|COMPLETED\\n100_1|RUNNING\\n"
+             "100_[2-3%%2]|PENDING\\n101|CANCELLED by 0\\n'")
+
+
 def test_slurm_states_and_resubmission_skip_active_jobs(tmp_path, monkeypatch, capsys, shared_tmp):
-    """States come from one sacct call (a stand-in here); runs of queued or running jobs
-    are not submitted again."""
+    """States come from one sacct call (a stand-in here), squeue for what sacct does not
+    know; runs of queued or running jobs are not submitted again."""
     from ssl_dynamics.cluster import records
 
-    fake = tmp_path / "bin" / "sacct"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\nprintf '100_0|COMPLETED\\n100_0.batch|COMPLETED\\n100_1|RUNNING\\n"
-                    "100_[2-3%%2]|PENDING\\n101|CANCELLED by 0\\n'\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    fake = tmp_path / "bin"
+    fake_commands(fake, sacct=SACCT_OUT, squeue="printf '100_1|RUNNING\\n100_2|PENDING\\n100_3|PENDING\\n7|RUNNING\\n'")
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     out = tmp_path / "run"
     ids = ["100_0", "100_1", "100_2", "100_3", "101", "102"]
     runs = [["simclr", 0], ["simclr", 1], ["supervised", 0], ["random_labels", 0],
@@ -311,11 +320,126 @@ def test_slurm_states_and_resubmission_skip_active_jobs(tmp_path, monkeypatch, c
            "jobs": [{"index": i, "job_id": j, "work": {"runs": [r]}, "earlier_ids": []}
                     for i, (j, r) in enumerate(zip(ids, runs))]}
     art.write_json_atomic(out / "jobs" / "20250101-000000-train.json", rec)
+    # 102: sacct does not know it (accounting purged), squeue does not list it: ended
     assert records.job_states(rec) == {"100_0": "COMPLETED", "100_1": "RUNNING", "100_2": "PENDING",
-                                       "100_3": "PENDING", "101": "CANCELLED by 0", "102": "UNKNOWN"}
+                                       "100_3": "PENDING", "101": "CANCELLED by 0",
+                                       "102": "ENDED (not in squeue)"}
     assert [j for j, _ in records.active_work(out / "jobs", "train")] == ["100_1", "100_2", "100_3"]
     code, stdout, err = main_in_process(monkeypatch, capsys, "train", "submit", *GRID, *SLURM,
                                         "--runs-per-job", "2", "--dry-run", "--out", str(out))
     assert code == 0, err
     assert "2 run(s) are in jobs still queued or running (100_1, 100_2)" in stdout
     assert "job 0: simclr seed 0; supervised seed 1" in stdout and "1 job(s) would be submitted" in stdout
+    # sacct failing (accounting disabled): squeue alone says which jobs still hold work
+    fake_commands(fake, sacct="echo 'accounting storage is disabled' >&2; exit 1")
+    states = records.job_states(rec)
+    assert states["100_1"] == "RUNNING" and states["100_0"] == states["102"] == "ENDED (not in squeue)"
+    # neither answering: every job may still run, so none is submitted again, and it says why
+    fake_commands(fake, squeue="exit 1")
+    assert set(records.job_states(rec).values()) == {records.UNANSWERED}
+    code, stdout, err = main_in_process(monkeypatch, capsys, "train", "submit", *GRID, *SLURM,
+                                        "--dry-run", "--out", str(out))
+    assert code == 0, err
+    assert "SLURM gave no state for job(s) 100_0, 100_1, 100_2, 100_3, 101, 102" in stdout
+    assert "delete " + str(out / "jobs" / "20250101-000000-train.json") in stdout
+    assert "4 run(s) are in jobs still queued or running (100_0, 100_1, 100_2, 101)" in stdout
+    # a copy of the run on a machine without SLURM: nothing there can be running
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert set(records.job_states(rec).values()) == {records.NO_SLURM}
+    assert records.active_work(out / "jobs", "train") == []
+
+
+def test_sbatch_refusal_is_one_line_and_leaves_no_record(tmp_path, monkeypatch, capsys, shared_tmp):
+    fake = tmp_path / "bin"
+    fake_commands(fake, srun="exit 0", sbatch="echo 'sbatch: error: Batch job submission failed: "
+                  "Requested time limit is invalid (missing or exceeds some limit)' >&2; exit 1")
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    out = tmp_path / "run"
+    code, _, err = main_in_process(monkeypatch, capsys, "train", "submit", *GRID, *SLURM,
+                                   "--time", "30d", "--out", str(out))
+    assert code == 2, err
+    assert err == ("error: slurm refused the submission, nothing was submitted: sbatch: error: Batch job "
+                   "submission failed: Requested time limit is invalid (missing or exceeds some limit)\n")
+    assert list((out / "jobs").iterdir()) == []  # no record, no folder of pickles
+
+
+def test_short_time_limits_get_their_signal_before_the_limit(tmp_path):
+    for time_, delay in (("1", 30), ("3", 90), ("4", 120), ("4h", 120)):
+        opts = from_cli(executor="slurm", partition="gpu", account=None, constraint=None, gpus_per_job=1,
+                        cpus_per_job=8, time_=time_, mem=None, array_parallelism=None, job_name=None,
+                        max_resubmits=3, wait=None, dry_run=False, default_name="ssl-train")
+        assert f"#SBATCH --signal=USR2@{delay}\n" in sbatch_text(opts, tmp_path / "x-train", 1)
+
+
+def test_a_failed_local_job_says_its_error_and_status_says_failed(tmp_path):
+    """Real local jobs: one raises an exception whose name has no 'Error' in it (as the
+    training's Diverged has not), one returns."""
+    from ssl_dynamics.cluster import executor, records
+
+    opts = from_cli(executor="local", partition=None, account=None, constraint=None, gpus_per_job=0,
+                    cpus_per_job=1, time_="10", mem=None, array_parallelism=None, job_name=None,
+                    max_resubmits=0, wait=True, dry_run=False, default_name="ssl-train")
+    fail = eval("lambda: exec(\"class Diverged(Exception): pass\\nraise Diverged('loss became nan at epoch 1')\")")
+    calls = [fail, eval("lambda: 42")]
+    work = [{"runs": [["supervised", 0]]}, {"runs": [["supervised", 1]]}]
+    said = []
+    sub = executor.submit("train", calls, work, opts, tmp_path / "jobs", said.append)
+    failures = executor.wait(sub, said.append)
+    failed, ok = (str(j.job_id) for j in sub.jobs)
+    assert len(failures) == 1 and failures[0].startswith(f"job {failed} (supervised seed 0) failed: ")
+    assert "Diverged: loss became nan at epoch 1 (log: " in failures[0]
+    rec = records.read_records(tmp_path / "jobs")[0]
+    assert records.job_states(rec) == {failed: "FAILED", ok: "FINISHED"}
+
+
+def test_failure_reason_takes_the_traceback_s_last_line():
+    from ssl_dynamics.cluster.executor import failure_reason
+
+    message = ("Job (task=0) failed during processing with trace:\n----------------------\n"
+               "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+               "ssl_dynamics.errors.Diverged: 1 run diverged: supervised seed 0\n"
+               "----------------------\nYou can check full logs with 'job.stderr(0)' and "
+               "'job.stdout(0)'or at paths:\n  - /j/1_0_log.err\n  - /j/1_0_log.out")
+    assert failure_reason(message) == "ssl_dynamics.errors.Diverged: 1 run diverged: supervised seed 0"
+    assert failure_reason("Job 3 (task: 0) with path /x\nhas not produced any output (state: TIMEOUT)") == \
+        "has not produced any output (state: TIMEOUT)"
+
+
+def test_records_find_their_jobs_from_anywhere(tmp_path, monkeypatch, reference):
+    """A record written with a relative folder (from another working directory) or in a run
+    directory that was moved still finds its jobs' results; `train status --work` shows the
+    jobs of `inspect submit rt --work`."""
+    from ssl_dynamics.cluster import records
+
+    jobs = tmp_path / "moved" / "inspect" / "jobs"
+    (jobs / "20250101-000000-rt" / "123").mkdir(parents=True)
+    art.write_json_atomic(jobs / "20250101-000000-rt.json", {
+        "kind": "rt", "executor": "local", "folder": "runs/try/inspect/jobs/20250101-000000-rt",
+        "created": "2025-01-01T00:00:00+00:00",
+        "jobs": [{"index": 0, "job_id": "123", "work": {"shard": "0/1"}, "earlier_ids": []}]})
+    import pickle
+
+    (jobs / "20250101-000000-rt" / "123" / "123_0_result.pkl").write_bytes(pickle.dumps(("success", None)))
+    monkeypatch.chdir(tmp_path)
+    assert records.status_lines(jobs)[0].split()[3] == "FINISHED"
+    shown = CliRunner().invoke(train_cli, ["status", str(reference), "--work", str(jobs.parent)])
+    assert shown.exit_code == 0, shown.output
+    assert any(ln.split()[3:] == ["FINISHED", "r_t", "shard", "0/1"] for ln in shown.output.splitlines())
+
+
+def test_rt_shards_of_other_setups_are_not_busy_and_other_shard_counts_are_refused():
+    from ssl_dynamics.inspect.submit import busy_shards
+
+    store = "/shared/run/inspect/rt.zarr"
+    running = [("11", {"shard": "0/2", "store": store, "setups": ["supervised"], "epochs": None}),
+               ("12", {"shard": "1/2", "store": store, "setups": ["supervised"], "epochs": [1, 2]}),
+               ("13", {"shard": "1/2", "store": "/elsewhere.zarr", "setups": ["random_labels"], "epochs": None}),
+               ("14", {"shard": "0/2", "store": store})]  # a record of before: overlaps everything
+    mine = {"setups": ["random_labels"], "epochs": None}
+    assert busy_shards(running, store, 2, mine) == {"0/2": "14"}
+    assert busy_shards(running[:3], store, 2, {"setups": ["supervised"], "epochs": [3]}) == {"0/2": "11"}
+    assert busy_shards(running[:3], store, 2, {"setups": ["supervised"], "epochs": [2, 3]}) == \
+        {"0/2": "11", "1/2": "12"}
+    with pytest.raises(UserError, match=r"^job 11 of an earlier submission evaluates this store in 2 "
+                                        r"shards: submit with --shards 2, or once it has ended$"):
+        busy_shards(running, store, 4, mine)

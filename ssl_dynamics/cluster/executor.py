@@ -10,7 +10,12 @@ the run directory holds.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import shlex
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import artifacts as art
+from ..errors import UserError
 from .options import ClusterOptions, require_submitit
 from .records import describe, log_paths, new_record, write_record
 
@@ -29,11 +35,18 @@ SIGNAL_DELAY_S = 120  # SIGUSR2 this long before the limit: time to finish writi
 POLL_S = {"local": 0.5, "slurm": 30.0}  # sacct is a shared service: ask it rarely
 
 
+def signal_delay_s(time_min: int) -> int:
+    """Seconds before the time limit that the requeue signal comes: SIGNAL_DELAY_S, or half
+    the limit when that is shorter (a signal at or before the start would requeue the job
+    before it did anything, every time)."""
+    return min(SIGNAL_DELAY_S, time_min * 30)
+
+
 def slurm_parameters(opts: ClusterOptions) -> dict[str, Any]:
     """SlurmExecutor parameters (the keyword names of submitit's sbatch writer)."""
     params: dict[str, Any] = {
         "job_name": opts.job_name, "time": opts.time_min, "nodes": 1, "ntasks_per_node": 1,
-        "cpus_per_task": opts.cpus_per_job, "signal_delay_s": SIGNAL_DELAY_S,
+        "cpus_per_task": opts.cpus_per_job, "signal_delay_s": signal_delay_s(opts.time_min),
         "additional_parameters": {"requeue": True},  # SLURM may requeue it after preemption
     }
     optional = {"partition": opts.partition, "account": opts.account,
@@ -61,9 +74,8 @@ def make_executor(opts: ClusterOptions, folder: Path):
     if opts.executor == "local":
         ex = submitit.LocalExecutor(folder=folder / "%j", max_num_timeout=MAX_TIMEOUT_REQUEUES)
         # gpus_per_node=k makes CUDA_VISIBLE_DEVICES=0..k-1 in each local job
-        # a limit shorter than twice the delay gets its requeue signal at half time
         ex.update_parameters(timeout_min=opts.time_min, gpus_per_node=opts.gpus_per_job,
-                             signal_delay_s=min(SIGNAL_DELAY_S, opts.time_min * 30))
+                             signal_delay_s=signal_delay_s(opts.time_min))
         return ex
     ex = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=MAX_TIMEOUT_REQUEUES)
     ex.update_parameters(**slurm_parameters(opts))
@@ -90,10 +102,19 @@ class Submission:
 def submit(kind: str, calls: list[Callable], work: list[dict], opts: ClusterOptions,
            jobs_dir: Path, echo=print) -> Submission:
     """Submit the callables as one array; write the record; return the submission."""
+    from submitit.core.utils import FailedJobError
+
     folder = art.new_folder(jobs_dir, f"-{kind}")
     ex = make_executor(opts, folder)
-    with ex.batch():
-        jobs = [ex.submit(c) for c in calls]
+    said = io.StringIO()  # submitit echoes sbatch's stderr; a refusal is said once, below
+    try:
+        with contextlib.redirect_stderr(said), ex.batch():
+            jobs = [ex.submit(c) for c in calls]
+    except (FailedJobError, subprocess.CalledProcessError, OSError) as e:  # sbatch refused or failed
+        shutil.rmtree(folder, ignore_errors=True)  # only the pickles of jobs that do not exist
+        raise UserError(f"{opts.executor} refused the submission, nothing was submitted: "
+                        f"{_last_line(str(e))}") from None
+    sys.stderr.write(said.getvalue())  # warnings of an accepted submission
     _drop_placeholder(folder)
     ids = [str(j.job_id) for j in jobs]
     sub = Submission(kind, folder, opts, calls, work, ex, jobs,
@@ -123,8 +144,11 @@ def wait(sub: Submission, echo=print) -> list[str]:
                 if failure:
                     failures.append(failure)
             elif len(sub.record["jobs"][i]["earlier_ids"]) < sub.opts.max_resubmits:
-                _resubmit(sub, i, echo)
-                pending.add(i)
+                refused = _resubmit(sub, i, echo)
+                if refused:
+                    failures.append(refused)
+                else:
+                    pending.add(i)
             else:
                 failures.append(f"job {job.job_id} ({describe(sub.work[i])}) died without a result "
                                 f"{sub.opts.max_resubmits + 1} times (log: {sub.log(i)})")
@@ -150,14 +174,31 @@ def _outcome(sub: Submission, i: int) -> str | None:
         job.result()
         return None
     except (FailedJobError, UncompletedJobError) as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        last = next((ln for ln in reversed(lines) if "Error" in ln or "Exception" in ln), lines[-1] if lines else "")
-        return f"job {job.job_id} ({describe(sub.work[i])}) failed: {last} (log: {sub.log(i)})"
+        return f"job {job.job_id} ({describe(sub.work[i])}) failed: {failure_reason(str(e))} (log: {sub.log(i)})"
 
 
-def _resubmit(sub: Submission, i: int, echo) -> None:
+def failure_reason(message: str) -> str:
+    """The exception line of a failed job: submitit puts the job's traceback between two
+    dashed lines; its last line is `SomeError: what happened`."""
+    parts = re.split(r"^-{5,}$", message, flags=re.M)
+    return _last_line(parts[1] if len(parts) >= 3 else message)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no message)"
+
+
+def _resubmit(sub: Submission, i: int, echo) -> str | None:
+    """Submit job i again; None, or why it could not be."""
     old = sub.jobs[i]
-    sub.jobs[i] = sub.executor.submit(sub.calls[i])
+    from submitit.core.utils import FailedJobError
+
+    try:
+        sub.jobs[i] = sub.executor.submit(sub.calls[i])
+    except (FailedJobError, subprocess.CalledProcessError, OSError) as e:  # refused: wait() reports it
+        return (f"job {old.job_id} ({describe(sub.work[i])}) ended without a result and could not "
+                f"be resubmitted: {_last_line(str(e))} (log: {sub.log(i)})")
     entry = sub.record["jobs"][i]
     entry["earlier_ids"].append(str(old.job_id))
     entry["job_id"] = str(sub.jobs[i].job_id)
@@ -165,6 +206,7 @@ def _resubmit(sub: Submission, i: int, echo) -> None:
     _drop_placeholder(sub.folder)
     echo(f"job {old.job_id} ({describe(sub.work[i])}) ended without a result (killed?); "
          f"resubmitted as job {sub.jobs[i].job_id}: it resumes from the run directory")
+    return None
 
 
 def _drop_placeholder(folder: Path) -> None:

@@ -58,9 +58,13 @@ def parse_time(text: str) -> int:
         minutes = float(m.group(1)) * UNIT_MIN[m.group(2) or "m"]
     elif m := re.fullmatch(r"(\d+)-(\d{1,2})(?::(\d{1,2}))?(?::(\d{1,2}))?", t):
         d, h, mi, s = (int(g or 0) for g in m.groups())
+        if h > 23 or mi > 59 or s > 59:  # SLURM's days-hours:minutes:seconds
+            raise bad
         minutes = d * 1440 + h * 60 + mi + s / 60
     elif m := re.fullmatch(r"(\d+):(\d{1,2})(?::(\d{1,2}))?", t):
         a, b, c = m.groups()
+        if int(b) > 59 or (c is not None and int(c) > 59):  # 4:70 is a typo, not 5:10
+            raise bad
         minutes = int(a) * 60 + int(b) + int(c) / 60 if c is not None else int(a) + int(b) / 60
     else:
         raise bad

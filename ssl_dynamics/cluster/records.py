@@ -21,6 +21,9 @@ from .. import artifacts as art
 from .options import ClusterOptions
 
 SACCT_TIMEOUT_S = 30  # a slow accounting database should not hang `train status`
+# A SLURM job whose state neither sacct nor squeue gave: it may still run, so it holds its work.
+UNANSWERED = "UNKNOWN (SLURM did not answer)"
+NO_SLURM = "UNKNOWN (no SLURM here)"  # records of a cluster read elsewhere: nothing can run here
 # SLURM states of a job that still holds (or will hold) its work
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
                  "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "STAGE_OUT", "SIGNALING")
@@ -28,7 +31,7 @@ ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", 
 
 def new_record(kind: str, folder: Path, opts: ClusterOptions, work: list[dict], ids: list[str]) -> dict:
     return {
-        "kind": kind, "executor": opts.executor, "folder": str(folder),
+        "kind": kind, "executor": opts.executor, "folder": str(Path(folder).absolute()),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(), "command": " ".join(sys.argv), "options": asdict(opts),
         "jobs": [{"index": i, "job_id": j, "work": w, "earlier_ids": []}
@@ -54,31 +57,65 @@ def read_records(*jobs_dirs: Path) -> list[dict]:
             except Exception:  # noqa: BLE001 - a damaged record must not break `status`
                 continue
             if isinstance(rec.get("jobs"), list) and "folder" in rec:
+                # the jobs' folder lies beside its record, wherever the run directory is now
+                # (and whatever directory the submission was made from)
+                rec["folder"] = str(p.with_suffix("").absolute())
                 out.append(rec)
     return sorted(out, key=lambda r: str(r.get("created")))
 
 
 def job_states(record: dict) -> dict[str, str]:
-    """job id -> state, for every job of a record: SLURM's (one sacct call) or, for local
-    jobs, FINISHED (a result was written), RUNNING or ENDED (no result)."""
+    """job id -> state, for every job of a record: SLURM's (`slurm_states`) or, for local
+    jobs, FINISHED (it returned), FAILED (it raised; its result holds the error), RUNNING or
+    ENDED (no result)."""
     ids = [str(j["job_id"]) for j in record["jobs"]]
     if record.get("executor") == "slurm":
         return slurm_states(ids)
     folder = Path(record["folder"])
-    return {j: "FINISHED" if (folder / j / f"{j}_0_result.pkl").exists()
-            else "RUNNING" if _local_controller_alive(j) else "ENDED (no result)" for j in ids}
+    return {j: _local_outcome(folder / j / f"{j}_0_result.pkl")
+            or ("RUNNING" if _local_controller_alive(j) else "ENDED (no result)") for j in ids}
+
+
+def _local_outcome(result: Path) -> str | None:
+    """FINISHED or FAILED from a local job's result file (submitit writes one either way:
+    ("success", value) or ("error", traceback)); None without one."""
+    if not result.exists():
+        return None
+    try:
+        from submitit.core.utils import pickle_load
+
+        outcome = pickle_load(result)[0]
+    except Exception:  # noqa: BLE001 - unreadable (being written, or no submitit here)
+        return "FINISHED (result unreadable)"
+    return "FAILED" if outcome == "error" else "FINISHED"
 
 
 def slurm_states(ids: list[str]) -> dict[str, str]:
-    """SLURM's state of each job id (array tasks `123_4` included), from one sacct call."""
-    if shutil.which("sacct") is None:
-        return {j: "UNKNOWN (no sacct here)" for j in ids}
-    try:
-        out = subprocess.run(["sacct", "-j", ",".join(ids), "-o", "JobID,State", "--parsable2",
-                              "--noheader"], capture_output=True, text=True, timeout=SACCT_TIMEOUT_S,
-                             check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {j: "UNKNOWN" for j in ids}
+    """SLURM's state of each job id (array tasks `123_4` included).
+
+    One sacct call; the ids it does not know (accounting disabled or purged, or sacct
+    failing) are looked up in squeue, which lists every job still queued or running: one it
+    does not list has ended. Where neither answers, the state is UNANSWERED, which counts as
+    active (a job SLURM may still run is not submitted again); with no SLURM command here at
+    all it is NO_SLURM, which does not.
+    """
+    known = _sacct(ids) or {}
+    missing = [j for j in ids if j not in known]
+    if missing:
+        queued = _squeue()
+        for j in missing:
+            if queued is not None:
+                known[j] = queued.get(j, "ENDED (not in squeue)")
+            else:
+                known[j] = UNANSWERED if shutil.which("sacct") or shutil.which("squeue") else NO_SLURM
+    return {j: known[j] for j in ids}
+
+
+def _sacct(ids: list[str]) -> dict[str, str] | None:
+    """job id -> state from one sacct call; None when sacct is absent or fails."""
+    out = _ask(["sacct", "-j", ",".join(ids), "-o", "JobID,State", "--parsable2", "--noheader"])
+    if out is None:
+        return None
     known: dict[str, str] = {}
     for line in out.splitlines():
         jid, _, state = line.strip().partition("|")
@@ -86,9 +123,28 @@ def slurm_states(ids: list[str]) -> dict[str, str]:
         if m := re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", jid):
             for task in _expand(m.group(2)):
                 known.setdefault(f"{m.group(1)}_{task}", state)
-        else:
+        elif jid:
             known.setdefault(jid, state)
-    return {j: known.get(j, "UNKNOWN") for j in ids}
+    return known
+
+
+def _squeue() -> dict[str, str] | None:
+    """job id -> state of every queued and running job (arrays one task a line; anyone's, as
+    a run directory may be shared); None when squeue is absent or fails."""
+    out = _ask(["squeue", "--noheader", "--array", "--format=%i|%T"])
+    if out is None:
+        return None
+    return {jid: state for jid, _, state in (ln.strip().partition("|") for ln in out.splitlines()) if jid}
+
+
+def _ask(command: list[str]) -> str | None:
+    if shutil.which(command[0]) is None:
+        return None
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=SACCT_TIMEOUT_S,
+                              check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _expand(spec: str) -> list[int]:
@@ -111,16 +167,22 @@ def _local_controller_alive(job_id: str) -> bool:
 
 
 def is_active(state: str) -> bool:
-    return (state.split() or [""])[0] in ACTIVE_STATES
+    return state == UNANSWERED or (state.split() or [""])[0] in ACTIVE_STATES
 
 
-def active_work(jobs_dir: Path, kind: str) -> list[tuple[str, dict]]:
-    """(job id, work) of earlier submissions' jobs that are still queued or running."""
+def active_work(jobs_dir: Path, kind: str, echo=None) -> list[tuple[str, dict]]:
+    """(job id, work) of earlier submissions' jobs that are still queued or running, or
+    whose state SLURM did not give (said through `echo`, with what to do)."""
     out = []
     for rec in read_records(jobs_dir):
         if rec.get("kind") != kind:
             continue
         states = job_states(rec)
+        silent = [str(j["job_id"]) for j in rec["jobs"] if states[str(j["job_id"])] == UNANSWERED]
+        if silent and echo:
+            echo(f"SLURM gave no state for job(s) {', '.join(silent)} (sacct and squeue failed): "
+                 f"they count as queued or running; submit again when SLURM answers, or delete "
+                 f"{record_path(Path(rec['folder']))} if they are gone")
         for job in rec["jobs"]:
             if is_active(states[str(job["job_id"])]):
                 out.append((str(job["job_id"]), job.get("work", {})))

@@ -40,11 +40,11 @@ def submit_rt(run_dir: str | Path, work: str | Path | None, shards: int, select:
     check_paths(cluster, {"work folder": ws.dir, "r_t store": store_path})
     # every shard's checkpoints are checked here (shard 0/1 is the whole grid), before any write
     plan = check_rt(ws, replace(select, shard=(0, 1)), bank, store_path, "bf16" if bf16 else "fp32")
-    jobs_dir = ws.dir / "jobs"
-    busy = {w.get("shard"): jid for jid, w in active_work(jobs_dir, "rt")
-            if w.get("store") == str(store_path)}
+    jobs_dir = ws.dir.absolute() / "jobs"
+    mine = {"setups": list(plan.setups), "epochs": None if select.epochs is None else sorted(select.epochs)}
+    busy = busy_shards(active_work(jobs_dir, "rt", echo), str(store_path), shards, mine)
     if cluster.dry_run:
-        planned = [{"shard": f"{i}/{shards}", "store": str(store_path)} for i in range(shards)
+        planned = [{"shard": f"{i}/{shards}", "store": str(store_path), **mine} for i in range(shards)
                    if f"{i}/{shards}" not in busy]
         return _dry_run(cluster, jobs_dir, planned, echo)
     open_rt(ws, plan, data, echo)  # the bank and the store's arrays, made once, here
@@ -54,7 +54,7 @@ def submit_rt(run_dir: str | Path, work: str | Path | None, shards: int, select:
         n = len(pending_tasks(ws.run, store_path, plan.setups, replace(select, shard=(i, shards))))
         if n and key not in busy:
             todo.append(i)
-            planned.append({"shard": key, "store": str(store_path), "checkpoints": n})
+            planned.append({"shard": key, "store": str(store_path), **mine, "checkpoints": n})
     if busy:
         echo(f"shard(s) {', '.join(sorted(busy))} are in jobs still queued or running; not submitted again")
     if not todo:
@@ -66,6 +66,28 @@ def submit_rt(run_dir: str | Path, work: str | Path | None, shards: int, select:
                           replace(select, shard=(i, shards)), bank, data, device, bf16, verify, group),
                    sigterm_requeues=cluster.executor == "local") for i in todo]
     return ex.submit("rt", calls, planned, cluster, jobs_dir, echo)
+
+
+def busy_shards(active: list[tuple[str, dict]], store: str, shards: int, mine: dict) -> dict[str, str]:
+    """shard key -> job id of the running jobs that hold part of this submission's work: same
+    store, same shard, overlapping setups and epochs (a record without them overlaps). Jobs
+    that split the same store into another number of shards are refused: their shards cut
+    across these."""
+    busy = {}
+    for jid, w in active:
+        if w.get("store") != store:
+            continue
+        n = int(str(w.get("shard", "0/0")).partition("/")[2] or 0)
+        if n != shards:
+            raise UserError(f"job {jid} of an earlier submission evaluates this store in {n} shards: "
+                            f"submit with --shards {n}, or once it has ended")
+        setups, epochs = w.get("setups"), w.get("epochs")
+        if setups is not None and not set(setups) & set(mine["setups"]):
+            continue
+        if epochs is not None and mine["epochs"] is not None and not set(epochs) & set(mine["epochs"]):
+            continue
+        busy[w["shard"]] = jid
+    return busy
 
 
 def _dry_run(cluster: ClusterOptions, jobs_dir: Path, work: list[dict], echo) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import click
 
@@ -184,8 +185,11 @@ def _summary(run_dir) -> None:
 
 @cli.command("status")
 @click.argument("run_dir")
-def status_cmd(run_dir):
-    """Which (setup, seed) runs of RUN_DIR are complete, partial or missing; known jobs."""
+@click.option("--work", "works", multiple=True, metavar="DIR",
+              help="Also list the jobs of `inspect submit rt --work DIR` (repeatable).")
+def status_cmd(run_dir, works):
+    """Which (setup, seed) runs of RUN_DIR are complete, partial or missing; known jobs
+    (train submit's, and inspect submit rt's in RUN_DIR/inspect or each --work DIR)."""
     from ..artifacts import RunPaths, grid_status
     from ..cluster.records import status_lines
 
@@ -199,7 +203,7 @@ def status_cmd(run_dir):
     counts = {k: sum(r.state == k for r in rows) for k in ("complete", "partial", "missing")}
     click.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
     paths = RunPaths(run_dir)
-    jobs = status_lines(paths.jobs, paths.inspect / "jobs")
+    jobs = status_lines(paths.jobs, paths.inspect / "jobs", *(Path(w) / "jobs" for w in works))
     if jobs:
         click.echo(f"\n{'submission':<24} {'exec':<5} {'job id':>12}  {'state':<18} work")
         for line in jobs:

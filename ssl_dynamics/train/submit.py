@@ -33,7 +33,7 @@ def submit_grid(root: str | Path, cfg: RunConfig, setups: list[str], request: Tr
     dataset, jobs = check_grid(root, cfg, setups, TrainOptions(checkpoint_dtype=request.checkpoint_dtype),
                                check_disk, download, echo)
     jobs_dir = art.RunPaths(root).jobs
-    busy = {(s, int(seed)): jid for jid, w in active_work(jobs_dir, "train") for s, seed in w.get("runs", [])}
+    busy = {(s, int(seed)): jid for jid, w in active_work(jobs_dir, "train", echo) for s, seed in w.get("runs", [])}
     held = [j for j in jobs if (j.setup, j.seed) in busy]
     if held:
         echo(f"{len(held)} run(s) are in jobs still queued or running "
