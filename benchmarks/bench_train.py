@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torchvision
 import torchvision.transforms as T
+import torchvision.transforms.functional as TF
 from PIL import Image
 
 from ssl_dynamics import augment as aug
@@ -44,13 +45,38 @@ SIZE = 32
 
 # ------------------------------------------------------------------- the reference pipeline
 
-def reference_transform(kind: str) -> T.Compose:
-    """The thesis's torchvision transforms on PIL images (SPEC.md, Appendix A)."""
+class ThesisGaussianBlur:
+    """The thesis's own blur (SimCLR/data_aug/simclr_transform.py), op for op: ToTensor,
+    reflection pad, a separable 3-tap Gaussian conv with sigma ~ U[0.1, 2] from numpy's
+    global generator, then ToPILImage, which truncates to uint8 (torchvision's T.GaussianBlur
+    rounds instead). For the fidelity check (pil_rounding.py); the speed reference keeps
+    T.GaussianBlur, which is faster than this per-image Conv2d, so speed ratios stay
+    conservative."""
+
+    def __init__(self, kernel_size: int):
+        self.r = kernel_size // 2
+        self.k = 2 * self.r + 1
+
+    def __call__(self, img, sigma: float | None = None):
+        x = TF.to_tensor(img).unsqueeze(0)
+        sigma = np.random.uniform(0.1, 2.0) if sigma is None else sigma
+        w = np.exp(-np.arange(-self.r, self.r + 1) ** 2 / (2 * sigma * sigma))
+        w = torch.from_numpy(w / w.sum()).float()  # float64 weights copied into float32 convs
+        x = torch.nn.functional.pad(x, [self.r] * 4, mode="reflect")
+        x = torch.nn.functional.conv2d(x, w.view(1, 1, self.k, 1).repeat(3, 1, 1, 1), groups=3)
+        x = torch.nn.functional.conv2d(x, w.view(1, 1, 1, self.k).repeat(3, 1, 1, 1), groups=3)
+        return TF.to_pil_image(x.squeeze(0))
+
+
+def reference_transform(kind: str, thesis_blur: bool = False) -> T.Compose:
+    """The thesis's torchvision transforms on PIL images (SPEC.md, Appendix A); the blur is
+    torchvision's unless `thesis_blur` (the thesis's own class, see ThesisGaussianBlur)."""
     if kind == "simclr":
+        blur = ThesisGaussianBlur(int(0.1 * SIZE)) if thesis_blur else T.GaussianBlur(int(0.1 * SIZE), (0.1, 2.0))
         return T.Compose([
             T.RandomResizedCrop(SIZE), T.RandomHorizontalFlip(),
             T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-            T.RandomGrayscale(0.2), T.GaussianBlur(int(0.1 * SIZE), (0.1, 2.0)), T.ToTensor(),
+            T.RandomGrayscale(0.2), blur, T.ToTensor(),
         ])
     normalize = T.Normalize(aug.CIFAR_MEAN, aug.CIFAR_STD)
     if kind == "supervised":

@@ -1,23 +1,25 @@
 """How far PIL's uint8 steps move the SimCLR views from our float pipeline.
 
 The thesis's pipeline runs torchvision's transforms on PIL images, so every step ends in
-a uint8 image: PIL's resampling (the crop), its grayscale conversion and torchvision's
-blur (float convolution, then `round`) round to the nearest integer, but PIL's blends
-(brightness, contrast, saturation: `Image.blend` via ImageEnhance) truncate, the
-contrast blends towards the grey mean rounded to an integer, and the hue goes through an
-8-bit HSV image with the shift truncated to int(255 * hue). Ours stays in float
-(SPEC.md); this script measures the difference, it does not change the pipeline.
+a uint8 image: PIL's resampling (the crop) and its grayscale conversion round to the
+nearest integer, but PIL's blends (brightness, contrast, saturation: `Image.blend` via
+ImageEnhance) truncate, the contrast blends towards the grey mean rounded to an integer,
+the hue goes through an 8-bit HSV image with the shift truncated to int(255 * hue), and
+the thesis's own blur class (float convolution, then ToPILImage) truncates too. Ours
+stays in float (SPEC.md); this script measures the difference, it does not change the
+pipeline.
 
 For N images and one set of sampled parameters it compares
 (a) ours: `augment.apply_params("simclr", ...)`, and
 (b) torchvision's functional ops on PIL images with the same parameters, called as
-    RandomResizedCrop, RandomHorizontalFlip, ColorJitter (per-sample order),
-    RandomGrayscale and GaussianBlur call them,
+    RandomResizedCrop, RandomHorizontalFlip, ColorJitter (per-sample order) and
+    RandomGrayscale call them, then the thesis's GaussianBlur class
+    (`bench_train.ThesisGaussianBlur`),
 and splits the difference by op: variant "op X" runs X the PIL way (on the float state
 rounded to uint8, an unbiased step) and every other op on float tensors. Differences
 are in [0, 1] units (1/255 = 0.0039), over every pixel and channel of every view.
-As an independent check, the thesis's own transform (`bench_train.reference_transform`,
-drawing its own parameters) is run on the same images: its mean pixel minus ours
+As an independent check, the thesis's own transform (`bench_train.reference_transform`
+with the thesis's blur, drawing its own parameters) is run on the same images: its mean pixel minus ours
 should match the mean of (b) - (a) within its standard error.
 
     python benchmarks/pil_rounding.py --n 4000 --jpeg-dir /tmp/cifar10-jpeg
@@ -38,11 +40,12 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from bench_train import reference_transform
+from bench_train import ThesisGaussianBlur, reference_transform
 from ssl_dynamics import augment as aug
 
 SIZE = 32
 OPS = ("crop", "brightness", "contrast", "saturation", "hue", "grayscale", "blur")
+THESIS_BLUR = ThesisGaussianBlur(aug.BLUR_KERNEL)
 JITTER = (("brightness", TF.adjust_brightness), ("contrast", TF.adjust_contrast),
           ("saturation", TF.adjust_saturation), ("hue", TF.adjust_hue))
 
@@ -80,7 +83,10 @@ def one_view(img: torch.Tensor, p: aug.Params, i: int, pil_ops: frozenset) -> to
     if p["gray"][i]:
         s = run("grayscale", TF.rgb_to_grayscale, s, 3)
     sigma = float(p["sigma"][i])
-    s = run("blur", TF.gaussian_blur, s, [aug.BLUR_KERNEL] * 2, [sigma, sigma])
+    if "blur" in pil_ops:  # the thesis's class: float convolution, then truncation to uint8
+        s = THESIS_BLUR(as_pil(s), sigma)
+    else:
+        s = TF.gaussian_blur(as_float(s), [aug.BLUR_KERNEL] * 2, [sigma, sigma])
     return as_float(s)
 
 
@@ -93,7 +99,8 @@ def reference_check(x8: torch.Tensor, repeats: int, seed: int) -> dict:
     drawn from our generator), `repeats` views of each image for both, with the standard
     error of the difference (the per-view means are the samples)."""
     torch.manual_seed(seed)
-    tf = reference_transform("simclr")
+    np.random.seed(seed)  # the thesis's blur draws sigma from numpy's global generator
+    tf = reference_transform("simclr", thesis_blur=True)
     pils = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in x8]
     ref = torch.stack([tf(im).mean() for _ in range(repeats) for im in pils]).double()
     xr = x8.repeat(repeats, 1, 1, 1)

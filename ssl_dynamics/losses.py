@@ -35,7 +35,18 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, temperature:
     return F.cross_entropy(logits.float() / temperature, labels)
 
 
-def true_class_outputs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(correct, p_true) per row: argmax == target, softmax probability of the target."""
+def true_class_outputs(logits: torch.Tensor, targets: torch.Tensor,
+                       ties_correct: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, p_true) per row: argmax == target, softmax probability of the target.
+
+    An exact tie for the maximum goes to the first column (torch's argmax, and the thesis's
+    top-k accuracy for classifiers), or with `ties_correct` to the target: the thesis's
+    SimCLR put the positive in column 0 of its logits, so a partner tied with a negative
+    counted as found (it matters only for collapsed representations).
+    """
     probs = torch.softmax(logits.float(), dim=1)
-    return logits.argmax(dim=1) == targets, probs.gather(1, targets.view(-1, 1)).squeeze(1)
+    if ties_correct:
+        correct = logits.gather(1, targets.view(-1, 1)).squeeze(1) >= logits.max(dim=1).values
+    else:
+        correct = logits.argmax(dim=1) == targets
+    return correct, probs.gather(1, targets.view(-1, 1)).squeeze(1)

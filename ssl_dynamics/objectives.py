@@ -71,9 +71,10 @@ class SimCLRObjective(Objective):
         return info_nce(out, self.cfg.temperature)
 
     def score(self, out: torch.Tensor, targets=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Within-batch classification of every view: is its partner the most similar?"""
+        """Within-batch classification of every view: is its partner the most similar (a
+        tie with a negative counts as found, as in the thesis's code)?"""
         logits = pair_logits(out, self.cfg.temperature)
-        return true_class_outputs(logits, partner_index(len(out), out.device))
+        return true_class_outputs(logits, partner_index(len(out), out.device), ties_correct=True)
 
     def score_bank(self, out: torch.Tensor, targets: torch.Tensor, batch: int):
         """Each replay's K images are classified within fixed batches of `batch` images

@@ -170,6 +170,40 @@ def test_export_netcdf_and_parquet(run, tmp_path):
     assert r.exit_code != 0 and "the r_t store itself" in str(r.exception)
 
 
+def test_export_of_an_h5_archive_leaves_no_temp_and_the_users_table_alone(run, tmp_path):
+    from ssl_dynamics.inspect.examples import read_meta
+
+    # an .h5 archive (HDF5 hands attributes back as numpy scalars) exports like a Zarr store
+    h5 = run / "inspect" / "rt.h5"
+    rt(run, store=h5)
+    nc = tmp_path / "a.nc"
+    stale = tmp_path / ".a.nc.killed01.tmp"  # what a killed export leaves
+    stale.write_bytes(b"partial")
+    invoke("export", run, "--to", "netcdf", "--store", h5, "--out", nc, "--no-progress")
+    assert not stale.exists()
+    with h5py.File(h5) as f:
+        version = int(f.attrs["schema_version"])
+    with xr.open_dataset(nc, engine="h5netcdf") as root:
+        assert root.attrs["schema_version"] == version
+    for s, d in load_rt(h5).items():
+        with xr.open_dataset(nc, group=s, engine="h5netcdf") as ds:
+            assert np.array_equal(ds.correct.values[..., 0], d.correct)
+    # a work table made with other options is the user's: exported aside, never replaced
+    invoke("examples", run, "--no-progress", "--start-epoch", "0")
+    table = run / "inspect" / "tables" / "examples.parquet"
+    mine = table.read_bytes()
+    out = invoke("export", run, "--to", "parquet", "--out", tmp_path / "d.parquet", "--no-progress")
+    assert table.read_bytes() == mine and "per-example measures" not in out
+    assert read_meta(tmp_path / "d.parquet")["options"]["start_epoch"] == em.DEFAULT_START_EPOCH != 0
+    r = CliRunner().invoke(cli, ["export", str(run), "--to", "parquet"])
+    assert r.exit_code != 0 and "was made with other options" in str(r.exception)
+    assert table.read_bytes() == mine
+    # a lock file or the representation cache is never an export's target, --force or not
+    for target in (run / "inspect" / "rt.zarr.lock", run / "inspect" / "features.zarr" / "x.nc"):
+        r = CliRunner().invoke(cli, ["export", str(run), "--to", "netcdf", "--out", str(target), "--force"])
+        assert r.exit_code != 0 and "choose another path" in str(r.exception), target
+
+
 def test_a_missing_package_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now fails
     with pytest.raises(UserError, match="needs the Python package pyarrow: pip install pyarrow"):

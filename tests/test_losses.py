@@ -58,6 +58,28 @@ def test_within_batch_correctness_hand_case():
     assert torch.all((p > 0) & (p < 1))
 
 
+def test_simclr_ties_count_as_found_as_in_the_thesis():
+    # a collapsed representation: every view equally similar to every other. The thesis put
+    # the positive in column 0 of its logits, so argmax found it: every view is correct
+    from ssl_dynamics.config import thesis_setups
+    from ssl_dynamics.objectives import objective_for
+
+    z = torch.ones(8, 4)
+    simclr = objective_for(thesis_setups()["simclr"])
+    correct, p = simclr.score(z)
+    assert correct.all() and torch.allclose(p, torch.full((8,), 1 / 7))
+    # the thesis's own layout, [positive, negatives...], scored with argmax
+    logits = pair_logits(z, 0.07)
+    part = partner_index(8)
+    thesis = [torch.cat([logits[i, part[i]].view(1), logits[i][(torch.arange(8) != i) & (torch.arange(8) != part[i])]])
+              for i in range(8)]
+    assert all(t.argmax().item() == 0 for t in thesis)
+    # a negative above the partner is still a miss: view 3's partner (cos 0.22) loses to
+    # view 0 (cos 0.98); the others find theirs (0.995 > 0.993, 0.22 > 0.10)
+    z2 = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.9, 0.2]])
+    assert simclr.score(z2)[0].tolist() == [True, True, True, False]
+
+
 def test_classification_loss_temperature_one_is_cross_entropy():
     logits = torch.randn(6, 10)
     y = torch.randint(0, 10, (6,))

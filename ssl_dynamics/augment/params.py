@@ -37,8 +37,11 @@ PAD = 4  # supervised RandomCrop(32, padding=4), zero padding
 def make_generator(*keys: int | str) -> torch.Generator:
     """A CPU generator seeded from a tuple of keys, e.g. (seed, epoch, batch, "views").
 
-    Keys go through numpy's SeedSequence, so nearby tuples give unrelated streams.
-    Strings are mapped to integers by CRC-32 (stable across runs and platforms).
+    Keys go through numpy's SeedSequence, so nearby tuples give unrelated streams, with one
+    exception: SeedSequence pads short entropy with zeros, so (1, 2) and (1, 2, 0) give the
+    same stream. Every family of keys therefore carries its own string tag ("views",
+    "shuffle", "init", "bank"), which no other family has at that position. Strings are
+    mapped to integers by CRC-32 (stable across runs and platforms).
     """
     ints = [k if isinstance(k, int) else zlib.crc32(k.encode()) for k in keys]
     if any(i < 0 for i in ints):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def export(ws: Workspace, to: str, target: str | Path | None = None, store: str 
     path = store_for_analysis(ws, store, echo)
     if to == "netcdf":
         return export_netcdf(path, target or default, progress)
-    return export_parquet(ws, path, target, data_opts, echo)
+    return export_parquet(ws, path, target, data_opts, echo, progress)
 
 
 def _check_target(ws: Workspace, target: Path, store: Path, force: bool) -> None:
@@ -112,6 +113,11 @@ def _check_target(ws: Workspace, target: Path, store: Path, force: bool) -> None
             raise UserError(f"--out {target} is {what}; choose another path")
     if where in {ws.bank.resolve(), (ws.archive / "bank.h5").resolve()}:
         raise UserError(f"--out {target} is the bank; choose another path")
+    if where.name.endswith(".lock"):  # a store's or the bank's lock: replacing it breaks locking
+        raise UserError(f"--out {target} is a lock file; choose another path")
+    cache = ws.features.resolve()
+    if where == cache or cache in where.parents:
+        raise UserError(f"--out {target} is in the representation cache; choose another path")
     paths = ws.run.paths
     if where in {paths.run_json.resolve(), paths.random_labels.resolve()} \
             or paths.checkpoints.resolve() in where.parents:
@@ -128,6 +134,7 @@ def export_netcdf(store: Path, target: Path, progress: bool = True) -> Path:
     with named dimensions and coordinates, zlib-compressed in chunks of one checkpoint."""
     xr = need("xarray", "the netCDF export")
     need("h5netcdf", "the netCDF export")
+    art.remove_stale_temps(target.parent, f".{target.name}.*.tmp")  # of a killed export
     with open_store(store) as st, art.atomic_path(target) as tmp:
         idx, labels = st.probes()
         root = xr.Dataset({"probe_indices": ("probe", idx), "labels": ("probe", labels)},
@@ -159,30 +166,57 @@ def _setup_dataset(xr, data: dict, attrs: dict, idx, labels):
 
 
 def _nc_attrs(attrs: dict) -> dict:
-    """netCDF attributes: numbers and strings as they are, anything else as JSON text."""
-    return {k: v if isinstance(v, (str, int, float)) and not isinstance(v, bool) else json.dumps(v)
-            for k, v in attrs.items()}
+    """netCDF attributes: numbers and strings as they are, anything else as JSON text
+    (numpy scalars, as HDF5 attributes come back, as the Python values they hold)."""
+    plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in attrs.items()}
+    return {k: v if isinstance(v, (str, int, float)) and not isinstance(v, bool)
+            else json.dumps(v, default=_json_value) for k, v in plain.items()}
+
+
+def _json_value(v):
+    """numpy arrays and scalars inside attribute values (HDF5 returns them) as JSON."""
+    if isinstance(v, (np.ndarray, np.generic)):
+        return v.tolist()
+    if isinstance(v, bytes):
+        return v.decode()
+    raise TypeError(f"attribute value of type {type(v).__name__} has no JSON form")
 
 
 def export_parquet(ws: Workspace, store: Path, target: Path | None, data_opts: dict | None,
-                   echo=print) -> Path:
+                   echo=print, progress: bool = True) -> Path:
     """The per-example table as Parquet: the work folder's when it is current (made from
-    this store's present state, all setups, default options), else computed now."""
+    this store's present state, all setups, default options), else computed now. A work
+    table made with other options (`inspect examples --start-epoch 0`, ...) is the user's:
+    it is never replaced; the default table is then computed aside for `target`."""
     out = Outputs(ws.dir)
     table = out.tables / f"{TABLE}.parquet"
     meta = read_meta(table) if table.exists() else {}
-    default = ExampleOptions()
+    default = ExampleOptions(progress=progress)
     made_with = {k: v for k, v in (meta.get("options") or {}).items() if k != "progress"}
-    current = (meta.get("store_state") == store_state(store)
-               and made_with == {k: v for k, v in asdict(default).items() if k != "progress"}
+    custom = table.exists() and made_with != {k: v for k, v in asdict(default).items() if k != "progress"}
+    current = (not custom and meta.get("store_state") == store_state(store)
                and set(meta.get("aligned_epochs", {})) == set(_setups(store)))
-    if not current:
+    if current and (target is None or target.resolve() == table.resolve()):
+        return table
+    if custom and (target is None or target.resolve() == table.resolve()):
+        raise UserError(f"{table} was made with other options ({made_with}); export the default "
+                        f"table with --out <file>, or copy that one as it is")
+    if current:
+        source = table
+    elif not custom:  # missing or out of date, and ours: bring the work table up to date
         echo("computing the per-example table (`inspect examples`)")
         examples_for_workspace(ws, out, None, store, default, data_opts, echo)
-    if target is None or target.resolve() == table.resolve():
-        return table
+        if target is None or target.resolve() == table.resolve():
+            return table
+        source = table
     with art.atomic_path(target) as tmp:
-        shutil.copyfile(table, tmp)
+        if custom:  # computed aside, so the user's table stays as it is
+            echo("computing the per-example table with the default options aside")
+            with tempfile.TemporaryDirectory(dir=ws.dir, prefix=".export-") as aside:
+                examples_for_workspace(ws, Outputs(aside), None, store, default, data_opts, echo)
+                shutil.copyfile(Outputs(aside).tables / f"{TABLE}.parquet", tmp)
+        else:
+            shutil.copyfile(source, tmp)
     return target
 
 
