@@ -154,6 +154,7 @@ def test_export_netcdf_and_parquet(run, tmp_path):
                 assert np.array_equal(ds.correct.values[..., 0], d.correct)
                 assert np.array_equal(ds.p_true.values[..., 0], d.p_true, equal_nan=True)
                 assert np.array_equal(ds.seed, d.seeds) and np.array_equal(ds.label, d.labels)
+                assert "correct.where(done == 1)" in ds.correct.attrs["valid_where"]
                 enc = ds.correct.encoding
                 assert enc["zlib"] and enc["chunksizes"] == (1, 1, *d.correct.shape[2:], ds.sizes["view"])
     target = tmp_path / "copy.parquet"

@@ -157,12 +157,19 @@ def _setup_dataset(xr, data: dict, attrs: dict, idx, labels):
     ds = xr.Dataset(variables, coords={**{d: coords[d] for d in storedims.FULL_DIMS},
                                        "label": ("probe", coords["label"])},
                     attrs=_nc_attrs(attrs))
+    for name in ("correct", "p_true"):
+        ds[name].attrs["valid_where"] = MISSING_NOTE
     chunks = (1, 1, *data["correct"].shape[2:])
     # no _FillValue: the arrays are complete (done says which checkpoints hold data)
     enc = {name: {"_FillValue": None} for name in list(variables) + list(ds.coords)}
     for name in ("correct", "p_true"):
         enc[name].update(zlib=True, complevel=NETCDF_LEVEL, chunksizes=chunks)
     return ds, enc
+
+
+# What a reader without the toolkit must know: a missing checkpoint is not a wrong answer.
+MISSING_NOTE = ("done == 1: a checkpoint missing from the run has done = 0, correct = 0 and "
+                "p_true = NaN; use correct.where(done == 1)")
 
 
 def _nc_attrs(attrs: dict) -> dict:

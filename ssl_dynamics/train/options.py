@@ -58,7 +58,8 @@ class TrainRequest:
 
         `--pack auto` is GPU_PACK_DEFAULT on a GPU for a backbone that can be grouped, else 1.
         A packed run defaults to channels_last on the CPU too: there the grouped network is
-        faster in it, and gives each seed the same bits whatever the pack's size."""
+        faster in it, and (at the widths measured, train/pack.py) gives each seed the same
+        bits whatever the pack's size."""
         from ..packed import PACKABLE_BACKBONES
 
         dev = resolve_device(device or self.device)
