@@ -190,6 +190,9 @@ def run_all(ctx: Ctx) -> None:
         run_part(ctx, f"loop simclr pack {first} compiled", parts.loop, "simclr", first, True, optional=True)
         run_part(ctx, "ceiling simclr pack 1 cudagraphs", parts.ceiling, "simclr", 1, "reduce-overhead",
                  optional=True)
+        for setup in ("simclr", "supervised"):  # the training loop itself with CUDA graphs
+            run_part(ctx, f"loop {setup} pack {first} cudagraphs", parts.loop, setup, first, "reduce-overhead",
+                     optional=True)
         run_part(ctx, f"ceiling simclr pack {first} compiled", parts.ceiling, "simclr", first, True,
                  optional=True)
     run_part(ctx, "projection", projection)  # again, with whatever the optional parts added

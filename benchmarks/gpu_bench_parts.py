@@ -47,13 +47,16 @@ def mfu(ctx, views_per_s: float) -> float | None:
     return round(views_per_s * flop / peak, 4) if peak else None
 
 
-def options(ctx, pack: int, compile_: bool) -> TrainOptions:
+def options(ctx, pack: int, compile_: bool | str) -> TrainOptions:
+    """compile_: False, True (torch.compile's default mode) or a mode ("reduce-overhead":
+    CUDA graphs), as `train run --compile-mode`."""
     cuda = ctx.device.type == "cuda"  # the GPU defaults: bf16 autocast, channels_last
+    mode = compile_ if isinstance(compile_, str) else "default"
     return TrainOptions(device=str(ctx.device), bf16=cuda, channels_last=cuda or pack > 1, pack=pack,
-                        compile=compile_)
+                        compile=bool(compile_), compile_mode=mode)
 
 
-def loop(ctx, setup: str, pack: int, compile_: bool) -> dict:
+def loop(ctx, setup: str, pack: int, compile_: bool | str) -> dict:
     """`train run` itself (train_runs on a prepared run directory), 2 epochs: epoch 2's time."""
     import json
 
@@ -63,7 +66,7 @@ def loop(ctx, setup: str, pack: int, compile_: bool) -> dict:
 
     cfg = ctx.config(pack, 2)
     ds = ctx.dataset(cfg)
-    root = ctx.tmp / f"loop-{setup}-{pack}-{int(compile_)}"
+    root = ctx.tmp / f"loop-{setup}-{pack}-{compile_}"
     paths = prepare_run(root, cfg, [setup], ds, echo=quiet)
     t0 = time.perf_counter()
     train_runs(paths, cfg, ds, plan(root, cfg, [setup]), options(ctx, pack, compile_), echo=quiet,

@@ -156,7 +156,7 @@ def run_epoch(state: SeedState, train_x: torch.Tensor, targets: torch.Tensor, op
     setup, seed, epoch = state.setup, state.seed, state.epoch + 1
     dev = torch.device(opts.device)
     objective = objective_for(setup)
-    model = step_model or state.model
+    model = state.model if step_model is None else step_model  # a compiled module has no truth value
     n = len(train_x)
     bs, nb = min(setup.batch_size, n), batches_per_epoch(n, setup)
     lr = learning_rate(setup, epoch - 1, nb)
