@@ -1,6 +1,6 @@
 """The CIFAR ResNet-18 of SPEC.md, timm backbones by name, and the per-setup heads.
 
-The backbone maps images to the 512-d "representation" (the input of the last linear
+The backbone maps images to the 512-d (8 x width) "representation" (the input of the last linear
 layer); a `Network` adds the setup's linear head. `forward` returns a dict of named
 outputs so that callers never index tuples.
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .binomial_rows import ordinal
 from .plots import (EPOCH_CMAP, RTILDE_LABEL, fmt_p, new_figure, p0_color, rank_x, rate_axis,
                     setup_color, setup_label)
 
@@ -127,7 +128,8 @@ def fig_spread(spread: dict, out):
             ax.set_title(f"{setup_label(s)} (t = {info['epoch']}, mean $r_t$ = {info['p_hat']:.2f})",
                          fontsize=9.5)
             rate_axis(ax)
-            ax.set_xlabel(f"every {step}th image sorted by $r_t$ (rank / K)", fontsize=8)
+            shown = "every image" if step == 1 else f"every {ordinal(step)} image"
+            ax.set_xlabel(f"{shown} sorted by $r_t$ (rank / K)", fontsize=8)
             if i == 0 and j == 0:
                 ax.legend(loc="upper left", fontsize=7)
     fig.suptitle("Spread of $\\tilde r_t$ over augmentations of the same image, at the Table 4.2 "

@@ -98,14 +98,28 @@ def mae_entry(s, d, r, t, p0, p_hat, draws, seed, sims) -> tuple[dict, dict]:
                  "mae": mean, "per_draw": per_draw, "null": null, "null_within": null_w}
 
 
-def spread_entry(d: SetupRt, r: np.ndarray, t: int, notes: list[str]) -> dict:
-    """Fig. 4.5 data at epoch index t: every step-th image of the r_t-sorted probe set."""
-    k, m = r.shape[1], d.correct.shape[2]
+def spread_step(k: int) -> int:
+    """Fig. 4.5's step over K r_t-sorted probe images: the thesis's 50, smaller where that
+    would show fewer than MIN_SPREAD_POINTS images."""
     step = st.DEFAULT_SPREAD_STEP
     if -(-k // step) < MIN_SPREAD_POINTS:
         step = max(1, k // MIN_SPREAD_POINTS)
-        notes.append(f"fig4_5: {d.setup} has only K = {k} probe images; every {step}th image is "
-                     f"shown instead of every {st.DEFAULT_SPREAD_STEP}th")
+    return step
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, 21st."""
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def spread_entry(d: SetupRt, r: np.ndarray, t: int, notes: list[str]) -> dict:
+    """Fig. 4.5 data at epoch index t: every step-th image of the r_t-sorted probe set."""
+    k, m = r.shape[1], d.correct.shape[2]
+    step = spread_step(k)
+    if step != st.DEFAULT_SPREAD_STEP:
+        shown = "every image" if step == 1 else f"every {ordinal(step)} image"
+        notes.append(f"fig4_5: {d.setup} has only K = {k} probe images; {shown} is "
+                     f"shown instead of every {ordinal(st.DEFAULT_SPREAD_STEP)}")
     valid = np.asarray(d.valid, dtype=bool)[:, t:t + 1]
     rt_all = np.stack([st.r_tilde(d.correct[:, t:t + 1], j, valid)[0] for j in range(m)])
     order, r_sel, rt_sel = st.spread_rows(r[t], rt_all, step)

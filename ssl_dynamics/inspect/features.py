@@ -1,7 +1,8 @@
 """Representations, extracted once per (setup, seed, epoch) and cached.
 
-The representation is the 512-d input of the last linear layer (`Network.features`) of
-every train and test image without augmentation: each setup sees its images the way its
+The representation is the D-d input of the last linear layer (`Network.features`; D = 8 x
+width, 512 at the thesis's width 64) of every train and test image without augmentation:
+each setup sees its images the way its
 training pipeline delivered them minus the randomness ([0, 1] for SimCLR, normalized for
 the others). Probes, t-SNE and KL read the cache, never the checkpoints again.
 

@@ -1,7 +1,14 @@
 """One self-contained HTML page with every figure and table that exists for a run.
 
 Images are embedded as base64 PNG, so the page can be mailed or archived alone. Each item
-gets a sentence saying what it shows; the run's configuration closes the page.
+gets a sentence saying what it shows, with the run's own numbers (representation dimension,
+channels per block, image step) read from the outputs it describes; the run's configuration
+closes the page.
+
+The box of analyses that could not be computed comes from <work>/skipped.json, which only
+`inspect all` writes. An entry is left out once that analysis has since succeeded on its own
+(e.g. `inspect embed --shrinkage 1e-3` after `inspect all` skipped kl): every file it always
+writes (ANALYSIS_OUTPUTS) exists and is newer than skipped.json.
 """
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import json
 from pathlib import Path
 
 from .. import artifacts as art
+from .binomial_rows import ordinal, spread_step
 from .workspace import Workspace
 
 # (name, title, what it shows) in reading order; figures and tables share the namespace.
@@ -52,7 +60,8 @@ SECTIONS = [
      "correlation between the augmentations of one image under one seed kept."),
     ("fig4_4_binomial_noise", "Fig. 4.4: r_t vs binomial noise", "Sorted r_t beside sorted binomial noise."),
     ("fig4_5_aug_spread", "Fig. 4.5: spread over augmentations",
-     "Every 50th image of the r_t-sorted probe set: one dot per augmentation (r̃), the line is r_t."),
+     "Evenly spaced images of the r_t-sorted probe set (the step is on the x-axis): one dot per "
+     "augmentation (r̃), the line is r_t."),
     ("figB_1_first_second", "Fig. B.1: first vs second SimCLR view",
      "r_t and r̃_t computed from the first views against those from the second views."),
     ("heterogeneity", "Heterogeneity of difficulty at the aligned epochs",
@@ -87,15 +96,15 @@ SECTIONS = [
      "Spearman rank correlation between setups of the images' median first-learned epoch: "
      "do the setups learn the same images first?"),
     ("tableB_1_probe", "Table B.1: linear probes",
-     "Accuracy of a linear classifier on the frozen 512-d representation, with a randomly "
-     "initialised network and raw pixels as baselines."),
+     "Accuracy of a linear classifier on the frozen representation of the backbone (its "
+     "dimension: column dim), with a randomly initialised network and raw pixels as baselines."),
     ("fig5_1_tsne", "Fig. 5.1: t-SNE of the representation",
      "2-D t-SNE of a class-stratified quarter of the training set, coloured by true class."),
     ("fig5_2_kl", "Fig. 5.2: KL divergence between class Gaussians",
      "KL(N_y || N_z) between Gaussians fitted to each class's representations (log colour scale)."),
     ("fig5_4_activations", "Fig. 5.4: activation maximization",
-     "Inputs that maximize 36 channels of each block, found by gradient ascent, shown "
-     "sigmoid-normalized."),
+     "Inputs that maximize single channels of each block (how many: the table below), found by "
+     "gradient ascent, shown sigmoid-normalized."),
     ("activations", "Activation maximization runs", "Channels per block and how many never fired."),
 ]
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -107,6 +116,135 @@ td.text{text-align:left}
 pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:0.8em;white-space:pre-wrap;word-break:break-all}
 .what{color:#555}.skipped{background:#fff4e5;border-left:4px solid #f0a020;padding:0.5em 1em}"""
 SIGNIFICANT = 4  # digits shown for floats in the page (the CSV keeps full precision)
+
+# The files (relative to the work folder) that each step of `inspect all` always writes when
+# it succeeds; one tuple of alternatives is enough (the r_t store is Zarr or HDF5). Outputs
+# written only in some runs (Fig. 4.5, Fig. B.1, ...) are not listed.
+ANALYSIS_OUTPUTS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "rt": (("rt.zarr/zarr.json",), ("rt.h5",)),
+    "dynamics": (("figures/fig4_1_sorted_rt.png", "figures/fig4_2_aligned.png",
+                  "tables/aligned_epochs.json"),),
+    "binomial": (("figures/fig4_3_binomial_counts.png", "figures/fig4_3_sorted_rtilde.png",
+                  "figures/fig4_4_binomial_noise.png", "tables/table4_1_chisquare.json",
+                  "tables/table4_2_mae.json"),),
+    "heterogeneity": (("figures/fig_heterogeneity.png", "tables/heterogeneity.json",
+                       "tables/hardness_agreement.json"),),
+    "classes": (("figures/fig5_3_class_rt.png", "tables/class_rt.json"),),
+    "examples": (("figures/examples_cartography.png", "figures/examples_forgetting.png",
+                  "tables/examples_summary.json", "tables/examples_rank_agreement.json"),),
+    "probe": (("tables/tableB_1_probe.json",),),
+    "tsne": (("figures/fig5_1_tsne.png",),),
+    "kl": (("figures/fig5_2_kl.png", "tables/kl_pairs.json"),),
+    "activations": (("figures/fig5_4_activations.png", "tables/activations.json"),),
+}
+
+
+def still_skipped(work: Path, skipped: list[dict], since_ns: int) -> list[dict]:
+    """The entries of `skipped` whose analysis has not succeeded since `since_ns` (the
+    mtime of skipped.json): not every file of one alternative in ANALYSIS_OUTPUTS exists
+    with a newer mtime. Unknown analyses stay listed."""
+    def done(name) -> bool:
+        for paths in ANALYSIS_OUTPUTS.get(name, ()):
+            try:
+                if min((work / p).stat().st_mtime_ns for p in paths) > since_ns:
+                    return True
+            except OSError:  # one of them is missing
+                continue
+        return False
+
+    return [s for s in skipped if not (isinstance(s, dict) and done(s.get("analysis")))]
+
+
+def _span(values) -> str:
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _table_rows(work: Path, name: str) -> list[dict]:
+    return json.loads((work / "tables" / f"{name}.json").read_text()).get("rows", [])
+
+
+def probe_text(work: Path) -> str | None:
+    """Table B.1, with the dimension D of the representation from the table's dim column."""
+    dims = {r.get("dim") for r in _table_rows(work, "tableB_1_probe") if r.get("model") != "raw_pixels"}
+    if len(dims) != 1 or not isinstance(d := dims.pop(), int):
+        return None
+    return (f"Accuracy of a linear classifier on the frozen {d}-d representation of the backbone, "
+            f"with a randomly initialised network and raw pixels as baselines.")
+
+
+def activations_text(work: Path) -> str | None:
+    """Fig. 5.4, with the channels per block from the activations table: those maximized
+    (as many as could fire) of those asked for (--channels, at most the block's width)."""
+    rows = _table_rows(work, "activations")
+    blocks: dict[int, list[dict]] = {}
+    for r in rows:
+        blocks.setdefault(int(r["block"]), []).append(r)
+    if not blocks:
+        return None
+    parts = []
+    for b, rs in sorted(blocks.items()):
+        live = [int(r["channels"]) for r in rs]
+        asked = {int(r["channels"]) + int(r["no_live_channel"]) for r in rs
+                 if r.get("no_live_channel") is not None}
+        if len(asked) == 1 and (a := asked.pop()) != min(live):
+            parts.append(f"block {b}: {_span(live)} of {a}")
+        else:
+            parts.append(f"block {b}: {_span(live)}")
+    return ("Inputs that maximize single channels, found by gradient ascent, shown "
+            "sigmoid-normalized. Channels per setup and block (those that could fire, of those "
+            "asked for): " + ", ".join(parts) + ".")
+
+
+def spread_text(work: Path) -> str | None:
+    """Fig. 4.5, with the image step of each setup from the `binomial` group of analysis.h5:
+    K = the setup's probe images, checked against the number of images drawn."""
+    import h5py
+
+    from .plots import setup_label
+
+    found: dict[str, tuple[int, int]] = {}
+    with h5py.File(work / "analysis.h5", "r") as f:
+        g = f["binomial"]
+        order = json.loads(g.attrs["setups"]) if "setups" in g.attrs else sorted(g)
+        for s in order:
+            sg = g.get(s)
+            if not isinstance(sg, h5py.Group) or "probe" not in sg:
+                continue
+            drawn = [sg[n]["order"].shape[0] for n in sg if n.startswith("spread_")]
+            if not drawn:
+                continue
+            k = int(sg["probe"].shape[0])
+            step = spread_step(k)
+            if any(n != -(-k // step) for n in drawn):
+                return None  # drawn with another rule: say nothing rather than something false
+            found[s] = (step, k)
+    if not found:
+        return None
+    tail = ": one dot per augmentation (r̃), the line is r_t."
+    if len(set(found.values())) == 1:
+        step, k = next(iter(found.values()))
+        which = "Every image" if step == 1 else f"Every {ordinal(step)} image"
+        return f"{which} of the r_t-sorted probe set (K = {k} images){tail}"
+    each = "; ".join(f"{setup_label(s)}: every {ordinal(step)} of K = {k}"
+                     for s, (step, k) in found.items())
+    return f"Evenly spaced images of the r_t-sorted probe set ({each}){tail}"
+
+
+# Sections whose sentence states numbers of the run: read from the outputs themselves (None,
+# or outputs that cannot be read: the generic sentence of SECTIONS).
+DESCRIBE = {"tableB_1_probe": probe_text, "fig5_4_activations": activations_text,
+            "fig4_5_aug_spread": spread_text}
+
+
+def describe(name: str, what: str, work: Path) -> str:
+    fn = DESCRIBE.get(name)
+    if fn is None:
+        return what
+    try:
+        return fn(work) or what
+    except (OSError, KeyError, ValueError, TypeError):
+        return what
 
 
 def _fmt(v) -> tuple[str, bool]:
@@ -135,6 +273,9 @@ def table_html(rows: list[dict], columns: list[str] | None = None, limit: int = 
 
 def _section(name: str, title: str, what: str, figures: Path, tables: Path) -> str | None:
     png, tab = figures / f"{name}.png", tables / f"{name}.json"
+    if not (png.exists() or tab.exists()):
+        return None
+    what = describe(name, what, figures.parent)
     head = f"<h2>{html.escape(title)}</h2>" + (f"<p class=what>{html.escape(what)}</p>" if what else "")
     if png.exists():
         data = base64.b64encode(png.read_bytes()).decode()
@@ -177,12 +318,14 @@ def _skipped_html(skipped: list[dict]) -> str:
 def build_report(ws: Workspace, skipped: list[dict] | None = None) -> Path:
     """Write <work>/report/index.html; returns its path. `skipped` lists analyses that
     `inspect all` could not compute ({"analysis", "reason"}); by default the list that the
-    last `inspect all` left in <work>/skipped.json."""
+    last `inspect all` left in <work>/skipped.json, less the analyses that have succeeded
+    on their own since (`still_skipped`)."""
     run = ws.run
     figures, tables = ws.dir / "figures", ws.dir / "tables"
     if skipped is None:
         record = ws.dir / "skipped.json"
-        skipped = art.read_json(record, list) if record.exists() else []
+        skipped = (still_skipped(ws.dir, art.read_json(record, list), record.stat().st_mtime_ns)
+                   if record.exists() else [])
     sections = expand_sections(list(run.cfg.setups))
     known = {name for name, _, _ in sections}
     extra = sorted({p.stem for p in list(figures.glob("*.png")) + list(tables.glob("*.json"))} - known)
