@@ -12,10 +12,11 @@ def test_class_colors_are_distinct(n):
     assert len(colors) == n and len(set(colors)) == n
 
 
-def test_cifar10_keeps_tab10():
+def test_the_first_ten_are_always_tab10s():
     from matplotlib import colormaps
 
-    assert class_colors(10) == [colormaps["tab10"](c) for c in range(10)]
+    tab10 = [colormaps["tab10"](c) for c in range(10)]
+    assert class_colors(10) == tab10 and class_colors(12)[:10] == tab10 and class_colors(20)[:10] == tab10
 
 
 def test_tsne_figure_colours_each_of_twelve_classes_apart():

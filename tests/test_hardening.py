@@ -144,10 +144,13 @@ def test_bad_analysis_options(run, monkeypatch, capsys):
     for args, message in [(["embed", "--shrinkage", "2"], "'--shrinkage': 2.0 is not in the range 0.0<=x<=1.0"),
                           (["all", "--shrinkage", "-0.1"], "'--shrinkage': -0.1 is not in the range"),
                           (["embed", "--tsne-seed", "-1"], "'--tsne-seed': -1 is not in the range 0<=x<="),
+                          (["embed", "--tsne-seed", str(2**32)], "'--tsne-seed': 4294967296 is not in the range"),
                           (["probe", "--seed", str(2**64)], f"'--seed': {2**64} is not in the range"),
                           (["binomial", "--seed", "-2"], "'--seed': -2 is not in the range"),
                           (["activations", "--channel-seed", "-1"], "'--channel-seed': -1 is not in the range")]:
         expect_refusal(inspect_cli.main, [args[0], run, *args[1:]], run, monkeypatch, capsys, message)
+    expect_refusal(inspect_cli.main, ["submit", "rt", run, "--executor", "local", "--bank-seed", str(2**64)],
+                   run, monkeypatch, capsys, f"'--bank-seed': {2**64} is not in the range")
 
 
 def test_inspect_folder_is_a_file(run, monkeypatch, capsys):

@@ -137,3 +137,13 @@ def test_channels_per_block_from_the_table(tmp_path, rows, expected):
         {"setup": f"s{i}", "block": b, "channels": c, "no_live_channel": m}
         for i, (b, c, m) in enumerate(rows)])
     assert activations_text(tmp_path).endswith(expected)
+
+
+def test_a_skipped_rt_stays_listed_though_its_store_was_touched(tmp_path):
+    # the store's metadata is written as soon as an evaluation starts or is submitted
+    from ssl_dynamics.inspect.report import still_skipped
+
+    skipped = [{"analysis": "rt", "reason": "no checkpoint"}]
+    (tmp_path / "rt.zarr").mkdir()
+    (tmp_path / "rt.zarr" / "zarr.json").write_text("{}")
+    assert still_skipped(tmp_path, skipped, 0) == skipped

@@ -6,7 +6,7 @@ import click
 from ..cli_util import parse_int_list, parse_levels, split_names, user_errors
 from ..devices import resolve_device
 from .cli_options import (DATA, DEVICE, EPOCH, NO_PROGRESS, NO_VERIFY, RNG_SEED, RUN_DIR, SETUP, SHRINKAGE,
-                          STORE, WORK, options, show, workspace)
+                          STORE, TSNE_SEED, WORK, options, show, workspace)
 from .example_measures import HARDNESS_DIRECTION as HARDNESS
 
 def _analysis(run_dir, work, store, setups, fn):
@@ -153,7 +153,7 @@ def probe_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verif
 @click.command("embed", short_help="t-SNE and KL between class Gaussians (Figs 5.1, 5.2).")
 @options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, *DATA, NO_VERIFY)
 @click.option("--seed", type=int, default=None, help="Model seed to embed (default: the first).")
-@click.option("--tsne-seed", type=RNG_SEED, default=0, show_default=True, help="Seed of t-SNE and its 25% subset.")
+@click.option("--tsne-seed", type=TSNE_SEED, default=0, show_default=True, help="Seed of t-SNE and its 25% subset.")
 @click.option("--tsne-method", type=click.Choice(["thesis", "opentsne", "sklearn", "auto"]),
               default="thesis", show_default=True,
               help="thesis: scikit-learn's 2021 defaults as the thesis ran them; opentsne: faster.")

@@ -17,6 +17,7 @@ EPOCH = click.option("--epoch", type=int, default=None,
 # Seeds of random streams: numpy and torch take them as 64-bit integers; a negative or larger
 # one is refused by click with the option's name instead of an overflow deep inside.
 RNG_SEED = click.IntRange(0, 2**63 - 1)
+TSNE_SEED = click.IntRange(0, 2**32 - 1)  # scikit-learn's random_state is a 32-bit seed
 # Shrinkage weight of a covariance towards a scaled identity: a convex combination.
 SHRINKAGE = click.FloatRange(0.0, 1.0)
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")

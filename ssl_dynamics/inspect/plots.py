@@ -33,16 +33,16 @@ P0_COLORS = ("#4a6fe3", "#9ad52f", "#e0472c", "#8c564b", "#17becf")
 EPOCH_CMAP = "rainbow"  # Fig. 4.1: colour = epoch / t_max
 # One distinct colour per class: tab10 for CIFAR-10, tab20 up to 20 classes, evenly spaced
 # hues beyond (an imagefolder: dataset can have any number of classes).
-CLASS_CMAPS = ((10, "tab10"), (20, "tab20"))
 
 
 def class_colors(n: int) -> list[tuple]:
     """n distinct RGBA colours, the first ten those of tab10."""
     from matplotlib import colormaps
 
-    for size, name in CLASS_CMAPS:
-        if n <= size:
-            return [colormaps[name](c) for c in range(n)]
+    if n <= 10:
+        return [colormaps["tab10"](c) for c in range(n)]
+    if n <= 20:  # tab20 pairs a dark and a light shade of each hue: the dark ones (tab10's) first
+        return [colormaps["tab20"](c) for c in [*range(0, 20, 2), *range(1, 20, 2)][:n]]
     return [colormaps["hsv"](c / n) for c in range(n)]
 
 RANK_LABEL = "images sorted by $r_t(x)$ (rank / K)"

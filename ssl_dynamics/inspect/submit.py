@@ -70,22 +70,22 @@ def submit_rt(run_dir: str | Path, work: str | Path | None, shards: int, select:
 
 def busy_shards(active: list[tuple[str, dict]], store: str, shards: int, mine: dict) -> dict[str, str]:
     """shard key -> job id of the running jobs that hold part of this submission's work: same
-    store, same shard, overlapping setups and epochs (a record without them overlaps). Jobs
-    that split the same store into another number of shards are refused: their shards cut
-    across these."""
+    store, same shard, overlapping setups and epochs (a record without them overlaps). An
+    overlapping job that splits the store into another number of shards is refused: its
+    shards cut across these."""
     busy = {}
     for jid, w in active:
         if w.get("store") != store:
             continue
-        n = int(str(w.get("shard", "0/0")).partition("/")[2] or 0)
-        if n != shards:
-            raise UserError(f"job {jid} of an earlier submission evaluates this store in {n} shards: "
-                            f"submit with --shards {n}, or once it has ended")
         setups, epochs = w.get("setups"), w.get("epochs")
         if setups is not None and not set(setups) & set(mine["setups"]):
             continue
         if epochs is not None and mine["epochs"] is not None and not set(epochs) & set(mine["epochs"]):
             continue
+        n = int(str(w.get("shard", "0/0")).partition("/")[2] or 0)
+        if n != shards:
+            raise UserError(f"job {jid} of an earlier submission evaluates this store in {n} shards: "
+                            f"submit with --shards {n}, or once it has ended")
         busy[w["shard"]] = jid
     return busy
 

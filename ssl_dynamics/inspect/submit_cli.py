@@ -8,6 +8,7 @@ import click
 from ..cli_util import parse_int_list, split_names
 from ..cluster.cli import cluster_options, from_cli
 from ..errors import WorkFailed
+from .cli_options import RNG_SEED
 
 
 @click.group("submit")
@@ -29,7 +30,7 @@ def submit():
 @click.option("--bank", default=None, help="Bank file (default WORK/bank.h5; built here before submitting).")
 @click.option("--probes", type=int, default=None, help="K: probe images in a new bank [1024].")
 @click.option("--replays", type=int, default=None, help="M: augmentations per probe image [10].")
-@click.option("--bank-seed", type=int, default=None, help="Seed of the probe choice and replays [0].")
+@click.option("--bank-seed", type=RNG_SEED, default=None, help="Seed of the probe choice and replays [0].")
 @click.option("--simclr-batch", type=int, default=None, help="B: SimCLR classification batch [training's].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--group", default="auto", show_default=True,

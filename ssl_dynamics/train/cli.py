@@ -203,7 +203,8 @@ def status_cmd(run_dir, works):
     counts = {k: sum(r.state == k for r in rows) for k in ("complete", "partial", "missing")}
     click.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
     paths = RunPaths(run_dir)
-    jobs = status_lines(paths.jobs, paths.inspect / "jobs", *(Path(w) / "jobs" for w in works))
+    folders = [paths.jobs, paths.inspect / "jobs", *(Path(w) / "jobs" for w in works)]
+    jobs = status_lines(*dict.fromkeys(f.resolve() for f in folders))  # each folder once
     if jobs:
         click.echo(f"\n{'submission':<24} {'exec':<5} {'job id':>12}  {'state':<18} work")
         for line in jobs:
