@@ -202,6 +202,27 @@ def test_objective_increases():
     )
 
 
+@pytest.mark.parametrize("lr", [0.3, 2.5])
+def test_one_step_is_lr_times_the_gradient(lr):
+    model = _model()
+    block, channels, p = 2, [0, 3], 4  # block 2: 19-pixel patches, central position 4 (by hand)
+    start = maximize_activations(model, block, channels, steps=0, seed=5, max_redraws=20)
+    assert start["ok"].all()
+    one = maximize_activations(model, block, channels, steps=1, lr=lr, seed=5, max_redraws=20)
+    # f_c(x) = A(x)[c, p, p] - 0.01 * ||x||^2, differentiated here image by image
+    x0 = start["images"]
+    grads = []
+    for i, c in enumerate(channels):
+        x = x0[i:i + 1].clone().requires_grad_(True)
+        f = model.forward_to(x, block)[0, c, p, p] - 0.01 * (x * x).sum()
+        (g,) = torch.autograd.grad(f, x)
+        grads.append(g[0])
+    grad = torch.stack(grads)
+    assert grad.abs().max() > 1e-3  # a step that moves the image
+    torch.testing.assert_close(one["images"], x0 + lr * grad, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(one["images"], x0 + 0.5 * lr * grad, atol=1e-5, rtol=1e-5)
+
+
 def test_dead_channel_is_reported():
     model = _model()
     block, dead = 2, 1

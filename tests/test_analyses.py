@@ -9,6 +9,7 @@ import math
 import h5py
 import numpy as np
 import pytest
+from scipy.stats import binom
 
 from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect import binomial_rows as bn
@@ -210,6 +211,7 @@ def test_default_reference_is_simclr_else_the_first(tmp_run, monkeypatch):
 def test_table41_equals_direct_stats_calls(full):
     data, _, res = full
     rows = res["binomial"]["tables"]["table4_1_chisquare"]
+    checked = 0
     for row in rows:
         d = data[row["setup"]]
         p_tilde = st.epoch_means(st.r_tilde(d.correct, 0, d.valid))
@@ -232,6 +234,13 @@ def test_table41_equals_direct_stats_calls(full):
         g, p_g, _, _ = st.g_test_pooled(counts, n, p_hat)
         assert row["g_pooled"] == pytest.approx(g)
         assert row["p_g"] == pytest.approx(p_g, nan_ok=True)
+        # the thesis's dof: bins 0..N with a nonzero expected count, minus 1, minus 1 for the
+        # estimated p; the smallest expected count over all N + 1 bins, K * Binom(N, p).pmf
+        expected = [counts.size * binom.pmf(j, n, p_hat) for j in range(n + 1)]
+        assert row["dof_thesis"] == sum(1 for e in expected if e > 0) - 2
+        assert row["min_expected_allbins"] == pytest.approx(min(expected), rel=1e-9)
+        checked += 1
+    assert checked >= 3
 
 
 def p_hat_all_augmentations(d: SetupRt) -> np.ndarray:

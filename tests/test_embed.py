@@ -19,6 +19,21 @@ def test_stratified_subset_exact_counts_and_determinism():
     np.testing.assert_array_equal(full, np.arange(labels.size))
 
 
+def test_stratified_subset_rounds_half_to_even_not_down():
+    # sizes where round() and int() disagree, worked by hand (docstring: Python's round):
+    # 3 -> 0.75 -> 1, 10 -> 2.5 -> 2 (half to even), 14 -> 3.5 -> 4 (half to even),
+    # 7 -> 1.75 -> 2, 2 -> 0.5 -> 0 (half to even), 1 -> 0.25 -> 0
+    rng = np.random.default_rng(1)
+    labels = rng.permutation(np.repeat(np.arange(6), [3, 10, 14, 7, 2, 1]))
+    idx = stratified_subset(labels, 0.25, seed=0)
+    np.testing.assert_array_equal(np.bincount(labels[idx], minlength=6), [1, 2, 4, 2, 0, 0])
+    assert np.all(np.diff(idx) > 0)
+    # 0.5 of 3 is 1.5 -> 2, of 5 is 2.5 -> 2, of 1 is 0.5 -> 0, of 9 is 4.5 -> 4
+    labels = np.repeat(np.arange(4), [3, 5, 1, 9])
+    idx = stratified_subset(labels, 0.5, seed=2)
+    np.testing.assert_array_equal(np.bincount(labels[idx], minlength=4), [2, 2, 0, 4])
+
+
 def test_stratified_subset_cifar_size():
     labels = np.repeat(np.arange(10), 5000)
     idx = stratified_subset(labels, 0.25, seed=0)

@@ -1,6 +1,7 @@
 """`inspect examples` and `inspect export` on a tiny evaluated run, and `run_examples` on
 hand-built arrays: the table's columns and values, missing checkpoints, the image grids,
 the upgrade of an old store, the portable exports."""
+import dataclasses
 import json
 import shutil
 import sys
@@ -71,6 +72,21 @@ def test_examples_end_to_end_upgrades_an_old_store(run):
         assert (rows.n_missing_checkpoints == 0).all()
     simclr = df[df.setup == "simclr"]  # the reference: its own epochs 1 and 2
     assert np.allclose(simclr.rt_ref2, em.rt_at(data["simclr"].correct, data["simclr"].valid, [2])[0])
+    # every setup's rt_ref<t> against a slow eq. 4.4 and a slow r_t (valid seeds x replays)
+    def slow_mean(d, e):
+        seeds = [i for i in range(len(d.seeds)) if d.valid[i, e]]
+        return sum(int(d.correct[i, e].sum()) for i in seeds) / (len(seeds) * d.correct[0, e].size)
+
+    ref = data["simclr"]
+    for s, d in data.items():
+        rows = df[df.setup == s].sort_values("probe")
+        for t in (1, 2):
+            target = slow_mean(ref, list(ref.epochs).index(t))
+            cand = [e for e in range(len(d.epochs)) if d.epochs[e] > 0 and d.valid[:, e].any()]
+            e = min(cand, key=lambda e: (abs(slow_mean(d, e) - target), e))
+            seeds = [i for i in range(len(d.seeds)) if d.valid[i, e]]
+            want = d.correct[seeds, e].astype(float).mean(axis=(0, 1))
+            assert np.allclose(rows[f"rt_ref{t}"].to_numpy(), want), (s, t)
     for name in ["examples_cartography", "examples_forgetting", "examples_rank_agreement"] + \
             [f"examples_{k}_{s}" for s in SETUPS for k in ("hardest", "easiest")]:
         assert (figures / f"{name}.png").stat().st_size > 1000 and (figures / f"{name}.pdf").exists()
@@ -251,6 +267,47 @@ def test_run_examples_columns_on_hand_built_arrays(tmp_path):
         run_examples(data, Outputs(tmp_path), ExampleOptions(progress=False), images=np.zeros((4, 3, 8, 8)))
     with pytest.raises(UserError, match="--start-epoch"):
         run_examples(data, Outputs(tmp_path), ExampleOptions(start_epoch=-1, progress=False))
+
+
+def _counted(counts, s=2, m=2, k=4, seed=0):
+    """uint8 [s, E, m, k]: at epoch index e exactly counts[e] of the s*m*k indicators are 1,
+    scattered over seeds, replays and images by a fixed shuffle per epoch."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((s, len(counts), m, k), np.uint8)
+    for e, c in enumerate(counts):
+        flat = np.zeros(s * m * k, np.uint8)
+        flat[rng.permutation(s * m * k)[:c]] = 1
+        out[:, e] = flat.reshape(s, m, k)
+    return out
+
+
+def test_rt_ref_columns_use_the_aligned_epoch_index_not_its_number(tmp_path):
+    # 2 seeds x 2 replays x 4 images = 16 indicators per epoch; mean r_t = count / 16
+    ref = _counted([0, 2, 5, 8, 12, 15], seed=1)  # epochs 0 1 2 5 10 20: .0, .125, .3125, .5, ...
+    other = _counted([1, 0, 3, 4, 7, 9, 13], seed=2)  # .0625, 0, .1875, .25, .4375, .5625, .8125
+    simclr = dataclasses.replace(_setup("simclr", ref, [0, 1, 2, 5, 10, 20]),
+                                 correct_second=1 - ref)  # the first view only counts
+    data = {"simclr": simclr, "supervised": _setup("supervised", other, [0, 3, 6, 9, 12, 15, 18])}
+    run_examples(data, Outputs(tmp_path), ExampleOptions(ref_epochs=(1, 2, 5), progress=False))
+    df = pd.read_parquet(tmp_path / "tables" / "examples.parquet")
+    assert [c for c in df.columns if c.startswith("rt_ref")] == ["rt_ref1", "rt_ref2", "rt_ref5"]
+    # eq. 4.4 by hand (epoch 0 is no candidate; ties go to the earliest epoch):
+    # ref 1 (.125)  -> supervised .1875 at epoch 6 (index 2; the init's .0625 is as close, but excluded)
+    # ref 2 (.3125) -> .25 at epoch 9 (index 3)
+    # ref 5 (.5)    -> .4375 at epoch 12 (index 4; .5625 at epoch 15 is as close, but later)
+    aligned = {"simclr": {1: 1, 2: 2, 5: 5}, "supervised": {1: 6, 2: 9, 5: 12}}
+    for s, d in data.items():
+        rows = df[df.setup == s].sort_values("probe")
+        n_s, _, n_m, n_k = d.correct.shape
+        for t, epoch in aligned[s].items():
+            e = list(d.epochs).index(epoch)
+            want = [sum(int(d.correct[i, e, j, k]) for i in range(n_s) for j in range(n_m)) / (n_s * n_m)
+                    for k in range(n_k)]
+            np.testing.assert_allclose(rows[f"rt_ref{t}"].to_numpy(), want, rtol=0, atol=1e-12,
+                                       err_msg=f"{s} rt_ref{t}")
+    summary = json.loads((tmp_path / "tables" / "examples_summary.json").read_text())["rows"]
+    assert {r["setup"]: [r["epoch_ref1"], r["epoch_ref2"], r["epoch_ref5"]] for r in summary} == \
+        {"simclr": [1, 2, 5], "supervised": [6, 9, 12]}
 
 
 def test_docs_describe_every_column():

@@ -136,3 +136,51 @@ def test_class_gaussians_validation():
         class_gaussians(np.zeros((4, 2)), np.array([0, 0, 1, 1]), 3)
     with pytest.raises(ValueError):
         class_gaussians(np.zeros((4, 2)), np.array([0, 0, 1, 5]), 3)
+
+
+def _shrunk_by_hand(cov, a):
+    """(1 - a) S + a (tr S / D) I, entry by entry with explicit loops."""
+    d = cov.shape[0]
+    trace = sum(cov[i, i] for i in range(d))
+    out = np.empty((d, d))
+    for i in range(d):
+        for j in range(d):
+            out[i, j] = (1.0 - a) * cov[i, j] + (a * trace / d if i == j else 0.0)
+    return out
+
+
+@pytest.mark.parametrize("a", [0.0, 0.1, 0.37, 1.0])
+def test_shrink_covariance_matches_formula_on_full_matrix(a):
+    rng = np.random.default_rng(11)
+    cov = _random_spd(rng, 5)  # off-diagonal entries too: they must scale by (1 - a)
+    np.testing.assert_allclose(shrink_covariance(cov, a), _shrunk_by_hand(cov, a), rtol=1e-13, atol=1e-15)
+
+
+def test_shrink_covariance_hand_worked():
+    # hand-worked 2 x 2: S = [[2, 1], [1, 4]], tr S / D = 3, a = 0.25
+    # -> 0.75 S + 0.75 I = [[2.25, 0.75], [0.75, 3.75]]
+    np.testing.assert_allclose(shrink_covariance(np.array([[2.0, 1.0], [1.0, 4.0]]), 0.25),
+                               [[2.25, 0.75], [0.75, 3.75]], rtol=1e-14)
+
+
+@pytest.mark.parametrize("a", [0.05, 0.1, 0.6])
+def test_kl_matrix_with_shrinkage_matches_slow_kl_of_shrunk_covariances(a):
+    # the singular case of test_too_few_samples_singular_raises_and_shrinkage_fixes, plus a
+    # well-conditioned one: every entry must be the KL of the shrunk Gaussians, computed
+    # slowly (explicit inverse and determinants) on covariances shrunk by hand
+    rng = np.random.default_rng(4)
+    d = 16
+    x = np.concatenate([rng.normal(size=(200, d)), rng.normal(size=(10, d)) + 1.0,
+                        rng.normal(size=(100, d)) * 1.5 - 0.5])
+    y = np.array([0] * 200 + [1] * 10 + [2] * 100)
+    means, covs = class_gaussians(x, y, 3)
+    m = kl_matrix(means, covs, shrinkage=a)
+    shrunk = [_shrunk_by_hand(covs[k], a) for k in range(3)]
+    for yy in range(3):
+        assert m[yy, yy] == 0.0
+        for z in range(3):
+            if yy != z:
+                want = _slow_kl(means[yy], shrunk[yy], means[z], shrunk[z])
+                assert m[yy, z] == pytest.approx(want, rel=1e-8)
+                assert m[yy, z] == pytest.approx(
+                    gaussian_kl(means[yy], shrunk[yy], means[z], shrunk[z]), rel=1e-10)

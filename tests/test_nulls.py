@@ -296,6 +296,48 @@ def test_betabinomial_recovers_rho_with_coverage():
     assert covered >= 32  # nominal 95 %: P(<= 31 of 40) = 1e-4
 
 
+
+def _slow_icc_anova(counts, n):
+    """One-way ANOVA ICC on the expanded K x n 0/1 matrix (image k: counts[k] ones, then
+    zeros), sums of squares by explicit loops: MSB = SSB / (K - 1), MSW = SSW / (K (n - 1)),
+    ICC = (MSB - MSW) / (MSB + (n - 1) MSW)."""
+    k_img = len(counts)
+    rows = [[1.0] * int(c) + [0.0] * (n - int(c)) for c in counts]
+    grand = sum(sum(r) for r in rows) / (k_img * n)
+    ssb = ssw = 0.0
+    for r in rows:
+        row_mean = sum(r) / n
+        ssb += n * (row_mean - grand) ** 2
+        for v in r:
+            ssw += (v - row_mean) ** 2
+    msb, msw = ssb / (k_img - 1), ssw / (k_img * (n - 1))
+    return (msb - msw) / (msb + (n - 1) * msw)
+
+
+def test_icc_anova_hand_worked():
+    # counts [1, 2, 0, 2] of n = 3 seeds, K = 4 images:
+    # rates 1/3, 2/3, 0, 2/3, grand mean 5/12; deviations -1/12, 3/12, -5/12, 3/12,
+    # squares sum to (1 + 9 + 25 + 9) / 144 = 11/36, so SSB = n * 11/36 = 11/12 and
+    # MSB = SSB / (K - 1) = 11/36.
+    # Within image k: c (1 - c/n)^2 + (n - c) (c/n)^2 = c (n - c) / n = 2/3, 2/3, 0, 2/3,
+    # SSW = 2, MSW = SSW / (K (n - 1)) = 2/8 = 1/4 = 9/36.
+    # ICC = (11/36 - 9/36) / (11/36 + 2 * 9/36) = 2/29.
+    assert od.icc_anova([1, 2, 0, 2], 3) == pytest.approx(2 / 29, rel=1e-12)
+    assert _slow_icc_anova([1, 2, 0, 2], 3) == pytest.approx(2 / 29, rel=1e-12)
+    # all-or-none images: MSW = 0, ICC = 1; identical counts: MSB = 0, ICC = -1 / (n - 1)
+    assert od.icc_anova([0, 3, 3, 0], 3) == pytest.approx(1.0, rel=1e-12)
+    assert od.icc_anova([1, 1, 1, 1], 3) == pytest.approx(-0.5, rel=1e-12)
+
+
+@pytest.mark.parametrize("n,seed", [(2, 0), (5, 1), (N, 2)])
+def test_icc_anova_matches_slow_anova_on_expanded_matrix(n, seed):
+    g = rng(300 + seed)
+    for k_img in (2, 3, 17, 200):
+        counts = g.binomial(n, g.beta(2.0, 3.0, size=k_img))
+        assert od.icc_anova(counts, n) == pytest.approx(_slow_icc_anova(counts, n), rel=1e-10, abs=1e-12)
+    counts = heterogeneous_counts(100)
+    assert od.icc_anova(counts, N) == pytest.approx(_slow_icc_anova(counts, N), rel=1e-10)
+
 def test_betabinomial_homogeneous_counts():
     fits = [od.betabinomial_fit(rng(200 + i).binomial(N, P, size=K), N) for i in range(40)]
     first = fits[0]

@@ -1,4 +1,5 @@
 """Phase two, evaluation half: the bank, the r_t store, sharding, resume and refusals."""
+import math
 import subprocess
 import sys
 
@@ -126,12 +127,26 @@ def test_evaluate_matches_slow_loops():
     sim = build_network("resnet18_cifar", 128, width=4).eval()
     views = torch.rand(2, 6, 2, 3, 32, 32)
     correct, p_true = evaluate(sim, objective_for(setups["simclr"]), views, targets, 4)
+    tau = setups["simclr"].temperature
+    assert tau == 0.07  # the thesis's SimCLR temperature (config.thesis_setups)
     for j in range(2):
         for b0, b1 in ((0, 4), (4, 6)):  # fixed batches of B = 4 images (last one short)
             z = sim(views[j, b0:b1].reshape(-1, 3, 32, 32))["out"]
             logits = pair_logits(z, 0.07)
             want = logits.argmax(1) == partner_index(len(z))
             assert np.array_equal(correct[j, b0:b1].reshape(-1), want.numpy())
+            # p_true: softmax over the other 2B - 1 views of cos-sim / tau, at the partner
+            # (views 2i and 2i + 1 are one image's pair), by explicit loops in float64
+            zz = z.detach().double()
+            p_slow = []
+            for i in range(len(zz)):
+                sims = {k: float(zz[i] @ zz[k] / (zz[i].norm() * zz[k].norm()))
+                        for k in range(len(zz)) if k != i}
+                top = max(sims.values())
+                weights = {k: math.exp((v - top) / tau) for k, v in sims.items()}
+                p_slow.append(weights[i + 1 if i % 2 == 0 else i - 1] / sum(weights.values()))
+            got = p_true[j, b0:b1].reshape(-1)
+            assert np.allclose(got, p_slow, rtol=1e-4, atol=1e-6)
 
 
 def test_missing_checkpoints_are_named_then_skipped(run):
