@@ -77,9 +77,12 @@ def parse_int_list(text: str | None, what: str) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"{what} {text!r}: use comma-separated integers, e.g. 1,5,10") from None
+    if not values:  # `--epochs ,` or '': not "all" by accident
+        raise UserError(f"{what} {text!r}: give at least one integer, e.g. 1,5,10 (or leave the option out)")
+    return values
 
 
 def parse_levels(text: str | None) -> tuple[float, ...] | str | None:

@@ -137,7 +137,7 @@ def test_truncated_store_chunk(run, monkeypatch, capsys):
 
 def test_bad_analysis_options(run, monkeypatch, capsys):
     expect_refusal(inspect_cli.main, ["activations", run, "--channels", "0"], run, monkeypatch,
-                   capsys, "--channels must be at least 1")
+                   capsys, "'--channels': 0 is not in the range x>=1")
     expect_refusal(inspect_cli.main, ["dynamics", run, "--reference", "foo"], run, monkeypatch,
                    capsys, "reference setup 'foo' is not in the data")
     # refused before any work (t-SNE takes minutes on CIFAR), with the option's name
@@ -151,6 +151,15 @@ def test_bad_analysis_options(run, monkeypatch, capsys):
         expect_refusal(inspect_cli.main, [args[0], run, *args[1:]], run, monkeypatch, capsys, message)
     expect_refusal(inspect_cli.main, ["submit", "rt", run, "--executor", "local", "--bank-seed", str(2**64)],
                    run, monkeypatch, capsys, f"'--bank-seed': {2**64} is not in the range")
+    # mistakes a first-time user makes: refused at once, in one line, before any work
+    for args, message in [(["all", "--steps", "-5"], "'--steps': -5 is not in the range x>=0"),
+                          (["rt", "--epochs", ","], "--epochs ',': give at least one integer"),
+                          (["dynamics", "--epochs", ""], "--epochs '': give at least one integer"),
+                          (["examples", "--start-epoch", "99"], "--start-epoch 99 is past the last evaluated epoch"),
+                          (["dynamics", "--setup", "foo"], "has no r_t arrays for foo (it has supervised, random_labels)")]:
+        expect_refusal(inspect_cli.main, [args[0], run, *args[1:]], run, monkeypatch, capsys, message)
+    expect_refusal(train_cli.main, ["extend", run, "--setup", "foo"], run, monkeypatch, capsys,
+                   "unknown setup 'foo'")
 
 
 def test_inspect_folder_is_a_file(run, monkeypatch, capsys):

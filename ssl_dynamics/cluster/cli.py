@@ -16,7 +16,7 @@ def cluster_options(f):
         click.option("--account", default=None, help="SLURM account to charge."),
         click.option("--constraint", default=None, help="SLURM node features, e.g. a100|h100."),
         click.option("--gpus-per-job", type=click.IntRange(0), default=1, show_default=True,
-                     help="GPUs per job (0: train on the CPU). Local jobs all see GPUs 0..N-1."),
+                     help="GPUs per job (0: run on the CPU). Local jobs all see GPUs 0..N-1."),
         click.option("--cpus-per-job", type=click.IntRange(1), default=DEFAULT_CPUS, show_default=True,
                      help="CPU cores per SLURM job."),
         click.option("--time", "time_", default=DEFAULT_TIME, show_default=True,

@@ -47,7 +47,7 @@ def _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, ba
     from .rt_plan import resolve_group
 
     select = Selection(tuple(split_names(setups) or ()) or None,
-                       tuple(parse_int_list(epochs, "--epochs")) if epochs else None,
+                       tuple(parse_int_list(epochs, "--epochs")) if epochs is not None else None,
                        parse_shard(shard), allow_missing)
     request = BankRequest(probes, replays, bank_seed, simclr_batch, Path(bank) if bank else None)
     dev = resolve_device(device)
@@ -70,7 +70,8 @@ def _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, ba
 @click.option("--simclr-batch", type=int, default=None,
               help="B: SimCLR views are classified within fixed batches of B images "
                    "[the simclr setup's training batch size, 256 in the thesis]; K must be a multiple of B.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Evaluation arithmetic: bf16 autocast is faster on a GPU; one store holds one precision.")
 @click.option("--group", default="auto", show_default=True,
               help="Checkpoints of one setup evaluated per forward pass as one grouped network: "
                    "auto (1: one at a time, the fastest measured) or a number; 1 = one at a time.")
@@ -102,11 +103,12 @@ def report_cmd(run_dir, work):
 @options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, *DATA, NO_VERIFY, NO_PROGRESS)
 @click.option("--ref-epochs", default=None,
               help="Reference epochs for `dynamics` (a list; default: the thesis's that exist).")
-@click.option("--steps", default=1000, show_default=True, help="Activation-maximization iterations.")
+@click.option("--steps", type=click.IntRange(0), default=1000, show_default=True,
+              help="Activation-maximization iterations.")
 @click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
 @click.option("--shrinkage", type=SHRINKAGE, default=0.0, show_default=True, help="KL covariance shrinkage (see embed).")
 @click.option("--tsne-method", type=click.Choice(["thesis", "opentsne", "sklearn", "auto"]),
-              default="thesis", show_default=True)
+              default="thesis", show_default=True, help="t-SNE implementation (see `inspect embed --help`).")
 @click.option("--probes", type=int, default=None, help="K for a new bank [1024].")
 @click.option("--replays", type=int, default=None, help="M for a new bank [10].")
 @click.option("--p0", "levels", default=None,

@@ -156,7 +156,9 @@ def probe_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verif
 @click.option("--tsne-seed", type=TSNE_SEED, default=0, show_default=True, help="Seed of t-SNE and its 25% subset.")
 @click.option("--tsne-method", type=click.Choice(["thesis", "opentsne", "sklearn", "auto"]),
               default="thesis", show_default=True,
-              help="thesis: scikit-learn's 2021 defaults as the thesis ran them; opentsne: faster.")
+              help="thesis: scikit-learn's 2021 defaults as the thesis ran them; opentsne: faster, "
+                   "current defaults; sklearn: scikit-learn's current defaults; auto: opentsne, or "
+                   "sklearn where openTSNE is missing.")
 @click.option("--shrinkage", type=SHRINKAGE, default=0.0, show_default=True,
               help="Shrink class covariances towards a scaled identity (for singular ones).")
 def embed_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verify, seed, tsne_seed,
@@ -172,8 +174,8 @@ def embed_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verif
 @click.command("activations", short_help="Activation maximization, sigmoid-normalized (Fig 5.4).")
 @options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, NO_VERIFY, NO_PROGRESS)
 @click.option("--seed", type=int, default=None, help="Model seed (default: the first).")
-@click.option("--steps", default=1000, show_default=True, help="Gradient-ascent iterations.")
-@click.option("--channels", default=36, show_default=True, help="Channels per (setup, block).")
+@click.option("--steps", type=click.IntRange(0), default=1000, show_default=True, help="Gradient-ascent iterations.")
+@click.option("--channels", type=click.IntRange(1), default=36, show_default=True, help="Channels per (setup, block).")
 @click.option("--channel-seed", type=RNG_SEED, default=0, show_default=True, help="Seed of the channel order and starts.")
 def activations_cmd(run_dir, work, setups, epoch, device, no_verify, no_progress, seed, steps,
                     channels, channel_seed):

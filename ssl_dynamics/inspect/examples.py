@@ -110,6 +110,11 @@ def run_examples(data: dict[str, SetupRt], out: Outputs, opts: ExampleOptions = 
 def _check_options(opts: ExampleOptions, data: dict[str, SetupRt]) -> None:
     if isinstance(opts.start_epoch, bool) or not isinstance(opts.start_epoch, int) or opts.start_epoch < 0:
         raise UserError(f"--start-epoch must be an integer >= 0, got {opts.start_epoch!r}")
+    last = {s: int(max(d.epochs)) for s, d in data.items() if len(d.epochs)}
+    if last and opts.start_epoch > min(last.values()):
+        raise UserError(f"--start-epoch {opts.start_epoch} is past the last evaluated epoch of "
+                        + ", ".join(f"{s} ({e})" for s, e in last.items() if e < opts.start_epoch)
+                        + ": no epoch would take part")
     if opts.n_grid < 1:
         raise UserError(f"the image grids need at least 1 image, got {opts.n_grid}")
     if opts.by not in em.HARDNESS_DIRECTION:

@@ -201,9 +201,10 @@ def load_rt(path: str | Path, setups: list[str] | None = None) -> dict[str, Setu
     """Every setup's arrays from a .zarr store or an exported .h5 archive (read only)."""
     with open_store(path) as store:
         idx, labels = store.probes()
+        have = store.setups()
         out = {s: _setup_rt(s, store.read(s), store.attrs(s), idx, labels)
-               for s in store.setups() if not setups or s in setups}
-    return _require(out, Path(path), setups)
+               for s in have if not setups or s in setups}
+    return _require(out, Path(path), setups, have)
 
 
 def store_state(path: str | Path) -> str:
@@ -222,11 +223,13 @@ def store_state(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _require(out: dict[str, SetupRt], path: Path, setups: list[str] | None) -> dict[str, SetupRt]:
+def _require(out: dict[str, SetupRt], path: Path, setups: list[str] | None,
+             have: list[str]) -> dict[str, SetupRt]:
     missing = [s for s in (setups or []) if s not in out]
     if missing:
         raise UserError(f"{path} has no r_t arrays for {', '.join(missing)} "
-                        f"(it has {', '.join(out) or 'none'}); run `inspect rt` for them")
+                        f"(it has {', '.join(have) or 'none'}); check the name, or run "
+                        f"`inspect rt --setup {missing[0]}` for it")
     if not out:
         raise UserError(f"{path} holds no evaluated setup; run `inspect rt` first")
     return out

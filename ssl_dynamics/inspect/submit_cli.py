@@ -32,7 +32,8 @@ def submit():
 @click.option("--replays", type=int, default=None, help="M: augmentations per probe image [10].")
 @click.option("--bank-seed", type=RNG_SEED, default=None, help="Seed of the probe choice and replays [0].")
 @click.option("--simclr-batch", type=int, default=None, help="B: SimCLR classification batch [training's].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Evaluation arithmetic: bf16 autocast is faster on a GPU; one store holds one precision.")
 @click.option("--group", default="auto", show_default=True,
               help="Checkpoints per forward pass: auto (1: one at a time, the fastest measured) or a number.")
 @click.option("--no-verify", is_flag=True, help="Skip checking each checkpoint's sha256 (faster).")
@@ -56,7 +57,7 @@ def submit_rt_cmd(run_dir, shards, work, store, setups, epochs, allow_missing, d
 
     opts = from_cli(**cluster, default_name="ssl-rt")
     select = Selection(tuple(split_names(setups) or ()) or None,
-                       tuple(parse_int_list(epochs, "--epochs")) if epochs else None, (0, 1), allow_missing)
+                       tuple(parse_int_list(epochs, "--epochs")) if epochs is not None else None, (0, 1), allow_missing)
     request = BankRequest(probes, replays, bank_seed, simclr_batch, Path(bank).absolute() if bank else None)
     device = "cuda" if opts.executor == "slurm" and opts.gpus_per_job else "auto" if opts.gpus_per_job else "cpu"
     sub = submit_rt(run_dir, work, shards, select, request, store, {"dataset": dataset, "data_root": data_root},

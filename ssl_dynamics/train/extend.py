@@ -100,10 +100,12 @@ def extend_cmd(run_dir, setups, until, seeds, data_root, dataset, device, precis
     It trains the way `train run` does by default (bf16 and packs of 4 on a GPU), and stores
     the weights in the run's checkpoint dtype; the options change either.
     """
+    cfg, _ = load_run_config(run_dir)
     for s in setups:
+        if s not in cfg.setups:
+            raise UserError(f"unknown setup {s!r}: {run_dir} has {', '.join(cfg.setups)}")
         if until is None and s not in THESIS_EXTENSIONS:
             raise UserError(f"{s}: give --to (the thesis extended only {', '.join(THESIS_EXTENSIONS)})")
-    cfg, _ = load_run_config(run_dir)
     chosen = parse_seeds(seeds) if seeds else None
     for s in setups:
         to = until or THESIS_EXTENSIONS[s]
