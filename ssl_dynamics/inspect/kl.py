@@ -106,7 +106,8 @@ def _cholesky(cov: np.ndarray, name: str) -> np.ndarray:
     d = cov.shape[0]
     hint = (
         f"; a class with fewer than D + 1 = {d + 1} samples always has a singular covariance,"
-        " as do constant feature dimensions; pass shrinkage > 0 (e.g. 1e-3) to regularise"
+        " as do constant feature dimensions; regularise with --shrinkage 1e-3 (inspect embed"
+        " or all; shrinkage= in Python)"
     )
     try:
         low = cholesky(cov, lower=True, check_finite=False)
