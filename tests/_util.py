@@ -15,6 +15,15 @@ def quiet(*_args, **_kw) -> None:
     return None
 
 
+def checkpoint_drift(root_a, root_b, setup: str, seed: int, epoch: int) -> float:
+    """Largest |difference| of the floating-point tensors of one checkpoint in two runs."""
+    from ssl_dynamics import artifacts as art
+
+    a, _ = art.load_checkpoint(art.RunPaths(root_a).checkpoint(setup, seed, epoch))
+    b, _ = art.load_checkpoint(art.RunPaths(root_b).checkpoint(setup, seed, epoch))
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+
+
 def rt(run, store=None, *, setups=None, epochs=None, shard=None, allow_missing=False, device="cpu",
        bf16=False, verify=True, n_probe=None, n_replays=None, bank_seed=None, simclr_batch=None,
        bank_path=None, data_root=None, dataset=None, work=None, progress=False, echo=quiet, group=1):

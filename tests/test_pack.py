@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _util import TRAIN_RUN, kill_train_run_at
+from _util import TRAIN_RUN, checkpoint_drift, kill_train_run_at
 from ssl_dynamics import artifacts as art
 from ssl_dynamics.augment import make_generator
 from ssl_dynamics.config import override, preset, thesis_setups
@@ -161,10 +161,21 @@ def test_packed_weights_agree_with_separate_training(tmp_path):
     train_grid(tmp_path / "pack", cfg, setups, replace(PACKED, pack=2), progress=False, echo=quiet)
     for setup, tol in PACK_TOLERANCE.items():
         for seed in (0, 1):
-            a, _ = art.load_checkpoint(art.RunPaths(tmp_path / "sep").checkpoint(setup, seed, 2))
-            b, _ = art.load_checkpoint(art.RunPaths(tmp_path / "pack").checkpoint(setup, seed, 2))
-            diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+            diff = checkpoint_drift(tmp_path / "sep", tmp_path / "pack", setup, seed, 2)
             assert 0 < diff < tol, (setup, seed, diff)
+
+
+def full_and_cut(tmp_path, cfg):
+    """The supervised seeds of `cfg` as one uninterrupted pack of 3 ("full"), and as a pack
+    stopped after epoch 1, seed 0 taken alone (with its throw-away partner) to epoch 2, then
+    the rest brought level and finished ("cut": packs of 3, 1, 2 and 3)."""
+    train_grid(tmp_path / "full", cfg, ["supervised"], PACKED, progress=False, echo=quiet)
+    cut = tmp_path / "cut"
+    train_grid(cut, cfg, ["supervised"], PACKED, progress=False, echo=quiet, until={"supervised": 1})
+    train_grid(cut, replace(cfg, seeds=(0,)), ["supervised"], PACKED, progress=False, echo=quiet,
+               until={"supervised": 2})
+    train_grid(cut, cfg, ["supervised"], PACKED, progress=False, echo=quiet)
+    return tmp_path / "full", cut
 
 
 def test_pack_size_does_not_change_a_seeds_bits(tmp_path):
@@ -172,13 +183,8 @@ def test_pack_size_does_not_change_a_seeds_bits(tmp_path):
     behind and brought level, equal an uninterrupted pack of 3 (CPU, channels_last; width 8:
     at width 4 an odd pack's 12-channel stem takes another vector kernel)."""
     cfg = tiny(epochs=3, width=8)
-    train_grid(tmp_path / "full", cfg, ["supervised"], PACKED, progress=False, echo=quiet)
-    cut = tmp_path / "cut"
-    train_grid(cut, cfg, ["supervised"], PACKED, progress=False, echo=quiet, until={"supervised": 1})
-    train_grid(cut, replace(cfg, seeds=(0,)), ["supervised"], PACKED, progress=False, echo=quiet,
-               until={"supervised": 2})
-    train_grid(cut, cfg, ["supervised"], PACKED, progress=False, echo=quiet)
-    assert manifests(tmp_path / "full", "supervised", cfg.seeds) == manifests(cut, "supervised", cfg.seeds)
+    full, cut = full_and_cut(tmp_path, cfg)
+    assert manifests(full, "supervised", cfg.seeds) == manifests(cut, "supervised", cfg.seeds)
 
 
 def test_where_the_kernels_depend_on_the_pack_size_a_resumed_seed_agrees_up_to_rounding(tmp_path):
@@ -186,18 +192,11 @@ def test_where_the_kernels_depend_on_the_pack_size_a_resumed_seed_agrees_up_to_r
     a pack of 3 throughout; it agrees up to rounding (measured 5.4e-5 after epoch 3, bound
     10x), the seeds that kept their kernels bit for bit."""
     cfg = tiny(epochs=3, width=4)
-    train_grid(tmp_path / "full", cfg, ["supervised"], PACKED, progress=False, echo=quiet)
-    cut = tmp_path / "cut"
-    train_grid(cut, cfg, ["supervised"], PACKED, progress=False, echo=quiet, until={"supervised": 1})
-    train_grid(cut, replace(cfg, seeds=(0,)), ["supervised"], PACKED, progress=False, echo=quiet,
-               until={"supervised": 2})
-    train_grid(cut, cfg, ["supervised"], PACKED, progress=False, echo=quiet)
-    full, resumed = manifests(tmp_path / "full", "supervised", cfg.seeds), manifests(cut, "supervised", cfg.seeds)
-    assert full[0] == resumed[0] and full[1] == resumed[1]
+    full, cut = full_and_cut(tmp_path, cfg)
+    before, resumed = manifests(full, "supervised", cfg.seeds), manifests(cut, "supervised", cfg.seeds)
+    assert before[0] == resumed[0] and before[1] == resumed[1]
     for e in (2, 3):
-        a, _ = art.load_checkpoint(art.RunPaths(tmp_path / "full").checkpoint("supervised", 2, e))
-        b, _ = art.load_checkpoint(art.RunPaths(cut).checkpoint("supervised", 2, e))
-        diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+        diff = checkpoint_drift(full, cut, "supervised", 2, e)
         assert 0 < diff < 5e-4, (e, diff)
     lines = [json.loads(ln) for ln in (art.RunPaths(cut).seed_dir("supervised", 0) / "metrics.jsonl").open()]
     assert [(ln["pack"], ln["slots"]) for ln in lines] == [(3, 3), (1, 2), (3, 3)]  # alone with its partner

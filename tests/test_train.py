@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from _util import TRAIN_RUN, kill_train_run_at
+from _util import TRAIN_RUN, checkpoint_drift, kill_train_run_at
 from ssl_dynamics import artifacts as art
 from ssl_dynamics.augment import make_generator
 from ssl_dynamics.config import override, parse_seeds, preset, thesis_setups
@@ -489,9 +489,7 @@ def test_compiled_training_runs_and_agrees_with_eager(tmp_path):
         train_grid(tmp_path / name, cfg, ["supervised"], opts, progress=False, echo=lambda *_: None)
 
     def drift(name, epoch):
-        a, _ = art.load_checkpoint(art.RunPaths(tmp_path / "eager").checkpoint("supervised", 0, epoch))
-        b, _ = art.load_checkpoint(art.RunPaths(tmp_path / name).checkpoint("supervised", 0, epoch))
-        return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+        return checkpoint_drift(tmp_path / "eager", tmp_path / name, "supervised", 0, epoch)
 
     assert drift("compiled", 0) == 0.0 and 0 < drift("compiled", 1) < 1e-3
     assert drift("compiled", 2) < drift("layout", 2)
