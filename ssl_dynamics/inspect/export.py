@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -218,42 +217,16 @@ def export_parquet(ws: Workspace, store: Path, target: Path | None, data_opts: d
             return table
         source = table
     art.remove_stale_temps(target.parent, f".{target.name}.*.tmp")  # of a killed export
-    _remove_dead_asides(ws.dir)
     with art.atomic_path(target) as tmp:
         if custom:  # computed aside, so the user's table stays as it is
             echo("computing the per-example table with the default options aside")
-            with tempfile.TemporaryDirectory(dir=ws.dir, prefix=f"{ASIDE}{_me()}-") as aside:
+            # in the system's temp folder: the work folder never holds a half-made table
+            with tempfile.TemporaryDirectory(prefix="ssl-dynamics-export-") as aside:
                 examples_for_workspace(ws, Outputs(aside), None, store, default, data_opts, echo)
                 shutil.copyfile(Outputs(aside).tables / f"{TABLE}.parquet", tmp)
         else:
             shutil.copyfile(source, tmp)
     return target
-
-
-ASIDE = ".export-"  # prefix of the folder a table is computed in aside: .export-<host>-<pid>-*
-
-
-def _me() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def _remove_dead_asides(work: Path) -> None:
-    """Remove the aside folders of exports killed on this host (their process is gone)."""
-    host = socket.gethostname()
-    for d in work.glob(f"{ASIDE}{host}-*-*"):
-        pid = d.name[len(f"{ASIDE}{host}-"):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _setups(store: Path) -> list[str]:
