@@ -269,8 +269,24 @@ def test_refusals(run, tmp_path):
         rt(run, setups=["random_labels"], n_probe=12, **QUIET)
     # a new bank (other seed) against the old store: refused, store untouched
     (run / "inspect" / "bank.h5").rename(tmp_path / "old-bank.h5")
-    with pytest.raises(UserError, match="different bank"):
+    with pytest.raises(UserError, match="another bank"):
         rt(run, setups=["random_labels"], device="cpu", bank_seed=9, **{**BANK}, **QUIET)
+    assert not (run / "inspect" / "bank.h5").exists()  # refused before the new bank was built
+    # replays per image or the SimCLR batch alone differing: refused before building too
+    for other in ({"n_replays": BANK["n_replays"] + 1}, {"simclr_batch": 3}):
+        with pytest.raises(UserError, match="another bank"):
+            rt(run, setups=["random_labels"], device="cpu", **{**BANK, **other}, **QUIET)
+        assert not (run / "inspect" / "bank.h5").exists()
+    # a store made before the bank's settings were recorded: judged by what it shows
+    import zarr
+
+    root = zarr.open_group(run / "inspect" / "rt.zarr", mode="r+")
+    assert root.attrs["bank_spec"] == {"n_probe": 24, "n_replays": 3, "seed": 0, "simclr_batch": 8}
+    del root.attrs["bank_spec"]
+    for other in ({"bank_seed": 9}, {"simclr_batch": 3}):
+        with pytest.raises(UserError, match="another bank"):
+            rt(run, setups=["random_labels"], device="cpu", **{**BANK, **other}, **QUIET)
+        assert not (run / "inspect" / "bank.h5").exists()
     with pytest.raises(UserError):
         parse_shard("3/2")
 

@@ -92,10 +92,25 @@ def test_archive_without_its_work_store_is_extended_not_replaced(run, tmp_path):
     # an archive made from another bank is refused, and left as it was
     shutil.rmtree(tmp_path / "a.h5.work.zarr")
     h = sha(archive)
-    with pytest.raises(UserError, match="different bank"):
+    with pytest.raises(UserError, match="another bank"):
         rt(run, archive, setups=["random_labels"], bank_path=tmp_path / "other-bank.h5",
            **{**TINY_BANK, "bank_seed": 7})
     assert sha(archive) == h and not (tmp_path / "a.h5.work.zarr").exists()
+    assert not (tmp_path / "other-bank.h5").exists()  # refused before it was built
+
+
+def test_bank_built_for_a_store_that_refuses_it_is_removed(run, tmp_path, monkeypatch):
+    # the store's own check (the bank's fingerprint) is the last line: if a new bank gets
+    # past the early check, the refused bank is not left behind
+    from ssl_dynamics.inspect import rt_plan
+
+    rt(run, setups=["supervised"], **QUIET)
+    monkeypatch.setattr(rt_plan, "check_new_bank", lambda *a, **k: None)
+    with pytest.raises(UserError, match="different bank"):
+        rt(run, setups=["supervised"], bank_path=tmp_path / "new-bank.h5",
+           **{**TINY_BANK, "bank_seed": 7}, **QUIET)
+    assert not (tmp_path / "new-bank.h5").exists()
+    assert (run / "inspect" / "bank.h5").exists()  # the store's own bank is kept
 
 
 def test_store_path_that_is_the_bank_or_another_h5_is_refused(run, tmp_path):

@@ -76,6 +76,8 @@ def check_rt(ws: Workspace, select: Selection = Selection(), request: BankReques
     keys = plan.view_keys(run, setups)
     bank_path, spec, exists = plan.bank_plan(ws, request, keys)
     check_store_path(store_path, bank_path)
+    if not exists:
+        plan.check_new_bank(run, store_path, bank_path, spec)
     plan.check_precision(store_path, setups, precision)
     tasks = plan.pending_tasks(run, store_path, setups, select)
     plan.precheck(run, tasks)
@@ -106,8 +108,13 @@ def open_rt(ws: Workspace, rt_plan: RtPlan, data: dict | None = None,
         seed_work_store(path, bank.fingerprint)
         echo(f"{work_path(path)}: rebuilt from {path} (evaluated checkpoints are kept)")
     store = RtStore(path)
-    tasks = plan.bind_store(ws.run, store, bank, rt_plan.setups, rt_plan.tasks, rt_plan.random_labels,
-                            rt_plan.precision)
+    try:
+        tasks = plan.bind_store(ws.run, store, bank, rt_plan.setups, rt_plan.tasks,
+                                rt_plan.random_labels, rt_plan.precision)
+    except UserError:
+        if not rt_plan.bank_exists:  # built just now for a store that refuses it: nothing to keep
+            rt_plan.bank_path.unlink(missing_ok=True)
+        raise
     return store, bank, tasks
 
 

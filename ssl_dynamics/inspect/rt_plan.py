@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..objectives import objective_for
 from . import bank as bank_mod
 from .plots import compress_ints
-from .rtdata import open_store
+from .rtdata import bank_spec, open_store
 from .store import RtStore, other_precision, work_path
 from .workspace import Workspace
 
@@ -184,6 +184,41 @@ def bank_plan(ws: Workspace, request: BankRequest, keys) -> tuple[Path, bank_mod
     return path, spec, False
 
 
+def check_new_bank(run: art.Run, store_path: Path, bank_path: Path, spec: bank_mod.BankSpec) -> None:
+    """Refuse, before a new bank is built, one that the existing store could not accept: built
+    with other settings than the store's bank. A store made before the settings were recorded
+    is checked on what it shows: its probe images (a function of K, the seed and the training
+    set's size alone), replays per image and SimCLR batch. Nothing is read but the store."""
+    with existing_store(store_path) as store:
+        if store is None:
+            return
+        try:
+            have = store.probes()[0]
+        except KeyError:  # made, but no bank bound to it yet
+            return
+        recorded = bank_spec(store.root_attrs())
+        attrs = {s: store.attrs(s) for s in store.setups() if s in run.cfg.setups}
+    spec = replace(spec, n_probe=min(spec.n_probe, run.n_train))  # what building it would record
+    replays = {s: 1 if run.cfg.setups[s].augment in DETERMINISTIC else spec.n_replays for s in attrs}
+    if recorded is not None:
+        differ = recorded != asdict(spec)
+    else:
+        differ = (not np.array_equal(have, bank_mod.choose_probes(run.n_train, spec.n_probe, spec.seed))
+                  or any("shape" in a and int(a["shape"][2]) != replays[s] for s, a in attrs.items())
+                  or any(a.get("simclr_batch", spec.simclr_batch) != spec.simclr_batch
+                         for a in attrs.values()))
+    if differ:
+        raise UserError(f"{store_path} was made from another bank than the new one --bank {bank_path} "
+                        f"would be" + (f" ({_spec_diff(recorded, asdict(spec))})" if recorded else "")
+                        + "; pass the bank it was made with, or another --store path")
+
+
+def _spec_diff(have: dict, want: dict) -> str:
+    names = {"n_probe": "probes", "n_replays": "replays", "seed": "bank seed", "simclr_batch": "SimCLR batch"}
+    return "; ".join(f"{names.get(k, k)} {have.get(k)} there, {want[k]} here" for k in want
+                     if have.get(k) != want[k])
+
+
 def check_simclr_batches(k: int, b: int, keys, n_train: int, existing: Path | None = None) -> None:
     """Refuse evaluating SimCLR (a pair objective, V = 2) on K probe images that do not fill
     whole batches of B: a short last batch has fewer negatives, which makes its views easier
@@ -298,7 +333,7 @@ def label_permutation(run: art.Run, setups: list[str]) -> np.ndarray | None:
 def bind_store(run: art.Run, store: RtStore, bank: bank_mod.Bank, setups: list[str],
                tasks: list[Task], random_labels: np.ndarray | None, precision: str = "fp32") -> list[Task]:
     """Create or check (and grow) the store's arrays; the tasks with their seed slots."""
-    store.init_probes(bank.probe_indices, bank.labels, bank.fingerprint)
+    store.init_probes(bank.probe_indices, bank.labels, bank.fingerprint, asdict(bank.spec))
     order = {}
     for s in setups:
         sc = run.cfg.setups[s]

@@ -82,6 +82,8 @@ def export_h5(store: RtStore, target: str | Path) -> None:
                 h5dims.attach(f.create_dataset(name, data=values), f, ("probe",))
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["bank_fingerprint"] = str(store.group.attrs.get("bank_fingerprint"))
+            if "bank_spec" in store.group.attrs:
+                f.attrs["bank_spec"] = json.dumps(dict(store.group.attrs["bank_spec"]), sort_keys=True)
             for setup in store.setups():
                 _export_setup(f.create_group(setup), store.read(setup), store.attrs(setup), idx, labels)
 
@@ -119,6 +121,13 @@ def is_rt_archive(path: Path) -> bool:
         return False
 
 
+def bank_spec(root_attrs: dict[str, Any]) -> dict[str, int] | None:
+    """The bank settings a store or archive recorded (a dict in Zarr, JSON text in an .h5
+    archive); None for one made before they were recorded."""
+    spec = root_attrs.get("bank_spec")
+    return json.loads(spec) if isinstance(spec, (str, bytes)) else (dict(spec) if spec is not None else None)
+
+
 def seed_work_store(archive: Path, bank_fingerprint: str) -> None:
     """Rebuild the Zarr work store of an .h5 archive from the archive (the work store was
     removed or never copied), so that the export at the end of `inspect rt` holds what the
@@ -133,7 +142,7 @@ def seed_work_store(archive: Path, bank_fingerprint: str) -> None:
             raise UserError(f"{archive} was made from a different bank; use another --store path "
                             f"(or the bank it was made with)")
         dst = RtStore(tmp)
-        dst.init_probes(*src.probes(), bank_fingerprint)
+        dst.init_probes(*src.probes(), bank_fingerprint, bank_spec(src.root_attrs()))
         for setup in src.setups():
             dst.restore_setup(setup, src.attrs(setup), src.read(setup))
     dst.consolidate()

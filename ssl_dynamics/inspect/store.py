@@ -139,19 +139,25 @@ class RtStore:
         with self._lock():
             dims.consolidate(self.path)
 
-    def init_probes(self, probe_indices: np.ndarray, labels: np.ndarray, bank_fingerprint: str) -> None:
+    def init_probes(self, probe_indices: np.ndarray, labels: np.ndarray, bank_fingerprint: str,
+                    bank_spec: dict[str, int] | None = None) -> None:
+        """Bind the store to its bank (fingerprint, and the settings it was built with, which
+        let a later run refuse a different bank before building it), or check the binding."""
         with self._lock():
             g = self.group = self._open()
             if "probe_indices" in g:
                 if g.attrs.get("bank_fingerprint") != bank_fingerprint:
                     raise UserError(f"{self.path} was made from a different bank; use another "
                                     f"--store path (or the bank it was made with)")
+                if bank_spec is not None and "bank_spec" not in g.attrs:  # made before it was recorded
+                    g.attrs["bank_spec"] = dict(bank_spec)
                 return
             g.create_array("probe_indices", data=np.asarray(probe_indices, dtype=np.int64),
                            **dims.array_options("probe_indices"))
             g.create_array("labels", data=np.asarray(labels, dtype=np.int64),
                            **dims.array_options("labels"))
-            g.attrs.update({"schema_version": SCHEMA_VERSION, "bank_fingerprint": bank_fingerprint})
+            g.attrs.update({"schema_version": SCHEMA_VERSION, "bank_fingerprint": bank_fingerprint,
+                            **({"bank_spec": dict(bank_spec)} if bank_spec is not None else {})})
             dims.consolidate(self.path)
 
     def ensure_setup(self, setup: str, seeds: list[int], n_epochs: int, m: int, k: int, v: int,
