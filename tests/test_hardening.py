@@ -89,6 +89,13 @@ def test_bad_settings(run, monkeypatch, capsys, assignment, message):
                    monkeypatch, capsys, message)
 
 
+def test_train_subset_larger_than_the_dataset(tmp_path, monkeypatch, capsys):
+    # the smoke preset's dataset is the generated one: 256 training images
+    args = ["run", "--out", tmp_path / "new", *SMOKE]
+    expect_refusal(train_cli.main, [*args, "--set", "train_subset=5000"], tmp_path, monkeypatch,
+                   capsys, "train_subset 5000 is larger than the dataset's 256 training images")
+
+
 def test_out_is_a_file(tmp_path, monkeypatch, capsys):
     target = tmp_path / "afile"
     target.write_text("x")

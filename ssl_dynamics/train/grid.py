@@ -86,6 +86,10 @@ def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions
         raise UserError(f"output directory {root} is not writable ({base} is read-only)") from None
     dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.train_subset, cfg.subset_seed,
                            download=download)
+    if cfg.train_subset > len(dataset.train_y) and not art.RunPaths(root).run_json.exists():
+        # a new run only: one made before this check keeps training on what it recorded
+        raise UserError(f"train_subset {cfg.train_subset} is larger than the dataset's "
+                        f"{len(dataset.train_y)} training images; use at most that, or 0 for all")
     for name in setups:
         if cfg.setups[name].objective == "classify" and cfg.setups[name].head_dim < dataset.n_classes:
             raise UserError(f"setup {name}: head_dim {cfg.setups[name].head_dim} is smaller than "
