@@ -17,7 +17,7 @@ RUNS_PER_JOB ?= 1
 SHARDS ?= 32
 SUBMIT_EXTRA ?=
 
-.PHONY: install test test-all demo train-all inspect-all submit-all submit-inspect bench clean-demo
+.PHONY: install test demo train-all inspect-all submit-all submit-inspect bench clean-demo
 
 $(STAMP): setup.py  ## torch (unless one is installed already), then the package with test extras
 	$(PYTHON) -c "import torch, torchvision" 2>/dev/null || \

@@ -175,6 +175,7 @@ def test_inspect_submit_rt_three_shards_equals_one_process(tmp_path, reference):
     r = run("inspect", "submit", "rt", str(reference), "--shards", "3", "--work",
             str(tmp_path / "three"), *LOCAL, *bank)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert f"next: inspect all {reference} --work {tmp_path / 'three'}" in r.stdout  # what reads it
     record = art.read_json(next((tmp_path / "three" / "jobs").glob("*.json")))
     assert [j["work"]["shard"] for j in record["jobs"]] == ["0/3", "1/3", "2/3"]
     one = RtStore(tmp_path / "one" / "rt.zarr", writable=False)

@@ -416,6 +416,23 @@ def test_inspect_all_skips_what_cannot_be_computed_and_still_reports(run, monkey
         assert (run / "inspect" / "figures" / f"{name}.png").exists()
 
 
+def test_inspect_all_evaluates_in_the_precision_asked_for(run, monkeypatch, capsys):
+    # a store evaluated in bf16 is extended by `inspect all --precision bf16`; without the
+    # option, `all` would try fp32 and the store would refuse it
+    from ssl_dynamics.inspect import pipeline
+
+    shutil.rmtree(run / "inspect")
+    base = ["--no-progress", "--probes", "16", "--replays", "2"]
+    assert call(inspect_cli.main, ["rt", run, "--precision", "bf16", "--epochs", "0", *base],
+                monkeypatch, capsys)[0] == 0
+    results = []
+    monkeypatch.setattr(pipeline, "run_all", lambda ws, rt_step, *a, **k: results.append(rt_step()))
+    assert call(inspect_cli.main, ["all", run, "--precision", "bf16", *base], monkeypatch, capsys)[0] == 0
+    assert results[0]["evaluated"] == 2 * 2  # epochs 1-2 of both setups' one seed, in bf16
+    code, err = call(inspect_cli.main, ["all", run, *base], monkeypatch, capsys)
+    assert code == 2 and "evaluated in bf16" in err, err
+
+
 def test_feature_cache_notices_a_replaced_checkpoint(run):
     from ssl_dynamics.inspect.features import FeatureCache
     from ssl_dynamics.inspect.workspace import open_workspace

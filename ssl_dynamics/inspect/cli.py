@@ -13,8 +13,8 @@ import click
 from ..cli_util import EXIT_PARTIAL, parse_int_list, parse_levels, run_cli, split_names
 from ..devices import resolve_device
 from . import cli_analyses
-from .cli_options import (DATA, DEVICE, EPOCH, NO_PROGRESS, NO_VERIFY, RNG_SEED, RUN_DIR, SETUP, SHRINKAGE,
-                          STORE, WORK, options, show, workspace)
+from .cli_options import (DATA, DEVICE, EPOCH, NO_PROGRESS, NO_VERIFY, PRECISION, RNG_SEED, RUN_DIR, SETUP,
+                          SHRINKAGE, STORE, WORK, options, show, workspace)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
@@ -58,7 +58,7 @@ def _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, ba
 
 
 @cli.command("rt")
-@options(RUN_DIR, WORK, STORE, SETUP, *DATA, DEVICE, NO_VERIFY, NO_PROGRESS)
+@options(RUN_DIR, WORK, STORE, SETUP, *DATA, DEVICE, PRECISION, NO_VERIFY, NO_PROGRESS)
 @click.option("--epochs", default=None, help="Only these epoch numbers (a comma-separated list; default: all).")
 @click.option("--shard", default=None, metavar="I/N",
               help="Take shard I of N (a checkpoint's shard depends on its setup, seed and epoch only).")
@@ -70,13 +70,11 @@ def _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, ba
 @click.option("--simclr-batch", type=int, default=None,
               help="B: SimCLR views are classified within fixed batches of B images "
                    "[the simclr setup's training batch size, 256 in the thesis]; K must be a multiple of B.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="Evaluation arithmetic: bf16 autocast is faster on a GPU; one store holds one precision.")
 @click.option("--group", default="auto", show_default=True,
               help="Checkpoints of one setup evaluated per forward pass as one grouped network: "
                    "auto (1: one at a time, the fastest measured) or a number; 1 = one at a time.")
-def rt_cmd(run_dir, work, store, setups, dataset, data_root, device, no_verify, no_progress,
-           epochs, shard, allow_missing, bank, probes, replays, bank_seed, simclr_batch, precision, group):
+def rt_cmd(run_dir, work, store, setups, dataset, data_root, device, precision, no_verify, no_progress,
+           epochs, shard, allow_missing, bank, probes, replays, bank_seed, simclr_batch, group):
     """Evaluate every checkpoint of RUN_DIR on the bank into the r_t store (resumable)."""
     ws = workspace(run_dir, work)
     step = _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, bank_seed,
@@ -100,7 +98,7 @@ def report_cmd(run_dir, work):
 
 
 @cli.command("all")
-@options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, *DATA, NO_VERIFY, NO_PROGRESS)
+@options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, PRECISION, *DATA, NO_VERIFY, NO_PROGRESS)
 @click.option("--ref-epochs", default=None,
               help="Reference epochs for `dynamics` (a list; default: the thesis's that exist).")
 @click.option("--steps", type=click.IntRange(0), default=1000, show_default=True,
@@ -114,7 +112,7 @@ def report_cmd(run_dir, work):
 @click.option("--p0", "levels", default=None,
               help="Accuracy levels of the binomial tables (a list, default 0.25,0.5,0.75), or "
                    "'range': each setup's own (short runs, the demo).")
-def all_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verify, no_progress,
+def all_cmd(run_dir, work, setups, epoch, device, precision, dataset, data_root, no_verify, no_progress,
             ref_epochs, steps, allow_missing, shrinkage, tsne_method, probes, replays, levels):
     """Every analysis, then the report. An analysis that cannot be computed is skipped with
     its reason (listed in the output and the report) and the command exits 3."""
@@ -123,7 +121,7 @@ def all_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verify,
     ws = workspace(run_dir, work)
     names = ws.run.select(split_names(setups))
     rt = _rt_step(ws, tuple(names), None, None, allow_missing, None, probes, replays, None, None,
-                  dataset, data_root, device, "fp32", no_verify, no_progress)
+                  dataset, data_root, device, precision, no_verify, no_progress)
     refs = parse_int_list(ref_epochs, "--ref-epochs")
     opts = AllOptions(tuple(names), epoch, tuple(refs) if refs else None, steps, shrinkage,
                       tsne_method, parse_levels(levels), resolve_device(device), not no_verify,

@@ -27,6 +27,9 @@ DATA = [click.option("--dataset", default=None, help="Where the run's dataset is
 NO_VERIFY = click.option("--no-verify", is_flag=True,
                          help="Skip checking each checkpoint's sha256 against its manifest (faster).")
 NO_PROGRESS = click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+PRECISION = click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+                         help="Evaluation arithmetic of `rt`: bf16 autocast is faster on a GPU; one store "
+                              "holds one precision per setup.")
 
 
 def options(*decorators):

@@ -8,7 +8,7 @@ import click
 from ..cli_util import parse_int_list, split_names
 from ..cluster.cli import cluster_options, from_cli
 from ..errors import WorkFailed
-from .cli_options import RNG_SEED
+from .cli_options import DATA, NO_VERIFY, PRECISION, RNG_SEED, SETUP, WORK, options
 
 
 @click.group("submit")
@@ -20,23 +20,17 @@ def submit():
 @click.argument("run_dir")
 @click.option("--shards", type=click.IntRange(1), default=8, show_default=True,
               help="Jobs: job i evaluates `inspect rt --shard i/N` (keep N for one store).")
-@click.option("--work", default=None, metavar="DIR", help="Phase-two work folder (default RUN_DIR/inspect).")
+@options(WORK, SETUP, *DATA, PRECISION, NO_VERIFY)
 @click.option("--store", default=None, help="r_t store, a .zarr folder (default WORK/rt.zarr).")
-@click.option("--setup", "setups", multiple=True, metavar="NAME", help="Setup(s) to include (default: all).")
 @click.option("--epochs", default=None, help="Only these epoch numbers (comma-separated; default: all).")
 @click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
-@click.option("--dataset", default=None, help="Where the run's dataset is now (its checksum must match).")
-@click.option("--data-root", default=None, help="Where CIFAR-10 is now (checksum checked).")
 @click.option("--bank", default=None, help="Bank file (default WORK/bank.h5; built here before submitting).")
 @click.option("--probes", type=int, default=None, help="K: probe images in a new bank [1024].")
 @click.option("--replays", type=int, default=None, help="M: augmentations per probe image [10].")
 @click.option("--bank-seed", type=RNG_SEED, default=None, help="Seed of the probe choice and replays [0].")
 @click.option("--simclr-batch", type=int, default=None, help="B: SimCLR classification batch [training's].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="Evaluation arithmetic: bf16 autocast is faster on a GPU; one store holds one precision.")
 @click.option("--group", default="auto", show_default=True,
               help="Checkpoints per forward pass: auto (1: one at a time, the fastest measured) or a number.")
-@click.option("--no-verify", is_flag=True, help="Skip checking each checkpoint's sha256 (faster).")
 @cluster_options
 def submit_rt_cmd(run_dir, shards, work, store, setups, epochs, allow_missing, dataset, data_root,
                   bank, probes, replays, bank_seed, simclr_batch, precision, group, no_verify, **cluster):
@@ -62,11 +56,13 @@ def submit_rt_cmd(run_dir, shards, work, store, setups, epochs, allow_missing, d
     device = "cuda" if opts.executor == "slurm" and opts.gpus_per_job else "auto" if opts.gpus_per_job else "cpu"
     sub = submit_rt(run_dir, work, shards, select, request, store, {"dataset": dataset, "data_root": data_root},
                     opts, device, precision == "bf16", not no_verify, click.echo, group)
+    then = " ".join(["inspect all", str(run_dir), *(["--work", str(work)] if work else []),
+                     *(["--precision", precision] if precision != "fp32" else [])])
     if sub is None or not opts.wait:
         if sub is not None:
-            click.echo(f"when the jobs are done: inspect all {run_dir}")
+            click.echo(f"when the jobs are done: {then}")
         return
     failures = ex.wait(sub, click.echo)
     if failures:
         raise WorkFailed(f"{len(failures)} job(s) failed: " + "; ".join(failures))
-    click.echo(f"r_t store complete for the submitted shards; next: inspect all {run_dir}")
+    click.echo(f"r_t store complete for the submitted shards; next: {then}")
