@@ -13,7 +13,7 @@ PARTITION ?= gpu
 TIME ?= 4h
 GPUS ?= 1
 MEM ?= 32G
-RUNS_PER_JOB ?= 1
+RUNS_PER_JOB ?=  # empty: the pack each job trains (4 with a GPU)
 SHARDS ?= 32
 SUBMIT_EXTRA ?=
 
@@ -37,7 +37,7 @@ train-all:  ## the thesis grid: 4 setups x 30 seeds into $(RUN) (GPU box; resume
 
 submit-all:  ## the thesis grid as SLURM jobs into $(RUN) (a shared path); rerun to resubmit what is incomplete
 	$(TRAIN) submit --preset thesis --out $(RUN) --executor $(EXECUTOR) --partition $(PARTITION) \
-		--time $(TIME) --gpus-per-job $(GPUS) --mem $(MEM) --runs-per-job $(RUNS_PER_JOB) $(SUBMIT_EXTRA)
+		--time $(TIME) --gpus-per-job $(GPUS) --mem $(MEM) $(if $(RUNS_PER_JOB),--runs-per-job $(RUNS_PER_JOB)) $(SUBMIT_EXTRA)
 
 submit-inspect:  ## the r_t evaluation of $(RUN) as $(SHARDS) SLURM jobs; then `make inspect-all`
 	$(INSPECT) submit rt $(RUN) --shards $(SHARDS) --executor $(EXECUTOR) --partition $(PARTITION) \

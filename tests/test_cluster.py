@@ -290,6 +290,21 @@ def test_dry_run_shows_the_script_and_writes_nothing(tmp_path, monkeypatch, caps
     assert not out.exists()
 
 
+def test_jobs_default_to_the_pack_they_train(tmp_path, monkeypatch, capsys, shared_tmp):
+    """With a GPU per job, `--pack auto` trains packs of 4: each job gets 4 runs of one setup
+    (a lone run would be paired with a throw-away copy); an explicit --pack sets it too."""
+    grid = [*GRID[:-2], "0-4", "--dry-run", "--out", str(tmp_path / "run")]  # seeds 0-4
+    for extra, jobs in (([], ["simclr seeds 0-3", "simclr seed 4", "supervised seeds 0-3", "supervised seed 4"]),
+                        (["--pack", "2"], ["simclr seeds 0-1", "simclr seeds 2-3", "simclr seed 4",
+                                           "supervised seeds 0-1", "supervised seeds 2-3", "supervised seed 4"]),
+                        (["--gpus-per-job", "0"], [f"{s} seed {i}" for s in SETUPS for i in range(5)]),
+                        (["--runs-per-job", "3"], ["simclr seeds 0-2", "simclr seeds 3-4",
+                                                   "supervised seeds 0-2", "supervised seeds 3-4"])):
+        code, stdout, err = main_in_process(monkeypatch, capsys, "train", "submit", *grid, *SLURM, *extra)
+        assert code == 0, err
+        assert [line.split(": ", 1)[1] for line in stdout.splitlines() if line.startswith("job ")] == jobs
+
+
 # --------------------------------------------------------------------------- job states
 
 def fake_commands(folder: Path, **scripts: str) -> None:
@@ -330,7 +345,9 @@ def test_slurm_states_and_resubmission_skip_active_jobs(tmp_path, monkeypatch, c
                                         "--runs-per-job", "2", "--dry-run", "--out", str(out))
     assert code == 0, err
     assert "2 run(s) are in jobs still queued or running (100_1, 100_2)" in stdout
-    assert "job 0: simclr seed 0; supervised seed 1" in stdout and "1 job(s) would be submitted" in stdout
+    # a job takes runs of one setup: it packs only its own runs, one setup per pack
+    assert "job 0: simclr seed 0\njob 1: supervised seed 1\n" in stdout
+    assert "2 job(s) would be submitted" in stdout
     # sacct failing (accounting disabled): squeue alone says which jobs still hold work
     fake_commands(fake, sacct="echo 'accounting storage is disabled' >&2; exit 1")
     states = records.job_states(rec)

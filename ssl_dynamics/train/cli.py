@@ -139,9 +139,10 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
 @cli.command("submit")
 @grid_options
 @cluster_options
-@click.option("--runs-per-job", type=click.IntRange(1), default=1, show_default=True,
-              help="(setup, seed) runs trained by each job: one after another, or in packs of "
-                   "--pack seeds (give a multiple of it).")
+@click.option("--runs-per-job", type=click.IntRange(1), default=None,
+              help="(setup, seed) runs of one setup trained by each job: one after another, or in "
+                   "packs of --pack seeds (give a multiple of it). Default: the pack jobs train "
+                   "(4 with a GPU per job, else 1).")
 def submit_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignments, precision,
                channels_last, deterministic, checkpoint_dtype, compile_, compile_mode, pack,
                ignore_disk_check, no_download, runs_per_job, **cluster):

@@ -6,6 +6,10 @@ jobs only read run.json and setup.json; then the runs still short of their epoch
 those that jobs of earlier submissions are still holding, are split into jobs of
 `runs_per_job` runs and submitted. Submitting again later submits only what is
 incomplete, which is how a grid is resumed after failures or extended with new seeds.
+
+A job takes runs of one setup only, since it packs only its own runs (one setup per pack):
+a job spanning two setups would train two short packs. By default each job gets as many
+runs as the pack its node will train (`--pack auto`: 4 on a GPU for the ResNet-18, else 1).
 """
 from __future__ import annotations
 
@@ -23,9 +27,13 @@ from .prepare import prepare_run
 
 
 def submit_grid(root: str | Path, cfg: RunConfig, setups: list[str], request: TrainRequest,
-                cluster: ClusterOptions, runs_per_job: int = 1, check_disk: bool = True,
+                cluster: ClusterOptions, runs_per_job: int | None = None, check_disk: bool = True,
                 download: bool = True, echo=print) -> ex.Submission | None:
-    """Check, prepare and submit; the submission (None when nothing was submitted)."""
+    """Check, prepare and submit; the submission (None when nothing was submitted).
+    `runs_per_job` None: the pack each job will train (`job_pack`)."""
+    if runs_per_job is None:
+        runs_per_job = job_pack(request, cluster, cfg.backbone)
+        echo(f"{runs_per_job} run(s) of one setup per job: the pack a job trains (--runs-per-job to change)")
     if runs_per_job < 1:
         raise UserError("--runs-per-job must be at least 1")
     root = Path(root).absolute()  # jobs may start in another working directory
@@ -42,7 +50,7 @@ def submit_grid(root: str | Path, cfg: RunConfig, setups: list[str], request: Tr
     if not todo:
         echo("nothing to submit: every selected run is complete" if not held else "nothing else to submit")
         return None
-    groups = [todo[i:i + runs_per_job] for i in range(0, len(todo), runs_per_job)]
+    groups = job_groups(todo, runs_per_job)
     work = [{"runs": [[j.setup, j.seed] for j in g]} for g in groups]
     if cluster.dry_run:
         _show_plan(cluster, jobs_dir, work, echo)
@@ -53,6 +61,28 @@ def submit_grid(root: str | Path, cfg: RunConfig, setups: list[str], request: Tr
     calls = [TrainJob(TrainWork(str(root), cfg, _runs(g), request),
                       sigterm_requeues=cluster.executor == "local") for g in groups]
     return ex.submit("train", calls, work, cluster, jobs_dir, echo)
+
+
+def job_pack(request: TrainRequest, cluster: ClusterOptions, backbone: str) -> int:
+    """The pack a job's node will train with: `--pack N`, or auto's choice for the device
+    the job gets (a GPU when it asks for one; decided here, where no GPU may be visible)."""
+    from ..packed import PACKABLE_BACKBONES
+    from .options import GPU_PACK_DEFAULT, parse_pack
+
+    pack = parse_pack(request.pack)
+    if pack is not None:
+        return pack
+    gpu = cluster.gpus_per_job > 0 and request.device != "cpu"
+    return GPU_PACK_DEFAULT if gpu and backbone in PACKABLE_BACKBONES else 1
+
+
+def job_groups(todo: list[Job], runs_per_job: int) -> list[list[Job]]:
+    """Split the runs into jobs of at most `runs_per_job`, each of one setup and one target
+    epoch (what one pack can train), in grid order."""
+    by_kind: dict[tuple[str, int], list[Job]] = {}
+    for j in todo:
+        by_kind.setdefault((j.setup, j.until), []).append(j)
+    return [g[i:i + runs_per_job] for g in by_kind.values() for i in range(0, len(g), runs_per_job)]
 
 
 def _runs(group: list[Job]) -> tuple[tuple[str, int, int], ...]:
