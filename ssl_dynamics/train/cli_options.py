@@ -4,21 +4,17 @@ from __future__ import annotations
 import click
 
 
-def how_options(checkpoint_dtype_default: str | None = "fp32"):
-    """Decorator adding --precision ... --pack; `checkpoint_dtype_default` None means "as the
-    run was trained" (train extend)."""
-    dtype_help = "Storage type of the saved weights: bf16 halves the archive (resume.pt keeps fp32)."
-    if checkpoint_dtype_default is None:
-        dtype_help += " Default: what the run's checkpoints use."
+def how_options():
+    """Decorator adding --precision ... --pack."""
     opts = [
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
                      show_default=True, help="auto: bf16 autocast on a GPU, fp32 on the CPU."),
         click.option("--channels-last/--no-channels-last", default=None,
                      help="NHWC memory format (default: on for a GPU or a pack above 1)."),
         click.option("--deterministic", is_flag=True, help="Deterministic kernels (bit-reproducible resumes)."),
-        click.option("--checkpoint-dtype", type=click.Choice(["fp32", "bf16"]),
-                     default=checkpoint_dtype_default, show_default=checkpoint_dtype_default is not None,
-                     help=dtype_help),
+        click.option("--checkpoint-dtype", type=click.Choice(["fp32", "bf16"]), default=None,
+                     help="Storage type of the saved weights: bf16 halves the archive (resume.pt keeps "
+                          "fp32). Default: what each seed's checkpoints use so far, fp32 for a new seed."),
         click.option("--compile", "compile_", is_flag=True,
                      help="torch.compile the network (opt-in; pays compilation in the first epoch)."),
         click.option("--compile-mode", type=click.Choice(["default", "reduce-overhead", "max-autotune"]),

@@ -57,23 +57,15 @@ def extend_grid(root: str | Path, setups: list[str], until: int, opts: TrainOpti
 
 
 def recorded_checkpoint_dtype(root: str | Path, setup: str, seeds) -> str:
-    """The storage type of a setup's checkpoints: as its manifests record it, or, for runs that
-    predate the record, as its newest checkpoint holds its weights."""
-    import torch
-
+    """The storage type of a setup's checkpoints: that of its first seed with a manifest
+    (`loop.seed_checkpoint_dtype`), fp32 when none has one."""
     from .. import artifacts as art
+    from .loop import seed_checkpoint_dtype
 
     paths = art.RunPaths(root)
     for seed in seeds:
-        if not paths.manifest(setup, seed).exists():
-            continue
-        m = art.read_manifest(paths.manifest(setup, seed))
-        how = m.get("trained_with")
-        if isinstance(how, dict) and how.get("checkpoint_dtype") in art.CHECKPOINT_DTYPES:
-            return how["checkpoint_dtype"]
-        if m["checkpoints"]:
-            state, _ = art.load_checkpoint(paths.checkpoint(setup, seed, max(map(int, m["checkpoints"]))))
-            return "bf16" if any(t.dtype == torch.bfloat16 for t in state.values()) else "fp32"
+        if paths.manifest(setup, seed).exists():
+            return seed_checkpoint_dtype(paths, setup, seed, art.read_manifest(paths.manifest(setup, seed)))
     return "fp32"
 
 
@@ -88,7 +80,7 @@ def recorded_checkpoint_dtype(root: str | Path, setup: str, seeds) -> str:
 @click.option("--dataset", default=None,
               help="imagefolder:<path>: where the run's image folder is now (its checksum must match).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
-@how_options(checkpoint_dtype_default=None)
+@how_options()
 @click.option("--ignore-disk-check", is_flag=True, help="Start even if the checkpoints may not fit.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def extend_cmd(run_dir, setups, until, seeds, data_root, dataset, device, precision, channels_last,

@@ -99,7 +99,8 @@ def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions
     check_input(cfg.backbone, 10, cfg.width, tuple(dataset.train_x.shape[1:]))
     check_run(art.RunPaths(root), cfg, setups, dataset)
     jobs = plan(root, cfg, setups, until)
-    need = disk_estimate(cfg, [(j.setup, j.seed, j.done, j.until) for j in jobs], opts.checkpoint_dtype)
+    # a seed that keeps bf16 checkpoints without the option is counted at fp32: an upper bound
+    need = disk_estimate(cfg, [(j.setup, j.seed, j.done, j.until) for j in jobs], opts.checkpoint_dtype or "fp32")
     free = shutil.disk_usage(base).free
     echo(f"checkpoints to write: {art.format_bytes(need)} (free: {art.format_bytes(free)}) in {root}")
     if check_disk and need > free:

@@ -77,6 +77,7 @@ class SeedState:
     optimizer: torch.optim.Optimizer
     manifest: dict
     epoch: int  # last committed epoch
+    checkpoint_dtype: str = "fp32"  # storage type of the seed's saved weights
 
 
 def open_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: int,
@@ -94,11 +95,25 @@ def open_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: int
     if opts.channels_last:
         model.to(memory_format=torch.channels_last)
     _move_optimizer_state(optimizer, torch.device(opts.device))
-    state = SeedState(setup, seed, model, optimizer, manifest, start)
+    dtype = opts.checkpoint_dtype or (seed_checkpoint_dtype(paths, setup.name, seed, manifest)
+                                       if start is not None else "fp32")
+    state = SeedState(setup, seed, model, optimizer, manifest, start, dtype)
     if start is None:
         state.epoch = 0
         commit_epoch(paths, run, state, dataset_sha, opts, metrics=None)
     return state
+
+
+def seed_checkpoint_dtype(paths: art.RunPaths, setup: str, seed: int, manifest: dict) -> str:
+    """The storage type of a seed's checkpoints: as its manifest records it, or, for seeds
+    that predate the record, as its newest checkpoint holds its weights (fp32 when none)."""
+    how = manifest.get("trained_with")
+    if isinstance(how, dict) and how.get("checkpoint_dtype") in art.CHECKPOINT_DTYPES:
+        return how["checkpoint_dtype"]
+    if not manifest["checkpoints"]:
+        return "fp32"
+    state, _ = art.load_checkpoint(paths.checkpoint(setup, seed, max(map(int, manifest["checkpoints"]))))
+    return "bf16" if any(t.dtype == torch.bfloat16 for t in state.values()) else "fp32"
 
 
 def _resume(paths, setup, seed, model, optimizer, manifest) -> int | None:
@@ -193,10 +208,10 @@ def commit_epoch(paths: art.RunPaths, run: RunConfig, state: SeedState, dataset_
     """Write epoch `state.epoch`: checkpoint, metrics, resume.pt, then the manifest (the
     commit: what status and phase two see)."""
     setup, seed, epoch = state.setup, state.seed, state.epoch
-    dtype = art.CHECKPOINT_DTYPES[opts.checkpoint_dtype]
+    dtype = art.CHECKPOINT_DTYPES[state.checkpoint_dtype]
     sha = art.save_checkpoint(paths.checkpoint(setup.name, seed, epoch), state.model,
                               checkpoint_meta(run, setup, seed, epoch, dataset_sha), dtype)
-    how = opts.record()
+    how = {**opts.record(), "checkpoint_dtype": state.checkpoint_dtype}
     _rewrite_metrics(paths, setup, seed, upto=epoch - 1 if metrics else 0,
                      new=metrics and {**metrics, "trained_with": how})
     resume = {"epoch": epoch, "checkpoint_sha256": sha, "optimizer": state.optimizer.state_dict()}

@@ -18,7 +18,9 @@ class TrainOptions:
     bf16: bool = False  # autocast matmuls/convs to bfloat16 (GPU)
     channels_last: bool = False  # NHWC memory format (faster convs on tensor cores)
     deterministic: bool = False  # torch.use_deterministic_algorithms + no cudnn autotune
-    checkpoint_dtype: str = "fp32"  # storage type of the saved weights: fp32 | bf16
+    # storage type of the saved weights: fp32 | bf16 | None: as the seed's checkpoints so far
+    # (fp32 for a new seed), so that resuming without the option never mixes two in one seed
+    checkpoint_dtype: str | None = None
     compile: bool = False  # torch.compile the network (opt-in; first epoch pays compilation)
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
     pack: int = 1  # seeds of one setup trained together as one grouped network (train/pack.py)
@@ -48,7 +50,7 @@ class TrainRequest:
     precision: str = "auto"  # auto (bf16 on a GPU, fp32 on the CPU) | fp32 | bf16
     channels_last: bool | None = None  # None: on for a GPU
     deterministic: bool = False
-    checkpoint_dtype: str = "fp32"
+    checkpoint_dtype: str | None = None  # None: as each seed's checkpoints so far, else fp32
     compile: bool = False
     compile_mode: str = "default"
     pack: str = "auto"  # auto | a positive number of seeds
