@@ -96,6 +96,13 @@ def test_train_subset_larger_than_the_dataset(tmp_path, monkeypatch, capsys):
                    capsys, "train_subset 5000 is larger than the dataset's 256 training images")
 
 
+def test_a_run_of_other_settings_is_refused_before_its_dataset_is_loaded(run, tmp_path, monkeypatch, capsys):
+    # the thesis preset (CIFAR-10) on a smoke run: the config differs, which needs no data;
+    # before, it looked for (or downloaded) CIFAR-10 first and said that it was missing
+    expect_refusal(train_cli.main, ["run", "--out", run, "--no-download", "--data-root", tmp_path / "none",
+                                    "--no-progress"], run, monkeypatch, capsys, "was made with a different config")
+
+
 def test_out_is_a_file(tmp_path, monkeypatch, capsys):
     target = tmp_path / "afile"
     target.write_text("x")

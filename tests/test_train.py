@@ -495,3 +495,103 @@ def test_compiled_training_runs_and_agrees_with_eager(tmp_path):
     assert drift("compiled", 2) < drift("layout", 2)
     lines = art.RunPaths(tmp_path / "compiled").metrics("supervised", 0).read_text().splitlines()
     assert [json.loads(ln)["trained_with"]["compile"] for ln in lines] == ["default", "default"]
+
+
+# --------------------------------------------------------------------------- run directory races
+
+def quiet(*_a, **_k):
+    return None
+
+
+def test_a_setup_replaced_by_another_process_is_not_trained_with_the_old_settings(tmp_path):
+    """Process A plans supervised and random_labels; before it reaches random_labels, process
+    B replaces random_labels's settings (allowed: nothing of it was trained) and trains seed 0
+    with them. A must not train seed 1 with the old ones: one setup, two configs."""
+    from ssl_dynamics.train.grid import check_grid, train_runs
+    from ssl_dynamics.train.prepare import prepare_run
+
+    cfg = tiny(epochs=1, seeds=(0, 1))
+    setups = ["supervised", "random_labels"]
+    dataset, jobs = check_grid(tmp_path, cfg, setups, CPU, True, False, quiet)
+    paths = prepare_run(tmp_path, cfg, setups, dataset, quiet)
+    other = override(cfg, ["random_labels.lr=0.5"])
+    train_grid(tmp_path, replace(other, seeds=(0,)), ["random_labels"], CPU, progress=False, echo=quiet)
+    with pytest.raises(UserError, match="settings of random_labels were replaced by another process"):
+        train_runs(paths, cfg, dataset, jobs, CPU, quiet, False)
+    states = {(s.setup, s.seed): s.state for s in grid_status(tmp_path, cfg) if s.setup in setups}
+    assert states == {("supervised", 0): "complete", ("supervised", 1): "complete",
+                      ("random_labels", 0): "complete", ("random_labels", 1): "missing"}
+    meta = art.load_checkpoint(paths.checkpoint("random_labels", 0, 1))[1]
+    assert meta["setup_config"]["lr"] == 0.5
+
+
+def test_a_seed_without_its_manifest_is_refused_not_retrained(tmp_path):
+    """Checkpoints beyond epoch 0 without manifest.json (a partial copy, a deletion): neither a
+    new config (which would delete them as untrained) nor a resume (which would rebuild the
+    manifest from the last epoch alone) goes ahead; nothing is changed."""
+    cfg = tiny(epochs=2)
+    train_grid(tmp_path, cfg, ["supervised"], CPU, progress=False, echo=quiet)
+    paths = art.RunPaths(tmp_path)
+    paths.manifest("supervised", 0).unlink()
+    before = {p.name: p.read_bytes() for p in paths.seed_dir("supervised", 0).iterdir()}
+    with pytest.raises(UserError, match="was made with a different config"):
+        train_grid(tmp_path, override(cfg, ["supervised.lr=0.5"]), ["supervised"], CPU,
+                   progress=False, echo=quiet)
+    with pytest.raises(UserError, match="checkpoints up to epoch 2 but no manifest.json"):
+        train_grid(tmp_path, cfg, ["supervised"], CPU, progress=False, echo=quiet)
+    assert {p.name: p.read_bytes() for p in paths.seed_dir("supervised", 0).iterdir()} == before
+
+
+def test_a_kill_while_replacing_untrained_settings_leaves_a_run_that_reruns(tmp_path, monkeypatch):
+    """New settings replace a run in which nothing was trained: the seed folders are cleared
+    first, then run.json. A kill in between leaves the old run.json, so the rerun compares
+    again and replaces; never old weights under a new run.json (a traceback on resume)."""
+    from ssl_dynamics.train import prepare
+
+    class Killed(Exception):
+        pass
+
+    cfg = override(tiny(epochs=1), ["width=4"])
+    train_grid(tmp_path, cfg, ["supervised"], CPU, progress=False, echo=quiet, until={"supervised": 0})
+    wide = override(cfg, ["width=8"])
+    real = prepare._forget_untrained
+
+    def killed(*a, **k):
+        raise Killed
+
+    monkeypatch.setattr(prepare, "_forget_untrained", killed)
+    with pytest.raises(Killed):
+        train_grid(tmp_path, wide, ["supervised"], CPU, progress=False, echo=quiet)
+    monkeypatch.setattr(prepare, "_forget_untrained", real)
+    paths = art.RunPaths(tmp_path)
+    assert art.read_json(paths.run_json)["config"]["width"] == 4  # the old record, still there
+    train_grid(tmp_path, wide, ["supervised"], CPU, progress=False, echo=quiet)
+    assert art.load_checkpoint(paths.checkpoint("supervised", 0, 1))[1]["width"] == 8
+    # and a resume state of another network is refused in one line, not a traceback
+    from ssl_dynamics.train.loop import open_seed
+
+    with pytest.raises(UserError, match="does not fit the network and optimizer of this config"):
+        open_seed(paths, cfg, cfg.setups["supervised"], 0, "x", CPU)
+
+
+def test_temporary_files_of_run_level_writes_are_removed_on_restart(tmp_path):
+    cfg = tiny(epochs=1)
+    train_grid(tmp_path, cfg, ["supervised"], CPU, progress=False, echo=quiet)
+    paths = art.RunPaths(tmp_path)
+    left = [tmp_path / ".run.json.k1ll3d.tmp", tmp_path / ".random_labels.npy.k1ll3d.tmp",
+            paths.setup_json("supervised").parent / ".setup.json.k1ll3d.tmp"]
+    for f in left:
+        f.write_bytes(b"partial")
+    train_grid(tmp_path, cfg, ["supervised"], CPU, progress=False, echo=quiet)
+    assert not any(f.exists() for f in left)
+
+
+def test_setups_may_be_given_comma_separated(tmp_path):
+    r = CliRunner().invoke(cli, ["run", "--out", str(tmp_path), *SMOKE, "--setup", "supervised,random_labels",
+                                 "--seeds", "0", "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    assert art.RunPaths(tmp_path).setups() == ["random_labels", "supervised"]
+    r = CliRunner().invoke(cli, ["extend", str(tmp_path), "--setup", "supervised,", "--to", "2",
+                                 "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert art.RunPaths(tmp_path).checkpoint("supervised", 0, 2).exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..cli_util import run_cli
+from ..cli_util import run_cli, split_names
 from ..cluster.cli import cluster_options, from_cli
 from ..config import SETUP_NAMES, override, parse_seeds, preset
 from ..errors import UserError, WorkFailed
@@ -33,7 +33,7 @@ def grid_options(f):
     """What to train and how: shared by `run` and `submit`."""
     opts = [
         click.option("--setup", "setups", multiple=True,
-                     help=f"Setup(s) to train (repeatable; default: all). One of {', '.join(SETUP_NAMES)}."),
+                     help=f"Setup(s) to train (repeatable, or comma-separated; default: all). One of {', '.join(SETUP_NAMES)}."),
         click.option("--seeds", default=None, help="Seeds, e.g. 0-29, 0,3,7 or 0-3,10 (default: the preset's)."),
         click.option("--epochs", type=int, default=None,
                      help="How many epochs to train every selected setup (a count; default: the preset's)."),
@@ -80,7 +80,7 @@ def grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignme
     cfg = override(cfg, extra)
     if seeds is not None:
         cfg = replace(cfg, seeds=parse_seeds(seeds))
-    chosen = list(setups) or list(cfg.setups)
+    chosen = split_names(setups) or list(cfg.setups)
     for s in chosen:
         if s not in cfg.setups:
             raise UserError(f"unknown setup {s!r}: choose from {', '.join(cfg.setups)}")

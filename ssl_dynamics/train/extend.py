@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from ..artifacts import load_run_config
+from ..cli_util import split_names
 from ..config import parse_seeds
 from ..errors import UserError
 from .grid import train_grid
@@ -72,7 +73,7 @@ def recorded_checkpoint_dtype(root: str | Path, setup: str, seeds) -> str:
 @click.command("extend")
 @click.argument("run_dir")
 @click.option("--setup", "setups", multiple=True, required=True,
-              help="Setup(s) to extend (repeatable).")
+              help="Setup(s) to extend (repeatable, or comma-separated).")
 @click.option("--to", "until", type=int, default=None,
               help="Last epoch to reach (default: the thesis's, supervised 200, random_labels 30).")
 @click.option("--seeds", default=None, help="Seeds to extend, e.g. 0 or 0-3 (default: all of the run's).")
@@ -93,6 +94,9 @@ def extend_cmd(run_dir, setups, until, seeds, data_root, dataset, device, precis
     the weights in the run's checkpoint dtype; the options change either.
     """
     cfg, _ = load_run_config(run_dir)
+    setups = split_names(setups)
+    if not setups:
+        raise UserError("--setup names no setup")
     for s in setups:
         if s not in cfg.setups:
             raise UserError(f"unknown setup {s!r}: {run_dir} has {', '.join(cfg.setups)}")

@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..progress import bar
 from .loop import Diverged, TrainOptions, batches_per_epoch, train_seed
 from .pack import train_pack
-from .prepare import check_run, disk_estimate, prepare_run
+from .prepare import check_run, check_unchanged, disk_estimate, prepare_run
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions
         art.check_writable(base)  # a probe file in the nearest existing folder, removed again
     except UserError:
         raise UserError(f"output directory {root} is not writable ({base} is read-only)") from None
+    check_run(art.RunPaths(root), cfg, setups, None)  # what needs no data: before loading it
     dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.train_subset, cfg.subset_seed,
                            download=download)
     if cfg.train_subset > len(dataset.train_y) and not art.RunPaths(root).run_json.exists():
@@ -202,6 +203,7 @@ class _Runner:
                if (n := pending(art.seed_status(self.paths, j.setup, j.seed, sc.epochs), j.until))]
         if not now:  # other workers finished them since the plan was made
             return
+        check_unchanged(self.paths, self.cfg, now[0].setup)
         train_x, true_y, random_y, sha = self.data
         name, until = now[0].setup, now[0].until
         seeds = ", ".join(str(j.seed) for j in now)

@@ -87,6 +87,14 @@ def open_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: int
     optimizer = build_optimizer(model, setup)
     art.remove_stale_temps(paths.seed_dir(setup.name, seed))
     manifest_path = paths.manifest(setup.name, seed)
+    if not manifest_path.exists():
+        from .prepare import trained_epochs_on_disk
+
+        on_disk = trained_epochs_on_disk(paths, setup.name, seed)
+        if on_disk:  # a partial copy, a deletion: what was committed is unknown
+            raise UserError(f"{paths.seed_dir(setup.name, seed)} has checkpoints up to epoch "
+                            f"{max(on_disk)} but no manifest.json: restore it (e.g. finish the "
+                            f"copy), or delete that folder to retrain the seed")
     manifest = (art.read_manifest(manifest_path) if manifest_path.exists() else
                 {"setup": setup.name, "seed": seed, "epochs": setup.epochs, "complete": False,
                  "checkpoints": {}})
@@ -142,8 +150,13 @@ def _resume(paths, setup, seed, model, optimizer, manifest) -> int | None:
         raise UserError(f"corrupt checkpoint {ckpt}: its sha256 differs from the one recorded "
                         f"when it was written")
     weights = state.get("model") or art.parse_checkpoint(data, ckpt)[0]
-    model.load_state_dict(weights)
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError) as e:  # shapes of another width, head or optimizer
+        raise UserError(f"{resume_path} does not fit the network and optimizer of this config "
+                        f"({str(e).splitlines()[0]}); delete {paths.seed_dir(setup.name, seed)} "
+                        f"to retrain the seed") from None
     if max(map(int, manifest["checkpoints"]), default=-1) != start or \
             manifest["checkpoints"].get(str(start)) != sha:  # killed before the manifest's write
         record_epoch(manifest, setup, start, sha)

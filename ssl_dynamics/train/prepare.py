@@ -69,22 +69,37 @@ def setup_record(sc: SetupConfig) -> dict:
     return {"schema_version": SCHEMA_VERSION, **sc.to_dict()}
 
 
+def trained_epochs_on_disk(paths: art.RunPaths, setup: str, seed: int) -> list[int]:
+    """Epochs beyond 0 whose checkpoint files are in the seed's folder, committed or not."""
+    out = []
+    for f in paths.seed_dir(setup, seed).glob("epoch-*.safetensors"):
+        try:
+            out.append(int(f.stem.split("-", 1)[1]))
+        except ValueError:
+            continue
+    return sorted(e for e in out if e > 0)
+
+
 def trained_anything(paths: art.RunPaths, setup: str | None = None) -> bool:
-    """True once any seed (of `setup`, or of any setup) has committed an epoch beyond 0."""
+    """True once any seed (of `setup`, or of any setup) has committed an epoch beyond 0, or
+    holds the checkpoint of one (its manifest may be missing: a partial copy, a deletion)."""
     names = [setup] if setup else paths.setups()
     for name in names:
         for seed in paths.seeds(name):
             m = paths.manifest(name, seed)
             if m.exists() and any(int(e) > 0 for e in art.read_manifest(m)["checkpoints"]):
                 return True
+            if trained_epochs_on_disk(paths, name, seed):
+                return True
     return False
 
 
-def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: Dataset) -> list[str]:
+def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: Dataset | None) -> list[str]:
     """Refuse a run directory trained with different settings. Reads only.
 
     Returns what may be replaced because nothing was trained with it yet: "run" (run.json
-    and the label permutation) and/or setup names.
+    and the label permutation) and/or setup names. With `dataset` None, only what needs no
+    data is compared (before loading, or downloading, a dataset the run may not even use).
     """
     replace_ = []
     if paths.run_json.exists():
@@ -96,14 +111,14 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
         diffs = [k for k in RUN_IDENTITY if (old.get("config") or {}).get(k) != getattr(cfg, k)]
         if dataset_kind(str((old.get("config") or {}).get("dataset"))) != dataset_kind(cfg.dataset):
             diffs.insert(0, "dataset")
-        if (old.get("dataset") or {}).get("sha256") != dataset.identity()["sha256"]:
+        if dataset is not None and (old.get("dataset") or {}).get("sha256") != dataset.identity()["sha256"]:
             diffs.append("dataset contents")
         if diffs and trained_anything(paths):
             raise UserError(f"{paths.root} was made with a different config ({', '.join(diffs)} "
                             f"differ); use another --out or the same settings")
         if diffs:
             replace_.append("run")
-    if "run" not in replace_ and paths.random_labels.exists():
+    if dataset is not None and "run" not in replace_ and paths.random_labels.exists():
         perm = label_permutation(dataset.train_y, cfg.label_seed)
         try:
             same = np.array_equal(np.load(paths.random_labels, allow_pickle=False), perm)
@@ -124,6 +139,19 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
                                     f"differ); use another --out or the same settings")
                 replace_.append(name)
     return replace_
+
+
+def check_unchanged(paths: art.RunPaths, cfg: RunConfig, setup: str) -> None:
+    """Refuse to train `setup` with a config that the run directory no longer holds: another
+    `train run` replaced it (allowed while nothing of it was trained) after this process read
+    it. Called under the seeds' locks, before a seed is opened."""
+    p = paths.setup_json(setup)
+    have = setup_from_dict(art.read_json(p, dict), str(p)).to_dict() if p.exists() else None
+    run = art.read_json(paths.run_json, dict) if paths.run_json.exists() else {}
+    run_diffs = [k for k in RUN_IDENTITY if (run.get("config") or {}).get(k) != getattr(cfg, k)]
+    if canonical_json(have) != canonical_json(cfg.setups[setup].to_dict()) or run_diffs:
+        raise UserError(f"{paths.root}: the settings of {setup} were replaced by another process "
+                        f"since this one started; rerun with the new settings (or use another --out)")
 
 
 def _forget_untrained(paths: art.RunPaths, names: list[str], echo) -> None:
@@ -157,10 +185,13 @@ def prepare_run(root: str | Path, cfg: RunConfig, setups: list[str], dataset: Da
     art.check_writable(paths.root)
     with art.file_lock(paths.lock):
         replace_ = check_run(paths, cfg, setups, dataset)
+        # seed folders first: a kill in between leaves the old run.json, which the rerun
+        # compares again, never old weights under a new run.json
+        _forget_untrained(paths, paths.setups() if "run" in replace_ else replace_, echo)
         if "run" in replace_:
             paths.random_labels.unlink(missing_ok=True)
             paths.run_json.unlink()
-        _forget_untrained(paths, paths.setups() if "run" in replace_ else replace_, echo)
+        _remove_run_temps(paths)
         if not paths.random_labels.exists():
             with art.atomic_path(paths.random_labels) as tmp:
                 with open(tmp, "wb") as f:
@@ -170,6 +201,14 @@ def prepare_run(root: str | Path, cfg: RunConfig, setups: list[str], dataset: Da
                 art.write_json_atomic(paths.setup_json(name), setup_record(cfg.setups[name]))
         art.write_json_atomic(paths.run_json, _run_record(paths, cfg, setups, dataset))
     return paths
+
+
+def _remove_run_temps(paths: art.RunPaths) -> None:
+    """Temporary files of run-level writes a kill left (under the run's lock: the only writer)."""
+    for name in (paths.run_json.name, paths.random_labels.name):
+        art.remove_stale_temps(paths.root, f".{name}.*.tmp")
+    for setup in paths.setups():
+        art.remove_stale_temps(paths.setup_json(setup).parent, ".setup.json.*.tmp")
 
 
 def _run_record(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: Dataset) -> dict:
