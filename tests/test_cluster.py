@@ -121,6 +121,63 @@ def test_devices_and_a_racing_process_give_the_same_checkpoints(tmp_path, refere
     assert logs == ["worker-0-cpu.log", "worker-1-cpu.log"]
 
 
+def test_a_seed_that_diverges_under_workers_is_tried_once_and_named(tmp_path):
+    """Two workers, two seeds that diverge: each seed is tried by one worker only (the other
+    sees its manifest record the divergence and leaves it), and the command names both
+    and exits 2, as one process does."""
+    out = tmp_path / "run"
+    grid = ["--preset", "smoke", "--set", "train_subset=32", "--set", "batch_size=16", "--epochs", "2",
+            "--setup", "supervised", "--seeds", "0-1", "--set", "lr=1e12"]
+    r = run("train", "run", *grid, "--devices", "cpu,cpu", "--no-progress", "--out", str(out))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.count("\n") == 1 and "2 runs diverged: " in r.stderr, r.stderr
+    for seed in (0, 1):
+        assert f"supervised seed {seed} in epoch 1" in r.stderr
+        assert r.stdout.count(f"diverged: supervised seed {seed}: loss became") == 1, r.stdout
+
+
+def test_workers_stop_when_their_parent_is_terminated_or_killed(tmp_path):
+    """SIGTERM to the parent alone stops every worker (exit 130, "interrupted"); SIGKILL of
+    the parent leaves no worker training the grid as an orphan."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        out = tmp_path / sig.name
+        parent = subprocess.Popen(command("train", "run", *[a if a != str(EPOCHS) else "500" for a in GRID],
+                                          "--devices", "cpu,cpu", "--no-progress", "--out", str(out)),
+                                  env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        workers = wait_for(lambda: [int(p) for p in Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+                                    .read_text().split()] if len(list(out.glob("checkpoints/*/seed-*/epoch-0000.safetensors"))) >= 2 else None,
+                           "two workers training")
+        parent.send_signal(sig)
+        _, err = parent.communicate(timeout=TIMEOUT_S)
+        if sig == signal.SIGTERM:
+            assert parent.returncode == 130 and "interrupted" in err, err
+        wait_for(lambda: not any(Path(f"/proc/{w}").exists() and "Z" not in _proc_state(w) for w in workers),
+                 "the workers to stop", timeout=60)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+def test_worker_threads_follow_the_cpu_affinity_and_signals_are_named(monkeypatch):
+    import os
+    import signal
+
+    from ssl_dynamics.train import workers
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    assert workers.cpu_threads(["cpu", "cpu"]) == 2
+    assert workers._ended(-signal.SIGKILL) == "was killed by SIGKILL"
+    assert workers._ended(1) == "exited with status 1"
+
+
 # --------------------------------------------------------------------------- train submit
 
 def test_submitted_jobs_survive_sigterm_and_sigkill(tmp_path, reference, monkeypatch, capsys):
@@ -204,6 +261,8 @@ SLURM = ["--executor", "slurm", "--partition", "gpu"]
     ("train", ["run", *GRID, "--devices", "cuda:7"], "CUDA device(s)"),
     ("train", ["run", *GRID, "--devices", "cpu,tpu"], "unknown device 'tpu'"),
     ("train", ["run", *GRID, "--devices", "cpu,cpu", "--device", "cpu"], "not both"),
+    ("train", ["run", *GRID, "--devices", ""], "--devices '': use all"),
+    ("train", ["run", *GRID, "--device", ""], "unknown device ''"),
     ("train", ["submit", *GRID, "--executor", "slurm", "--partition", "gpu;rm -rf"],
      "--partition 'gpu;rm -rf' is not a valid SLURM name"),
     ("train", ["submit", *GRID, *SLURM, "--time", "4 hours"], "--time '4 hours'"),

@@ -109,15 +109,15 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
     """
     from ..artifacts import SeedStatus
 
-    if device and devices:
+    if device is not None and devices is not None:
         raise UserError("give --device (one process) or --devices (one worker per device), not both")
     cfg, chosen = grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments)
-    request = train_request(cfg, device or "auto", precision, channels_last, deterministic,
+    request = train_request(cfg, "auto" if device is None else device, precision, channels_last, deterministic,
                             checkpoint_dtype, compile_, compile_mode, pack)
     kw = dict(check_disk=not ignore_disk_check, download=not no_download, echo=click.echo,
               progress=not no_progress)
     status: list[SeedStatus]
-    if devices:
+    if devices is not None:  # an empty value reaches resolve_devices, which refuses it
         from ..devices import resolve_devices
         from .workers import run_on_devices
 

@@ -110,6 +110,15 @@ def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions
     return dataset, jobs
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """When and how large a file was last written (None: absent): a change detector."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 def _existing_ancestor(path: Path) -> Path:
     path = path.absolute()
     while not path.exists() and path != path.parent:
@@ -155,7 +164,8 @@ def train_runs(paths: art.RunPaths, cfg: RunConfig, dataset: Dataset, jobs: list
     data = (dataset.train_x.to(dev), dataset.train_y.to(dev), random_y, dataset.identity()["sha256"])
     overall = bar(sum(j.until - max(j.done, 0) for j in jobs), "grid (epochs)", "ep", progress,
                   position=0)
-    run = _Runner(paths, cfg, data, opts, overall, echo, progress)
+    run = _Runner(paths, cfg, data, opts, overall, echo, progress,
+                  stamps={(j.setup, j.seed): _stamp(paths.manifest(j.setup, j.seed)) for j in jobs})
     held = []
     for _, group in groupby(jobs, key=lambda j: (j.setup, j.until)):
         queue = list(group)
@@ -182,6 +192,8 @@ class _Runner:
     echo: object
     progress: bool
     lost: list[str] = field(default_factory=list)  # seeds that diverged, reported at the end
+    # each planned seed's manifest as it was when this process planned (see `_diverged_elsewhere`)
+    stamps: dict = field(default_factory=dict)
 
     def locked(self, queue: list[Job], size: int, blocking: bool) -> list[Job]:
         """Take jobs from the front of `queue` until `size` of them are locked here, train
@@ -196,11 +208,25 @@ class _Runner:
             self._train(mine)
         return held
 
+    def _diverged_elsewhere(self, job: Job) -> bool:
+        """True when another process (a device worker) tried this seed after this one planned
+        and it diverged: that process reports it; trying it again here would only repeat it.
+        (A divergence recorded by an earlier invocation is retried, once, as always.)"""
+        manifest = self.paths.manifest(job.setup, job.seed)
+        if _stamp(manifest) == self.stamps.get((job.setup, job.seed)):
+            return False
+        st = art.seed_status(self.paths, job.setup, job.seed, self.cfg.setups[job.setup].epochs)
+        if st.diverged_at is None:
+            return False
+        self.echo(f"{job.setup} seed {job.seed}: diverged in another worker (epoch {st.diverged_at}); "
+                  f"left for a rerun")
+        return True
+
     def _train(self, jobs: list[Job]) -> None:
         """Train locked jobs of one setup with one `until`, skipping those finished meanwhile."""
         sc = self.cfg.setups[jobs[0].setup] if jobs else None
-        now = [n for j in jobs
-               if (n := pending(art.seed_status(self.paths, j.setup, j.seed, sc.epochs), j.until))]
+        now = [n for j in jobs if not self._diverged_elsewhere(j)
+               and (n := pending(art.seed_status(self.paths, j.setup, j.seed, sc.epochs), j.until))]
         if not now:  # other workers finished them since the plan was made
             return
         check_unchanged(self.paths, self.cfg, now[0].setup)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +26,14 @@ from .. import artifacts as art
 from ..config import RunConfig
 from ..errors import UserError, WorkFailed
 from .grid import check_grid, only, open_prepared, plan, train_runs
-from .loop import TrainRequest
+from .loop import Diverged, TrainRequest
 from .prepare import prepare_run
+
+
+# A worker's exit status when every run it could train is trained but some diverged (their
+# manifests say where); the parent then reports the diverged seeds as one process would.
+DIVERGED_STATUS = 3
+STOP_GRACE_S = 30  # after an interrupt: long enough for an epoch's commit to finish its writes
 
 
 @dataclass(frozen=True)
@@ -59,11 +67,29 @@ def run_on_devices(root: str | Path, cfg: RunConfig, setups: list[str], devices:
                             str(folder / f"worker-{k}-{dev.replace(':', '')}.log"), progress,
                             threads if dev == "cpu" else 0)
                  for k, dev in enumerate(devices)]
-        failed = _run(specs)
+        failed = [(s, code) for s, code in _run(specs) if code != DIVERGED_STATUS]
+        status = art.grid_status(root, only(cfg, setups))
         if failed:
-            raise WorkFailed("; ".join(f"worker {s.index} on {s.device} exited with status {code} "
-                                       f"(log: {s.log})" for s, code in failed))
+            done = sum(st.state == "complete" for st in status)
+            raise WorkFailed("; ".join(f"worker {s.index} on {s.device} {_ended(code)} (log: {s.log})"
+                                       for s, code in failed)
+                             + f"; {done}/{len(status)} runs complete"
+                             + (", a rerun resumes the rest" if done < len(status) else ""))
+        lost = [f"{st.setup} seed {st.seed} in epoch {st.diverged_at}" for st in status
+                if st.diverged_at is not None and st.state != "complete"]
+        if lost:
+            raise Diverged(lost)
     return art.grid_status(root, only(cfg, setups))
+
+
+def _ended(code: int) -> str:
+    """How a worker ended, in words: a negative exit code is the signal that killed it."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 def cpu_threads(devices: list[str]) -> int:
@@ -73,29 +99,87 @@ def cpu_threads(devices: list[str]) -> int:
     n = sum(d == "cpu" for d in devices)
     if not n or "OMP_NUM_THREADS" in os.environ:
         return 0
-    return max(1, (os.cpu_count() or 1) // n)
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may use (taskset, cgroups)
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // n)
 
 
 def _run(specs: list[WorkerSpec]) -> list[tuple[WorkerSpec, int]]:
-    """Start every worker, wait for all; the ones that failed, with their exit status."""
+    """Start every worker, wait for all; the ones that failed, with their exit status.
+
+    Workers start with SIGINT ignored (a Ctrl-C while they import torch would print a
+    traceback from each); `worker_main` restores it. An interrupt of the parent (Ctrl-C,
+    SIGTERM, SIGHUP, whether or not the workers got it too) is passed on to every worker,
+    which stops at once (finished epochs are on disk); one still running after
+    STOP_GRACE_S is terminated. A worker whose parent dies stops by itself."""
     sys.stdout.flush()
     sys.stderr.flush()
     ctx = mp.get_context("spawn")  # fork would copy the parent's torch threads and CUDA state
     procs = [ctx.Process(target=worker_main, args=(s,), name=f"train-worker-{s.index}") for s in specs]
-    for p in procs:
-        p.start()
+    interrupt = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
+    stop = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig in stop:
+        signal.signal(sig, _as_interrupt)
     try:
         for p in procs:
             p.join()
-    except KeyboardInterrupt:  # the workers got the same SIGINT; let them stop cleanly
-        for p in procs:
-            p.join(timeout=30)  # long enough for an epoch's commit to finish its writes
+    except KeyboardInterrupt:
+        _stop(procs)
         raise
+    finally:
+        for sig, handler in stop.items():
+            signal.signal(sig, handler)
     return [(s, p.exitcode) for s, p in zip(specs, procs) if p.exitcode]
+
+
+def _as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop(procs) -> None:
+    """Interrupt every live worker, wait up to STOP_GRACE_S for all, terminate the rest."""
+    import time
+
+    for p in procs:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+            p.join()
+
+
+def _stop_with_parent() -> None:
+    """Interrupt this worker when its parent process ends (killed by pid, by the OOM killer):
+    a worker never goes on training the grid as an orphan."""
+    from multiprocessing.connection import wait
+
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def worker_main(spec: WorkerSpec) -> None:
     """A worker process: output to its log, whole prefixed lines to the console."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # ignored while it started
+    _stop_with_parent()
     console = os.fdopen(os.dup(1), "w", buffering=1)  # line buffered: one write() per line
     log = open(spec.log, "a", buffering=1)
     os.dup2(log.fileno(), 1)
@@ -110,6 +194,8 @@ def worker_main(spec: WorkerSpec) -> None:
     status = 0
     try:
         _train(spec, echo)
+    except Diverged:  # echoed as each happened; the parent names every diverged seed
+        status = DIVERGED_STATUS
     except UserError as e:
         echo(f"error: {' '.join(str(e).split())}")
         status = 2
