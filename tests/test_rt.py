@@ -216,11 +216,11 @@ def test_a_failed_store_write_stops_the_run_and_keeps_what_was_written(run, monk
 
     real, calls = RtStore.write, []
 
-    def failing(self, setup, s, e, correct, p_true):
+    def failing(self, setup, s, e, correct, p_true, *sha256):
         calls.append((s, e))
         if len(calls) == 3:
             raise OSError("disk gone")
-        real(self, setup, s, e, correct, p_true)
+        real(self, setup, s, e, correct, p_true, *sha256)
 
     monkeypatch.setattr(RtStore, "write", failing)
     with pytest.raises(OSError, match="disk gone"):

@@ -105,3 +105,26 @@ def test_bad_group_is_one_line_exit_2(tiny_run, tmp_path, monkeypatch, capsys, v
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and message in err
     assert not any((run / "inspect").rglob("*"))  # refused before anything was written
+
+
+def test_fp32_evaluation_on_a_gpu_turns_tf32_off_and_restores_it():
+    """The store says fp32: on a GPU, cuDNN's default TF32 convolutions are off while
+    `inspect rt` evaluates (bf16 and the CPU leave the setting alone), and restored after."""
+    import torch
+
+    from ssl_dynamics.inspect.evaluate import exact_fp32
+
+    before = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        with exact_fp32("cuda:0", bf16=False):
+            assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.backends.cudnn.allow_tf32 is True
+        for device, bf16 in (("cuda", True), ("cpu", False)):
+            with exact_fp32(device, bf16):
+                assert torch.backends.cudnn.allow_tf32 is True
+        with pytest.raises(RuntimeError), exact_fp32("cuda", bf16=False):
+            raise RuntimeError  # restored on the way out of a failure too
+        assert torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.backends.cudnn.allow_tf32 = before

@@ -16,7 +16,7 @@ from ssl_dynamics.inspect import bank as bank_mod
 from ssl_dynamics.inspect import cli as inspect_cli
 from ssl_dynamics.inspect.export import export
 from ssl_dynamics.inspect.rt_plan import Selection, check_simclr_batches, pending_tasks, shard_of
-from ssl_dynamics.inspect.rtdata import load_rt
+from ssl_dynamics.inspect.rtdata import is_rt_archive, load_rt
 from ssl_dynamics.inspect.store import RtStore
 from ssl_dynamics.inspect.workspace import open_workspace
 
@@ -242,3 +242,92 @@ def test_submit_checks_every_shards_checkpoints_before_writing(run, monkeypatch,
                          monkeypatch, capsys)
     assert code == 2 and f"seed-{seed:02d}/epoch-{epoch:04d}" in err and err.count("\n") == 1, err
     assert not (run / "inspect" / "bank.h5").exists() and not (run / "inspect" / "rt.zarr").exists()
+
+
+# --------------------------------------------------------------------------- concurrency, foreign stores
+
+def test_a_work_folder_starts_from_the_runs_own_store(run, tmp_path):
+    """`--work W` on an archive (read-only media) evaluates on the archive's bank; what the
+    archive's store holds is copied in, not evaluated again, and the archive is untouched."""
+    archive_store = run / "inspect" / "rt.zarr"
+    before = load_rt(archive_store)
+    lines = []
+    res = rt(run, work=tmp_path / "w", echo=lines.append)
+    assert res["evaluated"] == 0 and any("started from" in line for line in lines)
+    after = load_rt(tmp_path / "w" / "rt.zarr")
+    for s, d in before.items():
+        assert np.array_equal(after[s].correct, d.correct) and after[s].valid.all()
+    assert not (tmp_path / "w" / "bank.h5").exists()  # the archive's bank, read in place
+    # with another bank, nothing is copied: the work folder's store is its own
+    res = rt(run, work=tmp_path / "w2", setups=["supervised"], bank_path=tmp_path / "w2" / "bank.h5",
+             **{**TINY_BANK, "bank_seed": 3})
+    assert res["evaluated"] == 6 and set(load_rt(tmp_path / "w2" / "rt.zarr")) == {"supervised"}
+
+
+def test_seeding_skips_a_work_store_made_meanwhile_and_clears_a_killed_one(run, tmp_path):
+    from ssl_dynamics.inspect.rtdata import seed_work_store
+
+    ws = open_workspace(run, **QUIET)
+    fp = bank_mod.load_bank(ws.bank).fingerprint
+    target = tmp_path / "copy.zarr"
+    stale = tmp_path / ".seeding.copy.zarr"
+    stale.mkdir()
+    (stale / "junk").write_text("left by a kill")
+    seed_work_store(ws.store, fp, target)
+    assert not stale.exists() and load_rt(target)["supervised"].valid.all()
+    stamp = (target / "zarr.json").stat().st_mtime_ns
+    seed_work_store(ws.store, fp, target)  # made by another process while this one waited
+    assert (target / "zarr.json").stat().st_mtime_ns == stamp
+
+
+def test_an_archive_is_not_blamed_for_the_callers_errors(run, tmp_path):
+    from ssl_dynamics.inspect.rtdata import export_h5, open_store
+
+    archive = tmp_path / "a.h5"
+    export_h5(RtStore(run / "inspect" / "rt.zarr", writable=False), archive)
+    with pytest.raises(KeyError, match="mine"):
+        with open_store(archive):
+            raise KeyError("mine")
+    with open_store(archive) as store:
+        with pytest.raises(UserError, match="corrupt r_t archive"):
+            store.read("no_such_setup")
+
+
+def test_a_bank_built_by_another_process_meanwhile_is_loaded_not_rebuilt(run, tmp_path):
+    from ssl_dynamics.inspect.rt import ensure_bank
+
+    ws = open_workspace(run, **QUIET)
+    spec = bank_mod.load_bank(ws.bank).spec
+    stamp = ws.bank.stat().st_mtime_ns
+    bank, built = ensure_bank(ws, ws.bank, spec, False, {}, quiet_echo)  # planned when it was absent
+    assert not built and ws.bank.stat().st_mtime_ns == stamp
+    with pytest.raises(UserError, match="built with other settings"):
+        ensure_bank(ws, ws.bank, bank_mod.BankSpec(24, 5, 0, 8), False, {}, quiet_echo)
+
+
+def quiet_echo(*_a):
+    return None
+
+
+def test_store_path_that_is_another_zarr_is_refused(run, tmp_path):
+    cache = run / "inspect" / "features.zarr"
+    with pytest.raises(UserError, match="is the representation cache"):
+        rt(run, cache, setups=["supervised"], **QUIET)
+    import zarr
+
+    other = tmp_path / "other.zarr"
+    zarr.open_group(str(other), mode="w").create_group("something")
+    with pytest.raises(UserError, match="exists and is not an r_t store"):
+        rt(run, other, setups=["supervised"], **QUIET)
+    empty = tmp_path / "empty.zarr"
+    empty.mkdir()
+    with pytest.raises(UserError, match="or remove that empty folder"):
+        rt(run, empty, setups=["supervised"], **QUIET)
+
+
+def test_a_killed_exports_temp_file_is_removed_by_the_next(run, tmp_path):
+    archive = tmp_path / "a.h5"
+    left = tmp_path / ".a.h5.k1ll3d.tmp"
+    left.write_bytes(b"partial archive")
+    rt(run, archive, setups=["supervised"], **QUIET)
+    assert not left.exists() and is_rt_archive(archive)

@@ -168,6 +168,17 @@ def read_spec(path: str | Path) -> tuple[BankSpec, str, list[ViewKey]]:
         raise UserError(f"corrupt bank {path}: {e}") from None
 
 
+def read_fingerprint(path: str | Path) -> str:
+    """The fingerprint of an existing bank, without reading its views."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs["fingerprint"])
+    except (OSError, KeyError) as e:
+        raise UserError(f"corrupt bank {path}: {e}") from None
+
+
 def read_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(probe indices, probe images uint8 [K, 3, H, W] or None for a bank made before they
     were kept) without reading the views."""

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +27,12 @@ from ..objectives import objective_for
 from ..progress import bar
 from . import bank as bank_mod
 from . import rt_plan as plan
-from .evaluate import evaluate, evaluate_group
+from .evaluate import evaluate, evaluate_group, exact_fp32
 from .rt_plan import BankRequest, EvalOptions, Selection, Task  # noqa: F401  (the API)
 from .rt_threads import LOADER_THREADS, Loaded, Running, load_task, release
 from .rtdata import export_h5, is_rt_archive, seed_work_store
 from .store import RtStore, work_path
-from .workspace import Workspace
+from .workspace import STORE_NAMES, Workspace
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -61,6 +61,7 @@ class RtPlan:
     tasks: list[Task]
     random_labels: np.ndarray | None
     precision: str = "fp32"  # recorded per setup in the store, which never mixes two
+    seed_from: Path | None = None  # the run's own store, copied into a new work folder's first
 
 
 def check_rt(ws: Workspace, select: Selection = Selection(), request: BankRequest = BankRequest(),
@@ -75,34 +76,78 @@ def check_rt(ws: Workspace, select: Selection = Selection(), request: BankReques
     setups, missing = plan.check_selection(run, select)
     keys = plan.view_keys(run, setups)
     bank_path, spec, exists = plan.bank_plan(ws, request, keys)
-    check_store_path(store_path, bank_path)
+    check_store_path(store_path, bank_path, ws.features)
     if not exists:
         plan.check_new_bank(run, store_path, bank_path, spec)
-    plan.check_precision(store_path, setups, precision)
-    tasks = plan.pending_tasks(run, store_path, setups, select)
+    seed_from = archive_store(ws, store_path, bank_path if exists else None)
+    reads = seed_from or store_path  # what the store will hold before this evaluation
+    plan.check_precision(reads, setups, precision)
+    tasks = plan.pending_tasks(run, reads, setups, select)
     plan.precheck(run, tasks)
     random_labels = plan.label_permutation(run, setups)
     art.check_writable(folder)
     need = plan.store_bytes(run, setups, spec, keys) + (0 if exists else bank_mod.bank_bytes(spec, keys, (3, 32, 32)))
     art.check_space(folder, need, "the bank and the r_t store")
-    return RtPlan(store_path, setups, missing, bank_path, spec, exists, tasks, random_labels, precision)
+    return RtPlan(store_path, setups, missing, bank_path, spec, exists, tasks, random_labels, precision,
+                  seed_from)
 
 
-def check_store_path(store_path: Path, bank_path: Path) -> None:
-    """Refuse a store path that would replace a file other than an r_t archive: the bank,
-    or an existing .h5 that is not an archive of `inspect rt` (analysis.h5, anything else)."""
+def archive_store(ws: Workspace, store_path: Path, bank_path: Path | None) -> Path | None:
+    """The run directory's own r_t store, when a work folder of its own (`--work`, a
+    read-only archive) has none yet and evaluates on the same, existing bank: its results
+    are copied in first rather than evaluated again. None otherwise."""
+    if bank_path is None or ws.archive == ws.dir or store_path != ws.store or work_path(store_path).exists():
+        return None
+    for name in STORE_NAMES:
+        src = ws.archive / name
+        if src.exists() and (name.endswith(".h5") or work_path(src).exists()):
+            with plan.existing_store(src) as store:
+                if store is not None and str(store.root_attrs().get("bank_fingerprint")) == \
+                        bank_mod.read_fingerprint(bank_path):
+                    return src
+    return None
+
+
+def check_store_path(store_path: Path, bank_path: Path, features: Path | None = None) -> None:
+    """Refuse a store path that would replace or write into something other than an r_t
+    store: the bank, the representation cache, an existing .h5 that is not an archive of
+    `inspect rt` (analysis.h5, anything else), or an existing Zarr folder of something else."""
     if store_path.resolve() == bank_path.resolve():
         raise UserError(f"--store {store_path} is the bank; choose another path for the r_t store")
     if store_path.suffix in (".h5", ".hdf5") and store_path.exists() and not is_rt_archive(store_path):
         raise UserError(f"--store {store_path} exists and is not an r_t archive; choose another path")
+    wp = work_path(store_path)
+    if features is not None and wp.resolve() == features.resolve():
+        raise UserError(f"--store {store_path} is the representation cache; choose another path")
+    if wp.exists() and not _is_rt_work_store(wp):
+        raise UserError(f"--store {store_path}: {wp} exists and is not an r_t store; choose another path"
+                        + (" (or remove that empty folder)" if wp.is_dir() and not any(wp.iterdir()) else ""))
+
+
+# What the root of an r_t store holds before its bank is bound (init_probes was cut short).
+UNBOUND_ROOT = {"probe_indices", "labels"}
+
+
+def _is_rt_work_store(path: Path) -> bool:
+    """An r_t Zarr store (bound to a bank), or one whose creation was cut short."""
+    import zarr
+
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        return "bank_fingerprint" in root.attrs or set(root.keys()) <= UNBOUND_ROOT
+    except Exception:  # noqa: BLE001  (not a Zarr group at all: a file, another format)
+        return False
 
 
 def open_rt(ws: Workspace, rt_plan: RtPlan, data: dict | None = None,
             echo=print) -> tuple[RtStore, bank_mod.Bank, list[Task]]:
     """The bank (built now if it does not exist yet), the store opened for writing with its
     arrays made or checked, and the planned tasks bound to the store's seed slots."""
-    bank = ensure_bank(ws, rt_plan.bank_path, rt_plan.spec, rt_plan.bank_exists, data or {}, echo)
+    bank, built = ensure_bank(ws, rt_plan.bank_path, rt_plan.spec, rt_plan.bank_exists, data or {}, echo)
     path = rt_plan.store_path
+    if rt_plan.seed_from is not None and not work_path(path).exists():
+        seed_work_store(rt_plan.seed_from, bank.fingerprint, work_path(path))
+        echo(f"{work_path(path)}: started from {rt_plan.seed_from} (its evaluated checkpoints are kept)")
     if path.suffix in (".h5", ".hdf5") and path.exists() and not work_path(path).exists():
         # the archive's work store is gone: start from what the archive holds, not from nothing
         seed_work_store(path, bank.fingerprint)
@@ -112,7 +157,7 @@ def open_rt(ws: Workspace, rt_plan: RtPlan, data: dict | None = None,
         tasks = plan.bind_store(ws.run, store, bank, rt_plan.setups, rt_plan.tasks,
                                 rt_plan.random_labels, rt_plan.precision)
     except UserError:
-        if not rt_plan.bank_exists:  # built just now for a store that refuses it: nothing to keep
+        if built:  # built just now for a store that refuses it: nothing to keep
             rt_plan.bank_path.unlink(missing_ok=True)
         raise
     return store, bank, tasks
@@ -133,6 +178,8 @@ def compute_rt(ws: Workspace, select: Selection = Selection(), opts: EvalOptions
         check_packable(ws.run.cfg.backbone, "--group")
     rt_plan = check_rt(ws, select, request, store_path, "bf16" if opts.bf16 else "fp32")
     store, bank, tasks = open_rt(ws, rt_plan, data, echo)
+    if redo := plan.describe_redo(tasks):
+        echo(redo)
     shard_i, shard_n = select.shard
     echo(f"{len(tasks)} checkpoints to evaluate"
          + (f" (shard {shard_i}/{shard_n})" if shard_n > 1 else "") + f" on {opts.device}"
@@ -146,15 +193,22 @@ def compute_rt(ws: Workspace, select: Selection = Selection(), opts: EvalOptions
 
 
 def ensure_bank(ws: Workspace, path: Path, spec: bank_mod.BankSpec, exists: bool, data: dict,
-                echo) -> bank_mod.Bank:
+                echo) -> tuple[bank_mod.Bank, bool]:
+    """The bank, and whether this call built it. Built under a lock beside it: shards started
+    together build it once, and the others load it (checked to be the one asked for)."""
     if exists:
-        return bank_mod.load_bank(path)
-    dataset = ws.run.load_dataset(data.get("dataset"), data.get("data_root"))
+        return bank_mod.load_bank(path), False
     # every (augmentation, views) pair of the run, not only the selected setups': later calls reuse it
     keys = plan.view_keys(ws.run, list(ws.run.cfg.setups))
-    echo(f"building the bank: {min(spec.n_probe, ws.run.n_train)} images x {spec.n_replays} "
-         f"replays of each augmentation -> {path}")
-    return bank_mod.build_bank(path, dataset.train_x, dataset.train_y, keys, ws.run.dataset_sha256, spec)
+    with art.file_lock(path.with_name(f".{path.name}.lock")):
+        if path.exists():  # another process built it while this one waited
+            bank_mod.check_existing(path, asdict(spec), keys, ws.run.dataset_sha256, ws.run.n_train)
+            return bank_mod.load_bank(path), False
+        dataset = ws.run.load_dataset(data.get("dataset"), data.get("data_root"))
+        echo(f"building the bank: {min(spec.n_probe, ws.run.n_train)} images x {spec.n_replays} "
+             f"replays of each augmentation -> {path}")
+        return bank_mod.build_bank(path, dataset.train_x, dataset.train_y, keys, ws.run.dataset_sha256,
+                                   spec), True
 
 
 def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: list[Task],
@@ -177,7 +231,7 @@ def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: lis
 
     threads = torch.get_num_threads()
     running = Running(workers, evaluate_group, store, progress)
-    with ThreadPoolExecutor(max_workers=LOADER_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=LOADER_THREADS) as pool, exact_fp32(opts.device, opts.bf16):
         pending: deque = deque()
 
         def fill() -> None:

@@ -5,7 +5,9 @@ of every pending checkpoint (a few kB each: metadata, tensor names and shapes) s
 foreign, misplaced or damaged checkpoint is refused before anything is evaluated or
 written. A checkpoint counts only once its seed's manifest lists it (the manifest commits an
 epoch). The full check of each file (sha256 against its manifest, finite weights) happens
-when it is loaded for evaluation.
+when it is loaded for evaluation. The store records the manifest's sha256 of every
+checkpoint it evaluates; a checkpoint whose manifest now says otherwise (retrained or
+replaced since) is evaluated again.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from ..objectives import objective_for
 from . import bank as bank_mod
 from .plots import compress_ints
 from .rtdata import bank_spec, open_store
-from .store import RtStore, other_precision, work_path
+from .store import RtStore, other_precision, sha_hex, work_path
 from .workspace import Workspace
 
 
@@ -71,6 +73,8 @@ class Task:
     seed: int
     epoch: int
     s_idx: int
+    sha256: str = ""  # the checkpoint's sha256 in its manifest at planning: recorded with its chunk
+    redo: bool = False  # evaluated before, from another checkpoint than the manifest's now
 
 
 # Checkpoints per grouped pass on a GPU when --group is auto. Measured on an H200
@@ -109,15 +113,22 @@ def committed_epochs(paths: art.RunPaths, setup: str, seed: int) -> set[int]:
     """Epochs of a seed whose checkpoint file exists and is listed in the seed's manifest.
     A file the manifest lacks is an epoch not committed (still being written, or killed
     before its commit): it counts as missing, never as a checkpoint to evaluate."""
+    return set(committed_shas(paths, setup, seed))
+
+
+def committed_shas(paths: art.RunPaths, setup: str, seed: int) -> dict[int, str]:
+    """epoch -> the sha256 that the manifest lists, for the epochs of `committed_epochs`
+    ("" for an entry that is not text: the loader refuses that checkpoint)."""
     files = set(paths.epochs(setup, seed))
     manifest = paths.manifest(setup, seed)
     if not files or not manifest.is_file():
-        return set()
+        return {}
     try:
-        listed = {int(e) for e in art.read_manifest(manifest)["checkpoints"]}
+        entries = art.read_manifest(manifest)["checkpoints"].items()
+        listed = {int(e): v if isinstance(v, str) else "" for e, v in entries}
     except ValueError:
         raise UserError(f"corrupt manifest {manifest}: an epoch key is not a number") from None
-    return files & listed
+    return {e: sha for e, sha in listed.items() if e in files}
 
 
 def find_missing(paths: art.RunPaths, setup: str, epochs: int, seeds) -> dict[int, list[int]]:
@@ -192,10 +203,9 @@ def check_new_bank(run: art.Run, store_path: Path, bank_path: Path, spec: bank_m
     with existing_store(store_path) as store:
         if store is None:
             return
-        try:
-            have = store.probes()[0]
-        except KeyError:  # made, but no bank bound to it yet
+        if "bank_fingerprint" not in store.root_attrs():  # made, but no bank bound to it yet
             return
+        have = store.probes()[0]
         recorded = bank_spec(store.root_attrs())
         attrs = {s: store.attrs(s) for s in store.setups() if s in run.cfg.setups}
     spec = replace(spec, n_probe=min(spec.n_probe, run.n_train))  # what building it would record
@@ -266,24 +276,54 @@ def shard_of(setup: str, seed: int, epoch: int, n: int) -> int:
     return (zlib.crc32(f"{setup}/{seed}".encode()) + epoch) % n
 
 
+def evaluated(store, setup: str) -> dict[tuple[int, int], str]:
+    """(seed, epoch) -> recorded sha256 ("" when not recorded) of the setup's evaluated
+    checkpoints in a store or archive."""
+    seeds, flags = store.attrs(setup).get("seeds"), store.done(setup)
+    if not isinstance(seeds, list) or len(seeds) != flags.shape[0]:
+        raise UserError(f"corrupt r_t store {store.path}: {setup} lists {seeds!r} as seeds for "
+                        f"{flags.shape[0]} rows; rerun `inspect rt` into a new --store")
+    record = store.checkpoint_sha(setup)
+    return {(int(seeds[i]), int(e)): sha_hex(record[i, e]) if record is not None else ""
+            for i, e in zip(*np.nonzero(flags))}
+
+
 def pending_tasks(run: art.Run, store_path: Path, setups: list[str], select) -> list[Task]:
-    """The checkpoints of this shard that are committed and not in the store yet (read only)."""
-    done: dict[str, set] = {}
+    """The checkpoints of this shard that are committed and not in the store yet, or in it
+    from another checkpoint than the manifest lists now (`redo`; read only). Chunks without
+    a record (stores made before checkpoints were recorded) are trusted as they are."""
+    done: dict[str, dict] = {}
     with existing_store(store_path) as store:
         for s in [s for s in setups if s in store.setups()] if store is not None else []:
-            seeds, flags = store.attrs(s)["seeds"], store.done(s)
-            done[s] = {(int(seeds[i]), int(e)) for i, e in zip(*np.nonzero(flags))}
+            done[s] = evaluated(store, s)
     shard_i, shard_n = select.shard
     tasks = []
     for s in setups:
         for seed in run.cfg.seeds:
-            have = committed_epochs(run.paths, s, seed)
+            shas = committed_shas(run.paths, s, seed)
             for e in range(run.cfg.setups[s].epochs + 1):
-                if (shard_of(s, seed, e, shard_n) == shard_i and e in have
-                        and (select.epochs is None or e in select.epochs)
-                        and (seed, e) not in done.get(s, set())):
-                    tasks.append(Task(s, seed, e, -1))
+                if (shard_of(s, seed, e, shard_n) != shard_i or e not in shas
+                        or (select.epochs is not None and e not in select.epochs)):
+                    continue
+                recorded = done.get(s, {}).get((seed, e))
+                if recorded is None:
+                    tasks.append(Task(s, seed, e, -1, shas[e]))
+                elif recorded and recorded != shas[e]:
+                    tasks.append(Task(s, seed, e, -1, shas[e], redo=True))
     return tasks
+
+
+def describe_redo(tasks: list[Task]) -> str | None:
+    """One line naming the checkpoints evaluated again because they changed; None if none."""
+    redo: dict[str, dict[int, list[int]]] = {}
+    for t in tasks:
+        if t.redo:
+            redo.setdefault(t.setup, {}).setdefault(t.seed, []).append(t.epoch)
+    if not redo:
+        return None
+    n = sum(len(e) for seeds in redo.values() for e in seeds.values())
+    return (f"{n} checkpoint(s) changed since they were evaluated (their manifest's sha256 differs "
+            f"from the store's record: retrained or replaced), evaluating again: {describe_missing(redo)}")
 
 
 def check_precision(store_path: Path, setups: list[str], precision: str) -> None:
@@ -334,7 +374,7 @@ def bind_store(run: art.Run, store: RtStore, bank: bank_mod.Bank, setups: list[s
                tasks: list[Task], random_labels: np.ndarray | None, precision: str = "fp32") -> list[Task]:
     """Create or check (and grow) the store's arrays; the tasks with their seed slots."""
     store.init_probes(bank.probe_indices, bank.labels, bank.fingerprint, asdict(bank.spec))
-    order = {}
+    order: dict[str, list[int]] = {}
     for s in setups:
         sc = run.cfg.setups[s]
         key = (sc.augment, objective_for(sc).views_per_image)
@@ -344,4 +384,8 @@ def bind_store(run: art.Run, store: RtStore, bank: bank_mod.Bank, setups: list[s
             "setup_config": sc.to_dict(), "bank_fingerprint": bank.fingerprints[key],
             "dataset_sha256": run.dataset_sha256, "simclr_batch": bank.spec.simclr_batch,
             "precision": precision})
-    return [replace(t, s_idx=order[t.setup].index(t.seed)) for t in tasks]
+    bound = [replace(t, s_idx=order[t.setup].index(t.seed)) for t in tasks]
+    for t in bound:
+        if t.redo:  # pending again until its new chunk is written, whatever stops the run
+            store.forget(t.setup, t.s_idx, t.epoch)
+    return bound

@@ -103,7 +103,7 @@ class Running:
 
     def _write(self, group: list[Task], results: list) -> None:
         for task, (correct, p_true) in zip(group, results):
-            self.store.write(task.setup, task.s_idx, task.epoch, correct, p_true)
+            self.store.write(task.setup, task.s_idx, task.epoch, correct, p_true, task.sha256)
             self.images += int(np.prod(correct.shape))
             self.progress.update(1)
 

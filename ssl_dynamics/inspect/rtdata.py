@@ -74,6 +74,14 @@ def export_h5(store: RtStore, target: str | Path) -> None:
     ``xr.open_dataset(target, group=setup, engine="h5netcdf")``."""
     import h5py
 
+    target = Path(target)
+    # one exporting process at a time: it may remove what a killed export left
+    with art.file_lock(target.with_name(f".{target.name}.export.lock")):
+        art.remove_stale_temps(target.parent, f".{target.name}.*.tmp")
+        _write_h5(store, target, h5py)
+
+
+def _write_h5(store: RtStore, target: Path, h5py) -> None:
     with art.atomic_path(target) as tmp:
         with h5py.File(tmp, "w") as f:
             idx, labels = store.probes()
@@ -85,11 +93,14 @@ def export_h5(store: RtStore, target: str | Path) -> None:
             if "bank_spec" in store.group.attrs:
                 f.attrs["bank_spec"] = json.dumps(dict(store.group.attrs["bank_spec"]), sort_keys=True)
             for setup in store.setups():
-                _export_setup(f.create_group(setup), store.read(setup), store.attrs(setup), idx, labels)
+                _export_setup(f.create_group(setup), store.read(setup), store.attrs(setup), idx, labels,
+                              store.checkpoint_sha(setup))
 
 
-def _export_setup(g, data: dict[str, np.ndarray], attrs: dict[str, Any], idx, labels) -> None:
-    """One setup group of the HDF5 export: data, coordinates as scales, JSON attributes."""
+def _export_setup(g, data: dict[str, np.ndarray], attrs: dict[str, Any], idx, labels,
+                  sha256: np.ndarray | None = None) -> None:
+    """One setup group of the HDF5 export: data, coordinates as scales, JSON attributes,
+    and the checkpoint record (`sha256`; stores made before it have none)."""
     coords = storedims.coordinate_values(attrs, idx, labels)
     for name in storedims.FULL_DIMS:
         h5dims.add_coordinate(g, name, coords[name])
@@ -104,6 +115,10 @@ def _export_setup(g, data: dict[str, np.ndarray], attrs: dict[str, Any], idx, la
         h5dims.attach(ds, g, storedims.ARRAY_DIMS[name])
         if name in storedims.WITH_LABEL:
             ds.attrs["coordinates"] = storedims.LABEL_COORD
+    if sha256 is not None:  # netCDF needs a scale on every axis, the byte axis included
+        h5dims.add_coordinate(g, "sha256_byte", np.arange(storedims.SHA_BYTES))
+        h5dims.attach(g.create_dataset(storedims.SHA_ARRAY, data=sha256), g,
+                      storedims.RECORD_DIMS[storedims.SHA_ARRAY])
     for k, v in attrs.items():
         g.attrs[k] = json.dumps(v)
 
@@ -128,62 +143,84 @@ def bank_spec(root_attrs: dict[str, Any]) -> dict[str, int] | None:
     return json.loads(spec) if isinstance(spec, (str, bytes)) else (dict(spec) if spec is not None else None)
 
 
-def seed_work_store(archive: Path, bank_fingerprint: str) -> None:
-    """Rebuild the Zarr work store of an .h5 archive from the archive (the work store was
-    removed or never copied), so that the export at the end of `inspect rt` holds what the
-    archive held plus what is evaluated now. Built under a temporary name and renamed into
-    place: a kill leaves no partial work store that a later export would take for the whole."""
-    wp = work_path(archive)
+def seed_work_store(source: Path, bank_fingerprint: str, target: Path | None = None) -> None:
+    """Build a Zarr work store from a finished store: the work store of an .h5 archive that
+    was removed or never copied (`target` None), or the work folder's store from the run's
+    own store (`--work` on an archive), so that nothing already evaluated is evaluated again.
+
+    One process seeds at a time (a lock beside the target); one that finds the target made
+    meanwhile uses it. Built under a temporary name and renamed into place: a kill leaves
+    no partial store that a later export would take for the whole."""
+    wp = target or work_path(source)
     tmp = wp.with_name(f".seeding.{wp.name}")
-    lock = tmp.with_name(tmp.name + ".lock")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a kill while seeding
-    with open_store(archive) as src:
-        if str(src.root_attrs().get("bank_fingerprint")) != bank_fingerprint:
-            raise UserError(f"{archive} was made from a different bank; use another --store path "
-                            f"(or the bank it was made with)")
-        dst = RtStore(tmp)
-        dst.init_probes(*src.probes(), bank_fingerprint, bank_spec(src.root_attrs()))
-        for setup in src.setups():
-            dst.restore_setup(setup, src.attrs(setup), src.read(setup))
-    dst.consolidate()
-    lock.unlink(missing_ok=True)
-    try:
+    with art.file_lock(wp.with_name(f".{wp.name}.seeding.lock")):  # not tmp's own store lock
+        if wp.exists():  # another process seeded it while this one waited
+            return
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a kill while seeding (the lock is ours)
+        with open_store(source) as src:
+            if str(src.root_attrs().get("bank_fingerprint")) != bank_fingerprint:
+                raise UserError(f"{source} was made from a different bank; use another --store path "
+                                f"(or the bank it was made with)")
+            dst = RtStore(tmp)
+            dst.init_probes(*src.probes(), bank_fingerprint, bank_spec(src.root_attrs()))
+            for setup in src.setups():
+                dst.restore_setup(setup, src.attrs(setup), src.read(setup), src.checkpoint_sha(setup))
+        dst.consolidate()
+        tmp.with_name(tmp.name + ".lock").unlink(missing_ok=True)
         os.rename(tmp, wp)
-    except OSError:  # another process made the work store meanwhile: use that one
-        if not wp.exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    fsync_dir(wp.parent)
+        fsync_dir(wp.parent)
 
 
 class H5Store:
-    """The reading side of `RtStore` over an exported .h5 archive."""
+    """The reading side of `RtStore` over an exported .h5 archive. A read that fails (a
+    damaged or foreign file) is a one-line UserError naming the archive; errors of the
+    caller's own work are not blamed on it."""
 
     def __init__(self, path: Path):
         import h5py
 
         self.path = path
-        self.file = h5py.File(path, "r")
+        with self._reading():
+            self.file = h5py.File(path, "r")
+
+    @contextmanager
+    def _reading(self):
+        try:
+            yield
+        except (OSError, KeyError, ValueError) as e:
+            raise UserError(f"corrupt r_t archive {self.path}: {e}") from None
 
     def setups(self) -> list[str]:
         import h5py
 
-        return canonical_order(k for k in self.file.keys() if isinstance(self.file[k], h5py.Group))
+        with self._reading():
+            return canonical_order(k for k in self.file.keys() if isinstance(self.file[k], h5py.Group))
 
     def root_attrs(self) -> dict[str, Any]:
-        return dict(self.file.attrs)
+        with self._reading():
+            return dict(self.file.attrs)
 
     def attrs(self, setup: str) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self.file[setup].attrs.items()}
+        with self._reading():
+            return {k: json.loads(v) for k, v in self.file[setup].attrs.items()}
 
     def probes(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.file["probe_indices"][:], self.file["labels"][:]
+        with self._reading():
+            return self.file["probe_indices"][:], self.file["labels"][:]
 
     def done(self, setup: str) -> np.ndarray:
-        return self.file[f"{setup}/done"][:].astype(bool)
+        with self._reading():
+            return self.file[f"{setup}/done"][:].astype(bool)
 
     def read(self, setup: str) -> dict[str, np.ndarray]:
-        return {k: self.file[f"{setup}/{k}"][:] for k in ("correct", "p_true", "done", "targets")}
+        with self._reading():
+            return {k: self.file[f"{setup}/{k}"][:] for k in ("correct", "p_true", "done", "targets")}
+
+    def checkpoint_sha(self, setup: str) -> np.ndarray | None:
+        """As `RtStore.checkpoint_sha`: None for an archive made before checkpoints were recorded."""
+        with self._reading():
+            g = self.file[setup]
+            return g[storedims.SHA_ARRAY][:] if storedims.SHA_ARRAY in g else None
 
 
 @contextmanager
@@ -191,14 +228,11 @@ def open_store(path: str | Path) -> Iterator[RtStore | H5Store]:
     """A .zarr store or an exported .h5 archive, read only, with one reading interface."""
     path = Path(path)
     if path.suffix in (".h5", ".hdf5") and path.exists():
+        store = H5Store(path)
         try:
-            store = H5Store(path)
-            try:
-                yield store
-            finally:
-                store.file.close()
-        except (OSError, KeyError, ValueError) as e:
-            raise UserError(f"corrupt r_t archive {path}: {e}") from None
+            yield store
+        finally:
+            store.file.close()
         return
     wp = work_path(path)
     if not wp.exists():
@@ -229,6 +263,9 @@ def store_state(path: str | Path) -> str:
             attrs = store.attrs(s)
             h.update(json.dumps([s, attrs.get("seeds"), attrs.get("epochs")]).encode())
             h.update(np.ascontiguousarray(store.done(s), dtype=np.uint8).tobytes())
+            record = store.checkpoint_sha(s)  # a checkpoint evaluated again changes its record
+            if record is not None and record.any():
+                h.update(record.tobytes())
     return h.hexdigest()
 
 

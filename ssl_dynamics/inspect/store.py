@@ -6,6 +6,8 @@ Layout (one group per setup, chunked per checkpoint so that shards never share a
     <store>/<setup>/correct  uint8   [S, E, M, K, V]   1 = classified correctly
     <store>/<setup>/p_true   float32 [S, E, M, K, V]   softmax probability of the true class
     <store>/<setup>/done     uint8   [S, E]            1 = that checkpoint is evaluated
+    <store>/<setup>/sha256   uint8   [S, E, 32]        sha256 of the checkpoint evaluated there
+                                                       (its manifest's; zeros = not recorded)
     <store>/<setup>/targets  int64   [K]               labels scored against (permuted for
                                                        random-label setups)
     <store>/<setup>/{seed,epoch,replay,probe,view,label}   coordinates (see storedims.py)
@@ -15,7 +17,14 @@ Layout (one group per setup, chunked per checkpoint so that shards never share a
 S indexes the run's seeds (in the order they were added: `attrs.seeds`), E the epochs
 0..t_max, M the replays, V the views (2 for SimCLR, else 1). `done` is written after the
 data of its chunk, so an interrupted evaluation is redone, never half-read. Seeds added to
-a run later grow the S axis; evaluated chunks stay as they are.
+a run later grow the S axis; evaluated chunks stay as they are. A checkpoint replaced after
+it was evaluated (retrained) no longer matches its recorded sha256 and is evaluated again
+(`rt_plan.pending_tasks`); stores written before the record existed are trusted as they are.
+
+Structure is committed by attributes written last: the root's `bank_fingerprint` binds the
+store to its bank, a setup group's `COMMIT_ATTRS` make it. A root or setup group without
+them was cut short (a kill) while being made: readers skip it, and a writer removes and
+remakes it under the store's lock (never a group whose attributes committed it).
 
 The working format is Zarr: every chunk is its own file, so processes evaluating disjoint
 checkpoints (`--shard i/n`) can share one store; structure changes happen under a lock
@@ -31,13 +40,14 @@ the whole archive atomically. An archive whose work store is gone seeds a new on
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from .. import artifacts as art
-from ..config import SCHEMA_VERSION, canonical_json, canonical_order
+from ..config import SCHEMA_VERSION, canonical_json, canonical_order, upgrade_setup_dict
 from ..errors import UserError
 from . import storedims as dims
 
@@ -50,6 +60,24 @@ CHECKSUM = True  # zstd frame checksums: a damaged chunk is an error, not silent
 # setup attributes that stores written before they existed lack: unknown there, so accepted
 # (and left unrecorded: the chunks already written may have been made either way)
 UNRECORDED_BEFORE = ("precision",)
+ROOT_ARRAYS = ("probe_indices", "labels")  # made by init_probes before it binds the bank
+# What damaged metadata raises (garbage JSON, a zarr.json zarr refuses, malformed attributes,
+# a missing array) where the store also writes: an OSError there (a full disk) is not damage
+DAMAGE = (ValueError, KeyError, TypeError)
+
+
+def sha_bytes(sha256: str | None) -> np.ndarray | None:
+    """A hex sha256 as the 32 bytes the store records; None for anything else (unknown)."""
+    try:
+        raw = bytes.fromhex(sha256 or "")
+    except ValueError:
+        return None
+    return np.frombuffer(raw, dtype=np.uint8) if len(raw) == dims.SHA_BYTES else None
+
+
+def sha_hex(record: np.ndarray) -> str:
+    """The hex sha256 of one recorded checkpoint; "" when none was recorded (all zeros)."""
+    return bytes(record).hex() if record.any() else ""
 
 
 def other_precision(path: Path, setup: str, have: str) -> UserError:
@@ -114,24 +142,45 @@ class RtStore:
     def _lock(self):
         return art.file_lock(self.path.with_name(self.path.name + ".lock"))
 
+    @contextmanager
+    def _reading(self, what: str, kinds: tuple[type[Exception], ...] = (Exception,)) -> Iterator[None]:
+        """Damaged metadata or chunks (garbage zarr.json, a missing array, a truncated chunk)
+        as one line naming the store, instead of zarr's traceback."""
+        try:
+            yield
+        except UserError:
+            raise
+        except kinds as e:  # zarr, json and numpy raise many kinds
+            detail = (str(e).splitlines() or [""])[0][:200]
+            raise UserError(f"corrupt r_t store {self.path}: {what} cannot be read ({type(e).__name__}"
+                            f"{': ' + detail if detail else ''}); rerun `inspect rt` into a new "
+                            f"--store") from None
+
     def upgrade(self) -> bool:
         """Name the dimensions and add the coordinates of a store made before they existed,
-        and refresh its consolidated metadata; returns True when anything changed. Chunks
-        (evaluated data and done flags) are left exactly as they are."""
-        if not dims.needs_upgrade(self.path):
-            return False
-        with self._lock():
-            if not dims.needs_upgrade(self.path):  # another process did it meanwhile
+        repair what a kill cut short (an unfinished setup group is removed, a half-grown seed
+        axis is put back in line with the committed attributes), and refresh its consolidated
+        metadata; returns True when anything changed. Evaluated chunks and done flags of
+        committed checkpoints are left exactly as they are."""
+        with self._reading("its metadata", DAMAGE):
+            if not dims.needs_upgrade(self.path):
                 return False
-            dims.name_dimensions(self.path)
-            self.group = self._open()
-            if "probe_indices" in self.group:
-                idx, labels = self.probes()
-                for setup in self.setups():
-                    values = dims.coordinate_values(self.attrs(setup), idx, labels)
-                    dims.write_coordinates(self.group[setup], values)
-            dims.consolidate(self.path)
-            self.group = self._open()
+            with self._lock():
+                if not dims.needs_upgrade(self.path):  # another process did it meanwhile
+                    return False
+                dims.name_dimensions(self.path)
+                self.group = self._open()
+                for setup in self._unfinished():
+                    del self.group[setup]
+                if self.bound():
+                    idx, labels = self.probes()
+                    for setup in self.setups():
+                        attrs = self.attrs(setup)
+                        values = dims.coordinate_values(attrs, idx, labels)
+                        dims.write_coordinates(self.group[setup], values)
+                        dims.fit_to_attrs(self.group[setup], attrs, values)
+                dims.consolidate(self.path)
+                self.group = self._open()
         return True
 
     def consolidate(self) -> None:
@@ -142,16 +191,26 @@ class RtStore:
     def init_probes(self, probe_indices: np.ndarray, labels: np.ndarray, bank_fingerprint: str,
                     bank_spec: dict[str, int] | None = None) -> None:
         """Bind the store to its bank (fingerprint, and the settings it was built with, which
-        let a later run refuse a different bank before building it), or check the binding."""
+        let a later run refuse a different bank before building it), or check the binding.
+        The root's attributes are written last: they bind it, so probe arrays found without
+        them are what a killed binding left, and are made again."""
         with self._lock():
             g = self.group = self._open()
-            if "probe_indices" in g:
+            if self.bound():
                 if g.attrs.get("bank_fingerprint") != bank_fingerprint:
                     raise UserError(f"{self.path} was made from a different bank; use another "
                                     f"--store path (or the bank it was made with)")
                 if bank_spec is not None and "bank_spec" not in g.attrs:  # made before it was recorded
                     g.attrs["bank_spec"] = dict(bank_spec)
                 return
+            with self._reading("its root"):
+                setups = list(g.group_keys())
+            if setups:  # setups are made only in a bound store: its root attributes were lost
+                raise UserError(f"corrupt r_t store {self.path}: it has setups ({', '.join(setups)}) "
+                                f"but no bank fingerprint; rerun `inspect rt` into a new --store")
+            for name in ROOT_ARRAYS:
+                if name in g:
+                    del g[name]
             g.create_array("probe_indices", data=np.asarray(probe_indices, dtype=np.int64),
                            **dims.array_options("probe_indices"))
             g.create_array("labels", data=np.asarray(labels, dtype=np.int64),
@@ -160,6 +219,16 @@ class RtStore:
                             **({"bank_spec": dict(bank_spec)} if bank_spec is not None else {})})
             dims.consolidate(self.path)
 
+    def bound(self) -> bool:
+        """Whether the store is bound to its bank (init_probes finished)."""
+        return "bank_fingerprint" in self.root_attrs()
+
+    def _unfinished(self, only: str | None = None) -> list[str]:
+        """Setup groups without their committing attributes: cut short while being made."""
+        with self._reading("its setup groups"):
+            return [name for name, g in self.group.groups()
+                    if (only is None or name == only) and not dims.committed(g.attrs)]
+
     def ensure_setup(self, setup: str, seeds: list[int], n_epochs: int, m: int, k: int, v: int,
                      targets: np.ndarray, attrs: dict[str, Any]) -> list[int]:
         """Create the setup's arrays, or check that existing ones were made the same way and
@@ -167,10 +236,14 @@ class RtStore:
         want = {"epochs": list(range(n_epochs)), **attrs}
         with self._lock():
             self.group = self._open()
+            for name in self._unfinished(only=setup):  # a kill while it was made: make it again
+                del self.group[name]
             if setup not in self.group:
                 self._create(setup, [int(s) for s in seeds], n_epochs, (m, k, v), targets, want)
                 return [int(s) for s in seeds]
-            have = dict(self.group[setup].attrs)
+            have = self.attrs(setup)
+            # a stored config is read in today's terms (schema-1 "none" is today's "normalize")
+            have["setup_config"] = upgrade_setup_dict(have.get("setup_config"), have.get("schema_version", 1))
             diffs = [key for key in want if canonical_json(have.get(key)) != canonical_json(want[key])
                      and not (key in UNRECORDED_BEFORE and key not in have)]
             if list(have.get("shape", [])[2:]) != [m, k, v]:
@@ -181,21 +254,33 @@ class RtStore:
                 what = "bank" if "bank_fingerprint" in diffs else ", ".join(diffs)
                 raise UserError(f"{self.path}/{setup} was made with a different {what}; "
                                 f"use another --store path")
+            with self._reading(f"the arrays of {setup}", DAMAGE):  # a damaged one, before growing
+                for name in (*ARRAYS, "done", "targets"):
+                    _ = self.group[setup][name]  # opening an array reads (checks) its metadata
+            self._add_record(setup)
             return self._grow(setup, have, seeds)
 
-    def restore_setup(self, setup: str, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        """Make a setup as an exported archive holds it: its attributes and every array."""
+    def restore_setup(self, setup: str, attrs: dict[str, Any], arrays: dict[str, np.ndarray],
+                      sha256: np.ndarray | None = None) -> None:
+        """Make a setup as an exported archive holds it: its attributes and every array
+        (`sha256`: the archive's checkpoint record, None for one made before it existed).
+        The setup config is stored in today's terms, as the schema version now stamped on it
+        says (a schema-1 "none" becomes "normalize", which is what it meant)."""
         with self._lock():
             self.group = self._open()
             want = {k: v for k, v in attrs.items() if k not in ("schema_version", "seeds", "shape")}
+            if "setup_config" in want:
+                want["setup_config"] = upgrade_setup_dict(want["setup_config"],
+                                                          attrs.get("schema_version", 1))
             shape = arrays["correct"].shape
+            for name in self._unfinished(only=setup):
+                del self.group[name]
             self._create(setup, [int(s) for s in attrs["seeds"]], shape[1], tuple(shape[2:]),
-                         arrays["targets"], want)
-            g = self.group[setup]
-            for name in ("correct", "p_true", "done"):
-                g[name][...] = arrays[name]
+                         arrays["targets"], want, data={**arrays, dims.SHA_ARRAY: sha256})
 
-    def _create(self, setup, seeds, n_epochs, mkv, targets, want) -> None:
+    def _create(self, setup, seeds, n_epochs, mkv, targets, want, data=None) -> None:
+        """Make a setup group: arrays (filled from `data` when given), coordinates, then the
+        attributes, last: they commit the group (a kill before them leaves it unfinished)."""
         g = self.group.create_group(setup)
         shape = [len(seeds), n_epochs, *mkv]
         chunk = (1, 1, *mkv)
@@ -206,15 +291,37 @@ class RtStore:
                        compressors=_compressor(), **dims.array_options("p_true"))
         g.create_array("done", shape=(len(seeds), n_epochs), chunks=(1, 1), dtype="uint8",
                        fill_value=0, **dims.array_options("done"))
+        self._record_array(g, shape)
         g.create_array("targets", data=np.asarray(targets, dtype=np.int64),
                        **dims.array_options("targets"))
-        g.attrs.update({"schema_version": SCHEMA_VERSION, "seeds": seeds, "shape": shape, **want})
+        for name, values in (data or {}).items():
+            if name in dims.SEED_GROWN and values is not None:
+                g[name][...] = values
+        attrs = {"schema_version": SCHEMA_VERSION, "seeds": seeds, "shape": shape, **want}
         idx, labels = self.probes()
-        dims.write_coordinates(g, dims.coordinate_values(dict(g.attrs), idx, labels))
+        dims.write_coordinates(g, dims.coordinate_values(attrs, idx, labels))
+        g.attrs.update(attrs)  # last: commits the group
         dims.consolidate(self.path)
 
+    @staticmethod
+    def _record_array(g, shape: list[int]) -> None:
+        """The checkpoint record: one chunk per checkpoint, like `done`, so shards never
+        share one."""
+        g.create_array(dims.SHA_ARRAY, shape=(*shape[:2], dims.SHA_BYTES), chunks=(1, 1, dims.SHA_BYTES),
+                       dtype="uint8", fill_value=0, **dims.array_options(dims.SHA_ARRAY))
+
+    def _add_record(self, setup: str) -> None:
+        """Give a setup made before checkpoints were recorded its (empty) record, so that the
+        checkpoints evaluated from now on are recorded; what it holds stays trusted."""
+        g = self.group[setup]
+        if dims.SHA_ARRAY not in g:
+            self._record_array(g, self.attrs(setup)["shape"])
+            dims.consolidate(self.path)
+
     def _grow(self, setup: str, have: dict, seeds: list[int]) -> list[int]:
-        """Append the run's seeds that the store lacks (existing chunks are kept)."""
+        """Append the run's seeds that the store lacks (existing chunks are kept). Arrays and
+        the seed coordinate first, the attributes last: they commit the new seeds, and a kill
+        before them is undone on the next open for writing (`upgrade`)."""
         order = [int(s) for s in have["seeds"]]
         gone = [s for s in order if s not in seeds]
         if gone:
@@ -227,30 +334,53 @@ class RtStore:
             for name in ARRAYS:
                 g[name].resize(tuple(shape))
             g["done"].resize((len(order), shape[1]))
-            g.attrs.update({"seeds": order, "shape": shape})
+            g[dims.SHA_ARRAY].resize((len(order), shape[1], dims.SHA_BYTES))
             dims.write_seed_coordinate(g, order)
+            g.attrs.update({"seeds": order, "shape": shape})  # last: commits the new seeds
             dims.consolidate(self.path)
         return order
 
+    def forget(self, setup: str, s: int, e: int) -> None:
+        """Mark a checkpoint as not evaluated (it is about to be evaluated again): a kill
+        while its chunk is rewritten then leaves it pending, never half-old, half-new."""
+        self.group[f"{setup}/done"][s, e] = 0
+
     def setups(self) -> list[str]:
-        return canonical_order(self.group.group_keys())
+        """The committed setup groups (one cut short while being made is not a setup)."""
+        with self._reading("its setup groups"):
+            return canonical_order(name for name, g in self.group.groups() if dims.committed(g.attrs))
 
     def root_attrs(self) -> dict[str, Any]:
-        return dict(self.group.attrs)
+        with self._reading("its root attributes"):
+            return dict(self.group.attrs)
 
     def attrs(self, setup: str) -> dict[str, Any]:
-        return dict(self.group[setup].attrs)
+        with self._reading(f"the attributes of {setup}"):
+            return dict(self.group[setup].attrs)
 
     def done(self, setup: str) -> np.ndarray:
-        return self.group[f"{setup}/done"][:].astype(bool)
+        with self._reading(f"{setup}/done"):
+            return self.group[f"{setup}/done"][:].astype(bool)
 
-    def write(self, setup: str, s: int, e: int, correct: np.ndarray, p_true: np.ndarray) -> None:
+    def checkpoint_sha(self, setup: str) -> np.ndarray | None:
+        """uint8 [S, E, 32]: the sha256 of the checkpoint each chunk was evaluated from (zeros:
+        not recorded); None for a store made before checkpoints were recorded."""
+        with self._reading(f"{setup}/{dims.SHA_ARRAY}"):
+            g = self.group[setup]
+            return g[dims.SHA_ARRAY][:] if dims.SHA_ARRAY in g else None
+
+    def write(self, setup: str, s: int, e: int, correct: np.ndarray, p_true: np.ndarray,
+              sha256: str | None = None) -> None:
+        """One checkpoint's chunk; `sha256` (its manifest's) is recorded with it."""
         if setup not in self._arrays:  # opening an array reads its metadata: a third of a write
             g = self.group[setup]
-            self._arrays[setup] = (g["correct"], g["p_true"], g["done"])
-        c, p, done = self._arrays[setup]
+            record = g[dims.SHA_ARRAY] if dims.SHA_ARRAY in g else None
+            self._arrays[setup] = (g["correct"], g["p_true"], g["done"], record)
+        c, p, done, record = self._arrays[setup]
         c[s, e] = correct.astype(np.uint8)
         p[s, e] = p_true.astype(np.float32)
+        if record is not None and (digest := sha_bytes(sha256)) is not None:
+            record[s, e] = digest
         done[s, e] = 1  # last: it commits the chunk
 
     def read(self, setup: str) -> dict[str, np.ndarray]:
@@ -268,7 +398,12 @@ class RtStore:
         return out
 
     def read_targets(self, setup: str) -> np.ndarray:
-        return self.group[f"{setup}/targets"][:]
+        with self._reading(f"{setup}/targets"):
+            return self.group[f"{setup}/targets"][:]
 
     def probes(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.group["probe_indices"][:], self.group["labels"][:]
+        if not self.bound():
+            raise UserError(f"r_t store {self.path} is unfinished (no bank bound to it yet: "
+                            f"`inspect rt` was stopped while making it); run `inspect rt` again")
+        with self._reading("its probe set"):
+            return self.group["probe_indices"][:], self.group["labels"][:]
