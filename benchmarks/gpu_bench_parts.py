@@ -203,7 +203,8 @@ def profiled(fn, top: int = 25) -> list[str]:
 
 def inspect_rate(ctx) -> dict:
     """`inspect rt` on a 1,024 x 10 bank: checkpoints/s batched (--group) vs one at a time, on
-    checkpoints of a short packed run (supervised: 10,240 views each; simclr: 20,480)."""
+    checkpoints of a short packed run (supervised: 10,240 views each; simclr: 20,480); in bf16
+    on a GPU, and there also one at a time in exact fp32 (the default, TF32 off)."""
     from ssl_dynamics.inspect.rt import BankRequest, EvalOptions, Selection, compute_rt
     from ssl_dynamics.inspect.workspace import open_workspace
     from ssl_dynamics.train.grid import plan, train_runs
@@ -232,6 +233,11 @@ def inspect_rate(ctx) -> dict:
             row[f"{name}_views_per_s"] = round(res["images_per_s"], 1)
             row[f"{name}_waited_s"] = res["waited_s"]  # for the loader / for the store's writer
         row["speedup"] = round(row["batched_ckpt_per_s"] / row["one_at_a_time_ckpt_per_s"], 2)
+        if cuda:  # the exact option: fp32 without TF32 (what `inspect rt` runs by default)
+            opts = EvalOptions(str(ctx.device), False, True, False, 1)
+            res = compute_rt(ws, Selection((setup,)), opts, bank, root / f"{setup}-fp32.zarr", echo=quiet)
+            row["fp32_one_at_a_time_ckpt_per_s"] = round(res["checkpoints_per_s"], 2)
+            row["fp32_waited_s"] = res["waited_s"]
         out[setup] = row
     out["profile_supervised"] = profiled(lambda: compute_rt(
         ws, Selection(("supervised",)), EvalOptions(str(ctx.device), cuda, True, False, 1), bank,
