@@ -251,9 +251,10 @@ def load_rt(path: str | Path, setups: list[str] | None = None) -> dict[str, Setu
 
 
 def store_state(path: str | Path) -> str:
-    """A fingerprint of what the store holds: its bank, probe set, setups, seeds, epochs and
-    which checkpoints are evaluated (evaluated chunks never change). Cheap: reads no chunk
-    of the big arrays."""
+    """A fingerprint of what the store holds: its bank, probe set, setups, seeds, epochs,
+    which checkpoints are evaluated and from which checkpoint files (a chunk changes only
+    when its checkpoint was replaced and evaluated again, which changes its sha256 record).
+    Cheap: reads no chunk of the big arrays."""
     h = hashlib.sha256()
     with open_store(path) as store:
         h.update(str(store.root_attrs().get("bank_fingerprint")).encode())
