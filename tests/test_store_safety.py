@@ -299,3 +299,30 @@ def test_the_record_goes_through_the_h5_archive(run, tmp_path):
     assert rt(run, archive, setups=["supervised"])["evaluated"] == 1  # planned from the archive
     restored = RtStore(tmp_path / "a.h5.work.zarr", writable=False).checkpoint_sha("supervised")
     assert np.array_equal(restored[1], work[1]) and not np.array_equal(restored[0, 1], work[0, 1])
+
+
+def test_kill_while_growing_seeds_is_repaired_by_the_next_inspect_rt(run, monkeypatch):
+    """The same kill, end to end: a seed added to the run, `inspect rt` killed while it grows
+    the store; the next `inspect rt` plans from the committed seeds (read only), repairs the
+    store when it opens it for writing, and evaluates the new seed."""
+    from dataclasses import replace
+
+    from ssl_dynamics.config import override, preset
+    from ssl_dynamics.train.grid import train_grid
+    from ssl_dynamics.train.loop import TrainOptions
+
+    cfg = override(preset("smoke"), ["epochs=2", "batch_size=16", "train_subset=48"])
+    train_grid(run, replace(cfg, seeds=(2,)), ["supervised"], TrainOptions(device="cpu"),
+               progress=False, echo=lambda *_: None)
+
+    def killed(group, seeds):
+        raise Killed("write_seed_coordinate")
+
+    monkeypatch.setattr(storedims, "write_seed_coordinate", killed)
+    with pytest.raises(Killed):
+        rt(run, setups=["supervised"])
+    monkeypatch.undo()
+    assert rt(run, setups=["supervised"])["evaluated"] == 3  # seed 2's epochs 0-2
+    d = load_rt(run / "inspect" / "rt.zarr")["supervised"]
+    assert list(d.seeds) == [0, 1, 2] and d.valid.all()
+    open_all(run / "inspect" / "rt.zarr")

@@ -280,9 +280,12 @@ def evaluated(store, setup: str) -> dict[tuple[int, int], str]:
     """(seed, epoch) -> recorded sha256 ("" when not recorded) of the setup's evaluated
     checkpoints in a store or archive."""
     seeds, flags = store.attrs(setup).get("seeds"), store.done(setup)
-    if not isinstance(seeds, list) or len(seeds) != flags.shape[0]:
+    if not isinstance(seeds, list) or len(seeds) > flags.shape[0]:
         raise UserError(f"corrupt r_t store {store.path}: {setup} lists {seeds!r} as seeds for "
                         f"{flags.shape[0]} rows; rerun `inspect rt` into a new --store")
+    # rows beyond the committed seeds: a kill while seeds were added (repaired when the store
+    # is next opened for writing); nothing was evaluated in them
+    flags = flags[:len(seeds)]
     record = store.checkpoint_sha(setup)
     return {(int(seeds[i]), int(e)): sha_hex(record[i, e]) if record is not None else ""
             for i, e in zip(*np.nonzero(flags))}
