@@ -331,3 +331,24 @@ def test_a_killed_exports_temp_file_is_removed_by_the_next(run, tmp_path):
     left.write_bytes(b"partial archive")
     rt(run, archive, setups=["supervised"], **QUIET)
     assert not left.exists() and is_rt_archive(archive)
+
+
+def test_a_relative_work_folder_and_its_absolute_store_start_from_the_archive(run, tmp_path, monkeypatch):
+    # `inspect submit rt --work w` passes the store as an absolute path
+    monkeypatch.chdir(tmp_path)
+    res = rt(run, (tmp_path / "w" / "rt.zarr").absolute(), work="w")
+    assert res["evaluated"] == 0
+
+
+def test_a_work_folder_starts_from_an_archives_newer_work_store(run, tmp_path):
+    """An archive with rt.h5 and a newer work store (a run stopped before its export): the
+    work folder starts from what planning read, the work store, so nothing is left out."""
+    inspect = run / "inspect"
+    shutil.rmtree(inspect / "rt.zarr")
+    rt(run, inspect / "rt.h5", setups=["supervised"], epochs=[0], **QUIET)  # the archive: epoch 0
+    shutil.copyfile(inspect / "rt.h5", tmp_path / "old.h5")
+    rt(run, inspect / "rt.h5", setups=["supervised"], epochs=[1, 2], **QUIET)
+    shutil.copyfile(tmp_path / "old.h5", inspect / "rt.h5")  # the export of epochs 1-2 never happened
+    assert load_rt(inspect / "rt.h5.work.zarr")["supervised"].valid.all()
+    assert rt(run, work=tmp_path / "w", setups=["supervised"])["evaluated"] == 0
+    assert load_rt(tmp_path / "w" / "rt.zarr")["supervised"].valid.all()

@@ -96,15 +96,15 @@ def archive_store(ws: Workspace, store_path: Path, bank_path: Path | None) -> Pa
     """The run directory's own r_t store, when a work folder of its own (`--work`, a
     read-only archive) has none yet and evaluates on the same, existing bank: its results
     are copied in first rather than evaluated again. None otherwise."""
-    if bank_path is None or ws.archive == ws.dir or store_path != ws.store or work_path(store_path).exists():
+    if (bank_path is None or ws.archive.resolve() == ws.dir.resolve()
+            or store_path.resolve() != ws.store.resolve() or work_path(store_path).exists()):
         return None
     for name in STORE_NAMES:
         src = ws.archive / name
-        if src.exists() and (name.endswith(".h5") or work_path(src).exists()):
-            with plan.existing_store(src) as store:
-                if store is not None and str(store.root_attrs().get("bank_fingerprint")) == \
-                        bank_mod.read_fingerprint(bank_path):
-                    return src
+        with plan.existing_store(src) as store:  # an .h5's work store when it has one: the newer
+            if store is not None and str(store.root_attrs().get("bank_fingerprint")) == \
+                    bank_mod.read_fingerprint(bank_path):
+                return work_path(src) if work_path(src).exists() else src
     return None
 
 

@@ -56,8 +56,14 @@ def submit_rt_cmd(run_dir, shards, work, store, setups, epochs, allow_missing, d
     device = "cuda" if opts.executor == "slurm" and opts.gpus_per_job else "auto" if opts.gpus_per_job else "cpu"
     sub = submit_rt(run_dir, work, shards, select, request, store, {"dataset": dataset, "data_root": data_root},
                     opts, device, precision == "bf16", not no_verify, click.echo, group)
-    then = " ".join(["inspect all", str(run_dir), *(["--work", str(work)] if work else []),
-                     *(["--precision", precision] if precision != "fp32" else [])])
+    if store:  # `inspect all` evaluates into, and reads, the default store only
+        then = f"the analysis commands with --store {store}, e.g. inspect dynamics {run_dir} --store {store}"
+    elif bank:  # and `inspect all` would evaluate with the default bank, which the store refuses
+        then = f"the analysis commands, e.g. inspect dynamics {run_dir} (inspect all uses the default bank)"
+    else:
+        then = " ".join(["inspect all", str(run_dir), *(["--work", str(work)] if work else []),
+                         *(a for s in dict.fromkeys(split_names(setups) or []) for a in ("--setup", s)),
+                         *(["--precision", precision] if precision != "fp32" else [])])
     if sub is None or not opts.wait:
         if sub is not None:
             click.echo(f"when the jobs are done: {then}")
