@@ -36,6 +36,7 @@ GRID = ["--preset", "smoke", "--set", "train_subset=32", "--set", "batch_size=16
         "--epochs", str(EPOCHS), "--setup", "simclr", "--setup", "supervised", "--seeds", "0-1",
         "--deterministic"]
 LOCAL = ["--executor", "local", "--gpus-per-job", "0"]
+NO_SETUP = [a for i, a in enumerate(GRID) if "--setup" not in GRID[max(i - 1, 0):i + 1]]  # GRID, all setups
 TIMEOUT_S = 300  # a generous bound for a subprocess on a loaded 2-core machine
 
 
@@ -262,6 +263,8 @@ SLURM = ["--executor", "slurm", "--partition", "gpu"]
     ("train", ["run", *GRID, "--devices", "cpu,tpu"], "unknown device 'tpu'"),
     ("train", ["run", *GRID, "--devices", "cpu,cpu", "--device", "cpu"], "not both"),
     ("train", ["run", *GRID, "--devices", ""], "--devices '': use all"),
+    ("train", ["run", *NO_SETUP, "--setup", ","], "--setup names no setup"),
+    ("train", ["submit", *NO_SETUP, *SLURM, "--setup", ""], "--setup names no setup"),
     ("train", ["run", *GRID, "--device", ""], "unknown device ''"),
     ("train", ["submit", *GRID, "--executor", "slurm", "--partition", "gpu;rm -rf"],
      "--partition 'gpu;rm -rf' is not a valid SLURM name"),
@@ -523,3 +526,16 @@ def test_rt_shards_of_other_setups_are_not_busy_and_other_shard_counts_are_refus
                                         r"shards: submit with --shards 2, or once it has ended$"):
         busy_shards(running, store, 4, mine)  # job 14 overlaps; 11 and 12 (supervised) do not
     assert busy_shards(running[:3], store, 4, mine) == {}  # other setups: any shard count
+
+
+def test_the_next_step_named_after_inspect_submit_rt_reads_that_store(tmp_path, reference):
+    """`inspect all` reads only the default store: after `--store S` the hint names the
+    analyses with --store S instead; otherwise it carries --work, --setup and --precision."""
+    for extra, said in ((["--work", str(tmp_path / "w1"), "--store", str(tmp_path / "s.zarr")],
+                         f"with --store {tmp_path / 's.zarr'}"),
+                        (["--setup", "supervised", "--work", str(tmp_path / "w")],
+                         f"inspect all {reference} --work {tmp_path / 'w'} --setup supervised\n")):
+        r = run("inspect", "submit", "rt", str(reference), "--shards", "1", *LOCAL, "--probes", "16",
+                "--replays", "2", "--setup", "supervised", "--epochs", "0", *extra)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert said in r.stdout, r.stdout

@@ -94,6 +94,16 @@ def test_train_subset_larger_than_the_dataset(tmp_path, monkeypatch, capsys):
     args = ["run", "--out", tmp_path / "new", *SMOKE]
     expect_refusal(train_cli.main, [*args, "--set", "train_subset=5000"], tmp_path, monkeypatch,
                    capsys, "train_subset 5000 is larger than the dataset's 256 training images")
+    # nor as new settings of a run in which nothing was trained yet (which they would replace)
+    prepared = tmp_path / "prepared"
+    from ssl_dynamics.train.grid import check_grid
+    from ssl_dynamics.train.prepare import prepare_run
+
+    cfg = smoke_cfg()
+    dataset, _ = check_grid(prepared, cfg, SETUPS, TrainOptions(device="cpu"), True, False, quiet)
+    prepare_run(prepared, cfg, SETUPS, dataset, quiet)
+    expect_refusal(train_cli.main, ["run", "--out", prepared, *SMOKE, "--set", "train_subset=5000"], prepared,
+                   monkeypatch, capsys, "train_subset 5000 is larger")
 
 
 def test_a_run_of_other_settings_is_refused_before_its_dataset_is_loaded(run, tmp_path, monkeypatch, capsys):

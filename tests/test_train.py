@@ -447,7 +447,7 @@ def test_extend_keeps_the_runs_checkpoint_dtype_and_records_how_it_trained(tmp_p
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["extend", str(tmp_path), "--to", "2", *base])
     assert r.exit_code == 0, r.output
-    assert "bf16 checkpoints" in r.output
+    assert "each seed's checkpoint dtype: bf16" in r.output
     paths = art.RunPaths(tmp_path)
     assert weights(paths.checkpoint("supervised", 0, 2))["backbone.stem.0.weight"].dtype == torch.bfloat16
     m = art.read_json(paths.manifest("supervised", 0))
@@ -465,6 +465,22 @@ def test_extend_keeps_the_runs_checkpoint_dtype_and_records_how_it_trained(tmp_p
     r = CliRunner().invoke(cli, ["extend", str(tmp_path), "--to", "3", "--checkpoint-dtype", "fp32", *base])
     assert r.exit_code == 0, r.output
     assert weights(paths.checkpoint("supervised", 0, 3))["backbone.stem.0.weight"].dtype == torch.float32
+
+
+def test_extend_keeps_each_seeds_own_checkpoint_dtype(tmp_path):
+    """Seed 0 stored in bf16, seed 1 in fp32: extending both keeps each seed's dtype (a
+    setup-wide one would switch seed 1 to bf16 midway)."""
+    base = [*SMOKE, "--setup", "supervised", "--epochs", "1"]
+    for seed, dtype in (("0", "bf16"), ("1", "fp32")):
+        r = CliRunner().invoke(cli, ["run", "--out", str(tmp_path), *base, "--seeds", seed,
+                                     "--checkpoint-dtype", dtype])
+        assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["extend", str(tmp_path), "--setup", "supervised", "--to", "2",
+                                 "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    paths = art.RunPaths(tmp_path)
+    for seed, want in ((0, torch.bfloat16), (1, torch.float32)):
+        assert weights(paths.checkpoint("supervised", seed, 2))["head.weight"].dtype == want
 
 
 def test_extend_refuses_a_schedule_that_depends_on_the_run_length(tmp_path):
@@ -595,3 +611,14 @@ def test_setups_may_be_given_comma_separated(tmp_path):
                                  "--device", "cpu", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert art.RunPaths(tmp_path).checkpoint("supervised", 0, 2).exists()
+
+
+def test_an_uncommitted_epoch_does_not_count_as_trained(tmp_path):
+    """A kill after epoch 1's checkpoint file but before its manifest entry: nothing was
+    trained (committed), so new settings still replace the old ones."""
+    cfg = tiny(epochs=1)
+    train_grid(tmp_path, cfg, ["supervised"], CPU, progress=False, echo=quiet, until={"supervised": 0})
+    paths = art.RunPaths(tmp_path)
+    paths.checkpoint("supervised", 0, 1).write_bytes(b"uncommitted")
+    train_grid(tmp_path, override(cfg, ["supervised.lr=0.5"]), ["supervised"], CPU, progress=False, echo=quiet)
+    assert art.load_checkpoint(paths.checkpoint("supervised", 0, 1))[1]["setup_config"]["lr"] == 0.5

@@ -80,6 +80,8 @@ def grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignme
     cfg = override(cfg, extra)
     if seeds is not None:
         cfg = replace(cfg, seeds=parse_seeds(seeds))
+    if setups and not split_names(setups):  # an empty value: refused, never "all" by accident
+        raise UserError("--setup names no setup")
     chosen = split_names(setups) or list(cfg.setups)
     for s in chosen:
         if s not in cfg.setups:

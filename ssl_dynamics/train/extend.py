@@ -105,11 +105,13 @@ def extend_cmd(run_dir, setups, until, seeds, data_root, dataset, device, precis
     chosen = parse_seeds(seeds) if seeds else None
     for s in setups:
         to = until or THESIS_EXTENSIONS[s]
+        # None: each seed keeps its own checkpoints' dtype (`loop.open_seed`); shown as the first's
         dtype = checkpoint_dtype or recorded_checkpoint_dtype(run_dir, s, chosen or cfg.seeds)
-        opts = TrainRequest(device, precision, channels_last, deterministic, dtype, compile_,
+        opts = TrainRequest(device, precision, channels_last, deterministic, checkpoint_dtype, compile_,
                             compile_mode, pack).resolve(backbone=cfg.backbone)
         click.echo(f"extending {s} to epoch {to} on {opts.device} ({'bf16' if opts.bf16 else 'fp32'}"
                    + (f", {opts.pack} seeds per pack" if opts.pack > 1 else "")
-                   + f", {dtype} checkpoints)")
+                   + (f", {checkpoint_dtype} checkpoints)" if checkpoint_dtype else
+                      f", each seed's checkpoint dtype: {dtype} for the first)"))
         extend_grid(run_dir, [s], to, opts, chosen, data_root, check_disk=not ignore_disk_check,
                     echo=click.echo, progress=not no_progress, dataset=dataset)

@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..progress import bar
 from .loop import Diverged, TrainOptions, batches_per_epoch, train_seed
 from .pack import train_pack
-from .prepare import check_run, check_unchanged, disk_estimate, prepare_run
+from .prepare import check_manifests, check_run, check_unchanged, disk_estimate, prepare_run
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,10 @@ def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions
     check_run(art.RunPaths(root), cfg, setups, None)  # what needs no data: before loading it
     dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.train_subset, cfg.subset_seed,
                            download=download)
-    if cfg.train_subset > len(dataset.train_y) and not art.RunPaths(root).run_json.exists():
-        # a new run only: one made before this check keeps training on what it recorded
+    run_json = art.RunPaths(root).run_json
+    recorded = (art.read_json(run_json, dict).get("config") or {}).get("train_subset") if run_json.exists() else None
+    if cfg.train_subset > len(dataset.train_y) and recorded != cfg.train_subset:
+        # new settings only: a run made before this check keeps training on what it recorded
         raise UserError(f"train_subset {cfg.train_subset} is larger than the dataset's "
                         f"{len(dataset.train_y)} training images; use at most that, or 0 for all")
     for name in setups:
@@ -100,6 +102,7 @@ def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions
     check_input(cfg.backbone, 10, cfg.width, tuple(dataset.train_x.shape[1:]))
     check_run(art.RunPaths(root), cfg, setups, dataset)
     jobs = plan(root, cfg, setups, until)
+    check_manifests(art.RunPaths(root), [(j.setup, j.seed) for j in jobs])
     # a seed that keeps bf16 checkpoints without the option is counted at fp32: an upper bound
     need = disk_estimate(cfg, [(j.setup, j.seed, j.done, j.until) for j in jobs], opts.checkpoint_dtype or "fp32")
     free = shutil.disk_usage(base).free

@@ -87,14 +87,10 @@ def open_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: int
     optimizer = build_optimizer(model, setup)
     art.remove_stale_temps(paths.seed_dir(setup.name, seed))
     manifest_path = paths.manifest(setup.name, seed)
-    if not manifest_path.exists():
-        from .prepare import trained_epochs_on_disk
+    if not manifest_path.exists():  # checked before any write too (prepare.check_manifests)
+        from .prepare import check_manifests
 
-        on_disk = trained_epochs_on_disk(paths, setup.name, seed)
-        if on_disk:  # a partial copy, a deletion: what was committed is unknown
-            raise UserError(f"{paths.seed_dir(setup.name, seed)} has checkpoints up to epoch "
-                            f"{max(on_disk)} but no manifest.json: restore it (e.g. finish the "
-                            f"copy), or delete that folder to retrain the seed")
+        check_manifests(paths, [(setup.name, seed)])
     manifest = (art.read_manifest(manifest_path) if manifest_path.exists() else
                 {"setup": setup.name, "seed": seed, "epochs": setup.epochs, "complete": False,
                  "checkpoints": {}})

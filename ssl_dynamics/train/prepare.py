@@ -87,11 +87,24 @@ def trained_anything(paths: art.RunPaths, setup: str | None = None) -> bool:
     for name in names:
         for seed in paths.seeds(name):
             m = paths.manifest(name, seed)
-            if m.exists() and any(int(e) > 0 for e in art.read_manifest(m)["checkpoints"]):
-                return True
-            if trained_epochs_on_disk(paths, name, seed):
+            if m.exists():  # files beyond it are uncommitted: redone by a resume, or forgotten
+                if any(int(e) > 0 for e in art.read_manifest(m)["checkpoints"]):
+                    return True
+            elif trained_epochs_on_disk(paths, name, seed):
                 return True
     return False
+
+
+def check_manifests(paths: art.RunPaths, seeds: list[tuple[str, int]]) -> None:
+    """Refuse, before any write, a planned (setup, seed) whose folder holds checkpoints beyond
+    epoch 0 but no manifest.json (a partial copy, a deletion): what was committed is unknown."""
+    for setup, seed in seeds:
+        if not paths.manifest(setup, seed).exists():
+            on_disk = trained_epochs_on_disk(paths, setup, seed)
+            if on_disk:
+                raise UserError(f"{paths.seed_dir(setup, seed)} has checkpoints up to epoch "
+                                f"{max(on_disk)} but no manifest.json: restore it (e.g. finish the "
+                                f"copy), or delete that folder to retrain the seed")
 
 
 def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: Dataset | None) -> list[str]:
