@@ -539,3 +539,25 @@ def test_the_next_step_named_after_inspect_submit_rt_reads_that_store(tmp_path, 
                 "--replays", "2", "--setup", "supervised", "--epochs", "0", *extra)
         assert r.returncode == 0, r.stdout + r.stderr
         assert said in r.stdout, r.stdout
+
+
+def test_signal_handlers_are_set_for_the_block_and_only_from_the_main_thread():
+    import signal
+    import threading
+
+    from ssl_dynamics.train.workers import _as_interrupt, _handling
+
+    before = signal.getsignal(signal.SIGHUP)
+    with _handling({signal.SIGHUP: _as_interrupt}):
+        assert signal.getsignal(signal.SIGHUP) is _as_interrupt
+    assert signal.getsignal(signal.SIGHUP) is before
+    seen = []
+
+    def elsewhere():  # signal.signal would raise ValueError outside the main thread
+        with _handling({signal.SIGHUP: _as_interrupt}):
+            seen.append(signal.getsignal(signal.SIGHUP))
+
+    t = threading.Thread(target=elsewhere)
+    t.start()
+    t.join()
+    assert seen == [before]

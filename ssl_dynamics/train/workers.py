@@ -19,8 +19,10 @@ import signal
 import sys
 import threading
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from .. import artifacts as art
 from ..config import RunConfig
@@ -118,26 +120,34 @@ def _run(specs: list[WorkerSpec]) -> list[tuple[WorkerSpec, int]]:
     sys.stderr.flush()
     ctx = mp.get_context("spawn")  # fork would copy the parent's torch threads and CUDA state
     procs = [ctx.Process(target=worker_main, args=(s,), name=f"train-worker-{s.index}") for s in specs]
-    interrupt = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    with _handling({signal.SIGINT: signal.SIG_IGN}):  # inherited by the spawned workers
         for p in procs:
             p.start()
-    finally:
-        signal.signal(signal.SIGINT, interrupt)
-    stop = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    for sig in stop:
-        signal.signal(sig, _as_interrupt)
     try:
-        for p in procs:
-            p.join()
+        with _handling({signal.SIGTERM: _as_interrupt, signal.SIGHUP: _as_interrupt}):
+            for p in procs:
+                p.join()
     except KeyboardInterrupt:
         _stop(procs)
         raise
-    finally:
-        for sig, handler in stop.items():
-            signal.signal(sig, handler)
     return [(s, p.exitcode) for s, p in zip(specs, procs) if p.exitcode]
+
+
+@contextmanager
+def _handling(handlers: dict) -> Iterator[None]:
+    """These signal handlers for the block, then the previous ones again. Only the main
+    thread may set them: called from another thread (a library caller), it sets none."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.getsignal(sig) for sig in handlers}
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _as_interrupt(signum, frame) -> None:
