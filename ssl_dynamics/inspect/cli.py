@@ -100,7 +100,7 @@ def report_cmd(run_dir, work):
 @cli.command("all")
 @options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, PRECISION, *DATA, NO_VERIFY, NO_PROGRESS)
 @click.option("--ref-epochs", default=None,
-              help="Reference epochs for `dynamics` (a list; default: the thesis's that exist).")
+              help="Reference epochs of `dynamics`, `heterogeneity` and `examples` (a list; default: the thesis's that exist).")
 @click.option("--steps", type=click.IntRange(0), default=1000, show_default=True,
               help="Activation-maximization iterations.")
 @click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
