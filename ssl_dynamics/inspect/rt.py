@@ -31,7 +31,7 @@ from .evaluate import evaluate, evaluate_group, exact_fp32
 from .rt_plan import BankRequest, EvalOptions, Selection, Task  # noqa: F401  (the API)
 from .rt_threads import LOADER_THREADS, Loaded, Running, load_task, release
 from .rtdata import export_h5, is_rt_archive, seed_work_store
-from .store import RtStore, work_path
+from .store import RtStore, is_work_store, work_path
 from .workspace import STORE_NAMES, Workspace
 
 
@@ -119,24 +119,9 @@ def check_store_path(store_path: Path, bank_path: Path, features: Path | None = 
     wp = work_path(store_path)
     if features is not None and wp.resolve() == features.resolve():
         raise UserError(f"--store {store_path} is the representation cache; choose another path")
-    if wp.exists() and not _is_rt_work_store(wp):
+    if wp.exists() and not is_work_store(wp):
         raise UserError(f"--store {store_path}: {wp} exists and is not an r_t store; choose another path"
                         + (" (or remove that empty folder)" if wp.is_dir() and not any(wp.iterdir()) else ""))
-
-
-# What the root of an r_t store holds before its bank is bound (init_probes was cut short).
-UNBOUND_ROOT = {"probe_indices", "labels"}
-
-
-def _is_rt_work_store(path: Path) -> bool:
-    """An r_t Zarr store (bound to a bank), or one whose creation was cut short."""
-    import zarr
-
-    try:
-        root = zarr.open_group(str(path), mode="r")
-        return "bank_fingerprint" in root.attrs or set(root.keys()) <= UNBOUND_ROOT
-    except Exception:  # noqa: BLE001  (not a Zarr group at all: a file, another format)
-        return False
 
 
 def open_rt(ws: Workspace, rt_plan: RtPlan, data: dict | None = None,

@@ -21,7 +21,7 @@ from ..artifacts.atomic import fsync_dir
 from ..config import SCHEMA_VERSION, canonical_order
 from ..errors import UserError
 from . import h5dims, storedims
-from .store import RtStore, work_path
+from .store import RtStore, reading, work_path
 
 
 @dataclass(frozen=True)
@@ -183,12 +183,8 @@ class H5Store:
         with self._reading():
             self.file = h5py.File(path, "r")
 
-    @contextmanager
     def _reading(self):
-        try:
-            yield
-        except (OSError, KeyError, ValueError) as e:
-            raise UserError(f"corrupt r_t archive {self.path}: {e}") from None
+        return reading(self.path, "its contents", (OSError, KeyError, ValueError), kind="archive")
 
     def setups(self) -> list[str]:
         import h5py

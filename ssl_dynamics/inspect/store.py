@@ -66,6 +66,34 @@ ROOT_ARRAYS = ("probe_indices", "labels")  # made by init_probes before it binds
 DAMAGE = (ValueError, KeyError, TypeError)
 
 
+@contextmanager
+def reading(path: Path, what: str, kinds: tuple[type[Exception], ...] = (Exception,),
+            kind: str = "store") -> Iterator[None]:
+    """Damaged metadata or chunks of an r_t store (or .h5 archive: `kind`) as one line naming
+    it, instead of zarr's or h5py's traceback; `kinds`: what counts as damage there."""
+    try:
+        yield
+    except UserError:
+        raise
+    except kinds as e:  # zarr, h5py, json and numpy raise many kinds
+        detail = (str(e).splitlines() or [""])[0][:200]
+        raise UserError(f"corrupt r_t {kind} {path}: {what} cannot be read ({type(e).__name__}"
+                        f"{': ' + detail if detail else ''}); rerun `inspect rt` into a new "
+                        f"--store") from None
+
+
+def is_work_store(path: Path) -> bool:
+    """An r_t Zarr store (bound to a bank), or one whose creation was cut short (its root
+    holds at most the probe arrays); False for any other folder or file."""
+    import zarr
+
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        return "bank_fingerprint" in root.attrs or set(root.keys()) <= set(ROOT_ARRAYS)
+    except Exception:  # noqa: BLE001  (not a Zarr group at all: a file, another format)
+        return False
+
+
 def sha_bytes(sha256: str | None) -> np.ndarray | None:
     """A hex sha256 as the 32 bytes the store records; None for anything else (unknown)."""
     try:
@@ -142,19 +170,8 @@ class RtStore:
     def _lock(self):
         return art.file_lock(self.path.with_name(self.path.name + ".lock"))
 
-    @contextmanager
-    def _reading(self, what: str, kinds: tuple[type[Exception], ...] = (Exception,)) -> Iterator[None]:
-        """Damaged metadata or chunks (garbage zarr.json, a missing array, a truncated chunk)
-        as one line naming the store, instead of zarr's traceback."""
-        try:
-            yield
-        except UserError:
-            raise
-        except kinds as e:  # zarr, json and numpy raise many kinds
-            detail = (str(e).splitlines() or [""])[0][:200]
-            raise UserError(f"corrupt r_t store {self.path}: {what} cannot be read ({type(e).__name__}"
-                            f"{': ' + detail if detail else ''}); rerun `inspect rt` into a new "
-                            f"--store") from None
+    def _reading(self, what: str, kinds: tuple[type[Exception], ...] = (Exception,)):
+        return reading(self.path, what, kinds)
 
     def upgrade(self) -> bool:
         """Name the dimensions and add the coordinates of a store made before they existed,
