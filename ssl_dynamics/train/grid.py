@@ -87,12 +87,6 @@ def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions
     check_run(art.RunPaths(root), cfg, setups, None)  # what needs no data: before loading it
     dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.train_subset, cfg.subset_seed,
                            download=download)
-    run_json = art.RunPaths(root).run_json
-    recorded = (art.read_json(run_json, dict).get("config") or {}).get("train_subset") if run_json.exists() else None
-    if cfg.train_subset > len(dataset.train_y) and recorded != cfg.train_subset:
-        # new settings only: a run made before this check keeps training on what it recorded
-        raise UserError(f"train_subset {cfg.train_subset} is larger than the dataset's "
-                        f"{len(dataset.train_y)} training images; use at most that, or 0 for all")
     for name in setups:
         if cfg.setups[name].objective == "classify" and cfg.setups[name].head_dim < dataset.n_classes:
             raise UserError(f"setup {name}: head_dim {cfg.setups[name].head_dim} is smaller than "

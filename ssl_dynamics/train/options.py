@@ -62,13 +62,9 @@ class TrainRequest:
         A packed run defaults to channels_last on the CPU too: there the grouped network is
         faster in it, and (at the widths measured, train/pack.py) gives each seed the same
         bits whatever the pack's size."""
-        from ..packed import PACKABLE_BACKBONES
-
         dev = resolve_device(device or self.device)
         on_gpu = dev.startswith("cuda")
-        pack = parse_pack(self.pack)
-        if pack is None:
-            pack = GPU_PACK_DEFAULT if on_gpu and backbone in PACKABLE_BACKBONES else 1
+        pack = pack_for(self.pack, on_gpu, backbone)
         default_cl = on_gpu or pack > 1
         return TrainOptions(
             device=dev,
@@ -77,6 +73,17 @@ class TrainRequest:
             deterministic=self.deterministic, checkpoint_dtype=self.checkpoint_dtype,
             compile=self.compile or self.compile_mode != "default", compile_mode=self.compile_mode,
             pack=pack)
+
+
+def pack_for(pack: str | int, on_gpu: bool, backbone: str) -> int:
+    """Seeds per grouped network: `--pack N`, or auto's choice, GPU_PACK_DEFAULT on a GPU for
+    a backbone that can be grouped, else 1."""
+    from ..packed import PACKABLE_BACKBONES
+
+    n = parse_pack(pack)
+    if n is None:
+        n = GPU_PACK_DEFAULT if on_gpu and backbone in PACKABLE_BACKBONES else 1
+    return n
 
 
 def parse_pack(text: str | int) -> int | None:

@@ -107,6 +107,16 @@ def check_manifests(paths: art.RunPaths, seeds: list[tuple[str, int]]) -> None:
                                 f"copy), or delete that folder to retrain the seed")
 
 
+def identity_diffs(recorded: dict, cfg: RunConfig) -> list[str]:
+    """The RUN_IDENTITY fields in which `cfg` differs from a run's recorded config."""
+    return [k for k in RUN_IDENTITY if recorded.get(k) != getattr(cfg, k)]
+
+
+def stored_setup(p: Path) -> dict:
+    """A setup.json as a config dict in today's terms (one stored under an older schema)."""
+    return setup_from_dict(art.read_json(p, dict), str(p)).to_dict()
+
+
 def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: Dataset | None) -> list[str]:
     """Refuse a run directory trained with different settings. Reads only.
 
@@ -115,13 +125,15 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
     data is compared (before loading, or downloading, a dataset the run may not even use).
     """
     replace_ = []
+    recorded: dict = {}  # the run's config as run.json records it
     if paths.run_json.exists():
         old = art.read_json(paths.run_json, dict)
         for key in ("config", "dataset"):
             if not isinstance(old.get(key), dict):
                 raise UserError(f"corrupt {paths.run_json}: no valid {key!r} entry (restore it, or "
                                 f"use another --out)")
-        diffs = [k for k in RUN_IDENTITY if (old.get("config") or {}).get(k) != getattr(cfg, k)]
+        recorded = old["config"]
+        diffs = identity_diffs(recorded, cfg)
         if dataset_kind(str((old.get("config") or {}).get("dataset"))) != dataset_kind(cfg.dataset):
             diffs.insert(0, "dataset")
         if dataset is not None and (old.get("dataset") or {}).get("sha256") != dataset.identity()["sha256"]:
@@ -131,6 +143,10 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
                             f"differ); use another --out or the same settings")
         if diffs:
             replace_.append("run")
+    if dataset is not None and cfg.train_subset > len(dataset.train_y) and \
+            recorded.get("train_subset") != cfg.train_subset:  # a run made before keeps what it has
+        raise UserError(f"train_subset {cfg.train_subset} is larger than the dataset's "
+                        f"{len(dataset.train_y)} training images; use at most that, or 0 for all")
     if dataset is not None and "run" not in replace_ and paths.random_labels.exists():
         perm = label_permutation(dataset.train_y, cfg.label_seed)
         try:
@@ -143,8 +159,7 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
     for name in setups:
         p = paths.setup_json(name)
         if p.exists():
-            # compared as configs: a setup stored under an older schema, in today's terms
-            have, want = setup_from_dict(art.read_json(p, dict), str(p)).to_dict(), cfg.setups[name].to_dict()
+            have, want = stored_setup(p), cfg.setups[name].to_dict()
             if canonical_json(have) != canonical_json(want):
                 if trained_anything(paths, name):
                     keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
@@ -159,10 +174,10 @@ def check_unchanged(paths: art.RunPaths, cfg: RunConfig, setup: str) -> None:
     `train run` replaced it (allowed while nothing of it was trained) after this process read
     it. Called under the seeds' locks, before a seed is opened."""
     p = paths.setup_json(setup)
-    have = setup_from_dict(art.read_json(p, dict), str(p)).to_dict() if p.exists() else None
+    have = stored_setup(p) if p.exists() else None
     run = art.read_json(paths.run_json, dict) if paths.run_json.exists() else {}
-    run_diffs = [k for k in RUN_IDENTITY if (run.get("config") or {}).get(k) != getattr(cfg, k)]
-    if canonical_json(have) != canonical_json(cfg.setups[setup].to_dict()) or run_diffs:
+    if canonical_json(have) != canonical_json(cfg.setups[setup].to_dict()) or \
+            identity_diffs(run.get("config") or {}, cfg):
         raise UserError(f"{paths.root}: the settings of {setup} were replaced by another process "
                         f"since this one started; rerun with the new settings (or use another --out)")
 

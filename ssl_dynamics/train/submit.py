@@ -66,14 +66,9 @@ def submit_grid(root: str | Path, cfg: RunConfig, setups: list[str], request: Tr
 def job_pack(request: TrainRequest, cluster: ClusterOptions, backbone: str) -> int:
     """The pack a job's node will train with: `--pack N`, or auto's choice for the device
     the job gets (a GPU when it asks for one; decided here, where no GPU may be visible)."""
-    from ..packed import PACKABLE_BACKBONES
-    from .options import GPU_PACK_DEFAULT, parse_pack
+    from .options import pack_for
 
-    pack = parse_pack(request.pack)
-    if pack is not None:
-        return pack
-    gpu = cluster.gpus_per_job > 0 and request.device != "cpu"
-    return GPU_PACK_DEFAULT if gpu and backbone in PACKABLE_BACKBONES else 1
+    return pack_for(request.pack, cluster.gpus_per_job > 0 and request.device != "cpu", backbone)
 
 
 def job_groups(todo: list[Job], runs_per_job: int) -> list[list[Job]]:
