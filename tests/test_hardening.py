@@ -113,6 +113,11 @@ def test_a_run_of_other_settings_is_refused_before_its_dataset_is_loaded(run, tm
                                     "--no-progress"], run, monkeypatch, capsys, "was made with a different config")
 
 
+def test_extend_with_no_setup_named_is_refused(run, monkeypatch, capsys):
+    expect_refusal(train_cli.main, ["extend", run, "--setup", ",", "--to", "3", "--no-progress"], run,
+                   monkeypatch, capsys, "--setup names no setup")
+
+
 def test_out_is_a_file(tmp_path, monkeypatch, capsys):
     target = tmp_path / "afile"
     target.write_text("x")
