@@ -190,6 +190,10 @@ def test_kill_between_resume_state_and_manifest_rolls_forward(tmp_path, monkeypa
     status = grid_status(tmp_path / "cut", replace(cfg, setups={"supervised": cfg.setups["supervised"]}))[0]
     assert (status.state, status.last_epoch) == ("partial", 1)
     assert art.load_resume(cut.resume("supervised", 0))["epoch"] == 2
+    assert art.resume_epoch(cut.resume("supervised", 0)) == 2
+    assert art.resume_epoch(tmp_path / "absent.pt") is None
+    (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
+    assert art.resume_epoch(tmp_path / "garbage.pt") is None
 
     from ssl_dynamics.train import loop
 
@@ -197,7 +201,9 @@ def test_kill_between_resume_state_and_manifest_rolls_forward(tmp_path, monkeypa
         raise AssertionError("a committed epoch was trained again")
 
     monkeypatch.setattr(loop, "run_epoch", no_training)
-    train_grid(tmp_path / "cut", cfg, setups, CPU, progress=False, echo=lambda *_: None)
+    said = []
+    train_grid(tmp_path / "cut", cfg, setups, CPU, progress=False, echo=said.append)
+    assert "supervised seed 0: epoch 2 was trained before a kill; entering it in the manifest" in said
     assert art.read_json(cut.manifest("supervised", 0)) == art.read_json(full.manifest("supervised", 0))
     assert cut.metrics("supervised", 0).read_text() != ""
 
@@ -622,3 +628,41 @@ def test_an_uncommitted_epoch_does_not_count_as_trained(tmp_path):
     paths.checkpoint("supervised", 0, 1).write_bytes(b"uncommitted")
     train_grid(tmp_path, override(cfg, ["supervised.lr=0.5"]), ["supervised"], CPU, progress=False, echo=quiet)
     assert art.load_checkpoint(paths.checkpoint("supervised", 0, 1))[1]["setup_config"]["lr"] == 0.5
+
+
+def test_the_grid_bar_counts_epochs_another_worker_trained(tmp_path, monkeypatch):
+    """With several workers, each one's "grid (epochs)" bar covers the whole plan: seeds that
+    another worker trained since the plan count as done, so every bar ends at its total
+    (before, a worker's bar stopped at its own share)."""
+    from ssl_dynamics.train import grid
+    from ssl_dynamics.train.prepare import prepare_run
+
+    class Recorder:
+        def __init__(self, total, desc, *_a, **_k):
+            self.total, self.desc, self.n = total, desc, 0
+            bars.append(self)
+
+        def update(self, n=1):
+            self.n += n
+
+        def set_postfix(self, **_k):
+            pass
+
+        def close(self):
+            pass
+
+    bars = []
+    cfg = tiny(epochs=2, seeds=(0, 1, 2))
+    dataset, jobs = grid.check_grid(tmp_path, cfg, ["supervised"], CPU, True, False, quiet)
+    paths = prepare_run(tmp_path, cfg, ["supervised"], dataset, quiet)
+    # "another worker": seed 1 complete, seed 2 one epoch in, after this plan was made
+    train_grid(tmp_path, replace(cfg, seeds=(1,)), ["supervised"], CPU, progress=False, echo=quiet)
+    train_grid(tmp_path, replace(cfg, seeds=(2,)), ["supervised"], CPU, progress=False, echo=quiet,
+               until={"supervised": 1})
+    monkeypatch.setattr(grid, "bar", Recorder)
+    grid.train_runs(paths, cfg, dataset, jobs, CPU, quiet, True)
+    overall = next(b for b in bars if b.desc == "grid (epochs)")
+    assert overall.total == 6 and overall.n == 6
+    nb = grid.batches_per_epoch(len(dataset.train_x), cfg.setups["supervised"])
+    # trained here: seed 0's two epochs, seed 2's last
+    assert [b.total for b in bars if b.desc != "grid (epochs)"] == [2 * nb, 1 * nb]

@@ -227,6 +227,17 @@ def save_resume(path: str | Path, state: dict[str, Any]) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
+def resume_epoch(path: str | Path) -> int | None:
+    """The epoch a resume file was written for, without reading its tensors (memory-mapped);
+    None when it is absent or unreadable."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    return epoch if isinstance(epoch, int) else None
+
+
 def load_resume(path: str | Path) -> dict[str, Any] | None:
     """The resume state, or None when the file is unreadable (the caller decides what then)."""
     try:

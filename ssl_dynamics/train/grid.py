@@ -60,6 +60,11 @@ def pending(st: art.SeedStatus, target: int) -> Job | None:
     return None
 
 
+def _epochs(jobs: list[Job]) -> int:
+    """Epochs of training the jobs still need."""
+    return sum(j.until - max(j.done, 0) for j in jobs)
+
+
 def only(cfg: RunConfig, setups: list[str]) -> RunConfig:
     """`cfg` restricted to the given setups."""
     return replace(cfg, setups={s: cfg.setups[s] for s in setups})
@@ -159,7 +164,7 @@ def train_runs(paths: art.RunPaths, cfg: RunConfig, dataset: Dataset, jobs: list
     dev = torch.device(opts.device)
     random_y = torch.from_numpy(np.load(paths.random_labels)).to(dev)
     data = (dataset.train_x.to(dev), dataset.train_y.to(dev), random_y, dataset.identity()["sha256"])
-    overall = bar(sum(j.until - max(j.done, 0) for j in jobs), "grid (epochs)", "ep", progress,
+    overall = bar(_epochs(jobs), "grid (epochs)", "ep", progress,
                   position=0)
     run = _Runner(paths, cfg, data, opts, overall, echo, progress,
                   stamps={(j.setup, j.seed): _stamp(paths.manifest(j.setup, j.seed)) for j in jobs})
@@ -224,6 +229,12 @@ class _Runner:
         sc = self.cfg.setups[jobs[0].setup] if jobs else None
         now = [n for j in jobs if not self._diverged_elsewhere(j)
                and (n := pending(art.seed_status(self.paths, j.setup, j.seed, sc.epochs), j.until))]
+        # a kill between resume.pt and the manifest is rolled forward (loop._resume): such a
+        # seed goes on after resume.pt's epoch, one past the manifest's
+        now = [replace(n, done=max(n.done, art.resume_epoch(self.paths.resume(n.setup, n.seed)) or -1))
+               for n in now]
+        # epochs trained since the plan (by another worker, or before a kill) count as done
+        self.overall.update(_epochs(jobs) - _epochs(now))
         if not now:  # other workers finished them since the plan was made
             return
         check_unchanged(self.paths, self.cfg, now[0].setup)
@@ -233,8 +244,9 @@ class _Runner:
         low = min(j.done for j in now)
         self.echo(f"{name} seed{'s' if len(now) > 1 else ''} {seeds}"
                   + (" (packed)" if self.opts.pack > 1 else "") + ": "
-                  + (f"resuming after epoch {low}, to {until}" if low >= 0
-                     else f"from scratch to epoch {until}"))
+                  + (f"from scratch to epoch {until}" if low < 0 else
+                     f"resuming after epoch {low}, to {until}" if low < until else
+                     f"epoch {until} was trained before a kill; entering it in the manifest"))
         steps = bar(batches_per_epoch(len(train_x), sc) * (until - max(low, 0)),
                     f"{name} seed{'s' if len(now) > 1 else ''} {seeds}", "batch", self.progress,
                     leave=False, position=1)
