@@ -307,3 +307,45 @@ def test_auto_pack_is_one_on_the_cpu_and_for_timm():
     assert TrainRequest(device="cpu").resolve().channels_last is False  # today's CPU default
     assert TrainRequest(device="cpu", pack="4").resolve().channels_last is True
     assert TrainRequest(device="cpu", pack="4").resolve(backbone="timm:resnet18").pack == 4
+
+
+def test_weights_that_overflow_after_a_finite_loss_are_not_committed(tmp_path, monkeypatch):
+    """The epoch's mean loss is finite but its last step left a non-finite weight: the
+    epoch is not committed (phase two would refuse the checkpoint) and the seed is reported
+    as diverged, alone in its pack and at pack 1 alike."""
+    from ssl_dynamics.train import loop
+    from ssl_dynamics.train import pack as pack_module
+    from ssl_dynamics.train.loop import Diverged
+
+    def last_step_overflows(real, model_of):
+        def run(*args, **kw):
+            metrics = real(*args, **kw)
+            target = model_of(args[0])
+            if target is not None:
+                with torch.no_grad():
+                    next(target.parameters())[0].fill_(float("nan"))
+            return metrics
+        return run
+
+    cfg = tiny(epochs=1, width=8, seeds=(0, 1))
+    # packed: seed 1's weights go bad once its pack's epoch is unpacked
+    real_unpack = pack_module.unpack
+
+    def unpack_then_spoil(pack):
+        real_unpack(pack)
+        for state in pack.slots[:pack.real]:
+            if state.seed == 1:
+                with torch.no_grad():
+                    next(state.model.parameters())[0].fill_(float("nan"))
+
+    monkeypatch.setattr(pack_module, "unpack", unpack_then_spoil)
+    with pytest.raises(Diverged, match="supervised seed 1: weights became non-finite at epoch 1"):
+        train_grid(tmp_path / "packed", cfg, ["supervised"], PACKED, progress=False, echo=quiet)
+    status = {s.seed: s for s in art.grid_status(tmp_path / "packed", cfg) if s.setup == "supervised"}
+    assert (status[1].last_epoch, status[1].diverged_at) == (0, 1) and status[0].state == "complete"
+    # one seed at a time
+    monkeypatch.setattr(loop, "run_epoch", last_step_overflows(loop.run_epoch, lambda state: state.model))
+    one = tiny(epochs=1, width=8, seeds=(0,))
+    with pytest.raises(Diverged, match="supervised seed 0: weights became non-finite at epoch 1"):
+        train_grid(tmp_path / "one", one, ["supervised"], CPU, progress=False, echo=quiet)
+    assert art.seed_status(art.RunPaths(tmp_path / "one"), "supervised", 0, 1).last_epoch == 0

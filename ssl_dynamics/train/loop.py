@@ -247,8 +247,8 @@ def train_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: in
     step_model = compiled(state.model, opts.compile_mode) if opts.compile else None
     for _ in range(state.epoch, setup.epochs if until is None else until):
         metrics = run_epoch(state, train_x, targets, opts, step_model, on_batch)
-        if not math.isfinite(metrics["loss"]):
-            raise Diverged([diverged(paths, state, metrics["loss"])])
+        if why := divergence(state, metrics):
+            raise Diverged([diverged(paths, state, why, metrics)])
         commit_epoch(paths, run, state, dataset_sha, opts, metrics)
         if on_epoch:
             on_epoch(state.epoch, metrics)
@@ -266,12 +266,24 @@ class Diverged(UserError):
                          f"rate in a new --out if they diverge again)")
 
 
-def diverged(paths: art.RunPaths, state: SeedState, loss: float) -> str:
-    """Record in the seed's manifest that its loss stopped being finite in epoch
+def divergence(state: SeedState, metrics: dict) -> str | None:
+    """Why epoch `state.epoch`, just trained, must not be committed: its mean loss is not
+    finite, or its weights are not (the epoch's last step can overflow after its loss was
+    computed); None when it may be."""
+    if not math.isfinite(metrics["loss"]):
+        return f"loss became {metrics['loss']}"
+    if not all(bool(torch.isfinite(t).all()) for t in state.model.state_dict().values()
+               if t.is_floating_point()):
+        return "weights became non-finite"
+    return None
+
+
+def diverged(paths: art.RunPaths, state: SeedState, why: str, metrics: dict) -> str:
+    """Record in the seed's manifest that it diverged (`why`, from `divergence`) in epoch
     `state.epoch` (not committed); what to report."""
-    state.manifest["diverged"] = {"epoch": state.epoch, "loss": str(loss)}
+    state.manifest["diverged"] = {"epoch": state.epoch, "loss": str(metrics["loss"]), "why": why}
     art.write_json_atomic(paths.manifest(state.setup.name, state.seed), state.manifest)
-    return f"{state.setup.name} seed {state.seed}: loss became {loss} at epoch {state.epoch}"
+    return f"{state.setup.name} seed {state.seed}: {why} at epoch {state.epoch}"
 
 
 def compiled(model: torch.nn.Module, mode: str = "default") -> torch.nn.Module:

@@ -25,7 +25,6 @@ own network and optimizer, and `loop.commit_epoch` writes the seed's epoch as al
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -38,7 +37,7 @@ from ..config import RunConfig, SetupConfig
 from ..objectives import Objective, objective_for
 from ..packed import GroupedNetwork, grouped, load_optimizer_states, optimizer_state_of, pack_views
 from .loop import (Diverged, SeedState, TrainOptions, batches_per_epoch, build_optimizer,
-                   commit_epoch, compiled, diverged, open_seed, set_determinism)
+                   commit_epoch, compiled, divergence, diverged, open_seed, set_determinism)
 from .schedules import learning_rate
 
 
@@ -150,16 +149,16 @@ def train_pack(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seeds: l
         for _ in range(low, stop):
             metrics = run_pack_epoch(pack, train_x, targets, opts, on_batch)
             unpack(pack)
-            bad = {s.seed for s, m in zip(behind, metrics) if not math.isfinite(m["loss"])}
+            why = {s.seed: w for s, m in zip(behind, metrics) if (w := divergence(s, m))}
             for state, m in zip(behind, metrics):
-                if state.seed in bad:
-                    lost.append(diverged(paths, state, m["loss"]))
+                if state.seed in why:
+                    lost.append(diverged(paths, state, why[state.seed], m))
                     continue
                 commit_epoch(paths, run, state, dataset_sha, opts, m)
                 if on_epoch:
                     on_epoch(state.seed, state.epoch, m)
-            if bad:  # the others go on in a pack of their own
-                states = [s for s in states if s.seed not in bad]
+            if why:  # the others go on in a pack of their own
+                states = [s for s in states if s.seed not in why]
                 break
     if lost:
         raise Diverged(lost)
