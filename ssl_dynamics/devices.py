@@ -1,5 +1,8 @@
-"""Device names from the command line, checked against what torch sees."""
+"""Device names from the command line, checked against what torch sees, and what a device
+does with fp32 and bf16."""
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 
@@ -52,3 +55,32 @@ def resolve_devices(text: str) -> list[str]:
             name = f"cuda:{index}"
         out.append(name)
     return out
+
+
+# bf16 convolutions run on cuDNN's tensor cores from compute capability 8.0 (Ampere) on; older
+# GPUs emulate bf16 (torch.cuda.is_bf16_supported() says True) with slow fallback kernels.
+NATIVE_BF16_CAPABILITY = 8
+
+
+def native_bf16(device: str) -> bool:
+    """True for a CUDA device that computes bf16 natively (what `--precision auto` picks)."""
+    if not str(device).startswith("cuda"):
+        return False
+    return torch.cuda.get_device_capability(torch.device(device))[0] >= NATIVE_BF16_CAPABILITY
+
+
+@contextmanager
+def exact_fp32(device: str, bf16: bool):
+    """fp32 on a GPU computes in fp32. cuDNN lets fp32 convolutions use TF32 (a 10-bit
+    mantissa) by default, which would make a GPU's "fp32" training or store differ from the
+    CPU's by more than rounding; bf16 is the option that trades exactness for speed.
+    (cuBLAS matmuls are fp32 already: torch's default float32_matmul_precision is "highest".)"""
+    if bf16 or not str(device).startswith("cuda"):
+        yield
+        return
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before

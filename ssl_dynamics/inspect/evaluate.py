@@ -6,32 +6,16 @@ batch of B images.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import torch
+
+from ..devices import exact_fp32  # noqa: F401  (fp32 evaluation on a GPU: re-exported for callers)
 
 EVAL_CHUNK = 2048  # views per forward pass: large enough to fill a GPU, small for 2 CPU cores
 # Views per pass of a grouped network of G checkpoints: EVAL_CHUNK // G keeps the activations
 # of one pass as large as a single checkpoint's; never below 256 views, which keeps a pass's
 # kernels large enough to be worth launching.
 MIN_GROUP_CHUNK = 256
-
-
-@contextmanager
-def exact_fp32(device: str, bf16: bool):
-    """fp32 evaluation on a GPU computes in fp32. cuDNN lets fp32 convolutions use TF32 (a
-    10-bit mantissa) by default, which would make a GPU's "fp32" store differ from the CPU's
-    by more than rounding; bf16 is the option that trades exactness for speed."""
-    if bf16 or not str(device).startswith("cuda"):
-        yield
-        return
-    before = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = before
 
 
 @torch.no_grad()

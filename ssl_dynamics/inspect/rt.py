@@ -22,12 +22,13 @@ import numpy as np
 import torch
 
 from .. import artifacts as art
+from ..devices import exact_fp32
 from ..errors import UserError
 from ..objectives import objective_for
 from ..progress import bar
 from . import bank as bank_mod
 from . import rt_plan as plan
-from .evaluate import evaluate, evaluate_group, exact_fp32
+from .evaluate import evaluate, evaluate_group
 from .rt_plan import BankRequest, EvalOptions, Selection, Task  # noqa: F401  (the API)
 from .rt_threads import LOADER_THREADS, Loaded, Running, load_task, release
 from .rtdata import export_h5, is_rt_archive, seed_work_store

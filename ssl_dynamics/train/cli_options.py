@@ -8,7 +8,7 @@ def how_options():
     """Decorator adding --precision ... --pack."""
     opts = [
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
-                     show_default=True, help="auto: bf16 autocast on a GPU, fp32 on the CPU."),
+                     show_default=True, help="auto: bf16 autocast on a GPU that computes bf16 natively (compute capability 8.0+), else fp32. fp32 on a GPU turns cuDNN's TF32 convolutions off."),
         click.option("--channels-last/--no-channels-last", default=None,
                      help="NHWC memory format (default: on for a GPU or a pack above 1)."),
         click.option("--deterministic", is_flag=True, help="Deterministic kernels (bit-reproducible resumes)."),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -26,7 +27,7 @@ import torch
 from .. import artifacts as art
 from ..augment import make_generator
 from ..config import RunConfig, SetupConfig
-from ..devices import resolve_device  # noqa: F401  (re-exported for callers)
+from ..devices import exact_fp32, resolve_device  # noqa: F401  (resolve_device: re-exported for callers)
 from ..errors import UserError
 from ..models import Network, build_network
 from ..objectives import objective_for
@@ -34,7 +35,14 @@ from .options import TrainOptions, TrainRequest, parse_pack  # noqa: F401  (re-e
 from .schedules import learning_rate
 
 
+# cuBLAS is deterministic only with a fixed workspace; torch releases before 2.14 refuse a
+# deterministic matmul on a GPU without this setting (":4096:8" is the one CUDA documents).
+CUBLAS_WORKSPACE = ":4096:8"
+
+
 def set_determinism(on: bool) -> None:
+    if on:  # read when cuBLAS first runs: set before any matmul of this process
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.use_deterministic_algorithms(on, warn_only=False)
     torch.backends.cudnn.benchmark = not on
     torch.backends.cudnn.deterministic = on
@@ -190,22 +198,23 @@ def run_epoch(state: SeedState, train_x: torch.Tensor, targets: torch.Tensor, op
     t0 = time.perf_counter()
     order = torch.randperm(n, generator=make_generator(seed, epoch, "shuffle")).to(dev)
     loss_sum, correct_sum, seen = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
-    for b in range(nb):
-        idx = order[b * bs:(b + 1) * bs]
-        views = objective.views(train_x[idx], make_generator(seed, epoch, b, "views"))
-        if opts.channels_last:
-            views = views.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=opts.bf16):
-            out = model(views)["out"]
-        loss, correct = objective.loss(out, targets[idx])
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        state.optimizer.step()
-        loss_sum += loss.detach() * len(correct)
-        correct_sum += correct.sum()
-        seen += len(correct)
-        if on_batch:
-            on_batch()
+    with exact_fp32(opts.device, opts.bf16):  # fp32 on a GPU without TF32 convolutions
+        for b in range(nb):
+            idx = order[b * bs:(b + 1) * bs]
+            views = objective.views(train_x[idx], make_generator(seed, epoch, b, "views"))
+            if opts.channels_last:
+                views = views.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=opts.bf16):
+                out = model(views)["out"]
+            loss, correct = objective.loss(out, targets[idx])
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            state.optimizer.step()
+            loss_sum += loss.detach() * len(correct)
+            correct_sum += correct.sum()
+            seen += len(correct)
+            if on_batch:
+                on_batch()
     seconds = time.perf_counter() - t0
     state.epoch = epoch
     return {"epoch": epoch, "loss": float(loss_sum) / seen, "train_acc": float(correct_sum) / seen,

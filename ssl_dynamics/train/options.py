@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..devices import resolve_device
+from ..devices import native_bf16, resolve_device
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class TrainRequest:
     trains (a cluster job learns its device only when it starts)."""
 
     device: str = "auto"  # auto | cpu | cuda[:N]
-    precision: str = "auto"  # auto (bf16 on a GPU, fp32 on the CPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 on a GPU that computes it natively, else fp32) | fp32 | bf16
     channels_last: bool | None = None  # None: on for a GPU
     deterministic: bool = False
     checkpoint_dtype: str | None = None  # None: as each seed's checkpoints so far, else fp32
@@ -68,7 +68,7 @@ class TrainRequest:
         default_cl = on_gpu or pack > 1
         return TrainOptions(
             device=dev,
-            bf16=self.precision == "bf16" or (self.precision == "auto" and on_gpu),
+            bf16=self.precision == "bf16" or (self.precision == "auto" and native_bf16(dev)),
             channels_last=default_cl if self.channels_last is None else self.channels_last,
             deterministic=self.deterministic, checkpoint_dtype=self.checkpoint_dtype,
             compile=self.compile or self.compile_mode != "default", compile_mode=self.compile_mode,

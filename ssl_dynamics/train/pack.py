@@ -34,6 +34,7 @@ import torch
 from .. import artifacts as art
 from ..augment import make_generator
 from ..config import RunConfig, SetupConfig
+from ..devices import exact_fp32
 from ..objectives import Objective, objective_for
 from ..packed import GroupedNetwork, grouped, load_optimizer_states, optimizer_state_of, pack_views
 from .loop import (Diverged, SeedState, TrainOptions, batches_per_epoch, build_optimizer,
@@ -98,20 +99,21 @@ def run_pack_epoch(pack: Pack, train_x: torch.Tensor, targets: torch.Tensor, opt
     loss_sums = [torch.zeros((), device=dev) for _ in seeds]
     correct_sums = [torch.zeros((), device=dev) for _ in seeds]
     seen = 0
-    for b in range(nb):
-        views, idx = pack_batch(objective, train_x, orders, seeds, epoch, b, bs)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=opts.bf16):
-            out = pack.step_model(pack_views(views, opts.channels_last))["out"]
-        scored = [objective.loss(out[p], targets[idx[p]]) for p in range(len(seeds))]
-        pack.optimizer.zero_grad(set_to_none=True)
-        torch.stack([loss for loss, _ in scored]).sum().backward()
-        pack.optimizer.step()
-        for p, (loss, correct) in enumerate(scored):
-            loss_sums[p] += loss.detach() * len(correct)
-            correct_sums[p] += correct.sum()
-        seen += len(scored[0][1])
-        if on_batch:
-            on_batch()
+    with exact_fp32(opts.device, opts.bf16):  # fp32 on a GPU without TF32 convolutions
+        for b in range(nb):
+            views, idx = pack_batch(objective, train_x, orders, seeds, epoch, b, bs)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=opts.bf16):
+                out = pack.step_model(pack_views(views, opts.channels_last))["out"]
+            scored = [objective.loss(out[p], targets[idx[p]]) for p in range(len(seeds))]
+            pack.optimizer.zero_grad(set_to_none=True)
+            torch.stack([loss for loss, _ in scored]).sum().backward()
+            pack.optimizer.step()
+            for p, (loss, correct) in enumerate(scored):
+                loss_sums[p] += loss.detach() * len(correct)
+                correct_sums[p] += correct.sum()
+            seen += len(scored[0][1])
+            if on_batch:
+                on_batch()
     seconds = time.perf_counter() - t0
     for state in pack.slots:
         state.epoch = epoch
