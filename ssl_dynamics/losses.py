@@ -19,8 +19,9 @@ def pair_logits(z: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cosine similarities / tau between all 2B views, -inf on the diagonal (k != i)."""
     if z.shape[0] % 2:
         raise ValueError(f"SimCLR needs an even number of views, got {z.shape[0]}")
-    z = F.normalize(z.float(), dim=1)
-    logits = z @ z.T / temperature
+    with torch.autocast(z.device.type, enabled=False):  # fp32 even inside an autocast region
+        z = F.normalize(z.float(), dim=1)
+        logits = z @ z.T / temperature
     return logits.fill_diagonal_(float("-inf"))
 
 

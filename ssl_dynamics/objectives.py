@@ -52,7 +52,8 @@ class Objective:
         return make_packed_views(self.cfg.augment, xs, self.views_per_image, gens)
 
     def loss(self, out: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        correct, _ = self.score(out, targets)
+        with torch.no_grad():  # the correctness is a metric: no graph for it
+            correct, _ = self.score(out.detach(), targets)
         return self.loss_value(out, targets), correct
 
     def loss_value(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
