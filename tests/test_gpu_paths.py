@@ -117,3 +117,24 @@ def test_deterministic_training_sets_a_fixed_cublas_workspace(monkeypatch):
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
     finally:
         set_determinism(False)
+
+
+@pytest.mark.parametrize("pack, advice", [(2, "use a smaller --pack"), (1, "one network of this batch does not fit")])
+def test_running_out_of_gpu_memory_is_one_line_and_resumable(tmp_path, monkeypatch, pack, advice):
+    """A pack too large for a small GPU: one line naming the pack and what to do, not a
+    CUDA traceback; what was committed stays."""
+    from ssl_dynamics import artifacts as art
+    from ssl_dynamics.errors import UserError
+    from ssl_dynamics.train import grid
+
+    def out_of_memory(*_a, **_k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(grid, "train_pack" if pack > 1 else "train_seed", out_of_memory)
+    cfg = replace(override(preset("smoke"), ["epochs=1", "batch_size=16", "train_subset=32", "width=4"]),
+                  seeds=(0, 1))
+    opts = TrainOptions(device="cpu", pack=pack, channels_last=pack > 1)
+    with pytest.raises(UserError, match=f"cpu ran out of memory training supervised seeds? 0.*--pack {pack}, "
+                                        f"batch 16\\): {advice}; a rerun resumes"):
+        train_grid(tmp_path, cfg, ["supervised"], opts, progress=False, echo=quiet)
+    assert art.RunPaths(tmp_path).run_json.exists()

@@ -266,5 +266,11 @@ class _Runner:
         except Diverged as e:  # the rest of the grid goes on; reported when it is done
             self.echo(f"diverged: {'; '.join(e.what)}")
             self.lost += e.what
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(f"{self.opts.device} ran out of memory training {name} seed"
+                            f"{'s' if len(now) > 1 else ''} {seeds} (--pack {self.opts.pack}, batch "
+                            f"{sc.batch_size}): " + ("use a smaller --pack; " if self.opts.pack > 1 else
+                                                     "one network of this batch does not fit; ")
+                            + "a rerun resumes every seed from its last epoch") from None
         finally:
             steps.close()
