@@ -7,8 +7,10 @@
 #   bash benchmarks/gpu_check.sh            # on the GPU box, from a copy of the working tree
 #   bash benchmarks/gpu_check.sh --quick    # anywhere: the same code paths on the CPU, tiny, ~1-2 min
 #
-# Results (JSON and logs) go to $OUT when set (the device tool's output folder), else to
-# benchmarks/results/gpu/: gpu_bench.json, gpu_check.log, cuda_tests.log, gpu.txt.
+# Results (JSON and logs: gpu_bench.json, gpu_check.log, cuda_tests.log, gpu.txt) go to $OUT
+# when set (the device tool's output folder), else to a new folder
+# benchmarks/results/gpu-<UTC time>/ (--quick: benchmarks/results/quick/, git-ignored), so a
+# run never overwrites the measurements kept in benchmarks/results/.
 #
 # Before the call, in the repository root (both folders are git-ignored; carry them):
 #   mkdir -p .data && cp ../shared/data/cifar10-jpeg.tar.gz .data/   # the JPEG archive, 19 MB
@@ -20,7 +22,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 quick=""
 [[ "${1:-}" == "--quick" ]] && quick="--quick"
-out=${OUT:-benchmarks/results/gpu}
+if [[ -n "$quick" ]]; then default_out=benchmarks/results/quick; rm -rf "$default_out"
+else default_out=benchmarks/results/gpu-$(date -u +%Y%m%dT%H%M%SZ); fi
+out=${OUT:-$default_out}
 mkdir -p "$out"
 exec > >(tee -a "$out/gpu_check.log") 2>&1
 echo "gpu_check $(date -u +%FT%TZ) ${quick:-full} on $(hostname)"
