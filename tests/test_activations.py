@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from ssl_dynamics.inspect.activations import (
     central_position,
     choose_channels,
     derive_receptive_field,
+    live_channels,
     maximize_activations,
     sigmoid_normalize,
     true_window,
@@ -300,13 +302,272 @@ def test_seed_without_checkpoint_is_an_error_not_another_seed(tmp_path, monkeypa
 
     monkeypatch.setattr(art, "load_network", load_network)
     with pytest.raises(UserError, match=r"^supervised seed 1 has no checkpoint at epoch 3 \(seeds: \[0, 2\]\)$"):
-        activation_figure._model(ws, "supervised", 3, 1, verify=False)
-    net, e, sd, _ = activation_figure._model(ws, "supervised", 3, 2, verify=False)
-    assert (net, e, sd) == (loaded[paths.checkpoint("supervised", 2, 3)], 3, 2)
-    assert activation_figure._model(ws, "supervised", 3, None, verify=False)[2] == 0  # default: first seed
+        activation_figure._checkpoint(ws, "supervised", 3, 1)
+    path, e, sd, _ = activation_figure._checkpoint(ws, "supervised", 3, 2)
+    assert (path, e, sd) == (paths.checkpoint("supervised", 2, 3), 3, 2)
+    assert not loaded  # resolving does not load
+    assert activation_figure._load(ws, path, verify=False) is loaded[path]
+    assert activation_figure._checkpoint(ws, "supervised", 3, None)[2] == 0  # default: first seed
     # a timm backbone has no CIFAR blocks: one line, not an AttributeError from deep inside
     from ssl_dynamics.models import build_network
     ws.run.cfg.backbone = "timm:resnet10t"
     monkeypatch.setattr(art, "load_network", lambda path, verify: (build_network("timm:resnet10t", 10), None))
     with pytest.raises(UserError, match=r"needs the backbone resnet18_cifar .* this run trained timm:resnet10t$"):
-        activation_figure._model(ws, "supervised", 3, 2, verify=False)
+        activation_figure._load(ws, path, verify=False)
+    with pytest.raises(UserError, match=r"needs the backbone resnet18_cifar .* this run trained timm:resnet10t$"):
+        activation_figure.run_activations(ws, None, ["supervised"], 3, steps=0, progress=False)
+
+
+# ---------------------------------------------------------------- Fig. 5.4 end to end (tiny networks)
+
+
+def _force(model: CifarResNet18, block: int, dead=(), alive=()) -> CifarResNet18:
+    """Make channels of `block` never fire (dead) or always fire (alive) on any patch in [0, 1):
+    the last BN before the block's final ReLU decides."""
+    bn = model.stages[block - 1][-1].bn2
+    with torch.no_grad():
+        for c in dead:
+            bn.weight[c], bn.bias[c] = 0.0, -1e6
+        for c in alive:
+            bn.bias[c] = 1e3
+    return model
+
+
+def _fake_workspace(tmp_path, monkeypatch, nets: dict, epoch: int = 3):
+    """A run whose setups' checkpoints are `nets` (Network), at `epoch`, seed 0."""
+    import copy
+    from types import SimpleNamespace
+
+    from ssl_dynamics import artifacts as art
+    from ssl_dynamics.inspect import activation_figure
+
+    paths = art.RunPaths(tmp_path / "run")
+    files = {}
+    for setup, net in nets.items():
+        paths.seed_dir(setup, 0).mkdir(parents=True)
+        paths.checkpoint(setup, 0, epoch).touch()
+        files[paths.checkpoint(setup, 0, epoch)] = net
+    ws = SimpleNamespace(run=SimpleNamespace(cfg=SimpleNamespace(seeds=[0], backbone="resnet18_cifar"),
+                                             paths=paths))
+    monkeypatch.setattr(activation_figure, "resolve_epoch", lambda run, setup, e: (epoch, "asked for"))
+    monkeypatch.setattr(art, "load_network", lambda path, verify: (copy.deepcopy(files[path]), None))
+    return ws
+
+
+def _run(ws, out_dir, setups, **kw):
+    from ssl_dynamics.inspect.activation_figure import run_activations
+    from ssl_dynamics.inspect.outputs import Outputs
+
+    kw = {"steps": 2, "n_channels": 3, "channel_seed": 0, "progress": False, "max_redraws": 10, **kw}
+    return run_activations(ws, Outputs(out_dir), setups, **kw)
+
+
+def test_table_counts_replaced_channels_and_records_the_settings(tmp_path, monkeypatch):
+    """Block 2 (8 channels), 3 asked for, in the seeded order o. `supervised`: o[0] dead, the
+    rest fire: o[3] replaces it (replaced 1, no empty slot). `simclr`: only o[2] fires: no
+    channel is left to replace o[0] and o[1] (replaced 0, 2 empty slots); the old count said 2
+    ("dead among the first 3") there."""
+    import json
+
+    import h5py
+
+    order = choose_channels(8, 8, seed=0 + 2)  # run_activations' order of block 2: channel_seed + block
+    one_dead = _force(_model(), 2, dead=[order[0]], alive=order[1:])
+    one_live = _force(_model(), 2, dead=[c for c in order if c != order[2]], alive=[order[2]])
+    ws = _fake_workspace(tmp_path, monkeypatch, {"supervised": Network(one_dead, 10),
+                                                 "simclr": Network(one_live, 10)})
+    res = _run(ws, tmp_path / "out", ["supervised", "simclr"], lr=0.5, l2=0.02, max_redraws=7, channel_seed=0)
+    rows = {(r["setup"], r["block"]): r for r in res["tables"]["activations"]}
+    assert (rows["supervised", 2]["channels"], rows["supervised", 2]["replaced"],
+            rows["supervised", 2]["no_live_channel"]) == (3, 1, 0)
+    assert (rows["simclr", 2]["channels"], rows["simclr", 2]["replaced"],
+            rows["simclr", 2]["no_live_channel"]) == (1, 0, 2)
+    with h5py.File(tmp_path / "out" / "analysis.h5", "r") as f:
+        g = f["activations"]
+        assert g["supervised_block2_channels"][()].tolist() == order[1:4]
+        assert g["simclr_block2_channels"][()].tolist() == [order[2]]
+        # every setting the images depend on is recorded beside them
+        assert {k: g.attrs[k] for k in ("steps", "lr", "l2", "max_redraws", "channel_seed")} == \
+            {"steps": 2, "lr": 0.5, "l2": 0.02, "max_redraws": 7, "channel_seed": 0}
+    note = json.loads((tmp_path / "out" / "tables" / "activations.json").read_text())["note"]
+    for part in ("2 steps of size 0.5", "L2 0.02", "up to 7 times", "channel seed 0"):
+        assert part in note, note
+
+
+def test_same_seed_same_output_and_the_spec_defaults(tmp_path, monkeypatch):
+    import inspect
+
+    import h5py
+
+    from ssl_dynamics.inspect.activation_figure import run_activations
+
+    ws = _fake_workspace(tmp_path, monkeypatch, {"supervised": Network(_model(), 10)})
+    tables = [_run(ws, tmp_path / d, ["supervised"], channel_seed=4)["tables"] for d in ("a", "b")]
+    assert tables[0] == tables[1]
+    with h5py.File(tmp_path / "a" / "analysis.h5", "r") as a, h5py.File(tmp_path / "b" / "analysis.h5", "r") as b:
+        assert sorted(a["activations"]) == sorted(b["activations"])
+        for name in a["activations"]:
+            assert np.array_equal(a["activations"][name][()], b["activations"][name][()], equal_nan=True), name
+    other = _run(ws, tmp_path / "c", ["supervised"], channel_seed=5)["tables"]
+    assert other != tables[0]
+    # SPEC.md: step 1, 1000 iterations, 0.01 * ||x||^2, the default everywhere
+    for fn in (maximize_activations, run_activations):
+        params = inspect.signature(fn).parameters
+        assert (params["steps"].default, params["lr"].default, params["l2"].default) == (1000, 1.0, 0.01)
+
+
+def test_a_bad_setup_is_refused_before_any_ascent(tmp_path, monkeypatch):
+    from ssl_dynamics.errors import UserError
+    from ssl_dynamics.inspect import activation_figure
+
+    ws = _fake_workspace(tmp_path, monkeypatch, {"supervised": Network(_model(), 10)})
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("ascent or load before every setup was checked")
+
+    for name in ("maximize_activations", "live_channels", "_load"):
+        monkeypatch.setattr(activation_figure, name, no_work)
+    # "simclr" has no checkpoint at all, and seed 1 of "supervised" none either
+    with pytest.raises(UserError, match="simclr has no checkpoint at epoch 3"):
+        _run(ws, tmp_path / "out", ["supervised", "simclr"])
+    with pytest.raises(UserError, match="supervised seed 1 has no checkpoint"):
+        _run(ws, tmp_path / "out", ["supervised"], seed=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_live_channels_skip_dead_ones():
+    order = [6, 1, 4, 0, 7, 2, 5, 3]
+    model = _force(_model(), 2, dead=[6, 4, 2], alive=[1, 0, 7, 5, 3])
+    assert live_channels(model, 2, order, 3, seed=0, max_redraws=3) == [1, 0, 7]
+    assert live_channels(model, 2, order, 5, seed=0, max_redraws=3) == [1, 0, 7, 5, 3]
+    assert live_channels(model, 2, order, 8, seed=0, max_redraws=3) == [1, 0, 7, 5, 3]  # spares run out
+    everything_dead = _force(_model(), 2, dead=range(8))
+    assert live_channels(everything_dead, 2, order, 3, seed=0, max_redraws=2) == []
+
+
+def test_figure_normalizes_each_pseudo_image_on_its_own():
+    """Two channels of very different scales: each tile is sigmoid_normalize of its own image
+    (normalizing over the batch would leave the small one a flat 0.5)."""
+    import matplotlib.pyplot as plt
+
+    from ssl_dynamics.inspect.activation_figure import BORDER, draw_activations
+
+    g = torch.Generator().manual_seed(0)
+    cells = {}
+    for block in BLOCKS:
+        s = RECEPTIVE_FIELDS[block]
+        images = torch.randn(2, 3, s, s, generator=g) * torch.tensor([1e-3, 1e3]).reshape(2, 1, 1, 1)
+        cells[("supervised", block)] = (dict(images=images, ok=torch.tensor([True, True])), 0, 3, 0)
+    fig = draw_activations(cells, ["supervised"], 2)
+    for i, block in enumerate(BLOCKS):
+        s = RECEPTIVE_FIELDS[block]
+        drawn = np.asarray(fig.axes[i].images[0].get_array())
+        for k in range(2):
+            tile = drawn[BORDER:BORDER + s, BORDER + k * (s + BORDER):BORDER + k * (s + BORDER) + s]
+            expected = sigmoid_normalize(cells[("supervised", block)][0]["images"][k]).numpy()
+            np.testing.assert_allclose(tile, expected.transpose(1, 2, 0), atol=1e-6)
+        assert drawn[BORDER:BORDER + s, BORDER:BORDER + s].std() > 0.1  # not a flat 0.5
+    plt.close(fig)
+
+
+def test_figure_of_a_block_without_live_channels():
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from ssl_dynamics.inspect.activation_figure import draw_activations
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sigmoid_normalize(torch.zeros(0, 3, 5, 5)).shape == (0, 3, 5, 5)
+        assert sigmoid_normalize(torch.zeros(2, 3, 0, 0)).shape == (2, 3, 0, 0)
+        empty = maximize_activations(_force(_model(), 2, dead=range(8)), 2, [], steps=1, seed=0)
+        cells = {("supervised", b): (empty if b == 2 else maximize_activations(_model(), b, [0], steps=1, seed=0),
+                                     3 if b == 2 else 0, 3, 0) for b in BLOCKS}
+        plt.close(draw_activations(cells, ["supervised"], 3))
+
+
+# ---------------------------------------------------------------- devices and exact fp32
+
+
+def test_same_device_normalizes_the_cuda_index():
+    from ssl_dynamics.inspect.activations import _same_device
+
+    cpu, cuda, cuda0, cuda1 = (torch.device(d) for d in ("cpu", "cuda", "cuda:0", "cuda:1"))
+    current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    assert _same_device(cuda, torch.device("cuda", current)) and _same_device("cuda", f"cuda:{current}")
+    assert _same_device(cuda0, cuda0) and _same_device(cpu, "cpu")
+    assert not _same_device(cpu, cuda0) and not _same_device(cuda0, cuda1)
+    assert _same_device(cuda, cuda1) == (current == 1)
+
+
+def test_model_is_not_copied_for_the_same_device_spelled_differently(monkeypatch):
+    """"cpu:0" and "cpu" (like "cuda" and "cuda:0" on a GPU, what resolve_device returns) are one
+    device: before, every call deep-copied the model."""
+    import copy
+
+    from ssl_dynamics.inspect import activations
+
+    model = _model()
+    assert activations._prepare(model, 2, [0], 1, 1, "cpu:0")[0] is model
+    copies = []
+    monkeypatch.setattr(copy, "deepcopy", lambda *a, **k: copies.append(1))
+    maximize_activations(model, 2, [0], steps=1, seed=0, device=torch.device("cpu", 0))
+    live_channels(model, 2, [0, 1], 1, seed=0, device="cpu:0")
+    assert not copies
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_model_on_the_gpu_is_not_copied_for_device_cuda():
+    from ssl_dynamics.inspect.activations import _prepare
+
+    model = _model().cuda()
+    assert _prepare(model, 2, [0], 1, 1, "cuda")[0] is model
+
+
+def test_exact_context_sets_and_restores_the_flags():
+    from ssl_dynamics.inspect.activations import _exact
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic)
+    try:
+        torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic = True, False
+        with _exact("cuda"):  # only python-level flags: works without a GPU
+            assert not torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.deterministic
+        assert torch.backends.cudnn.allow_tf32 and not torch.backends.cudnn.deterministic
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic = before
+
+
+def test_redraws_and_ascent_run_inside_the_exact_context(monkeypatch):
+    from contextlib import contextmanager
+
+    from ssl_dynamics.inspect import activations
+
+    entered, calls = [], []
+
+    @contextmanager
+    def fake_exact_fp32(device, bf16):
+        entered.append((device, bf16))
+        yield
+
+    real = activations.central_activations
+
+    def checked(*args, **kwargs):
+        calls.append(torch.backends.cudnn.deterministic and bool(entered))
+        return real(*args, **kwargs)
+
+    model = _model()
+    plain_start, ok, _ = activations.starting_points(model, 2, [0, 3], 5, 20, torch.device("cpu"))
+    plain = activations.gradient_ascent(model, 2, [0, 3], plain_start, 3, 1.0, 0.01)
+    before = torch.backends.cudnn.deterministic
+    monkeypatch.setattr(activations, "exact_fp32", fake_exact_fp32)
+    monkeypatch.setattr(activations, "central_activations", checked)
+    res = maximize_activations(model, 2, [0, 3], steps=3, seed=5, max_redraws=20)
+    assert calls and all(calls) and entered == [("cpu", False)]
+    assert torch.backends.cudnn.deterministic == before
+    # on the CPU the context changes nothing: the same numbers as without it
+    assert ok.all() and res["ok"].all()
+    assert torch.equal(res["images"], plain[0]) and torch.equal(res["objective"], plain[2])
+    entered.clear(), calls.clear()
+    live_channels(model, 2, [0, 3], 2, seed=5, max_redraws=20)
+    assert calls and all(calls) and entered == [("cpu", False)]

@@ -4,10 +4,15 @@ Columns are setups, rows are blocks 1-4; each cell is a mosaic of the chosen cha
 (36 by default: a 6x6 grid). Channels are taken in a seeded random order; a channel that
 cannot be made to fire is replaced by the next one of that order, as the thesis's code
 did. A block with fewer live channels than asked shows what it has, and says so.
+
+Every setup's epoch, seed and checkpoint are resolved before the first ascent, so a bad
+`--epoch`, `--seed` or a missing checkpoint is refused at once; the networks are loaded one
+at a time as the loop reaches them.
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,7 +20,9 @@ import torch
 from .. import artifacts as art
 from ..errors import UserError
 from ..progress import bar
-from .activations import BLOCKS, RECEPTIVE_FIELDS, choose_channels, live_channels, maximize_activations, sigmoid_normalize
+from ..models import BACKBONES
+from .activations import (BLOCKS, L2, MAX_REDRAWS, RECEPTIVE_FIELDS, STEP_SIZE, STEPS, choose_channels,
+                          live_channels, maximize_activations, sigmoid_normalize)
 from .features import resolve_epoch
 from .outputs import Outputs, matplotlib_agg
 from .plots import setup_label
@@ -39,7 +46,8 @@ def mosaic(images: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return grid
 
 
-def _model(ws: Workspace, setup: str, epoch: int | None, seed: int | None, verify: bool):
+def _checkpoint(ws: Workspace, setup: str, epoch: int | None, seed: int | None) -> tuple[Path, int, int, str]:
+    """(checkpoint path, epoch, seed, how the epoch was chosen) of one setup, without loading it."""
     e, how = resolve_epoch(ws.run, setup, epoch)
     seeds = [sd for sd in ws.run.cfg.seeds if ws.run.paths.checkpoint(setup, sd, e).exists()]
     if not seeds:
@@ -47,40 +55,63 @@ def _model(ws: Workspace, setup: str, epoch: int | None, seed: int | None, verif
     sd = seeds[0] if seed is None else seed
     if sd not in seeds:
         raise UserError(f"{setup} seed {sd} has no checkpoint at epoch {e} (seeds: {seeds})")
-    net, _ = art.load_network(ws.run.paths.checkpoint(setup, sd, e), verify=verify)
+    return ws.run.paths.checkpoint(setup, sd, e), e, sd, how
+
+
+def _backbone_error(ws: Workspace) -> UserError:
+    return UserError(f"activation maximization needs the backbone resnet18_cifar (its blocks "
+                     f"and receptive fields); this run trained {ws.run.cfg.backbone}")
+
+
+def _load(ws: Workspace, path: Path, verify: bool):
+    net, _ = art.load_network(path, verify=verify)
     if not hasattr(getattr(net, "backbone", None), "forward_to"):
-        raise UserError(f"activation maximization needs the backbone resnet18_cifar (its blocks "
-                        f"and receptive fields); this run trained {ws.run.cfg.backbone}")
-    return net, e, sd, how
+        raise _backbone_error(ws)
+    return net
+
+
+def replaced_count(order: list[int], channels: list[int], n_channels: int) -> int:
+    """How many of `channels` stand in for a dead channel among the first `n_channels` of the
+    seeded `order`: those from beyond that prefix. (A dead channel with no live one left to
+    replace it is an empty slot, counted in `no_live_channel`, not here.)"""
+    first = set(order[:n_channels])
+    return sum(c not in first for c in channels)
 
 
 def run_activations(ws: Workspace, out: Outputs, setups: list[str], epoch: int | None = None,
-                    seed: int | None = None, steps: int = 1000, n_channels: int = 36,
+                    seed: int | None = None, steps: int = STEPS, n_channels: int = 36,
                     channel_seed: int = 0, device: str = "cpu", verify: bool = True,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, *, lr: float = STEP_SIZE, l2: float = L2,
+                    max_redraws: int = MAX_REDRAWS) -> dict:
     if n_channels < 1:
         raise UserError(f"--channels must be at least 1, got {n_channels}")
     if steps < 0:
         raise UserError(f"--steps must be at least 0, got {steps}")
+    if not hasattr(BACKBONES.get(ws.run.cfg.backbone), "forward_to"):
+        raise _backbone_error(ws)
+    # every setup's checkpoint before the first ascent: a bad one is refused at once
+    chosen = {s: _checkpoint(ws, s, epoch, seed) for s in setups}
     cells, rows, arrays, notes = {}, [], {}, []
     steps_bar = bar(len(setups) * len(BLOCKS) * steps, "activation maximization", "step", progress)
     for s in setups:
-        net, e, sd, how = _model(ws, s, epoch, seed, verify)
-        net.to(device)
+        path, e, sd, how = chosen[s]
+        net = _load(ws, path, verify).to(device)
         notes.append(f"fig5_4: {s} epoch {e} ({how}), seed {sd}")
         for block in BLOCKS:
             n_in_block = net.backbone.stages[block - 1][-1].bn2.num_features
             order = choose_channels(n_in_block, n_in_block, seed=channel_seed + block)
-            channels = live_channels(net, block, order, n_channels, seed=channel_seed, device=device)
-            res = maximize_activations(net, block, channels, steps=steps, seed=channel_seed,
-                                       device=device, on_step=lambda: steps_bar.update(1))
+            channels = live_channels(net, block, order, n_channels, seed=channel_seed,
+                                     max_redraws=max_redraws, device=device)
+            res = maximize_activations(net, block, channels, steps=steps, lr=lr, l2=l2,
+                                       seed=channel_seed, max_redraws=max_redraws, device=device,
+                                       on_step=lambda: steps_bar.update(1))
             missing = min(n_channels, n_in_block) - len(channels)
             cells[(s, block)] = (res, missing, e, sd)
             arrays[f"{s}_block{block}_images"] = res["images"].numpy()
             arrays[f"{s}_block{block}_channels"] = np.asarray(channels)
             rows.append({"setup": s, "epoch": e, "seed": sd, "block": block,
                          "patch": RECEPTIVE_FIELDS[block], "channels": len(channels),
-                         "replaced": sum(c not in channels for c in order[:n_channels]),
+                         "replaced": replaced_count(order, channels, n_channels),
                          "no_live_channel": missing,
                          "mean_final_activation": float(np.nanmean(res["activation"].numpy()))
                          if len(channels) else float("nan")})
@@ -88,10 +119,16 @@ def run_activations(ws: Workspace, out: Outputs, setups: list[str], epoch: int |
                 notes.append(f"{s} block {block}: only {len(channels)} channels can fire")
     steps_bar.close()
     png = out.save_figure(draw_activations(cells, setups, n_channels), "fig5_4_activations")
-    out.write_table("activations", rows, "Gradient ascent, step 1, L2 0.01, start U[0,1) redrawn "
-                    "until the central activation is positive; replaced = channels of the seeded "
-                    "order that never fired and were replaced by the next one")
-    out.write_arrays("activations", arrays, {"steps": steps})
+    settings = {"steps": steps, "lr": lr, "l2": l2, "max_redraws": max_redraws,
+                "channel_seed": channel_seed}
+    out.write_table("activations", rows, (
+        f"Gradient ascent, {steps} steps of size {lr}, L2 {l2}, start U[0,1) (in the network's "
+        f"input space) redrawn up to {max_redraws} times until the central activation is "
+        f"positive; channel seed {channel_seed} (channel order: permutation seeded "
+        f"{channel_seed} + block; starts seeded by ({channel_seed}, channel)); replaced = "
+        f"channels beyond the first {n_channels} of the seeded order standing in for ones that "
+        f"never fired; no_live_channel = slots left empty"))
+    out.write_arrays("activations", arrays, settings)
     return {"tables": {"activations": rows}, "notes": notes, "figures": [png]}
 
 

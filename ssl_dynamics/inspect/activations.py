@@ -6,7 +6,9 @@ the CIFAR ResNet-18 (`CifarResNet18.forward_to(x, b)`). The input is a patch of
 
     f_c(x) = A(x)[channels[c], p, p] - l2 * ||x||^2,      p = central_position(b),
 
-by plain gradient ascent (x <- x + lr * grad f_c) from uniform noise in [0, 1).
+by plain gradient ascent (x <- x + lr * grad f_c) from uniform noise in [0, 1). The patch
+lives in the network's input space: for a setup whose inputs are normalized it is a patch of
+normalized pixels, and the U[0, 1) start is drawn in that space.
 
 All channels of one call are optimized together as one batch. The network runs in eval mode,
 so BatchNorm uses its running statistics and the images of the batch never interact: the
@@ -23,19 +25,36 @@ can never be mistaken for a real pseudo-image; `sigmoid_normalize` keeps it NaN 
 matplotlib's imshow leaves NaN pixels blank). The SPEC's "give up after a timeout" is this
 redraw count, which is deterministic where a wall-clock timeout is not.
 
+On a GPU the redraw checks and the ascent run in fp32 proper (`exact_fp32`: no TF32 in
+cuDNN's convolutions) with cuDNN's deterministic kernels, so a rerun gives the same images
+(`_exact`, the flags restored afterwards).
+
 Patch sizes, stride and the central position: `receptive.py`.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
+from .evaluate import exact_fp32
 from .receptive import (BLOCK_STRIDES, BLOCKS, RECEPTIVE_FIELDS, TRUE_RECEPTIVE_FIELDS,  # noqa: F401
                         check_block, central_position, derive_receptive_field, true_window)
+
+# SPEC.md, "Activation maximization": "gradient ascent with step 1 for 1000 iterations".
+STEPS = 1000
+STEP_SIZE = 1.0
+# SPEC.md: the objective subtracts 0.01 * ||x||^2 (the reference code's L2 term).
+L2 = 0.01
+# Redraws of a start whose central activation is not > 0 before the channel counts as dead
+# (the SPEC's "timeout", as a count so that results are reproducible): a channel that fires
+# from a fraction q >= 5% of uniform starts is wrongly called dead with probability
+# (1 - q)^101 < 0.6%, and a dead channel costs 101 cheap forward passes of one patch.
+MAX_REDRAWS = 100
 
 
 def _cifar_backbone(model: nn.Module) -> nn.Module:
@@ -55,6 +74,35 @@ def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def _same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Whether `a` and `b` are one device: torch.device("cuda") != torch.device("cuda:0"),
+    but "cuda" means the current CUDA device (cuda:0 unless torch was told otherwise)."""
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and _device_index(a) == _device_index(b)
+
+
+def _device_index(d: torch.device) -> int:
+    if d.index is not None:
+        return d.index
+    if d.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.current_device()
+    return 0  # cpu (one device), or cuda on a machine without one: its default index
+
+
+@contextmanager
+def _exact(device: torch.device | str) -> Iterator[None]:
+    """fp32 without TF32 (`exact_fp32`) and cuDNN's deterministic kernels, the global flags
+    restored afterwards. cudnn.deterministic is set on any device: it changes nothing on a
+    CPU, and that keeps the context visible to a CPU test."""
+    before = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    try:
+        with exact_fp32(str(device), False):
+            yield
+    finally:
+        torch.backends.cudnn.deterministic = before
 
 
 def _channel_generator(seed: int, channel: int) -> torch.Generator:
@@ -140,7 +188,7 @@ def _prepare(backbone: nn.Module, block: int, channels, steps: int, max_redraws:
         raise ValueError(f"max_redraws must be >= 0, got {max_redraws}")
     net = _cifar_backbone(backbone)
     device = _model_device(net) if device is None else torch.device(device)
-    if _model_device(net) != device:
+    if not _same_device(_model_device(net), device):
         net = copy.deepcopy(net).to(device)
     channels = [int(c) for c in channels]
     size = RECEPTIVE_FIELDS[block]
@@ -163,11 +211,11 @@ def maximize_activations(
     block: int,
     channels: Sequence[int],
     *,
-    steps: int = 1000,
-    lr: float = 1.0,
-    l2: float = 0.01,
+    steps: int = STEPS,
+    lr: float = STEP_SIZE,
+    l2: float = L2,
     seed: int,
-    max_redraws: int = 100,
+    max_redraws: int = MAX_REDRAWS,
     device: torch.device | str | None = None,
     on_step=None,
 ) -> dict[str, torch.Tensor]:
@@ -197,14 +245,15 @@ def maximize_activations(
     modes = [(m, m.training) for m in net.modules()]
     net.eval()
     try:
-        start, ok, redraws = starting_points(net, block, channels, seed, max_redraws, device)
-        alive = [i for i in range(n) if ok[i]]
-        if alive:
-            x, act, hist = gradient_ascent(net, block, [channels[i] for i in alive],
-                                           start[alive].to(device), steps, lr, l2, on_step)
-            images[alive] = x.float().cpu()
-            activation[alive] = act.float().cpu()
-            objective[:, alive] = hist.float().cpu()
+        with _exact(device):
+            start, ok, redraws = starting_points(net, block, channels, seed, max_redraws, device)
+            alive = [i for i in range(n) if ok[i]]
+            if alive:
+                x, act, hist = gradient_ascent(net, block, [channels[i] for i in alive],
+                                               start[alive].to(device), steps, lr, l2, on_step)
+                images[alive] = x.float().cpu()
+                activation[alive] = act.float().cpu()
+                objective[:, alive] = hist.float().cpu()
     finally:
         for m, training in modes:
             m.train(training)
@@ -212,7 +261,7 @@ def maximize_activations(
 
 
 def live_channels(backbone: nn.Module, block: int, order: Sequence[int], count: int, *, seed: int,
-                  max_redraws: int = 100, device=None) -> list[int]:
+                  max_redraws: int = MAX_REDRAWS, device=None) -> list[int]:
     """The first `count` channels of `order` whose activation can be made positive.
 
     The thesis's code replaced a channel it could not start by the next one of its
@@ -226,7 +275,8 @@ def live_channels(backbone: nn.Module, block: int, order: Sequence[int], count: 
             if len(chosen) >= count:
                 break
             batch = order[lo:lo + count]
-            _, ok, _ = starting_points(net, block, batch, seed, max_redraws, device)
+            with _exact(device):
+                _, ok, _ = starting_points(net, block, batch, seed, max_redraws, device)
             chosen += [c for c, good in zip(batch, ok.tolist()) if good]
     finally:
         for m, training in modes:
@@ -249,10 +299,13 @@ def sigmoid_normalize(x: torch.Tensor) -> torch.Tensor:
 
     `x` is one image [C, H, W] or a batch [..., C, H, W]; mean and std are taken over each
     image's C*H*W values. A constant image (including a one-pixel one) returns 0.5
-    everywhere instead of NaN; NaN images (dead channels) stay NaN.
+    everywhere instead of NaN; NaN images (dead channels) stay NaN. An empty batch (a block
+    none of whose channels fires) comes back empty.
     """
     if x.dim() < 3:
         raise ValueError(f"sigmoid_normalize expects [..., C, H, W], got shape {tuple(x.shape)}")
+    if x.numel() == 0:  # nothing to normalize; std over no values would warn
+        return x.clone()
     dims = (-3, -2, -1)
     mean = x.mean(dim=dims, keepdim=True)
     constant = x.amax(dim=dims, keepdim=True) == x.amin(dim=dims, keepdim=True)
