@@ -68,9 +68,16 @@ def user_errors() -> Iterator[None]:
 
 
 def split_names(values: tuple[str, ...] | None) -> list[str] | None:
-    """`--setup a --setup b,c` -> [a, b, c]; None when not given."""
-    names = [n.strip() for v in values or () for n in v.split(",") if n.strip()]
-    return names or None
+    """`--setup a --setup b,c` -> [a, b, c]; None when not given (every caller's "all").
+
+    Given but naming nothing (`--setup ,` or `--setup ''`) is refused: never "all" by accident.
+    """
+    if not values:
+        return None
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    if not names:
+        raise UserError("--setup names no setup")
+    return names
 
 
 def parse_int_list(text: str | None, what: str) -> list[int] | None:

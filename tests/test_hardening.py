@@ -118,6 +118,20 @@ def test_extend_with_no_setup_named_is_refused(run, monkeypatch, capsys):
                    monkeypatch, capsys, "--setup names no setup")
 
 
+@pytest.mark.parametrize("value", [",", "", " , "])
+def test_inspect_with_no_setup_named_is_refused(run, monkeypatch, capsys, value):
+    # before, an empty --setup value meant "every setup" (Run.select(None)) and the command ran
+    for args in (["dynamics", run], ["binomial", run], ["heterogeneity", run], ["classes", run],
+                 ["examples", run], ["probe", run], ["embed", run], ["activations", run], ["rt", run],
+                 ["all", run], ["submit", "rt", run, "--executor", "local"]):
+        expect_refusal(inspect_cli.main, [*args, "--setup", value], run, monkeypatch, capsys,
+                       "--setup names no setup")
+    # one empty value among real ones is just a stray comma
+    from ssl_dynamics.cli_util import split_names
+    assert split_names(("supervised,", ",random_labels")) == ["supervised", "random_labels"]
+    assert split_names(()) is None and split_names(None) is None
+
+
 def test_out_is_a_file(tmp_path, monkeypatch, capsys):
     target = tmp_path / "afile"
     target.write_text("x")
