@@ -162,6 +162,36 @@ def test_align_epochs_matches_loop(seed):
         assert g == best
 
 
+def test_align_epochs_exact_tie_of_count_fractions_goes_to_the_earliest():
+    # |2/12 - 3/12| == |4/12 - 3/12| exactly; in floats the later distance is the smaller
+    assert abs(2 / 12 - 3 / 12) > abs(4 / 12 - 3 / 12)
+    np.testing.assert_array_equal(st.align_epochs(np.array([3 / 12]), np.array([2 / 12, 4 / 12]), [0]), [0])
+    # the same through r_t: 12 images, 3 of them right for the reference, 2 then 4 for the other
+    ref, other = np.zeros((1, 1, 1, 12), np.uint8), np.zeros((1, 2, 1, 12), np.uint8)
+    ref[0, 0, 0, :3], other[0, 0, 0, :2], other[0, 1, 0, :4] = 1, 1, 1
+    means = [st.epoch_means(st.r_t(c)) for c in (ref, other)]
+    np.testing.assert_array_equal(st.align_epochs(*means, [0]), [0])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_align_epochs_of_count_fractions_matches_exact_loop(seed):
+    # means count / (valid seeds x M x K) with a varying number of valid seeds, on a coarse
+    # grid so that exact ties are common; the slow version compares Fractions
+    from fractions import Fraction
+
+    rng = np.random.default_rng(seed)
+    m_k = 3 * 4
+
+    def draw(e):
+        dens = rng.integers(1, 4, e) * m_k
+        return [Fraction(int(rng.integers(0, d + 1)), int(d)) for d in dens]
+
+    ref, other = draw(30), draw(30)  # seeds 0 and 1 each hold two ties floats get wrong
+    got = st.align_epochs(np.array([float(f) for f in ref]), np.array([float(f) for f in other]), range(30))
+    for t_a, g in zip(range(30), got):
+        assert g == min(range(30), key=lambda t: (abs(ref[t_a] - other[t]), t))
+
+
 def test_align_epochs_errors():
     with pytest.raises(ValueError):
         st.align_epochs(np.array([0.1]), np.array([0.2]), [1])

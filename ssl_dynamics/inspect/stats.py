@@ -217,6 +217,8 @@ def align_epochs(
     """Eq. 4.4: for each t_A in ``ref_epochs``, argmin_t |ref_mean[t_A] - other_mean[t]|.
 
     Inputs are per-epoch means (``epoch_means`` of r_t). Ties go to the earliest epoch.
+    When every mean is a count fraction (as ``epoch_means`` of r_t gives them) the distances
+    are compared exactly: in floats |2/12 - 3/12| comes out larger than |4/12 - 3/12|.
     NaN entries of ``other_mean`` (unevaluated epochs) and epochs outside ``candidates``
     (bool [E], see ``searchable``) are never chosen. Returns an int array of epoch
     indices into ``other_mean``, one per ``ref_epochs`` entry.
@@ -225,19 +227,22 @@ def align_epochs(
     b = np.asarray(other_mean, dtype=np.float64)
     if a.ndim != 1 or b.ndim != 1:
         raise ValueError("ref_mean and other_mean must be 1-D per-epoch means")
-    b = _masked(b, candidates)
-    if not np.isfinite(b).any():
+    ok = np.flatnonzero(np.isfinite(_masked(b, candidates)))
+    if not ok.size:
         raise ValueError("other_mean has no finite epoch to align to")
-    out = []
+    targets = []
     for t_a in ref_epochs:
         if isinstance(t_a, bool) or int(t_a) != t_a or not 0 <= t_a < a.size:
             raise ValueError(f"reference epoch index {t_a!r} outside 0..{a.size - 1}")
-        target = a[int(t_a)]
-        if not np.isfinite(target):
+        if not np.isfinite(a[int(t_a)]):
             raise ValueError(f"ref_mean at epoch index {t_a} is not finite")
-        dist = np.abs(b - target)
-        dist[~np.isfinite(dist)] = np.inf
-        out.append(int(np.argmin(dist)))  # argmin returns the first minimum: earliest epoch
+        targets.append(a[int(t_a)])
+    exact = _fractions(np.concatenate([b[ok], targets]))  # None: plain floats
+    values = exact if exact is not None else np.concatenate([b[ok], targets]).tolist()
+    out = []
+    for target in values[ok.size:]:
+        dist = [abs(v - target) for v in values[:ok.size]]
+        out.append(int(ok[min(range(ok.size), key=dist.__getitem__)]))  # first minimum: earliest
     return np.asarray(out, dtype=np.int64)
 
 
