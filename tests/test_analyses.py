@@ -16,7 +16,7 @@ from ssl_dynamics.inspect import binomial_rows as bn
 from ssl_dynamics.inspect import stats as st
 from ssl_dynamics.inspect.binomial import run_binomial
 from ssl_dynamics.inspect.classes import run_classes
-from ssl_dynamics.inspect.dynamics import default_ref_epochs, run_dynamics
+from ssl_dynamics.inspect.dynamics import default_ref_epochs, reference_alignment, run_dynamics
 from ssl_dynamics.inspect.outputs import Outputs
 from ssl_dynamics.inspect.plots import compress_ints, seed_count_note, setup_label
 from ssl_dynamics.inspect.rtdata import SetupRt
@@ -199,10 +199,132 @@ def test_default_reference_epochs_fit_short_runs():
 def test_default_reference_is_simclr_else_the_first(tmp_run, monkeypatch):
     no_figures(monkeypatch)
     data = {"supervised": make_setup("supervised", 2, k=40), "random_labels": make_setup("random_labels", 3, k=40)}
-    res = run_dynamics(data, Outputs(tmp_run), None, (0, 20), curve_epochs="all")
+    res = run_dynamics(data, Outputs(tmp_run), None, (1, 20), curve_epochs="all")
     assert res["ref_setup"] == "supervised"
     data["simclr"] = make_setup("simclr", 4, k=40)
     assert run_dynamics(data, Outputs(tmp_run), None, (1,))["ref_setup"] == "simclr"
+
+
+def counts_setup(name, counts, k=12, epochs=None, valid=None):
+    """One seed, one augmentation, K images: at epoch index e the first counts[e] are right."""
+    e = len(counts)
+    c = np.zeros((1, e, 1, k), np.uint8)
+    for i, n in enumerate(counts):
+        c[0, i, 0, :n] = 1
+    lab = np.arange(k) % 10
+    return SetupRt(name, c, c.astype(np.float32), np.ones((1, e), bool) if valid is None else valid,
+                   np.arange(1), np.arange(1, e + 1) if epochs is None else np.asarray(epochs), lab, lab,
+                   np.arange(k))
+
+
+def test_exact_tie_goes_to_the_earliest_epoch_for_non_dyadic_means():
+    # mean r_t 3/12 against 2/12 and 4/12: an exact tie, though floats make the later closer
+    data = {"simclr": counts_setup("simclr", [3]), "supervised": counts_setup("supervised", [2, 4])}
+    al = reference_alignment(data, "simclr", [1])
+    assert data["supervised"].epochs[al.aligned["supervised"]].tolist() == [1]
+
+
+def test_dynamics_reads_missing_checkpoints_as_missing_not_wrong(tmp_run, monkeypatch):
+    no_figures(monkeypatch)
+    valid = np.ones((4, 6), bool)
+    valid[1, 3] = False  # seed 1 at epoch 10
+    d = staircase_setup("supervised", [0.0, 0.1, 0.3, 0.55, 0.8, 1.0], valid=valid)
+    d.correct[1, 3] = 0  # what the store holds where nothing was evaluated
+    ref = staircase_setup("simclr", [0.0, 0.1, 0.3, 0.55, 0.8, 1.0])
+    out = Outputs(tmp_run)
+    res = run_dynamics({"simclr": ref, "supervised": d}, out, "simclr", (10,))
+    assert res["aligned"]["supervised"] == [10]  # 0.55 with 3 seeds, not 0.4125 with 4
+    assert res["tables"]["aligned_epochs"][0]["supervised_mean_rt"] == pytest.approx(0.55)
+    with h5py.File(out.analysis) as f:
+        r = f["dynamics/supervised/r_t"][()]
+        assert r[3].tolist() == [1.0] * 55 + [0.0] * 45  # seeds 0, 2, 3 only
+        np.testing.assert_array_equal(r, st.r_t(d.correct, d.valid).astype(np.float32))
+        assert f["dynamics/alignment/supervised_epoch"][()].tolist() == [10]  # numbers, not indices
+        assert f["dynamics/alignment/simclr_epoch"][()].tolist() == [10]
+
+
+def test_a_setup_without_an_epoch_after_the_init_is_named(tmp_run, monkeypatch):
+    no_figures(monkeypatch)
+    valid = np.array([[True, False, False]])  # only the initialization evaluated
+    data = {"simclr": counts_setup("simclr", [0, 3, 6], epochs=[0, 1, 2]),
+            "supervised": counts_setup("supervised", [1, 5, 9], epochs=[0, 1, 2], valid=valid)}
+    with pytest.raises(UserError, match=r"setup supervised has no evaluated epoch after the "
+                                        r"initialization.*inspect rt --epochs.*--include-init"):
+        run_dynamics(data, Outputs(tmp_run), "simclr", (1,))
+    assert run_dynamics(data, Outputs(tmp_run), "simclr", (1,), include_init=True)["aligned"]["supervised"] == [0]
+
+
+def test_reference_epochs_repeated_once_and_epoch_0_only_with_include_init(tmp_run, monkeypatch):
+    no_figures(monkeypatch)
+    data = {"simclr": counts_setup("simclr", [0, 3, 6], epochs=[0, 1, 2]),
+            "supervised": counts_setup("supervised", [1, 4, 9], epochs=[0, 1, 2])}
+    res = run_dynamics(data, Outputs(tmp_run), "simclr", (2, 1, 2))
+    assert [r["ref_epoch"] for r in res["tables"]["aligned_epochs"]] == [2, 1]
+    with pytest.raises(UserError, match="reference epoch 0 of simclr is the initialization.*--include-init"):
+        run_dynamics(data, Outputs(tmp_run), "simclr", (0, 1))
+    res = run_dynamics(data, Outputs(tmp_run), "simclr", (0, 1), include_init=True)
+    assert res["aligned"]["supervised"] == [0, 1]  # 0/12 -> 1/12 at the init; 3/12 -> 4/12
+
+
+def test_short_run_reference_epochs_spread_on_a_log_scale_of_the_epoch_number():
+    import math
+
+    have = [2, 3, 4, 6, 7, 8, 9, 100, 1000]  # none of the thesis's 1, 5, 10, 25, 50, 200
+    epochs, note = default_ref_epochs(make_setup("simclr", 1, k=10, epochs=np.array([0] + have)))
+    # slow: 8 evenly spaced points of log(1 + epoch) from the first to the last, each the nearest
+    lo, hi = math.log(1 + have[0]), math.log(1 + have[-1])
+    want = sorted({min(have, key=lambda e: abs(math.log(1 + e) - (lo + i * (hi - lo) / 7))) for i in range(8)})
+    assert list(epochs) == want == [2, 6, 9, 100, 1000] and "aligning at epochs" in note
+
+
+def drawn_curves(monkeypatch) -> dict[str, int]:
+    """Skip rendering; record the number of curves in each panel of Fig. 4.1 by its title."""
+    seen: dict[str, int] = {}
+
+    def close(self, fig, name):
+        import matplotlib.pyplot as plt
+
+        if name == "fig4_1_sorted_rt":
+            seen.update({ax.get_title().split(" (")[0]: len(ax.get_lines()) for ax in fig.axes if ax.get_lines()})
+        plt.close(fig)
+        return self.figures / f"{name}.png"
+
+    monkeypatch.setattr(Outputs, "save_figure", close)
+    return seen
+
+
+def test_fig41_draws_every_epoch_unless_told(tmp_run, monkeypatch):
+    seen = drawn_curves(monkeypatch)
+    data = {"simclr": make_setup("simclr", 1, s=2, m=1, k=20, epochs=np.arange(12))}
+    run_dynamics(data, Outputs(tmp_run), "simclr", (1, 5))
+    assert seen == {"SimCLR": 12}  # as the thesis's Fig. 4.1: every epoch
+    run_dynamics(data, Outputs(tmp_run), "simclr", (1, 5), curve_epochs=3)
+    assert seen == {"SimCLR": 3}
+
+
+def test_dynamics_and_heterogeneity_cli_options(tiny_rt, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from ssl_dynamics.inspect import cli as inspect_cli
+
+    def call(command, *args):
+        monkeypatch.setattr(sys, "argv", ["inspect", command, str(tiny_rt), "--work", str(tmp_path), *args])
+        try:
+            inspect_cli.main()
+        except SystemExit as e:
+            return e.code, capsys.readouterr().err
+        return 0, capsys.readouterr().err
+
+    seen = drawn_curves(monkeypatch)
+    assert call("dynamics")[0] == 0 and set(seen.values()) == {3}  # epochs 0, 1, 2 of every setup
+    assert call("dynamics", "--curves", "2")[0] == 0 and set(seen.values()) == {2}
+    for bad in ("0", "x", ""):
+        code, err = call("dynamics", "--curves", bad)
+        assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: --curves '{bad}': use 'all'"), err
+    for command in ("dynamics", "heterogeneity"):
+        code, err = call(command, "--epochs", "0,1")
+        assert code == 2 and err.count("\n") == 1 and "reference epoch 0 of simclr is the initialization" in err
+        assert call(command, "--epochs", "0,1", "--include-init") == (0, "")
 
 
 # ---------------------------------------------------------------------------- binomial
@@ -376,8 +498,8 @@ def test_first_second_diff_values(tmp_run, monkeypatch):
     out = Outputs(tmp_run)
     rows = run_binomial({"simclr": d}, out, p0s=(0.5,), draws=2, null_sims=20)["tables"]["first_second_diff"]
     assert rows == table(out, "first_second_diff")
-    assert [r["epoch"] for r in rows] == [0, 1, 2, 5]  # <= 5 evaluated epochs: all drawn
-    for t, row in enumerate(rows):
+    assert [r["epoch"] for r in rows] == [1, 2, 5]  # the thesis's epochs 1, 2, 5 (30, 200 missing)
+    for t, row in zip([1, 2, 3], rows):
         ok = d.valid[:, t]
         n = int(ok.sum())
         assert row["n_seeds"] == n
@@ -390,6 +512,20 @@ def test_first_second_diff_values(tmp_run, monkeypatch):
         assert row["corr_r_t"] == pytest.approx(slow_corr(r1, r2), nan_ok=True)
         assert row["corr_r_tilde"] == pytest.approx(slow_corr(t1, t2), nan_ok=True)
     assert all(np.isfinite(r["corr_r_t"]) and r["corr_r_t"] < 1 for r in rows)
+
+
+def test_fig_b1_prefers_the_thesis_epochs_else_a_log_spread():
+    from ssl_dynamics.inspect.first_second import first_second
+
+    def drawn(epochs):
+        d = make_setup("simclr", 3, s=2, m=1, k=12, epochs=np.asarray(epochs), second=True)
+        rows, curves = first_second({"simclr": d}, ["simclr"], {"simclr": st.r_t(d.correct)}, {})
+        assert [c[0] for c in curves["simclr"]] == [r["epoch"] for r in rows]
+        return [r["epoch"] for r in rows]
+
+    assert drawn(range(201)) == [1, 2, 5, 30, 200]  # Fig. B.1 of the thesis
+    # fewer than two of them: 5 epochs evenly spread in log(1 + epoch) from the first to the last
+    assert drawn([0, 3, 4, 6, 7, 8, 9, 10, 11, 99]) == [0, 3, 9, 11, 99]  # targets 0, 2.2, 9, 30.6, 99
 
 
 def test_p0_never_reached_gives_nan_row(tmp_run):

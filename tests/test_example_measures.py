@@ -422,6 +422,17 @@ def test_bad_arguments_raise_value_error():
         em.cartography(correct, bad_p, valid, epochs)
     with pytest.raises(ValueError, match="valid must be"):
         em.missing_checkpoints(valid[0], epochs)
+
+
+def test_non_finite_p_true_says_which_checkpoint():
+    # seed index 1, epoch index 2 (epoch number 5); epoch 0 is before start_epoch: not looked at
+    correct = np.ones((2, 4, 2, 3), np.uint8)
+    p_true = np.full(correct.shape, 0.5, np.float32)
+    p_true[:, 0] = np.nan
+    p_true[1, 2, 1, 0] = np.inf
+    with pytest.raises(em.NonFiniteProbability, match="seed index 1, epoch 5") as caught:
+        em.cartography(correct, p_true, np.ones((2, 4), bool), np.array([0, 2, 5, 9]))
+    assert (caught.value.seed, caught.value.epoch) == (1, 5) and isinstance(caught.value, ValueError)
     with pytest.raises(ValueError, match="by must be"):
         em.hardness_order({"variability": np.zeros(3)}, by="variability")
     with pytest.raises(ValueError, match="no column"):

@@ -22,7 +22,7 @@ from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect import example_measures as em
 from ssl_dynamics.inspect import storedims
 from ssl_dynamics.inspect.cli import cli
-from ssl_dynamics.inspect.examples import TABLE_COLUMNS, ExampleOptions, run_examples
+from ssl_dynamics.inspect.examples import TABLE_COLUMNS, ExampleOptions, read_meta, run_examples
 from ssl_dynamics.inspect.export import examples_for_workspace, probe_images
 from ssl_dynamics.inspect.outputs import Outputs
 from ssl_dynamics.inspect.rtdata import SetupRt, load_rt
@@ -123,6 +123,16 @@ def test_missing_checkpoints_are_counted_and_never_read(tiny_run, tmp_path):
             assert np.allclose(df[col], want[col], equal_nan=True), col
     summary = json.loads((ws.dir / "tables" / "examples_summary.json").read_text())["rows"]
     assert summary[0]["n_missing_checkpoints"] == 1
+    # rt_ref1 sits at epoch 1 (supervised is its own reference), the missing checkpoint's:
+    # seed 0's r_t alone, whatever the store holds for seed 1 there
+    assert summary[0]["epoch_ref1"] == 1
+    want = d.correct[0, 1].mean(axis=0)  # seed 0, epoch index 1, mean over the replays
+    np.testing.assert_array_equal(df.rt_ref1, want)
+    g = zarr.open_group(str(ws.store), mode="a", use_consolidated=False)
+    g["supervised/correct"][1, 1] = 1  # the missing checkpoint now "all right"
+    examples_for_workspace(ws, Outputs(ws.dir), opts=ExampleOptions(progress=False), **QUIET)
+    again = pd.read_parquet(ws.dir / "tables" / "examples.parquet")
+    np.testing.assert_array_equal(again.rt_ref1, want)
 
 
 def test_probe_images_from_bank_else_dataset_else_no_grids(run, tmp_path, monkeypatch):
@@ -188,7 +198,6 @@ def test_export_netcdf_and_parquet(run, tmp_path):
 
 
 def test_export_of_an_h5_archive_leaves_no_temp_and_the_users_table_alone(run, tmp_path):
-    from ssl_dynamics.inspect.examples import read_meta
 
     # an .h5 archive (HDF5 hands attributes back as numpy scalars) exports like a Zarr store
     h5 = run / "inspect" / "rt.h5"
@@ -262,6 +271,65 @@ def test_run_examples_columns_on_hand_built_arrays(tmp_path):
         run_examples(data, Outputs(tmp_path), ExampleOptions(progress=False), images=np.zeros((4, 3, 8, 8)))
     with pytest.raises(UserError, match="--start-epoch"):
         run_examples(data, Outputs(tmp_path), ExampleOptions(start_epoch=-1, progress=False))
+
+
+def test_start_epoch_past_a_setups_evaluated_epochs_is_noted_not_ranked(tmp_path):
+    a = np.ones((2, 4, 1, 5), np.uint8)
+    a[:, :, :, :2] = 0  # images 0 and 1 never right: the hardest
+    b = a.copy()
+    valid = np.ones((2, 4), bool)
+    valid[:, 2:] = False  # supervised planned epochs 0-3, evaluated only 0 and 1
+    data = {"simclr": _setup("simclr", a, [0, 1, 2, 3]),
+            "supervised": dataclasses.replace(_setup("supervised", b, [0, 1, 2, 3]), valid=valid)}
+    opts = ExampleOptions(start_epoch=2, ref_epochs=(1,), n_grid=2, progress=False)
+    res = run_examples(data, Outputs(tmp_path), opts, images=np.zeros((5, 3, 8, 8), np.uint8))
+    assert any("no evaluated epoch >= 2 (--start-epoch) for supervised (last evaluated epoch: "
+               "supervised 1)" in n for n in res["notes"])
+    df = pd.read_parquet(tmp_path / "tables" / "examples.parquet")
+    sup, sim = df[df.setup == "supervised"], df[df.setup == "simclr"]
+    assert sup.hardness_rank.isna().all() and sup.correctness.isna().all()
+    assert sorted(sim.hardness_rank) == [0, 1, 2, 3, 4] and set(sim.probe[sim.hardness_rank < 2]) == {0, 1}
+    assert not any("supervised" in f for f in res["figures"] if "hardest" in f or "easiest" in f)
+    assert any("examples_hardest_simclr" in f for f in res["figures"])
+    assert "supervised" in read_meta(tmp_path / "tables" / "examples.parquet")["note"].split("NA")[0]
+    with pytest.raises(UserError, match=r"--start-epoch 4 is past the last evaluated epoch of every "
+                                        r"setup \(simclr 3, supervised 1\)"):
+        run_examples(data, Outputs(tmp_path), dataclasses.replace(opts, start_epoch=4))
+
+
+def test_non_finite_p_true_names_setup_seed_and_epoch(tmp_path):
+    a = np.ones((3, 4, 1, 5), np.uint8)
+    d = dataclasses.replace(_setup("supervised", a, [0, 1, 4, 9]), seeds=np.array([3, 7, 11]))
+    d.p_true[1, 2, 0, 3] = np.nan  # seed 7, epoch 4
+    with pytest.raises(UserError, match="^supervised: p_true is not finite at seed 7 epoch 4, "):
+        run_examples({"supervised": d}, Outputs(tmp_path), ExampleOptions(progress=False))
+
+
+def test_the_table_is_stamped_with_the_store_state_before_reading(run, monkeypatch):
+    from ssl_dynamics.inspect import export as ex
+    from ssl_dynamics.inspect.rtdata import store_state
+
+    ws = open_workspace(run, **QUIET)
+    before = store_state(ws.store)
+    real = ex.load_rt
+
+    def read_then_change(*args, **kwargs):  # `inspect rt` adds a checkpoint while we read
+        data = real(*args, **kwargs)
+        zarr.open_group(str(ws.store), mode="a", use_consolidated=False)["simclr/done"][0, 2] = 0
+        return data
+
+    monkeypatch.setattr(ex, "load_rt", read_then_change)
+    opts = ExampleOptions(progress=False)
+    examples_for_workspace(ws, Outputs(ws.dir), ["supervised"], opts=opts, **QUIET)
+    table = ws.dir / "tables" / "examples.parquet"
+    assert read_meta(table)["store_state"] == before != store_state(ws.store)
+    # data read earlier (as `inspect all` passes it) is stamped only while the store still holds it
+    data = real(ws.store, ["supervised"])
+    examples_for_workspace(ws, Outputs(ws.dir), opts=opts, data=data, **QUIET)
+    assert read_meta(table)["store_state"] == store_state(ws.store)
+    zarr.open_group(str(ws.store), mode="a", use_consolidated=False)["supervised/done"][0, 2] = 0
+    examples_for_workspace(ws, Outputs(ws.dir), opts=opts, data=data, **QUIET)
+    assert read_meta(table)["store_state"] is None
 
 
 def _counted(counts, s=2, m=2, k=4, seed=0):

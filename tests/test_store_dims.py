@@ -180,7 +180,7 @@ def test_analysis_h5_groups_of_the_analyses_open_with_named_dims(tmp_path):
 
     data = {"simclr": make_setup("simclr", 0, k=40), "supervised": make_setup("supervised", 1, k=40)}
     out = Outputs(tmp_path)
-    run_dynamics(data, out, ref_epochs=[1, 5])
+    run_dynamics(data, out, ref_epochs=[1, 5, 1])  # a repeated reference epoch counts once
     run_binomial(data, out, draws=2)
     run_classes(data, out, CLASSES)
     with warnings.catch_warnings():

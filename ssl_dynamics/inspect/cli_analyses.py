@@ -5,6 +5,7 @@ import click
 
 from ..cli_util import parse_int_list, parse_levels, split_names, user_errors
 from ..devices import resolve_device
+from ..errors import UserError
 from .cli_options import (DATA, DEVICE, EPOCH, NO_PROGRESS, NO_VERIFY, RNG_SEED, RUN_DIR, SETUP, SHRINKAGE,
                           STORE, TSNE_SEED, WORK, options, show, workspace)
 from .example_measures import HARDNESS_DIRECTION as HARDNESS
@@ -25,13 +26,31 @@ def _analysis(run_dir, work, store, setups, fn):
                    "1,5,10,25,50,200; default: those of the thesis the run has, else a spread).")
 @click.option("--reference", default=None, help="Reference setup A (default: simclr, else the first).")
 @click.option("--include-init", is_flag=True, help="Let eq. 4.4 pick epoch 0 (the thesis's code could not).")
-def dynamics_cmd(run_dir, work, store, setups, epochs, reference, include_init):
+@click.option("--curves", default="all", show_default=True, metavar="all|N",
+              help="Fig. 4.1's curves per setup: every evaluated epoch (as the thesis), or N of "
+                   "them evenly spread, first and last included.")
+def dynamics_cmd(run_dir, work, store, setups, epochs, reference, include_init, curves):
     """Sorted r_t curves (Fig. 4.1) and the epoch-aligned comparison (Fig. 4.2)."""
     from .dynamics import run_dynamics
 
     ref_epochs = parse_int_list(epochs, "--epochs")
+    n_curves = _curves(curves)
     _analysis(run_dir, work, store, setups, lambda d, out, ws: run_dynamics(
-        d, out, ref_setup=reference, ref_epochs=ref_epochs, include_init=include_init))
+        d, out, ref_setup=reference, ref_epochs=ref_epochs, curve_epochs=n_curves,
+        include_init=include_init))
+
+
+def _curves(text: str) -> str | int:
+    """`--curves all|N` -> "all" or N >= 1."""
+    if text.strip() == "all":
+        return "all"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UserError(f"--curves {text!r}: use 'all' or a number of curves >= 1, e.g. 8")
+    return n
 
 
 @click.command("binomial")
@@ -58,14 +77,15 @@ def binomial_cmd(run_dir, work, store, setups, draws, seed, null_sims, include_i
 @options(RUN_DIR, WORK, STORE, SETUP)
 @click.option("--epochs", default=None, help="Reference epochs (a list; default as `dynamics`).")
 @click.option("--reference", default=None, help="Reference setup A (default: simclr, else the first).")
-def heterogeneity_cmd(run_dir, work, store, setups, epochs, reference):
+@click.option("--include-init", is_flag=True, help="Let eq. 4.4 and the fits use epoch 0 (the thesis's code could not).")
+def heterogeneity_cmd(run_dir, work, store, setups, epochs, reference, include_init):
     """How heterogeneous difficulty is (beta-binomial rho per epoch) and whether setups agree
     on which images are hard (Spearman of r_t at aligned epochs)."""
     from .heterogeneity import run_heterogeneity
 
     ref_epochs = parse_int_list(epochs, "--epochs")
     _analysis(run_dir, work, store, setups, lambda d, out, ws: run_heterogeneity(
-        d, out, ref_setup=reference, ref_epochs=ref_epochs))
+        d, out, ref_setup=reference, ref_epochs=ref_epochs, include_init=include_init))
 
 
 @click.command("classes", short_help="Per-class r_t dynamics (Fig 5.3).")

@@ -29,7 +29,12 @@ from .plots import (EPOCH_CMAP, compress_ints, new_figure, rank_x, rate_axis, se
 from .rtdata import SetupRt
 
 DEFAULT_REF_EPOCHS = (1, 5, 10, 25, 50, 200)
-DEFAULT_CURVES = 8  # Fig. 4.1: epochs drawn per setup unless told otherwise
+# Fig. 4.1: the thesis draws every epoch (200, 50, 20 and 500 curves per panel), read as a
+# colour gradient t / t_max (`inspect dynamics --curves N` draws fewer).
+DEFAULT_CURVES = "all"
+# A short run with fewer than two of the thesis's reference epochs is aligned at up to this
+# many epochs, spread on a log scale: about one per doubling of a 200-epoch run.
+FALLBACK_REF_EPOCHS = 8
 ALIGN_TOLERANCE = 0.05  # note aligned epochs whose mean r_t differs more than this
 MAX_LEGEND_CURVES = 10  # beyond this many curves the colour bar alone says the epoch
 
@@ -39,27 +44,48 @@ def evaluated_indices(d: SetupRt) -> np.ndarray:
     return np.flatnonzero(np.asarray(d.valid).any(axis=0))
 
 
+def log_spread(have: Sequence[int], n: int) -> tuple[int, ...]:
+    """Up to `n` of the ascending epoch numbers `have`, spread evenly on a log scale of the
+    epoch number (of 1 + epoch, so that epoch 0 has a place): for each of `n` geometric
+    steps from the first to the last, the nearest epoch. All of them when there are <= n."""
+    nums = np.asarray(have, dtype=np.float64)
+    if nums.size <= n:
+        return tuple(int(e) for e in have)
+    logs = np.log1p(nums)
+    targets = np.linspace(logs[0], logs[-1], n)
+    return tuple(sorted({int(have[int(np.argmin(np.abs(logs - t)))]) for t in targets}))
+
+
+def thesis_or_spread(have: Sequence[int], thesis: Sequence[int], n: int) -> tuple[tuple[int, ...], bool]:
+    """The `thesis` epochs among `have` when at least two are there, else `log_spread(have,
+    n)`; and whether the thesis's epochs were used."""
+    present = {int(h) for h in have}
+    mine = tuple(e for e in thesis if e in present)
+    return (mine, True) if len(mine) >= 2 else (log_spread(have, n), False)
+
+
 def default_ref_epochs(d: SetupRt, include_init: bool = False) -> tuple[tuple[int, ...], str | None]:
-    """The thesis's reference epochs that `d` evaluated; for a short run that has none of
-    them, up to DEFAULT_CURVES epochs spread on a log scale. Returns (epochs, note)."""
+    """The thesis's reference epochs that `d` evaluated; for a short run that has fewer than
+    two of them, up to FALLBACK_REF_EPOCHS epochs spread on a log scale. Returns (epochs, note)."""
     ev = evaluated_indices(d)
     ev = ev[st.searchable(d.epochs[ev], include_init)]
     have = [int(e) for e in d.epochs[ev]]
     if not have:
-        raise UserError(f"reference setup {d.setup} has no evaluated epoch after the initialization")
-    thesis = tuple(e for e in DEFAULT_REF_EPOCHS if e in have)
-    if len(thesis) >= 2:
-        return thesis, None
-    picked = tuple(sorted({have[int(round(i))] for i in np.geomspace(1, len(have), DEFAULT_CURVES) - 1}))
-    return picked, (f"{d.setup} has few of the thesis's reference epochs "
-                    f"{compress_ints(DEFAULT_REF_EPOCHS)}; aligning at epochs {compress_ints(picked)}")
+        raise UserError(f"reference setup {d.setup} has no evaluated epoch after the initialization; "
+                        "evaluate later epochs (`inspect rt --epochs`) or pass --include-init "
+                        "(dynamics, heterogeneity)")
+    picked, thesis = thesis_or_spread(have, DEFAULT_REF_EPOCHS, FALLBACK_REF_EPOCHS)
+    return picked, None if thesis else (
+        f"{d.setup} has few of the thesis's reference epochs {compress_ints(DEFAULT_REF_EPOCHS)}; "
+        f"aligning at epochs {compress_ints(picked)}")
 
 
 def _curve_indices(d: SetupRt, curve_epochs, notes: list[str]) -> np.ndarray:
     """Epoch indices whose sorted curves Fig. 4.1 draws for one setup."""
     ev = evaluated_indices(d)
-    if curve_epochs is None or isinstance(curve_epochs, (int, np.integer)) and not isinstance(curve_epochs, bool):
-        n = DEFAULT_CURVES if curve_epochs is None else int(curve_epochs)
+    curve_epochs = DEFAULT_CURVES if curve_epochs is None else curve_epochs
+    if isinstance(curve_epochs, (int, np.integer)) and not isinstance(curve_epochs, bool):
+        n = int(curve_epochs)
         if n < 1:
             raise UserError(f"curve_epochs must be >= 1 curves, got {n}")
         if ev.size <= n:
@@ -79,11 +105,16 @@ def _curve_indices(d: SetupRt, curve_epochs, notes: list[str]) -> np.ndarray:
     return np.asarray(sorted(have[e] for e in wanted if e in have), dtype=np.int64)
 
 
-def ref_indices(d: SetupRt, ref_epochs: Sequence[int]) -> np.ndarray:
-    """Map reference epoch numbers to indices; UserError naming the epochs that exist."""
-    wanted = [int(e) for e in ref_epochs]
+def ref_indices(d: SetupRt, ref_epochs: Sequence[int], include_init: bool = False) -> np.ndarray:
+    """Map reference epoch numbers to indices (a repeated one once); UserError naming the
+    epochs that exist, or when epoch 0 is asked for without `include_init`."""
+    wanted = list(dict.fromkeys(int(e) for e in ref_epochs))
     if not wanted:
         raise UserError("no reference epochs given")
+    if 0 in wanted and not include_init:
+        raise UserError(f"reference epoch 0 of {d.setup} is the initialization, which eq. 4.4 leaves "
+                        "out (the thesis's code had no epoch-0 statistics); drop it from the "
+                        "reference epochs, or pass --include-init (dynamics, heterogeneity)")
     ev = evaluated_indices(d)
     have = {int(d.epochs[i]): int(i) for i in ev}
     missing = [e for e in wanted if e not in have]
@@ -126,10 +157,17 @@ def _aligned_rows(data, means, ref_setup, ref_idx, aligned_idx, notes) -> list[d
 def align_setups(data: dict[str, SetupRt], means: dict[str, np.ndarray], ref_setup: str,
                  ref_idx: np.ndarray, include_init: bool = False) -> dict[str, np.ndarray]:
     """Eq. 4.4 for every setup: epoch indices aligned to the reference's `ref_idx`."""
-    return {s: ref_idx.copy() if s == ref_setup else
-            st.align_epochs(means[ref_setup], means[s], ref_idx,
-                            st.searchable(data[s].epochs, include_init))
-            for s in data}
+    out = {}
+    for s in data:
+        candidates = st.searchable(data[s].epochs, include_init)
+        if s != ref_setup and not np.isfinite(means[s][candidates]).any():
+            raise UserError(
+                f"setup {s} has no evaluated epoch after the initialization to align to "
+                f"{ref_setup}'s (eq. 4.4 leaves epoch 0 out): evaluate later epochs (`inspect rt "
+                f"--epochs`), leave {s} out (--setup), or pass --include-init (dynamics, heterogeneity)")
+        out[s] = ref_idx.copy() if s == ref_setup else st.align_epochs(
+            means[ref_setup], means[s], ref_idx, candidates)
+    return out
 
 
 @dataclass(frozen=True)
@@ -161,7 +199,7 @@ def reference_alignment(data: dict[str, SetupRt], ref_setup: str | None = None,
         notes += [note] if note else []
     r = r or {s: st.r_t(d.correct, d.valid) for s, d in data.items()}
     means = {s: st.epoch_means(r[s]) for s in data}
-    ref_idx = ref_indices(data[ref_setup], ref_epochs)
+    ref_idx = ref_indices(data[ref_setup], ref_epochs, include_init)
     return Alignment(ref_setup, ref_idx, [int(e) for e in data[ref_setup].epochs[ref_idx]],
                      align_setups(data, means, ref_setup, ref_idx, include_init), means, notes)
 
@@ -173,8 +211,9 @@ def run_dynamics(data: dict[str, SetupRt], out: Outputs, ref_setup: str | None =
 
     ``ref_setup``: the reference A (None: simclr if present, else the first setup).
     ``ref_epochs`` are epoch numbers of the reference (None: `default_ref_epochs`).
-    ``curve_epochs`` picks the Fig. 4.1 curves: None (up to 8 evenly spread evaluated epochs,
-    first and last included), an int (that many), "all", or a list of epoch numbers.
+    ``curve_epochs`` picks the Fig. 4.1 curves: "all" evaluated epochs (None: DEFAULT_CURVES,
+    every epoch, as the thesis), an int n (up to n evaluated epochs evenly spread over their
+    list, first and last included), or a list of epoch numbers.
     ``include_init`` lets eq. 4.4 pick epoch 0 (the thesis's code could not).
     Returns ``{"tables", "figures", "notes", "ref_setup", "aligned"}``.
     """
@@ -192,7 +231,8 @@ def run_dynamics(data: dict[str, SetupRt], out: Outputs, ref_setup: str | None =
     out.write_table("aligned_epochs", rows,
                     note=f"eq. 4.4: for each epoch t_A of {ref_setup}, the epoch of every setup whose "
                          "mean r_t over the probe images is closest to that of the reference "
-                         "(ties: earliest epoch; the initialization, epoch 0, is not a candidate).")
+                         "(ties: earliest epoch; the initialization, epoch 0, is "
+                         + ("a candidate: --include-init)." if include_init else "not a candidate)."))
     return {"tables": {"aligned_epochs": rows}, "figures": [str(p) for p in figures],
             "notes": notes, "ref_setup": ref_setup,
             "aligned": {s: [int(data[s].epochs[e]) for e in aligned_idx[s]] for s in data}}

@@ -26,8 +26,9 @@ import numpy as np
 
 from .stats import check_correct as _check_correct
 
-__all__ = ["evaluated_mask", "missing_checkpoints", "first_learned", "forgetting_events",
-           "cartography", "rt_at", "example_summary", "setup_summary", "hardness_order"]
+__all__ = ["NonFiniteProbability", "evaluated_mask", "missing_checkpoints", "first_learned",
+           "forgetting_events", "cartography", "rt_at", "example_summary", "setup_summary",
+           "hardness_order"]
 
 # The thesis's epoch 0 is the random initialisation: its correctness is chance, not learning.
 DEFAULT_START_EPOCH = 1
@@ -42,6 +43,16 @@ HARDNESS_DIRECTION = {"correctness": -1, "confidence": -1, "unforgettable_share"
                       "forgetting_mean": +1, "never_correct_share": +1}
 # Prefix of the r_t columns (``rt_<epoch number>``); lower r_t means harder.
 RT_PREFIX = "rt_"
+
+
+class NonFiniteProbability(ValueError):
+    """p_true is NaN or infinite at a checkpoint the measures use: ``seed`` is the position
+    on the seed axis, ``epoch`` the epoch number (the caller knows the seed's number)."""
+
+    def __init__(self, seed: int, epoch: int):
+        super().__init__(f"p_true is not finite at an evaluated checkpoint: seed index {seed}, "
+                         f"epoch {epoch}")
+        self.seed, self.epoch = seed, epoch
 
 
 # ---------------------------------------------------------------------------- validation
@@ -142,16 +153,17 @@ def cartography(correct, p_true, valid, epochs, start_epoch: int = DEFAULT_START
 
     Returns (confidence, variability, correctness) over evaluated epochs >= ``start_epoch``:
     mean p_true, std of p_true (ddof 0), fraction of epochs correct. Excluded seeds are NaN.
-    Raises ValueError if p_true is not finite at a used checkpoint.
+    Raises NonFiniteProbability (a ValueError) if p_true is not finite at a used checkpoint.
     """
-    c, _, mask = _inputs(correct, valid, epochs, start_epoch)
+    c, ep, mask = _inputs(correct, valid, epochs, start_epoch)
     p = _check_p_true(p_true, c.shape)
     conf, var, corr = (np.full((c.shape[0], *c.shape[2:]), np.nan) for _ in range(3))
     for s, idx in _per_seed(mask):
         ps = p[s, idx]  # [n, M, K], one seed at a time; sums accumulate in float64
         conf[s] = ps.mean(axis=0, dtype=np.float64)
         if not np.all(np.isfinite(conf[s])):  # a NaN or inf in p_true reaches the mean
-            raise ValueError(f"p_true is not finite at an evaluated checkpoint of seed {s}")
+            first_bad = np.flatnonzero(~np.isfinite(ps).all(axis=(1, 2)))[0]
+            raise NonFiniteProbability(s, int(ep[idx[first_bad]]))
         dev = np.subtract(ps, conf[s], dtype=np.float64)  # two-pass: no cancellation near p=1
         np.square(dev, out=dev)
         var[s] = np.sqrt(dev.sum(axis=0) / (idx.size - VARIABILITY_DDOF))

@@ -18,7 +18,8 @@ the measures of `example_measures`, writes
 epoch t of the reference setup (simclr, else the first). SimCLR's correctness is partner
 identification within the fixed batches of the bank (the first view), the thesis's notion.
 Missing checkpoints (``inspect rt --allow-missing``) are skipped, never read as zeros, and
-counted in ``n_missing_checkpoints``.
+counted in ``n_missing_checkpoints``. A setup with no evaluated epoch >= ``start_epoch`` has
+NaN measures, an NA ``hardness_rank`` and no image grids, and a note names it.
 """
 from __future__ import annotations
 
@@ -75,16 +76,20 @@ def run_examples(data: dict[str, SetupRt], out: Outputs, opts: ExampleOptions = 
     _check_options(opts, data)
     al = reference_alignment(data, opts.ref_setup, opts.ref_epochs)
     ref_setup, ref_epochs, aligned, notes = al.ref_setup, al.ref_epochs, al.aligned, al.notes
+    empty = [s for s, d in data.items() if _last_evaluated(d) < opts.start_epoch]
+    if empty:
+        notes.append(_empty_note(data, empty, opts.start_epoch))
     columns, sums = {}, {}
     progress = bar(len(data), "per-example measures", "setup", opts.progress)
     for s, d in data.items():
-        columns[s], sums[s] = _measures(d, opts, ref_epochs, aligned[s])
+        columns[s], sums[s] = _measures(d, opts, ref_epochs, aligned[s], s not in empty)
         if sums[s]["n_missing_checkpoints"]:
             notes.append(_missing_note(d, opts.start_epoch))
         progress.update(1)
     progress.close()
     aligned_epochs = {s: [int(data[s].epochs[e]) for e in aligned[s]] for s in data}
     note = _table_note(ref_setup, ref_epochs, aligned_epochs, opts.start_epoch)
+    note += f" {_empty_note(data, empty, opts.start_epoch)}" if empty else ""
     frame = examples_frame(data, columns, class_names)
     meta = {"note": note, "ref_setup": ref_setup, "ref_epochs": ref_epochs,
             "aligned_epochs": aligned_epochs, "options": asdict(opts), "store_state": store_state}
@@ -102,7 +107,8 @@ def run_examples(data: dict[str, SetupRt], out: Outputs, opts: ExampleOptions = 
     if images is None:
         notes.append(f"no probe images: the hardest/easiest grids are left out ({image_note})")
     else:
-        figures += _grids(data, columns, images, class_names, opts, out)
+        figures += _grids({s: d for s, d in data.items() if s not in empty}, columns, images,
+                          class_names, opts, out)
     return {"tables": {"examples_summary": rows}, "figures": [str(f) for f in figures],
             "notes": notes, "table": str(table)}
 
@@ -110,11 +116,12 @@ def run_examples(data: dict[str, SetupRt], out: Outputs, opts: ExampleOptions = 
 def _check_options(opts: ExampleOptions, data: dict[str, SetupRt]) -> None:
     if isinstance(opts.start_epoch, bool) or not isinstance(opts.start_epoch, int) or opts.start_epoch < 0:
         raise UserError(f"--start-epoch must be an integer >= 0, got {opts.start_epoch!r}")
-    last = {s: int(max(d.epochs)) for s, d in data.items() if len(d.epochs)}
-    if last and opts.start_epoch > min(last.values()):
-        raise UserError(f"--start-epoch {opts.start_epoch} is past the last evaluated epoch of "
-                        + ", ".join(f"{s} ({e})" for s, e in last.items() if e < opts.start_epoch)
-                        + ": no epoch would take part")
+    # a setup with no evaluated checkpoint at all is refused by the alignment, by name
+    last = {s: e for s, d in data.items() if (e := _last_evaluated(d)) >= 0}
+    if last and all(e < opts.start_epoch for e in last.values()):
+        raise UserError(f"--start-epoch {opts.start_epoch} is past the last evaluated epoch of every "
+                        "setup (" + ", ".join(f"{s} {e}" for s, e in last.items())
+                        + "): no epoch would take part")
     if opts.n_grid < 1:
         raise UserError(f"the image grids need at least 1 image, got {opts.n_grid}")
     if opts.by not in em.HARDNESS_DIRECTION:
@@ -125,17 +132,39 @@ def _check_options(opts: ExampleOptions, data: dict[str, SetupRt]) -> None:
             raise UserError(f"setup {s} was evaluated on other probe images than {first.setup}")
 
 
-def _measures(d: SetupRt, opts: ExampleOptions, ref_epochs: list[int], aligned: np.ndarray):
-    """(per-image columns, per-setup summary) of one setup."""
+def _last_evaluated(d: SetupRt) -> int:
+    """The last epoch number with an evaluated checkpoint; -1 when there is none."""
+    ev = np.asarray(d.valid, dtype=bool).any(axis=0)
+    return int(np.asarray(d.epochs)[ev].max()) if ev.any() else -1
+
+
+def _empty_note(data: dict[str, SetupRt], empty: list[str], start: int) -> str:
+    last = ", ".join(f"{s} {_last_evaluated(data[s])}" for s in empty)
+    return (f"no evaluated epoch >= {start} (--start-epoch) for {', '.join(empty)} (last evaluated "
+            f"epoch: {last}): their measures are NaN, hardness_rank is NA and they have no image grids.")
+
+
+def _measures(d: SetupRt, opts: ExampleOptions, ref_epochs: list[int], aligned: np.ndarray,
+              ranked: bool = True):
+    """(per-image columns, per-setup summary) of one setup; ``ranked`` False: the setup has
+    no epoch the measures use, and its hardness_rank is NaN (NA in the table)."""
     valid = np.asarray(d.valid, dtype=bool)
     epochs = np.asarray(d.epochs, dtype=np.int64)
-    cols = em.example_summary(d.correct, d.p_true, valid, epochs, opts.start_epoch)
+    try:
+        cols = em.example_summary(d.correct, d.p_true, valid, epochs, opts.start_epoch)
+    except em.NonFiniteProbability as e:
+        raise UserError(f"{d.setup}: p_true is not finite at seed {int(d.seeds[e.seed])} epoch "
+                        f"{e.epoch}, a checkpoint the store marks evaluated: the store is damaged "
+                        f"or that model's outputs are not finite") from None
     rt = em.rt_at(d.correct, valid, [int(e) for e in aligned])
     for row, t in enumerate(ref_epochs):
         cols[RT_COLUMN.format(t)] = rt[row]
     order = em.hardness_order(cols, opts.by)
-    cols["hardness_rank"] = np.empty(order.size, dtype=np.int64)
-    cols["hardness_rank"][order] = np.arange(order.size)
+    rank = np.full(order.size, np.nan)  # NA in the table: no epoch ranks these images
+    if ranked:
+        rank = np.empty(order.size, dtype=np.int64)
+        rank[order] = np.arange(order.size)
+    cols["hardness_rank"] = rank
     return cols, em.setup_summary(d.correct, valid, epochs, opts.start_epoch)
 
 

@@ -74,14 +74,37 @@ def examples_for_workspace(ws: Workspace, out: Outputs, setups: list[str] | None
                            data_opts: dict | None = None, echo=print,
                            data: dict[str, SetupRt] | None = None) -> dict:
     """`inspect examples`: read the store (unless `data` was read from it already), find
-    the probe images, run `run_examples`."""
+    the probe images, run `run_examples`. The table is stamped with the store's state taken
+    before reading it, so a store that changes meanwhile makes it out of date, never current;
+    `data` read earlier is stamped only while the store's evaluated checkpoints are still
+    those of `data` (else not at all: `export` then makes the table again)."""
     path = store_for_analysis(ws, store, echo)
-    data = data if data is not None else load_rt(path, setups)
+    state = store_state(path)
+    if data is None:
+        data = load_rt(path, setups)
+    elif not _still_holds(path, data):
+        state = None
     images, note = probe_images(ws, data, data_opts)
     try:
-        return run_examples(data, out, opts, images, ws.run.classes, note, store_state(path))
+        return run_examples(data, out, opts, images, ws.run.classes, note, state)
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def _still_holds(path: Path, data: dict[str, SetupRt]) -> bool:
+    """Whether the store at `path` has the seeds, epochs and evaluated checkpoints of `data`
+    (a checkpoint evaluated again in place is not seen)."""
+    with open_store(path) as st:
+        have = st.setups()
+        for s, d in data.items():
+            if s not in have:
+                return False
+            attrs = st.attrs(s)
+            if (list(attrs.get("seeds", [])) != [int(x) for x in d.seeds]
+                    or list(attrs.get("epochs", [])) != [int(e) for e in d.epochs]
+                    or not np.array_equal(st.done(s), np.asarray(d.valid, dtype=bool))):
+                return False
+    return True
 
 
 def export(ws: Workspace, to: str, target: str | Path | None = None, store: str | Path | None = None,

@@ -10,19 +10,19 @@ import numpy as np
 
 from ..errors import UserError
 from . import stats as st
+from .dynamics import thesis_or_spread
 
-FIRST_SECOND_CURVES = 5  # Fig. B.1: epochs drawn (the thesis: 1, 2, 5, 30, 200)
+THESIS_EPOCHS = (1, 2, 5, 30, 200)  # Fig. B.1 of the thesis draws these epochs
+FIRST_SECOND_CURVES = len(THESIS_EPOCHS)  # a run with fewer than two of them: this many, log-spread
 
 
-def _log_spread(ev: np.ndarray, epochs: np.ndarray, n: int) -> np.ndarray:
-    """Up to n evaluated epoch indices spread evenly on a log scale of the epoch number."""
-    nums = epochs[ev].astype(float)
-    if ev.size <= n:
-        return ev
-    lo = max(nums.min(), 1.0)
-    targets = np.geomspace(lo, max(nums.max(), lo), n)
-    pick = sorted({int(np.argmin(np.abs(nums - tg))) for tg in targets})
-    return ev[pick]
+def curve_indices(valid: np.ndarray, epochs: np.ndarray) -> np.ndarray:
+    """Epoch indices Fig. B.1 draws: the thesis's epochs the run evaluated, when at least two;
+    else up to FIRST_SECOND_CURVES evaluated epochs spread on a log scale of the epoch number."""
+    ev = np.flatnonzero(np.asarray(valid, dtype=bool).any(axis=0))
+    have = [int(e) for e in np.asarray(epochs)[ev]]
+    picked, _ = thesis_or_spread(have, THESIS_EPOCHS, FIRST_SECOND_CURVES)
+    return np.asarray([ev[have.index(e)] for e in picked], dtype=np.int64)
 
 
 def first_second(data, second, r_all, arrays) -> tuple[list[dict], dict]:
@@ -38,7 +38,7 @@ def first_second(data, second, r_all, arrays) -> tuple[list[dict], dict]:
         t1, t2 = st.r_tilde(d.correct, 0, valid), st.r_tilde(d.correct_second, 0, valid)
         arrays.update({f"{s}/first_second/r_t_second": r2.astype(np.float32),
                        f"{s}/first_second/r_tilde0_second": t2.astype(np.float32)})
-        idx = _log_spread(np.flatnonzero(valid.any(axis=0)), np.asarray(d.epochs), FIRST_SECOND_CURVES)
+        idx = curve_indices(valid, d.epochs)
         curves[s] = [(int(d.epochs[e]), r1[e], r2[e], t1[e], t2[e]) for e in idx]
         rows += [{"setup": s, "epoch": int(d.epochs[e]), "n_seeds": int(valid[:, e].sum()),
                   "mean_abs_diff_r_t": float(np.mean(np.abs(r1[e] - r2[e]))),
