@@ -571,3 +571,49 @@ def test_redraws_and_ascent_run_inside_the_exact_context(monkeypatch):
     entered.clear(), calls.clear()
     live_channels(model, 2, [0, 3], 2, seed=5, max_redraws=20)
     assert calls and all(calls) and entered == [("cpu", False)]
+
+
+def _starting_points_one_redraw_per_pass(net, block, channels, seed, max_redraws):
+    """The obvious way: one forward pass per redraw, each pending channel redrawn in turn."""
+    from ssl_dynamics.inspect.activations import _channel_generator
+
+    size = RECEPTIVE_FIELDS[block]
+    gens = [_channel_generator(seed, c) for c in channels]
+    start = torch.stack([torch.rand(3, size, size, generator=g) for g in gens])
+    ok = torch.zeros(len(channels), dtype=torch.bool)
+    redraws = torch.zeros(len(channels), dtype=torch.long)
+    pending = list(range(len(channels)))
+    for attempt in range(max_redraws + 1):
+        if attempt:
+            for i in pending:
+                start[i] = torch.rand(3, size, size, generator=gens[i])
+                redraws[i] += 1
+        with torch.no_grad():
+            act = central_activations(net, block, start[pending], [channels[i] for i in pending])
+        for i, a in zip(list(pending), act.tolist()):
+            ok[i] = a > 0
+        pending = [i for i in pending if not ok[i]]
+        if not pending:
+            break
+    return start, ok, redraws
+
+
+@pytest.mark.parametrize("max_redraws", [0, 5, 16, 40])
+def test_batched_redraws_give_the_starts_of_one_redraw_per_pass(max_redraws):
+    """Channels that fire at once, after a few redraws, and never (a bias pushed down so
+    that a channel fires rarely or not at all): the same starts, flags and redraw counts."""
+    from ssl_dynamics.inspect import activations
+
+    model = _model(1)
+    block, channels = 2, list(range(8))
+    bn = model.stages[1][-1].bn2  # the block's last BatchNorm: its shift decides who fires
+    with torch.no_grad():
+        bn.bias[:8] = torch.tensor([5.0, 0.0, -0.3, -0.6, -1.0, -2.0, -50.0, -50.0])
+    fast = activations.starting_points(model, block, channels, 3, max_redraws, torch.device("cpu"))
+    slow = _starting_points_one_redraw_per_pass(model, block, channels, 3, max_redraws)
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
+    if max_redraws == 40:  # the case covers every branch: at once, later, never
+        redraws, ok = slow[2], slow[1]
+        assert ok[0] and redraws[0] == 0 and not ok[6] and redraws[6] == 40
+        assert any(ok[i] and redraws[i] > 0 for i in range(8))

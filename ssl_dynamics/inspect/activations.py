@@ -134,28 +134,42 @@ def central_activations(
 def starting_points(net: nn.Module, block: int, channels: list[int], seed: int, max_redraws: int,
                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(start [n, 3, s, s], ok [n], redraws [n]): uniform noise in [0, 1) per channel, only the
-    channels whose central activation is not > 0 redrawn, up to `max_redraws` times."""
+    channels whose central activation is not > 0 redrawn, up to `max_redraws` times.
+
+    Redraw r of a channel is the r-th draw after its first from its own generator, however
+    the draws are batched: up to REDRAW_CHUNK redraws of every channel still pending go
+    through one forward pass, and the first that fires is the start."""
     size = RECEPTIVE_FIELDS[block]
     n = len(channels)
-    ok = torch.zeros(n, dtype=torch.bool)
     redraws = torch.zeros(n, dtype=torch.long)
     gens = [_channel_generator(seed, c) for c in channels]
     start = torch.stack([torch.rand(3, size, size, generator=g) for g in gens])
-    pending = list(range(n))
-    for attempt in range(max_redraws + 1):
-        if attempt > 0:
-            for i in pending:
-                start[i] = torch.rand(3, size, size, generator=gens[i])
-                redraws[i] += 1
-        with torch.no_grad():
-            act = central_activations(net, block, start[pending].to(device),
-                                      [channels[i] for i in pending]).cpu()
-        for i, a in zip(list(pending), act.tolist()):
-            ok[i] = a > 0
+    ok = _fires(net, block, start, channels, device)
+    pending = [i for i in range(n) if not ok[i]]
+    done = 0  # redraws tried so far by every pending channel
+    while pending and done < max_redraws:
+        k = min(REDRAW_CHUNK, max_redraws - done)
+        tries = torch.stack([torch.rand(k, 3, size, size, generator=gens[i]) for i in pending])
+        fired = _fires(net, block, tries.flatten(0, 1), [channels[i] for i in pending for _ in range(k)],
+                       device).view(len(pending), k)
+        for row, i in enumerate(pending):
+            hit = torch.nonzero(fired[row]).flatten()
+            j = int(hit[0]) if len(hit) else k - 1  # the first that fires, else the last drawn
+            start[i], redraws[i], ok[i] = tries[row, j], done + j + 1, bool(len(hit))
         pending = [i for i in pending if not ok[i]]
-        if not pending:
-            break
+        done += k
     return start, ok, redraws
+
+
+# Redraws of each pending channel per forward pass: batches of many patches instead of one
+# pass per redraw (a dead channel costs MAX_REDRAWS + 1 patches in 7 passes, not 101).
+REDRAW_CHUNK = 16
+
+
+def _fires(net: nn.Module, block: int, images: torch.Tensor, channels: list[int], device) -> torch.Tensor:
+    """bool [n]: whether channel channels[c]'s central activation on image c is > 0."""
+    with torch.no_grad():
+        return central_activations(net, block, images.to(device), channels).cpu() > 0
 
 
 def gradient_ascent(net: nn.Module, block: int, channels: list[int], start: torch.Tensor,
