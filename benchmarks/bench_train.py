@@ -69,7 +69,7 @@ class ThesisGaussianBlur:
 
 
 def reference_transform(kind: str, thesis_blur: bool = False) -> T.Compose:
-    """The thesis's torchvision transforms on PIL images (SPEC.md, Appendix A); the blur is
+    """The thesis's torchvision transforms on PIL images (its Appendix A; docs/science.md); the blur is
     torchvision's unless `thesis_blur` (the thesis's own class, see ThesisGaussianBlur)."""
     if kind == "simclr":
         blur = ThesisGaussianBlur(int(0.1 * SIZE)) if thesis_blur else T.GaussianBlur(int(0.1 * SIZE), (0.1, 2.0))

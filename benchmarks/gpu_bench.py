@@ -41,7 +41,7 @@ import gpu_bench_parts as parts  # noqa: E402
 import ssl_dynamics.data as data_mod  # noqa: E402
 from ssl_dynamics.config import override, preset  # noqa: E402
 
-# The thesis grid (SPEC.md): epochs per setup, 30 seeds, 195 batches of 256 per CIFAR-10 epoch.
+# The thesis grid (docs/science.md): epochs per setup, 30 seeds, 195 batches of 256 per CIFAR-10 epoch.
 GRID_EPOCHS = {"simclr": 200, "supervised": 50, "random_labels": 20, "random_labels_aug": 500}
 GRID_SEEDS = 30
 GRID_CHECKPOINTS = sum(GRID_SEEDS * (e + 1) for e in GRID_EPOCHS.values())  # 23,220 with epoch 0

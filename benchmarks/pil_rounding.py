@@ -6,7 +6,7 @@ nearest integer, but PIL's blends (brightness, contrast, saturation: `Image.blen
 ImageEnhance) truncate, the contrast blends towards the grey mean rounded to an integer,
 the hue goes through an 8-bit HSV image with the shift truncated to int(255 * hue), and
 the thesis's own blur class (float convolution, then ToPILImage) truncates too. Ours
-stays in float (SPEC.md); this script measures the difference, it does not change the
+stays in float (docs/science.md); this script measures the difference, it does not change the
 pipeline.
 
 For N images and one set of sampled parameters it compares

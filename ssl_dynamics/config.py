@@ -1,6 +1,6 @@
 """Frozen configuration: one `SetupConfig` per training setup, one `RunConfig` per grid.
 
-Defaults are the thesis's (SPEC.md, Appendix A). Presets scale the grid down for the
+Defaults are the thesis's (its Appendix A; docs/science.md). Presets scale the grid down for the
 demo (embedded dataset, CPU) and for smoke tests (synthetic data, tiny network).
 Every field can be overridden by name (`override`), which is what the CLI's `--set` uses.
 """
@@ -54,7 +54,7 @@ class SetupConfig:
 
 
 def thesis_setups(n_classes: int = 10) -> dict[str, SetupConfig]:
-    """The four setups of SPEC.md with the thesis's defaults."""
+    """The four setups of docs/science.md with the thesis's defaults."""
     classify = dict(objective="classify", optimizer="sgd", lr=3e-4, head_dim=n_classes)
     return {
         "simclr": SetupConfig(

@@ -1,4 +1,4 @@
-"""The CIFAR ResNet-18 of SPEC.md, timm backbones by name, and the per-setup heads.
+"""The CIFAR ResNet-18 of docs/science.md, timm backbones by name, and the per-setup heads.
 
 The backbone maps images to the 512-d (8 x width) "representation" (the input of the last linear
 layer); a `Network` adds the setup's linear head. `forward` returns a dict of named
@@ -42,7 +42,7 @@ class CifarResNet18(nn.Module):
     after any stage.
     """
 
-    STAGE_STRIDES = (1, 2, 2, 2)  # SPEC.md: strides of the four stages
+    STAGE_STRIDES = (1, 2, 2, 2)  # docs/science.md: strides of the four stages
     BLOCKS_PER_STAGE = 2  # ResNet-18: two BasicBlocks per stage
 
     def __init__(self, width: int = 64):

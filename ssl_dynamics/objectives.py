@@ -64,7 +64,7 @@ class Objective:
 
 
 class SimCLRObjective(Objective):
-    """Two views per image, InfoNCE over the 2B views (SPEC.md section 3)."""
+    """Two views per image, InfoNCE over the 2B views (the thesis's section 3; docs/science.md)."""
 
     views_per_image = 2
 

@@ -1,4 +1,4 @@
-"""Activation maximization (SPEC.md, Fig. 5.4): receptive fields, eq. 5.4, the optimizer."""
+"""Activation maximization (docs/science.md, Fig. 5.4): receptive fields, eq. 5.4, the optimizer."""
 from __future__ import annotations
 
 import math
@@ -410,7 +410,7 @@ def test_same_seed_same_output_and_the_spec_defaults(tmp_path, monkeypatch):
             assert np.array_equal(a["activations"][name][()], b["activations"][name][()], equal_nan=True), name
     other = _run(ws, tmp_path / "c", ["supervised"], channel_seed=5)["tables"]
     assert other != tables[0]
-    # SPEC.md: step 1, 1000 iterations, 0.01 * ||x||^2, the default everywhere
+    # docs/science.md: step 1, 1000 iterations, 0.01 * ||x||^2, the default everywhere
     for fn in (maximize_activations, run_activations):
         params = inspect.signature(fn).parameters
         assert (params["steps"].default, params["lr"].default, params["l2"].default) == (1000, 1.0, 0.01)

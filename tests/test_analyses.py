@@ -366,7 +366,7 @@ def test_table41_equals_direct_stats_calls(full):
 
 
 def p_hat_all_augmentations(d: SetupRt) -> np.ndarray:
-    """SPEC: Table 4.2's p_hat0 = correct indicators of the valid seeds over ALL augmentations
+    """The thesis: Table 4.2's p_hat0 = correct indicators of the valid seeds over ALL augmentations
     / (N * M * K), per epoch, from the integers (no r_t, no epoch_means)."""
     valid = np.asarray(d.valid, bool)
     _, _, m, k = d.correct.shape

@@ -1,6 +1,6 @@
 """The batched augmentation pipelines (augment.py) against torchvision's own transforms.
 
-SPEC.md ("Augmentation pipelines"): the SimCLR and supervised pipelines are torchvision's
+docs/science.md ("Phase one"): the SimCLR and supervised pipelines are torchvision's
 RandomResizedCrop / RandomHorizontalFlip / RandomApply(ColorJitter) / RandomGrayscale /
 GaussianBlur and RandomCrop(padding=4) / flip / Normalize, re-implemented on whole
 batches with parameters drawn from an explicit generator. Three kinds of evidence:

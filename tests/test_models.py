@@ -5,7 +5,7 @@ from ssl_dynamics.models import build_network, count_parameters
 
 
 def test_thesis_parameter_count():
-    # SPEC.md: the CIFAR ResNet-18 with a 10-way head has 11,173,962 parameters.
+    # docs/science.md: the CIFAR ResNet-18 with a 10-way head has 11,173,962 parameters.
     assert count_parameters(build_network("resnet18_cifar", 10)) == 11_173_962
 
 

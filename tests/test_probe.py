@@ -118,7 +118,7 @@ def _mean_ce(w, b, x, y):
 
 
 def _hand_adam_probe(xtr, ytr, xte, yte, n_classes, epochs, batch_size, lr, seed):
-    """Slow reference of the SPEC probe: plain Adam (betas 0.9/0.999, eps 1e-8, no weight
+    """Slow reference of the thesis's probe: plain Adam (betas 0.9/0.999, eps 1e-8, no weight
     decay) on the mean minibatch cross-entropy, gradients by hand, minibatch order from
     torch.randperm with a CPU generator seeded with `seed` (module docstring)."""
     x, y = xtr.astype(np.float64), np.asarray(ytr)

@@ -102,7 +102,7 @@ def test_reference_schedules_hand_values():
 
 def test_batches_per_epoch():
     cfg = thesis_setups()["simclr"]
-    assert batches_per_epoch(50_000, cfg) == 195  # SPEC.md: T_max = 195 batches
+    assert batches_per_epoch(50_000, cfg) == 195  # docs/science.md: T_max = 195 batches
     assert batches_per_epoch(50_000, replace(cfg, drop_last=False)) == 196
 
 

@@ -10,7 +10,7 @@ Each pipeline has two halves:
   plus the parameters give float views (`geometry.py`, `color.py`). Phase two stores the
   parameters of its bank and can re-apply them.
 
-The pipelines follow SPEC.md (torchvision's semantics, re-implemented on whole batches):
+The pipelines follow docs/science.md (torchvision's semantics, re-implemented on whole batches):
 `simclr`, `supervised` and `none`.
 """
 from __future__ import annotations

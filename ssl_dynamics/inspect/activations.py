@@ -1,4 +1,4 @@
-"""Activation maximization of single channels (SPEC.md, "Activation maximization", Fig. 5.4).
+"""Activation maximization of single channels (docs/science.md, "Representations", Fig. 5.4).
 
 For block b in 1..4 the sub-network is the stem (conv, BN, ReLU) followed by stages 1..b of
 the CIFAR ResNet-18 (`CifarResNet18.forward_to(x, b)`). The input is a patch of
@@ -22,7 +22,7 @@ through the final ReLU. Its start is redrawn (only that channel's) up to `max_re
 a channel that never becomes positive is "dead": it is not optimized, its `ok` entry is
 False, its `redraws` entry equals `max_redraws`, and its image is filled with NaN (so it
 can never be mistaken for a real pseudo-image; `sigmoid_normalize` keeps it NaN and
-matplotlib's imshow leaves NaN pixels blank). The SPEC's "give up after a timeout" is this
+matplotlib's imshow leaves NaN pixels blank). The thesis's "give up after a timeout" is this
 redraw count, which is deterministic where a wall-clock timeout is not.
 
 On a GPU the redraw checks and the ascent run in fp32 proper (`exact_fp32`: no TF32 in
@@ -45,13 +45,13 @@ from .evaluate import exact_fp32
 from .receptive import (BLOCK_STRIDES, BLOCKS, RECEPTIVE_FIELDS, TRUE_RECEPTIVE_FIELDS,  # noqa: F401
                         check_block, central_position, derive_receptive_field, true_window)
 
-# SPEC.md, "Activation maximization": "gradient ascent with step 1 for 1000 iterations".
+# The thesis: gradient ascent with step 1 for 1000 iterations (docs/science.md).
 STEPS = 1000
 STEP_SIZE = 1.0
-# SPEC.md: the objective subtracts 0.01 * ||x||^2 (the reference code's L2 term).
+# docs/science.md: the objective subtracts 0.01 * ||x||^2 (the reference code's L2 term).
 L2 = 0.01
 # Redraws of a start whose central activation is not > 0 before the channel counts as dead
-# (the SPEC's "timeout", as a count so that results are reproducible): a channel that fires
+# (the thesis's "timeout", as a count so that results are reproducible): a channel that fires
 # from a fraction q >= 5% of uniform starts is wrongly called dead with probability
 # (1 - q)^101 < 0.6%, and a dead channel costs 101 cheap forward passes of one patch.
 MAX_REDRAWS = 100

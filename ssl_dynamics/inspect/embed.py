@@ -1,6 +1,6 @@
 """2-D t-SNE of representations (Fig. 5.1) and the class-stratified subset it is drawn on.
 
-SPEC.md, "Representations and visualizations": a 2-D t-SNE of the representation of a
+docs/science.md, "Representations": a 2-D t-SNE of the representation of a
 class-stratified 25% of the training set (12,500 images for CIFAR-10), coloured by class.
 
 Three settings (`method`):

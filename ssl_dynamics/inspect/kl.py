@@ -1,6 +1,6 @@
 """KL divergence between class-conditional Gaussians of a representation (Fig. 5.2).
 
-SPEC.md, "Representations and visualizations" (eq. 5.1-5.2): for each class y, the mean
+docs/science.md, "Representations" (eq. 5.1-5.2): for each class y, the mean
 mu_y and unbiased covariance Sigma_y (D = 512) of the representations of its training
 images; then
 

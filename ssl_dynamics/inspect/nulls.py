@@ -1,4 +1,4 @@
-"""Null distributions and calibration for the phase-two difficulty statistics (SPEC section 4).
+"""Null distributions and calibration for the phase-two difficulty statistics (docs/science.md, section 4).
 
 Pure numpy/scipy, no I/O; bad arguments raise ``ValueError``; all randomness comes from a
 caller-supplied ``numpy.random.Generator``.

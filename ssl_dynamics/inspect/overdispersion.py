@@ -1,4 +1,4 @@
-"""Heterogeneity of difficulty measured directly (SPEC section 4): a maximum-likelihood
+"""Heterogeneity of difficulty measured directly (docs/science.md, section 4): a maximum-likelihood
 beta-binomial fit to per-image success counts, and the ANOVA intra-class correlation as its
 moment cross-check. Pure numpy/scipy, no I/O; bad arguments raise ``ValueError``.
 """

@@ -1,6 +1,6 @@
 """Linear probe on frozen representations (Table B.1) and the raw-pixel baseline.
 
-SPEC.md, "Representations and visualizations": take the 512-d representation (D = 8 x width) of every
+docs/science.md, "Representations": take the 512-d representation (D = 8 x width) of every
 train/test image (no augmentation), train one linear layer with cross-entropy, no
 regularisation, Adam lr 1e-3, 10 epochs, batch 256; report train and test accuracy.
 Baselines: a randomly initialised network, and raw pixels (3072-d, `raw_pixel_features`).

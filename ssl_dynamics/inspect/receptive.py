@@ -13,7 +13,7 @@ so the true receptive fields are 11, 25, 53, 109 (`TRUE_RECEPTIVE_FIELDS`, check
 gradient test). The thesis's patch sizes 11, 19, 27, 35 (= 3 + 8b: "each BasicBlock adds two
 3x3 convs, each conv adds 2 pixels", which ignores that a conv after a stride-2 layer adds
 2 * j input pixels) are exact only for block 1. We keep the thesis's sizes as the patch sizes
-(`RECEPTIVE_FIELDS`, the SPEC's values): the central position's true receptive field
+(`RECEPTIVE_FIELDS`, the thesis's values): the central position's true receptive field
 contains the whole patch (see `true_window`), so every patch pixel affects the objective, and
 the part of the true field outside the patch is the conv's zero padding, i.e. fixed at 0 --
 the optimized patch is a central crop of the true receptive field, as in the reference code.
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-# Patch sizes of the thesis (SPEC.md): 3 + 8 * block. See the module docstring for why they
+# Patch sizes of the thesis (docs/science.md): 3 + 8 * block. See the module docstring for why they
 # are smaller than the true receptive fields for blocks 2-4.
 RECEPTIVE_FIELDS: dict[int, int] = {1: 11, 2: 19, 3: 27, 4: 35}
 # Total stride of the feature map after each block: stage strides 1, 2, 2, 2 multiplied.

@@ -20,7 +20,7 @@ from .probe import raw_pixel_features, train_linear_probe
 THESIS_PROBE = {"simclr": (0.8186, 0.8060), "supervised": (1.0000, 0.9532),
                 "random_labels": (0.3369, 0.3248), "random_labels_aug": (0.4395, 0.4275),
                 "random_init": (0.2891, 0.2982), "raw_pixels": (0.4227, 0.3768)}
-TSNE_FRACTION = 0.25  # SPEC.md: a class-stratified 25% of the training set
+TSNE_FRACTION = 0.25  # docs/science.md: a class-stratified 25% of the training set
 
 
 def standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +49,7 @@ def _probe_row(name, feats, at_epoch, how, y_tr, y_te, n_classes, seed, device) 
         return train_linear_probe(tr, y_tr, te, y_te, n_classes=n_classes, seed=seed, device=device)
 
     accs = [probe(tr, te) for tr, te in feats]
-    # The same probe on z-scored features (train mean/std): SPEC's probe is scale-sensitive,
+    # The same probe on z-scored features (train mean/std): the thesis's probe is scale-sensitive,
     # and a fresh network in eval mode has tiny features (BatchNorm's running stats are 0/1).
     zaccs = [probe(*standardize(tr, te)) for tr, te in feats]
     tr_m, tr_s = _mean_std([a["train_acc"] for a in accs])

@@ -1,4 +1,4 @@
-"""Phase-two statistics over the stored correctness indicators (SPEC section 4).
+"""Phase-two statistics over the stored correctness indicators (docs/science.md, section 4).
 
 Pure numpy/scipy: no I/O, no plotting. Conventions used throughout:
 

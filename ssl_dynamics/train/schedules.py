@@ -1,6 +1,6 @@
 """Learning-rate schedules as pure functions of (setup config, epoch).
 
-"reference" reproduces the thesis's code (SPEC.md):
+"reference" reproduces the thesis's code (docs/science.md):
 * simclr: lr held for the first `constant_lr_epochs` epochs (1-10); the code steps a
   CosineAnnealingLR, whose period is the number of batches per epoch, after every epoch
   from the 10th on, so epoch 11 already runs at the first cosine step and epoch 200 at
