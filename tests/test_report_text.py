@@ -1,5 +1,6 @@
 """The HTML report says what the outputs of this run show: the box of skipped analyses lists
 only analyses that are still missing, and the sentences state the run's own numbers."""
+import base64
 import html
 import json
 import os
@@ -55,7 +56,8 @@ def _what(page: str, title: str) -> str:
 def test_skipped_box_drops_analyses_that_succeeded_since(analysed, tmp_path):
     """`inspect all` skipped kl (singular covariances), activations and tsne; kl then ran on
     its own with shrinkage. The box lists activations (its outputs predate skipped.json: an
-    earlier run's) and tsne (no outputs), no longer kl, whose figure is on the page."""
+    earlier run's, so they are not shown) and tsne (no outputs), no longer kl, whose figure
+    is on the page."""
     from ssl_dynamics.inspect.features import FeatureCache
     from ssl_dynamics.inspect.representations import run_kl
     from ssl_dynamics.inspect.workspace import open_workspace
@@ -80,7 +82,8 @@ def test_skipped_box_drops_analyses_that_succeeded_since(analysed, tmp_path):
     page = _page(run)
     assert "alt='fig5_2_kl'" in page
     assert _boxed(page) == ["activations", "tsne"]
-    assert "alt='fig5_4_activations'" in page  # a genuinely skipped analysis's old outputs still show
+    # a still-skipped analysis's old outputs are an earlier run's: named in the box, not shown
+    assert "alt='fig5_4_activations'" not in page and "<h2>Fig. 5.4" not in page
     assert json.loads(record.read_text())[0]["analysis"] == "kl"  # the record itself is `all`'s
 
 
@@ -147,3 +150,60 @@ def test_a_skipped_rt_stays_listed_though_its_store_was_touched(tmp_path):
     (tmp_path / "rt.zarr").mkdir()
     (tmp_path / "rt.zarr" / "zarr.json").write_text("{}")
     assert still_skipped(tmp_path, skipped, 0) == skipped
+
+
+def test_examples_figures_of_an_earlier_run_are_not_shown(analysed, tmp_path):
+    """`inspect examples` then `inspect examples --setup supervised`: the grids of the other
+    setups and the rank-agreement figure (one setup has none) are the first run's."""
+    run = private_copy(analysed, tmp_path)
+    invoke("examples", run, "--no-progress")
+    page = _page(run)
+    assert "Hardest probe images: SimCLR" in page and "alt='examples_rank_agreement'" in page
+    invoke("examples", run, "--no-progress", "--setup", "supervised")
+    assert (run / "inspect" / "figures" / "examples_hardest_simclr.png").exists()
+    page = _page(run)
+    assert "alt='examples_hardest_supervised'" in page
+    assert "examples_hardest_simclr" not in page and "Hardest probe images: SimCLR" not in page
+    assert "alt='examples_rank_agreement'" not in page
+
+
+def test_the_header_names_the_setups_of_the_outputs(tiny_rt, tmp_path):
+    run = private_copy(tiny_rt, tmp_path)
+    invoke("classes", run, "--setup", "supervised,random_labels")
+    page = _page(run)
+    assert "Setups in these outputs: supervised, random_labels (the run has" in page
+
+
+def test_unreadable_outputs_are_named_not_fatal(analysed, tmp_path):
+    run = private_copy(analysed, tmp_path)
+    work = run / "inspect"
+    (work / "tables" / "notes_of_mine.json").write_text("[1, 2")  # not the report's
+    (work / "tables" / "class_rt.json").write_text("")
+    (work / "figures" / "fig4_4_binomial_noise.png").write_bytes(b"")
+    (work / "figures" / "fig4_3_binomial_counts.png").write_bytes(b"GIF89a garbage")
+    page = _page(run)
+    assert "could not read tables/class_rt.json" in page
+    assert "could not read figures/fig4_4_binomial_noise.png (empty file)" in page
+    assert "could not read figures/fig4_3_binomial_counts.png (not a PNG image)" in page
+    assert "notes_of_mine" not in page
+    assert all(base64.b64decode(i)[:4] == b"\x89PNG"
+               for i in re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page))
+
+
+def test_report_failure_alone_is_one_line(analysed, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from ssl_dynamics.inspect import report
+    from ssl_dynamics.inspect.cli import main
+
+    run = private_copy(analysed, tmp_path)
+
+    def broken(*_a, **_kw):
+        raise KeyError("setups")
+
+    monkeypatch.setattr(report, "expand_sections", broken)
+    monkeypatch.setattr(sys, "argv", ["inspect", "report", str(run)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "cannot build the report" in err

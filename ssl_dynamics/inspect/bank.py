@@ -211,19 +211,30 @@ def load_bank(path: str | Path) -> Bank:
         raise UserError(f"corrupt bank {path}: {e}") from None
 
 
+OPTION_NAMES = {"n_probe": "--probes", "n_replays": "--replays", "seed": "--bank-seed",
+                "simclr_batch": "--simclr-batch"}  # the command-line option of each setting
+
+
+def _option_diff(key: str, asked: int, have: int, n_train: int) -> str:
+    """`--probes 64 (48 after capping at the training set's 48 images), the bank has 32`."""
+    capped = f" ({n_train} after capping at the training set's {n_train} images)" \
+        if key == "n_probe" and asked > n_train else ""
+    return f"{OPTION_NAMES.get(key, key)} {asked}{capped}, the bank has {have}"
+
+
 def check_existing(path: Path, requested: dict[str, int | None], keys: list[ViewKey],
                    dataset_sha256: str, n_train: int) -> BankSpec:
     """The spec of the bank at `path`, refusing requested values that contradict it."""
     spec, sha, have = read_spec(path)
-    if requested.get("n_probe") is not None:
-        requested = {**requested, "n_probe": min(requested["n_probe"], n_train)}
-    diffs = [f"{k} {getattr(spec, k)} != {v}" for k, v in requested.items()
-             if v is not None and getattr(spec, k) != v]
     if sha != dataset_sha256:
-        diffs.append("dataset")
+        raise UserError(f"{path} was built from another dataset (sha256 {sha[:12]}...) than this "
+                        f"run's ({dataset_sha256[:12]}...): it is another run's bank; use another "
+                        f"--work folder, or pass --bank with a new path")
+    diffs = [_option_diff(k, v, getattr(spec, k), n_train) for k, v in requested.items()
+             if v is not None and getattr(spec, k) != (min(v, n_train) if k == "n_probe" else v)]
     if diffs:
-        raise UserError(f"{path} was built with other settings ({'; '.join(diffs)}); "
-                        f"drop those options to use it, or pass --bank with a new path")
+        raise UserError(f"{path} was built with other settings: {'; '.join(diffs)}; drop those "
+                        f"options to use it, or pass --bank with a new path")
     missing = [group_name(k) for k in keys if k not in have]
     if missing:
         raise UserError(f"{path} has no replays for {', '.join(missing)}; pass --bank with a new "

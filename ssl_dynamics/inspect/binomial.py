@@ -78,7 +78,9 @@ def range_levels(p_tilde: np.ndarray, p_all: np.ndarray, cand: np.ndarray) -> tu
     return tuple(round(float(lo + f * (hi - lo)), 4) for f in RANGE_FRACTIONS)
 
 
-def _check_args(p0s, draws, seed, sims) -> tuple[float, ...] | str:
+def check_args(p0s, draws, seed, sims) -> tuple[float, ...] | str:
+    """The p0 levels as floats (or "range"); UserError for a bad level, draw count, seed or
+    number of null simulations (also what `inspect all` checks before any step)."""
     if isinstance(p0s, str):
         if p0s != "range":
             raise UserError(f"p0 levels {p0s!r}: give numbers, or 'range' for each setup's own")
@@ -163,7 +165,7 @@ def run_binomial(data: dict[str, SetupRt], out: Outputs, p0s: Sequence[float] = 
     """
     if not data:
         raise UserError("no setups to analyse")
-    p0s = _check_args(p0s, draws, seed, null_sims)
+    p0s = check_args(p0s, draws, seed, null_sims)
     notes, arrays, per, labelled, coords = [], {}, {}, {}, {}
     for s, d in data.items():
         if not np.asarray(d.valid).any():

@@ -13,8 +13,9 @@ import click
 from ..cli_util import EXIT_PARTIAL, parse_int_list, parse_levels, run_cli, split_names
 from ..devices import resolve_device
 from . import cli_analyses
-from .cli_options import (DATA, DEVICE, EPOCH, NO_PROGRESS, NO_VERIFY, PRECISION, RNG_SEED, RUN_DIR, SETUP,
-                          SHRINKAGE, STORE, WORK, options, show, workspace)
+from ..errors import UserError
+from .cli_options import (DATA, DEVICE, EPOCH_ALL, NO_PROGRESS, NO_VERIFY, PRECISION, RNG_SEED, RUN_DIR,
+                          SETUP, SHRINKAGE, STORE, WORK, options, show, workspace)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
@@ -81,6 +82,7 @@ def rt_cmd(run_dir, work, store, setups, dataset, data_root, device, precision, 
                     simclr_batch, dataset, data_root, device, precision, no_verify, no_progress, store,
                     group)
     res = step()
+    ws.bind()
     waited = res.get("waited_s", {})
     click.echo(f"evaluated {res['evaluated']} checkpoints in {res['seconds']:.1f} s "
                f"({res['checkpoints_per_s']:.2f} ckpt/s, {res['images_per_s']:.0f} images/s; "
@@ -92,13 +94,20 @@ def rt_cmd(run_dir, work, store, setups, dataset, data_root, device, precision, 
 @options(RUN_DIR, WORK)
 def report_cmd(run_dir, work):
     """One self-contained HTML page with every figure and table of the work folder."""
+    from .outputs import Outputs
     from .report import build_report
 
-    click.echo(f"report: {build_report(workspace(run_dir, work))}")
+    ws = workspace(run_dir, work)
+    Outputs(ws.dir).tidy()
+    try:
+        page = build_report(ws)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # UserError, OSError: run_cli's
+        raise UserError(f"cannot build the report of {ws.dir}: {type(e).__name__}: {e}") from None
+    click.echo(f"report: {page}")
 
 
 @cli.command("all")
-@options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, PRECISION, *DATA, NO_VERIFY, NO_PROGRESS)
+@options(RUN_DIR, WORK, SETUP, EPOCH_ALL, DEVICE, PRECISION, *DATA, NO_VERIFY, NO_PROGRESS)
 @click.option("--ref-epochs", default=None,
               help="Reference epochs of `dynamics`, `heterogeneity` and `examples` (a list; default: the thesis's that exist).")
 @click.option("--steps", type=click.IntRange(0), default=1000, show_default=True,
@@ -112,11 +121,17 @@ def report_cmd(run_dir, work):
 @click.option("--p0", "levels", default=None,
               help="Accuracy levels of the binomial tables (a list, default 0.25,0.5,0.75), or "
                    "'range': each setup's own (short runs, the demo).")
+@click.option("--redo", default=None, metavar="STEP[,STEP]|all",
+              help="Compute these analyses even when they are up to date (dynamics, binomial, "
+                   "heterogeneity, classes, examples, probe, tsne, kl, activations, or all).")
 def all_cmd(run_dir, work, setups, epoch, device, precision, dataset, data_root, no_verify, no_progress,
-            ref_epochs, steps, allow_missing, shrinkage, tsne_method, probes, replays, levels):
-    """Every analysis, then the report. An analysis that cannot be computed is skipped with
-    its reason (listed in the output and the report) and the command exits 3."""
-    from .pipeline import AllOptions, run_all
+            ref_epochs, steps, allow_missing, shrinkage, tsne_method, probes, replays, levels, redo):
+    """Every analysis, then the report. An analysis whose inputs, options and outputs are
+    unchanged since it last ran here is up to date and not computed again (--redo). One that
+    cannot be computed is skipped with its reason (listed in the output and the report), the
+    outputs an earlier run of it left are moved to WORK/stale/, and the command exits 3.
+    Bad options, or a bank or store that `rt` refuses, stop it first (exit 2)."""
+    from .pipeline import AllOptions, parse_redo, run_all
 
     ws = workspace(run_dir, work)
     names = ws.run.select(split_names(setups))
@@ -125,7 +140,7 @@ def all_cmd(run_dir, work, setups, epoch, device, precision, dataset, data_root,
     refs = parse_int_list(ref_epochs, "--ref-epochs")
     opts = AllOptions(tuple(names), epoch, tuple(refs) if refs else None, steps, shrinkage,
                       tsne_method, parse_levels(levels), resolve_device(device), not no_verify,
-                      not no_progress, {"dataset": dataset, "data_root": data_root})
+                      not no_progress, {"dataset": dataset, "data_root": data_root}, parse_redo(redo))
     if run_all(ws, rt, opts, show, echo=click.echo):
         sys.exit(EXIT_PARTIAL)
 

@@ -8,12 +8,18 @@ from .workspace import open_workspace
 RUN_DIR = click.argument("run_dir")
 WORK = click.option("--work", default=None, metavar="DIR",
                     help="Where phase-two outputs go (default RUN_DIR/inspect; use for read-only archives).")
-STORE = click.option("--store", default=None, help="r_t store: *.zarr (default WORK/rt.zarr) or *.h5.")
+STORE = click.option("--store", default=None,
+                     help="r_t store: *.zarr or *.h5 (default: WORK's rt.zarr, else its rt.h5, "
+                          "else the run's own; `rt` makes WORK/rt.zarr when WORK has none).")
 SETUP = click.option("--setup", "setups", multiple=True, metavar="NAME",
                      help="Setup(s) to include (repeatable, or comma-separated; default: all).")
 EPOCH = click.option("--epoch", type=int, default=None,
                      help="The one checkpoint epoch to analyse (default: the thesis's epoch when the "
                           "run has it, else each setup's last).")
+EPOCH_ALL = click.option("--epoch", type=int, default=None,
+                         help="The checkpoint epoch of probe, embed (t-SNE, KL) and activations (default: "
+                              "the thesis's epoch when the run has it, else each setup's last); the r_t "
+                              "analyses use every evaluated epoch.")
 # Seeds of random streams: numpy and torch take them as 64-bit integers; a negative or larger
 # one is refused by click with the option's name instead of an overflow deep inside.
 RNG_SEED = click.IntRange(0, 2**63 - 1)

@@ -224,9 +224,10 @@ def write_frame(out: Outputs, frame, meta: dict):
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            PARQUET_KEY: json.dumps(meta).encode()})
     target = out.tables / f"{TABLE}.parquet"
-    with art.atomic_path(target) as tmp:
-        pq.write_table(table, tmp)
-    art.write_bytes_atomic(out.tables / f"{TABLE}.csv", frame.to_csv(index=False).encode())
+    with out.lock():  # the work folder's writers' lock: its temp files are then tidied safely
+        with art.atomic_path(target) as tmp:
+            pq.write_table(table, tmp)
+        art.write_bytes_atomic(out.tables / f"{TABLE}.csv", frame.to_csv(index=False).encode())
     return target
 
 

@@ -11,10 +11,15 @@ the others). Probes, t-SNE and KL read the cache, never the checkpoints again.
 
 A cached entry counts only once its `complete` attribute is set, after both arrays are
 written, so an interrupted extraction is redone; an entry whose recorded checkpoint
-sha256 is not the manifest's (the checkpoint was replaced) is extracted again.
+sha256 is not the manifest's (the checkpoint was replaced) is extracted again, with or
+without --no-verify (which skips only hashing the checkpoint file), and so is an entry
+whose metadata or arrays cannot be read. The cache is opened on first use; a damaged root
+is one line naming it.
 Epoch 0 of any setup is a randomly initialised network: the "random init" baseline.
 """
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import torch
@@ -31,7 +36,7 @@ FEATURE_BATCH = 1024  # images per forward pass during extraction
 THESIS_EPOCHS = {"simclr": 200, "supervised": 200, "random_labels": 30, "random_labels_aug": 500}
 
 
-# Augmentations whose pipeline feeds [0, 1] pixels without normalization (SPEC: SimCLR's
+# Augmentations whose pipeline feeds [0, 1] pixels without normalization (the thesis: SimCLR's
 # views and the no-augmentation setup); every other one normalizes with the CIFAR mean/std.
 RAW_INPUT = ("simclr", "none")
 
@@ -54,14 +59,28 @@ def extract(model: torch.nn.Module, images: torch.Tensor, augment: str, device: 
 class FeatureCache:
     def __init__(self, ws: Workspace, device: str = "cpu", data: dict | None = None,
                  verify: bool = True, echo=print):
-        import zarr
-
         self.ws, self.run = ws, ws.run
         self.cfg, self.paths = ws.run.cfg, ws.run.paths
         self.device, self.verify, self.echo = device, verify, echo
         self.data = data or {}
-        self.group = zarr.open_group(str(ws.features), mode="a")
+        self._group = None
         self._dataset: Dataset | None = None
+
+    @property
+    def group(self):
+        """The cache's root group, opened (made) on first use: a damaged root is a UserError
+        naming it, raised inside the analysis that reads the cache, not before."""
+        if self._group is None:
+            import zarr
+
+            path = self.ws.features
+            try:
+                self._group = zarr.open_group(str(path), mode="a")
+            except Exception as e:  # noqa: BLE001  (zarr and json raise many kinds)
+                raise UserError(f"damaged representation cache {path}: its metadata cannot be read "
+                                f"({type(e).__name__}); it only caches features: remove it to "
+                                f"extract them again") from None
+        return self._group
 
     @property
     def dataset(self) -> Dataset:
@@ -77,12 +96,9 @@ class FeatureCache:
         """(train [N, D], test [N_test, D]) features, extracting them on first use."""
         key = f"{setup}/seed-{seed:02d}/epoch-{epoch:04d}"
         ckpt = self.paths.checkpoint(setup, seed, epoch)
-        want = art.manifest_sha256(ckpt) if self.verify else None
-        if key in self.group and self.group[key].attrs.get("complete"):
-            g = self.group[key]
-            if want is None or g.attrs.get("checkpoint_sha256") == want:
-                return g["train"][:], g["test"][:]
-            self.echo(f"{key}: the checkpoint changed since its features were cached; extracting again")
+        cached = self._cached(key, self._checkpoint_sha(ckpt))
+        if cached is not None:
+            return cached
         data = art.verified_bytes(ckpt, self.verify)
         net, _ = art.load_network(ckpt, verify=False, data=data)
         augment = self.cfg.setups[setup].augment
@@ -95,6 +111,35 @@ class FeatureCache:
             g.create_array(name, data=arr, chunks=(min(len(arr), 8192), arr.shape[1]), overwrite=True)
         g.attrs.update({"complete": True, "checkpoint_sha256": art.sha256_bytes(data)})
         return train, test
+
+    def _checkpoint_sha(self, ckpt) -> str:
+        """The sha256 the cached entry must record: the manifest's, always (--no-verify skips
+        only hashing the file); the file's own when --no-verify meets a checkpoint that its
+        manifest does not list."""
+        try:
+            return art.manifest_sha256(ckpt)
+        except UserError:
+            if self.verify:
+                raise
+            return art.sha256_file(ckpt)
+
+    def _cached(self, key: str, want: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The entry's arrays when it is complete and made from checkpoint `want`; None
+        otherwise. A damaged entry is removed (it is extracted again)."""
+        try:
+            if key not in self.group or not self.group[key].attrs.get("complete"):
+                return None
+            g = self.group[key]
+            if g.attrs.get("checkpoint_sha256") != want:
+                self.echo(f"{key}: the checkpoint changed since its features were cached; extracting again")
+                return None
+            return g["train"][:], g["test"][:]
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001  (zarr, json and numpy raise many kinds)
+            self.echo(f"{key}: damaged cached features ({type(e).__name__}); extracting again")
+            shutil.rmtree(self.ws.features / key, ignore_errors=True)
+            return None
 
 
 def resolve_epoch(run: art.Run, setup: str, epoch: int | None) -> tuple[int, str]:

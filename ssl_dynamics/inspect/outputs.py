@@ -5,34 +5,118 @@
     <work>/tables/<name>.csv    the same tables as CSV ...
     <work>/tables/<name>.json   ... and JSON (list of row objects, in the CSV's column order)
     <work>/figures/<name>.png   every figure, plus <name>.pdf
+    <work>/outputs.json         which write (one `Outputs`, i.e. one command) made each
+                                table and figure: the report shows only outputs of an
+                                analysis's latest run (`stale_outputs`)
 
 (<work> is <run>/inspect unless `--work` says otherwise.)
 
-All writes are atomic. analysis.h5 is updated by copying it, changing the copy and
-renaming it over the original, so a crash never leaves a half-written archive.
+All writes are atomic and happen under one lock per work folder (<work>/analysis.h5.lock),
+so that concurrent commands never lose each other's analysis.h5 groups and a command that
+starts may remove what killed writers left (temporary files) without touching a live one.
+analysis.h5 is updated by building the new file in memory from the old one and renaming
+it into place (`art.h5_atomic`): a crash or a full disk never leaves a half-written archive.
+A damaged analysis.h5 (it is derived) is moved aside as analysis.h5.corrupt-<time> and a
+new one started. A figure's PNG and PDF, and a table's CSV and JSON, are two renames: a
+kill between them leaves a mixed pair, which `inspect all`'s up-to-date record (written
+after both) does not vouch for.
 """
 from __future__ import annotations
 
 import csv
+import datetime as _dt
+import fnmatch
 import io
 import json
-import shutil
+import os
+import threading
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from .. import artifacts as art
+from ..artifacts.atomic import fsync_dir
 
 FIGURE_DPI = 150  # crisp in the HTML report, small enough to embed
 
 
+LOCK_NAME = "analysis.h5.lock"  # one per work folder: every write of these outputs holds it
+RECORD_NAME = "outputs.json"  # name of a table or figure -> the write session that made it
+STALE_DIR = "stale"  # outputs of an analysis that failed in `inspect all`, kept aside
+# Files of the work folder itself that only these writers write (their temporaries may go)
+OWN_FILES = ("analysis.h5", RECORD_NAME, "skipped.json", "steps.json", "work.json")
+# What each analysis of `inspect all` writes: table and figure names (fnmatch patterns) and
+# its analysis.h5 group. The first name is written whenever the analysis succeeds: it dates
+# the others (an output that another run of the analysis wrote is stale, `stale_outputs`).
+STEP_OUTPUTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "dynamics": (("aligned_epochs", "fig4_1_sorted_rt", "fig4_2_aligned"), "dynamics"),
+    "binomial": (("table4_1_chisquare", "table4_2_mae", "fig4_3_binomial_counts",
+                  "fig4_3_sorted_rtilde", "fig4_4_binomial_noise", "fig4_5_aug_spread",
+                  "figB_1_first_second", "first_second_diff"), "binomial"),
+    "heterogeneity": (("heterogeneity", "fig_heterogeneity", "hardness_agreement",
+                       "fig_hardness_agreement"), "heterogeneity"),
+    "classes": (("class_rt", "fig5_3_class_rt"), "classes"),
+    "examples": (("examples_summary", "examples_rank_agreement", "examples_cartography",
+                  "examples_forgetting", "examples_hardest_*", "examples_easiest_*"), "examples"),
+    "probe": (("tableB_1_probe",), "probe"),
+    "tsne": (("fig5_1_tsne",), "tsne"),
+    "kl": (("kl_pairs", "fig5_2_kl"), "kl"),
+    "activations": (("activations", "fig5_4_activations"), "activations"),
+}
+
+
 class Outputs:
-    def __init__(self, work_dir: str | Path):
+    def __init__(self, work_dir: str | Path, echo=print):
         self.root = Path(work_dir)
         self.tables = self.root / "tables"
         self.figures = self.root / "figures"
         self.analysis = self.root / "analysis.h5"
+        self.echo = echo
+        self.session = uuid.uuid4().hex  # recorded beside every table and figure written here
+        self.written: list[str] = []  # files written by this instance (relative to root), in order
+        self.groups: list[str] = []  # analysis.h5 groups written by this instance
+        self._started = False
+
+    def lock(self):
+        """The work folder's lock (re-entrant within this process)."""
+        return work_lock(self.root)
+
+    def _start(self) -> None:
+        """Before the first write: record the run in the work folder, remove what killed
+        writers left. Called under the lock."""
+        if self._started:
+            return
+        self._started = True
+        from .workspace import bind_folder
+
+        bind_folder(self.root)
+        self.tidy()
+
+    def tidy(self) -> int:
+        """Remove the temporary files killed writes of these outputs left (analysis.h5,
+        tables, figures, the report, the work folder's records); returns how many. Under the
+        lock, which every writer of them holds while its temporary file exists."""
+        with self.lock():
+            n = sum(art.remove_stale_temps(self.root, f".{name}.*.tmp") for name in OWN_FILES)
+            n += art.remove_stale_temps(self.figures) + art.remove_stale_temps(self.root / "report")
+            return n + art.remove_stale_temps(self.tables)
+
+    def check_analysis(self) -> Path | None:
+        """Move a damaged analysis.h5 aside (it is derived: the analyses write its groups
+        again) as analysis.h5.corrupt-<UTC time>, saying so in one line; returns where."""
+        with self.lock():
+            if not self.analysis.exists() or _readable_h5(self.analysis):
+                return None
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+            aside = self.analysis.with_name(f"{self.analysis.name}.corrupt-{stamp}")
+            os.replace(self.analysis, aside)
+            fsync_dir(self.root)
+        self.echo(f"{self.analysis} cannot be read (damaged); moved it to {aside.name} and "
+                  f"started a new one (the analyses write their groups again)")
+        return aside
 
     def write_arrays(self, group: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None = None,
                      dims: dict[str, tuple[str, ...]] | None = None,
@@ -44,30 +128,36 @@ class Outputs:
         each axis of that array the coordinate of the same name in the array's own group,
         so that ``xr.open_dataset(analysis.h5, group="<group>/sub/group", engine="h5netcdf")``
         gives named dimensions. Arrays without ``dims`` stay unlabelled."""
-        import h5py
-
-        from . import h5dims
-
         dims, coords = dims or {}, coords or {}
         unknown = sorted(set(dims) - set(arrays))
         if unknown:
             raise ValueError(f"dims given for arrays that are not written: {', '.join(unknown)}")
-        with art.atomic_path(self.analysis) as tmp:
-            if self.analysis.exists():
-                shutil.copyfile(self.analysis, tmp)
-            with h5py.File(tmp, "a") as f:
+        with self.lock():
+            self._start()
+            self.check_analysis()
+            with art.h5_atomic(self.analysis, update=True) as f:
                 if group in f:
                     del f[group]
-                g = f.create_group(group)
-                for path, values in coords.items():
-                    parent, _, name = path.rpartition("/")
-                    h5dims.add_coordinate(g.require_group(parent) if parent else g, name, values)
-                for name, arr in arrays.items():
-                    ds = g.create_dataset(name, data=np.asarray(arr))
-                    if name in dims:
-                        h5dims.attach(ds, ds.parent, dims[name])
-                for k, v in (attrs or {}).items():
-                    g.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
+                _fill_group(f.create_group(group), arrays, attrs or {}, dims, coords)
+            self.groups.append(group)
+
+    def remove_group(self, group: str, aside: Path | None = None) -> None:
+        """Take `group` out of analysis.h5, copied first into the HDF5 file `aside` if given."""
+        import h5py
+
+        with self.lock():
+            if not self.analysis.exists() or not _readable_h5(self.analysis):
+                return
+            with h5py.File(self.analysis, "r") as f:
+                if group not in f:
+                    return
+                if aside is not None:
+                    with art.h5_atomic(aside, update=True) as dst:
+                        if group in dst:
+                            del dst[group]
+                        f.copy(f[group], dst, name=group)
+            with art.h5_atomic(self.analysis, update=True) as f:
+                del f[group]
 
     def write_table(self, name: str, rows: list[dict[str, Any]], note: str = "") -> Path:
         """rows as tables/<name>.csv and tables/<name>.json; returns the CSV path."""
@@ -78,27 +168,144 @@ class Outputs:
         for r in rows:
             w.writerow({k: _plain(v) for k, v in r.items()})
         path = self.tables / f"{name}.csv"
-        art.write_bytes_atomic(path, buf.getvalue().encode())
-        art.write_json_atomic(self.tables / f"{name}.json",
-                              {"note": note, "columns": cols,
-                               "rows": [{k: _plain(v) for k, v in r.items()} for r in rows]})
+        with self.lock():
+            self._start()
+            art.write_bytes_atomic(path, buf.getvalue().encode())
+            art.write_json_atomic(self.tables / f"{name}.json",
+                                  {"note": note, "columns": cols,
+                                   "rows": [{k: _plain(v) for k, v in r.items()} for r in rows]})
+            self._record(name, [path, self.tables / f"{name}.json"])
         return path
 
     def save_figure(self, fig, name: str) -> Path:
         """PNG and PDF of a matplotlib figure; closes it. Returns the PNG path."""
         import matplotlib.pyplot as plt
 
-        out = None
+        data = {}
         for ext in ("png", "pdf"):
-            path = self.figures / f"{name}.{ext}"
             buf = io.BytesIO()
             # no timestamps in the PDF: the same data gives the same file
             fig.savefig(buf, format=ext, dpi=FIGURE_DPI, bbox_inches="tight",
                         metadata={"CreationDate": None} if ext == "pdf" else None)
-            art.write_bytes_atomic(path, buf.getvalue())
-            out = out or path
+            data[self.figures / f"{name}.{ext}"] = buf.getvalue()
         plt.close(fig)
-        return out
+        with self.lock():
+            self._start()
+            for path, content in data.items():
+                art.write_bytes_atomic(path, content)
+            self._record(name, list(data))
+        return self.figures / f"{name}.png"
+
+    def _record(self, name: str, paths: list[Path]) -> None:
+        """Note the files, and that this session made `<tables|figures>/<name>` (in
+        outputs.json). Under the lock."""
+        self.written += [str(p.relative_to(self.root)) for p in paths]
+        record = read_record(self.root)
+        record[f"{paths[0].parent.name}/{name}"] = self.session
+        art.write_json_atomic(self.root / RECORD_NAME, record)
+
+    def move_aside(self, step: str) -> list[str]:
+        """Move the tables and figures of `step` (STEP_OUTPUTS) to <work>/stale/<step>/
+        (replacing what an earlier failure left there) and its analysis.h5 group into
+        stale/<step>/analysis.h5: they are not this run's. Returns the names moved."""
+        patterns, group = STEP_OUTPUTS[step]
+        aside = self.root / STALE_DIR / step
+        moved = []
+        with self.lock():
+            for folder in (self.tables, self.figures):
+                for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+                    if path.name.startswith(".") or not matches(path.stem, patterns):
+                        continue
+                    (aside / folder.name).mkdir(parents=True, exist_ok=True)
+                    os.replace(path, aside / folder.name / path.name)
+                    moved.append(path.stem)
+            self.remove_group(group, aside / "analysis.h5")
+        return sorted(set(moved))
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def read_record(root: Path) -> dict[str, str]:
+    """outputs.json: "tables/<name>" or "figures/<name>" -> the session that wrote it ({}
+    when missing or unreadable: nothing is known)."""
+    try:
+        doc = json.loads((Path(root) / RECORD_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def stale_outputs(root: Path, names: Iterable[str]) -> set[str]:
+    """The tables and figures of `names` ("tables/<name>", "figures/<name>") that another
+    run of their analysis wrote than the one that wrote its first output (STEP_OUTPUTS):
+    left over from an earlier run with other setups or options. Outputs without a record
+    are not called stale."""
+    record = read_record(root)
+    stale = set()
+    for patterns, _ in STEP_OUTPUTS.values():
+        anchor = record.get(f"tables/{patterns[0]}") or record.get(f"figures/{patterns[0]}")
+        if anchor is None:
+            continue
+        for name in (n for n in names if matches(n, patterns)):
+            stale |= {k for k in (f"tables/{name}", f"figures/{name}") if record.get(k, anchor) != anchor}
+    return stale
+
+
+def _fill_group(g, arrays: dict[str, np.ndarray], attrs: dict[str, Any],
+                dims: dict[str, tuple[str, ...]], coords: dict[str, np.ndarray]) -> None:
+    from . import h5dims
+
+    for path, values in coords.items():
+        parent, _, name = path.rpartition("/")
+        h5dims.add_coordinate(g.require_group(parent) if parent else g, name, values)
+    for name, arr in arrays.items():
+        ds = g.create_dataset(name, data=np.asarray(arr))
+        if name in dims:
+            h5dims.attach(ds, ds.parent, dims[name])
+    for k, v in attrs.items():
+        g.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
+
+
+def _readable_h5(path: Path) -> bool:
+    """Whether the HDF5 file opens and all of its metadata (every group, dataset and
+    attribute name) can be walked; data chunks are not read."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: None)
+        return True
+    except Exception:  # noqa: BLE001  (h5py raises OSError, RuntimeError, KeyError, ...)
+        return False
+
+
+# The work lock is re-entrant within a process: flock is per open file description, so a
+# second flock of the same file in the same process would wait for itself.
+_HELD: dict[Path, list] = {}  # lock path -> [threading.RLock, depth, the held flock context]
+_HELD_GUARD = threading.Lock()
+
+
+@contextmanager
+def work_lock(root: str | Path) -> Iterator[None]:
+    """The exclusive lock of a work folder's outputs (<work>/analysis.h5.lock)."""
+    path = (Path(root) / LOCK_NAME).absolute()
+    with _HELD_GUARD:
+        entry = _HELD.setdefault(path, [threading.RLock(), 0, None])
+    with entry[0]:
+        if entry[1] == 0:
+            held = art.file_lock(path)
+            held.__enter__()
+            entry[2] = held
+        entry[1] += 1
+        try:
+            yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                entry[2].__exit__(None, None, None)
+                entry[2] = None
 
 
 def _plain(v: Any) -> Any:

@@ -1,20 +1,49 @@
 """`inspect all`: every analysis in order, each one allowed to fail alone.
 
-An analysis that cannot be computed for this run (e.g. KL with fewer images per class
-than feature dimensions, or a setup that never reaches an accuracy level) is skipped with
-its reason; everything else still runs and the report lists what was skipped. The list
-is kept in <work>/skipped.json for the report. The command exits 0 when everything ran,
-3 when something was skipped.
+The options are checked first (the p0 levels, the reference epochs, --epoch, --redo), then
+`rt` evaluates what is new; a UserError there (bad input, a damaged bank or store) stops the
+command with exit 2 before any analysis writes. An analysis that cannot be computed for this
+run (e.g. KL with fewer images per class than feature dimensions, or a setup that never
+reaches an accuracy level) is skipped with its reason, and the outputs an earlier run of it
+left are moved to <work>/stale/<analysis>/ (they are not this run's); everything else still
+runs and the report lists what was skipped. The list is kept in <work>/skipped.json for the
+report. The command exits 0 when everything ran (or was up to date), 3 when something was
+skipped, the report included.
+
+Up to date: after an analysis succeeds, <work>/steps.json records a stamp of its inputs
+(the r_t store's state, or the sha256 of the checkpoints it reads; its options; the setups;
+the dataset; the toolkit's version and STAMP_SCHEMA) and the sha256 of every file it wrote.
+A later `inspect all` skips an analysis whose stamp is the same and whose files and
+analysis.h5 groups are all still there unchanged (one line says so); anything else (a file
+changed by a single `inspect <analysis>` command, an unreadable record, an input that cannot
+be read) computes it again. `--redo` computes the named analyses regardless.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
+from .. import __version__
 from .. import artifacts as art
 from ..errors import UserError
+from .outputs import Outputs
+
+STEPS_FILE = "steps.json"
+STAMP_SCHEMA = 1  # what a stamp covers; raising it makes every analysis compute again
+# The analyses of `inspect all` after rt, in order (the names of --redo and steps.json)
+STEP_NAMES = ("dynamics", "binomial", "heterogeneity", "classes", "examples", "probe", "tsne", "kl",
+              "activations")
+# Which options of `inspect all` each analysis uses (besides the setups): part of its stamp
+STEP_OPTIONS = {"dynamics": ("ref_epochs",), "binomial": ("p0s",), "heterogeneity": ("ref_epochs",),
+                "classes": (), "examples": ("ref_epochs",), "probe": ("epoch", "device"),
+                "tsne": ("epoch", "tsne_method"), "kl": ("epoch", "shrinkage"),
+                "activations": ("epoch", "steps", "device")}
+STORE_STEPS = ("dynamics", "binomial", "heterogeneity", "classes", "examples")  # read the r_t store
+COMMAND_OF = {"tsne": "embed", "kl": "embed"}  # the single command that runs a step
 
 
 @dataclass(frozen=True)
@@ -32,53 +61,264 @@ class AllOptions:
     verify: bool = True
     progress: bool = True
     data: dict = field(default_factory=dict)
+    redo: tuple[str, ...] = ()  # analyses computed even when up to date
 
 
-def run_step(name: str, fn: Callable[[], dict | None], skipped: list[dict], echo) -> dict | None:
-    """Run one analysis; a failure is recorded as skipped (with its reason), not raised."""
+def parse_redo(text: str | None) -> tuple[str, ...]:
+    """`--redo dynamics,kl` or `--redo all` -> step names; UserError naming the valid ones."""
+    if text is None:
+        return ()
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return STEP_NAMES
+    unknown = [n for n in names if n not in STEP_NAMES]
+    if unknown or not names:
+        raise UserError(f"--redo {text!r}: use 'all' or a comma-separated list of "
+                        f"{', '.join(STEP_NAMES)}")
+    return tuple(dict.fromkeys(names))
+
+
+def run_step(name: str, fn: Callable[[], dict | None], skipped: list[dict], echo,
+             fatal: tuple[type[Exception], ...] = ()) -> dict | None:
+    """Run one analysis; a failure is recorded as skipped (with its reason), not raised,
+    unless it is one of `fatal`."""
     echo(f"== {name}")
     t0 = time.perf_counter()
     try:
         out = fn()
         echo(f"({name}: {time.perf_counter() - t0:.1f} s)")
         return out
+    except fatal:
+        raise
     except (UserError, ValueError) as e:
         reason = str(e)
     except Exception as e:  # a bug or an unforeseen case: the rest still runs
-        reason = f"{type(e).__name__}: {e} (run `inspect {name}` alone for the traceback)"
+        reason = (f"{type(e).__name__}: {e} (run `inspect {COMMAND_OF.get(name, name)}` alone "
+                  f"for the traceback)")
     echo(f"skipped {name}: {reason}")
     skipped.append({"analysis": name, "reason": reason})
     return None
 
 
+def check_options(ws, setups: list[str], opts: AllOptions) -> None:
+    """The checks of `inspect all`'s options that need no store, before any step runs:
+    the binomial levels, the reference epochs and --epoch must exist in the run."""
+    from .binomial import DEFAULT_P0S, check_args
+    from .features import resolve_epoch
+
+    check_args(opts.p0s or DEFAULT_P0S, 1, 0, 1)  # draws, seed, sims: `all` keeps the defaults
+    if opts.ref_epochs:
+        _check_ref_epochs(ws.run, setups, opts.ref_epochs)
+    for s in setups:
+        resolve_epoch(ws.run, s, opts.epoch)
+
+
+def _check_ref_epochs(run: art.Run, setups: list[str], ref_epochs) -> None:
+    from .plots import compress_ints
+
+    ref = "simclr" if "simclr" in setups else setups[0]  # as dynamics.resolve_reference
+    top = max([run.cfg.setups[ref].epochs] + [max(run.paths.epochs(ref, s) or [0]) for s in run.cfg.seeds])
+    bad = [e for e in ref_epochs if not 1 <= e <= top]
+    if bad:
+        raise UserError(f"--ref-epochs {compress_ints(bad)}: the reference setup {ref} has epochs "
+                        f"1-{top} to align at (epoch 0, the initialization, is left out)")
+
+
+def step_stamp(ws, setups: list[str], opts: AllOptions, name: str) -> str:
+    """The sha256 of everything step `name` reads (STEP_OPTIONS; the store's state or the
+    checkpoints' sha256) and of what it is computed with (version, STAMP_SCHEMA)."""
+    from .rtdata import store_state
+
+    parts = {"schema": STAMP_SCHEMA, "version": __version__, "step": name, "setups": list(setups),
+             "dataset": ws.run.dataset_sha256,
+             "options": {k: asdict(opts)[k] for k in STEP_OPTIONS[name]}}
+    if name in STORE_STEPS:
+        parts["store"] = store_state(ws.store_for_reading())
+    else:
+        parts["checkpoints"] = checkpoint_record(ws.run, setups, opts.epoch)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def checkpoint_record(run: art.Run, setups: list[str], epoch: int | None) -> dict[str, str | None]:
+    """"setup/seed/epoch" -> the manifest's sha256 of every checkpoint the representation
+    analyses may read: each setup's chosen epoch, and epoch 0 of every setup (the random-init
+    baseline). A file its manifest does not list counts by its size and time."""
+    from .features import resolve_epoch
+    from .rt_plan import committed_shas
+
+    wanted = {(s, resolve_epoch(run, s, epoch)[0]) for s in setups} | {(s, 0) for s in run.cfg.setups}
+    out: dict[str, str | None] = {}
+    for s in sorted({s for s, _ in wanted}):
+        for seed in run.cfg.seeds:
+            shas = committed_shas(run.paths, s, seed)
+            for e in sorted(e for name, e in wanted if name == s):
+                path = run.paths.checkpoint(s, seed, e)
+                stat = path.stat() if path.exists() else None
+                out[f"{s}/{seed}/{e}"] = shas.get(e) or (f"unlisted:{stat.st_size}:{stat.st_mtime_ns}"
+                                                        if stat else None)
+    return out
+
+
+class StepRecord:
+    """<work>/steps.json: per analysis, the stamp of its inputs and the sha256 of the files
+    (and the analysis.h5 groups) it wrote when it last succeeded in `inspect all`."""
+
+    def __init__(self, out: Outputs, echo=print):
+        self.out, self.path, self.echo = out, out.root / STEPS_FILE, echo
+
+    def _load(self) -> dict:
+        try:
+            doc = art.read_json(self.path, dict) if self.path.exists() else {}
+        except UserError as e:
+            self.echo(f"{e}; every analysis is computed again")
+            return {}
+        steps = doc.get("steps")
+        return steps if doc.get("schema") == STAMP_SCHEMA and isinstance(steps, dict) else {}
+
+    def current(self, name: str, stamp: str) -> bool:
+        """Whether `name` last succeeded with this stamp and its outputs are all unchanged."""
+        entry = self._load().get(name)
+        if not isinstance(entry, dict) or entry.get("stamp") != stamp or not entry.get("files"):
+            return False
+        if any(_sha256(self.out.root / f) != h for f, h in dict(entry["files"]).items()):
+            return False
+        return set(entry.get("groups", [])) <= _h5_groups(self.out.analysis)
+
+    def save(self, name: str, stamp: str, files: list[str], groups: list[str]) -> None:
+        entry = {"stamp": stamp, "groups": sorted(set(groups)),
+                 "files": {f: _sha256(self.out.root / f) for f in dict.fromkeys(files)}}
+        self._update(name, entry)
+
+    def drop(self, name: str) -> None:
+        self._update(name, None)
+
+    def _update(self, name: str, entry: dict | None) -> None:
+        with self.out.lock():  # read again under the lock: another `all` may have written
+            steps = self._load()
+            if entry is None and name not in steps:
+                return
+            steps.pop(name, None)
+            if entry is not None:
+                steps[name] = entry
+            art.write_json_atomic(self.path, {"schema": STAMP_SCHEMA, "steps": steps})
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return art.sha256_file(path)
+    except OSError:
+        return None
+
+
+def _h5_groups(path: Path) -> set[str]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return set(f.keys())
+    except Exception:  # noqa: BLE001  (missing or damaged: no group counts as there)
+        return set()
+
+
+@dataclass
+class _Session:
+    """One `inspect all`: where it writes and what it has found so far."""
+
+    ws: object
+    out: Outputs
+    record: StepRecord
+    echo: Callable
+    redo: tuple[str, ...]
+    skipped: list[dict] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)  # up to date, not computed
+
+
+def run_tracked(sess: _Session, name: str, fn: Callable[[], dict], stamp: Callable[[], str]) -> dict | None:
+    """One analysis: skipped when up to date, else computed; stamped after success, its
+    earlier outputs moved aside after a failure."""
+    try:
+        mark = stamp()
+    except Exception:  # noqa: BLE001  (its inputs cannot be read: compute, and let it say why)
+        mark = None
+    if mark is not None and name not in sess.redo and sess.record.current(name, mark):
+        sess.echo(f"== {name}: up to date (same inputs, options and outputs as when it last ran; "
+                  f"--redo {name} computes it again)")
+        sess.fresh.append(name)
+        return None
+    files, groups = len(sess.out.written), len(sess.out.groups)
+    res = run_step(name, fn, sess.skipped, sess.echo)
+    if res is None:
+        sess.record.drop(name)
+        moved = sess.out.move_aside(name)
+        if moved:
+            sess.echo(f"moved the outputs an earlier run of {name} left ({', '.join(moved)}) to "
+                      f"{sess.out.root / 'stale' / name}: they are not this run's")
+        return None
+    if mark is not None:
+        table = [str(Path(res["table"]).relative_to(sess.out.root))] if res.get("table") else []
+        sess.record.save(name, mark, sess.out.written[files:] + table, sess.out.groups[groups:])
+    return res
+
+
 def run_all(ws, rt_step: Callable[[], dict], opts: AllOptions, show: Callable[[dict], None],
             echo=print) -> list[dict]:
     """Every analysis of the workspace, then the report; returns the skipped analyses."""
+    setups = ws.run.select(list(opts.setups) if opts.setups else None)
+    check_options(ws, setups, opts)
+    out = Outputs(ws.dir, echo=echo)
+    sess = _Session(ws, out, StepRecord(out, echo), echo, opts.redo)
+    res = run_step("rt", rt_step, sess.skipped, echo, fatal=(UserError,))
+    if res is not None:
+        echo(f"evaluated {res['evaluated']} checkpoints in {res['seconds']:.1f} s")
+    ws.bind()
+    out.tidy()
+    out.check_analysis()
+    for name, fn in analysis_thunks(ws, out, setups, opts, echo):
+        show(run_tracked(sess, name, fn, lambda n=name: step_stamp(ws, setups, opts, n)) or {})
+    finish(sess)
+    return sess.skipped
+
+
+def analysis_thunks(ws, out: Outputs, setups: list[str], opts: AllOptions, echo) -> list:
+    """(name, thunk) of every analysis after rt, in STEP_NAMES order. The representation
+    cache opens inside the first step that reads it."""
     from .activation_figure import run_activations
     from .analyses import analysis_steps
     from .features import FeatureCache
-    from .outputs import Outputs
-    from .report import build_report
     from .representations import run_kl, run_probe, run_tsne
 
-    skipped: list[dict] = []
-    out = Outputs(ws.dir)
-    setups = ws.run.select(list(opts.setups) if opts.setups else None)
-    res = run_step("rt", rt_step, skipped, echo)
-    if res is not None:
-        echo(f"evaluated {res['evaluated']} checkpoints in {res['seconds']:.1f} s")
-    for name, fn in analysis_steps(ws, out, setups, opts.ref_epochs, echo, data_opts=opts.data,
-                                   progress=opts.progress, p0s=opts.p0s):
-        show(run_step(name, fn, skipped, echo) or {})
     cache = FeatureCache(ws, opts.device, opts.data, opts.verify, echo)
-    steps = [("probe", lambda: run_probe(cache, out, setups, opts.epoch, device=opts.device)),
-             ("tsne", lambda: run_tsne(cache, out, setups, opts.epoch, method=opts.tsne_method)),
-             ("kl", lambda: run_kl(cache, out, setups, opts.epoch, shrinkage=opts.shrinkage)),
-             ("activations", lambda: run_activations(ws, out, setups, opts.epoch, steps=opts.steps,
-                                                     device=opts.device, verify=opts.verify,
-                                                     progress=opts.progress))]
-    for name, fn in steps:
-        show(run_step(name, fn, skipped, echo) or {})
-    art.write_json_atomic(ws.dir / "skipped.json", skipped)
-    echo(f"report: {build_report(ws, skipped)}")
-    return skipped
+    steps = analysis_steps(ws, out, setups, opts.ref_epochs, echo, data_opts=opts.data,
+                           progress=opts.progress, p0s=opts.p0s)
+    steps += [("probe", lambda: run_probe(cache, out, setups, opts.epoch, device=opts.device)),
+              ("tsne", lambda: run_tsne(cache, out, setups, opts.epoch, method=opts.tsne_method)),
+              ("kl", lambda: run_kl(cache, out, setups, opts.epoch, shrinkage=opts.shrinkage)),
+              ("activations", lambda: run_activations(ws, out, setups, opts.epoch, steps=opts.steps,
+                                                      device=opts.device, verify=opts.verify,
+                                                      progress=opts.progress))]
+    return steps
+
+
+def finish(sess: _Session) -> None:
+    """skipped.json, the report (a failure of which is one more skip), the summary line."""
+    from .report import build_report
+
+    record = sess.out.root / "skipped.json"
+    with sess.out.lock():
+        art.write_json_atomic(record, sess.skipped)
+    res = run_step("report", lambda: {"report": build_report(sess.ws, list(sess.skipped))},
+                   sess.skipped, sess.echo)
+    if res is None:
+        with sess.out.lock():
+            art.write_json_atomic(record, sess.skipped)
+    else:
+        sess.echo(f"report: {res['report']}")
+    sess.echo(summary(sess, record))
+
+
+def summary(sess: _Session, record: Path) -> str:
+    fresh = f"; {len(sess.fresh)} up to date ({', '.join(sess.fresh)})" if sess.fresh else ""
+    if not sess.skipped:
+        return f"done: no analysis skipped{fresh}"
+    names = ", ".join(s["analysis"] for s in sess.skipped)
+    return f"done with {len(sess.skipped)} skipped ({names}){fresh}; the reasons are in {record} and the report"

@@ -8,7 +8,12 @@ closes the page.
 The box of analyses that could not be computed comes from <work>/skipped.json, which only
 `inspect all` writes. An entry is left out once that analysis has since succeeded on its own
 (e.g. `inspect embed --shrinkage 1e-3` after `inspect all` skipped kl): every file it always
-writes (ANALYSIS_OUTPUTS) exists and is newer than skipped.json.
+writes (ANALYSIS_OUTPUTS) exists and is newer than skipped.json. The outputs of an analysis
+still in the box are not shown, nor is an output that an earlier run of its analysis left
+(e.g. the image grids of a setup that the last `inspect examples` did not include:
+`outputs.stale_outputs`); the page lays out the setups that its outputs hold. An output that
+cannot be read (a damaged table, a file that is not a PNG) is named in its section instead;
+only the tables this page knows are read.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from pathlib import Path
 
 from .. import artifacts as art
 from .binomial_rows import ordinal, spread_step
+from .outputs import STEP_OUTPUTS, matches, stale_outputs, work_lock
 from .workspace import Workspace
 
 # (name, title, what it shows) in reading order; figures and tables share the namespace.
@@ -102,6 +108,7 @@ SECTIONS = [
      "2-D t-SNE of a class-stratified quarter of the training set, coloured by true class."),
     ("fig5_2_kl", "Fig. 5.2: KL divergence between class Gaussians",
      "KL(N_y || N_z) between Gaussians fitted to each class's representations (log colour scale)."),
+    ("kl_pairs", "KL divergence per pair of classes", "The values of Fig. 5.2, one row per pair."),
     ("fig5_4_activations", "Fig. 5.4: activation maximization",
      "Inputs that maximize single channels of each block (how many: the table below), found by "
      "gradient ascent, shown sigmoid-normalized."),
@@ -116,6 +123,9 @@ td.text{text-align:left}
 pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:0.8em;white-space:pre-wrap;word-break:break-all}
 .what{color:#555}.skipped{background:#fff4e5;border-left:4px solid #f0a020;padding:0.5em 1em}"""
 SIGNIFICANT = 4  # digits shown for floats in the page (the CSV keeps full precision)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # the first 8 bytes of every PNG file
+# Row fields of the tables that name a setup: the setups the outputs hold
+SETUP_FIELDS = ("setup", "model", "ref_setup", "setup_a", "setup_b")
 
 # The files (relative to the work folder) that each step of `inspect all` always writes when
 # it succeeds; one tuple of alternatives is enough. Outputs written only in some runs (Fig.
@@ -271,20 +281,38 @@ def table_html(rows: list[dict], columns: list[str] | None = None, limit: int = 
     return f"<div class=scroll><table><tr>{head}</tr>{''.join(body)}</table></div>{more}"
 
 
-def _section(name: str, title: str, what: str, figures: Path, tables: Path) -> str | None:
+def _section(name: str, title: str, what: str, figures: Path, tables: Path,
+             hidden: set[str] = frozenset()) -> str | None:
+    """A figure (else its table) with its title and sentence; None when neither is there
+    or both are `hidden` ("figures/<name>", "tables/<name>")."""
     png, tab = figures / f"{name}.png", tables / f"{name}.json"
-    if not (png.exists() or tab.exists()):
+    png_ok = png.exists() and f"figures/{name}" not in hidden
+    if not (png_ok or (tab.exists() and f"tables/{name}" not in hidden)):
         return None
     what = describe(name, what, figures.parent)
     head = f"<h2>{html.escape(title)}</h2>" + (f"<p class=what>{html.escape(what)}</p>" if what else "")
-    if png.exists():
-        data = base64.b64encode(png.read_bytes()).decode()
-        return head + f"<img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
-    if tab.exists():
-        doc = json.loads(tab.read_text())
-        note = f"<p class=what>{html.escape(doc.get('note', ''))}</p>" if doc.get("note") else ""
-        return head + note + table_html(doc.get("rows", []), doc.get("columns"))
-    return None
+    path = png if png_ok else tab
+    try:
+        return head + (_figure_html(name, png) if png_ok else _table_doc_html(tab))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        where = path.relative_to(figures.parent)
+        return head + f"<p class=skipped>could not read {html.escape(str(where))} ({html.escape(why)})</p>"
+
+
+def _figure_html(name: str, png: Path) -> str:
+    data = png.read_bytes()
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValueError("not a PNG image" if data else "empty file")
+    return f"<img alt='{html.escape(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
+
+
+def _table_doc_html(tab: Path) -> str:
+    doc = json.loads(tab.read_text())
+    if not isinstance(doc, dict) or not isinstance(doc.get("rows", []), list):
+        raise ValueError("not a table of this toolkit")
+    note = f"<p class=what>{html.escape(str(doc['note']))}</p>" if doc.get("note") else ""
+    return note + table_html(doc.get("rows", []), doc.get("columns"))
 
 
 def expand_sections(setups: list[str]) -> list[tuple[str, str, str]]:
@@ -315,6 +343,41 @@ def _skipped_html(skipped: list[dict]) -> str:
             f"(everything else is below):</p><ul>{items}</ul></div>")
 
 
+def _rows_or_none(work: Path, name: str) -> list[dict]:
+    """The rows of a table, [] when it is missing or cannot be read (its section says so)."""
+    try:
+        rows = _table_rows(work, name)
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
+def setups_in_outputs(work: Path, names: list[str], run_setups: list[str]) -> list[str]:
+    """The run's setups that the tables `names` mention, in the run's order."""
+    seen = {str(r.get(k)) for n in names for r in _rows_or_none(work, n) for k in SETUP_FIELDS}
+    return [s for s in run_setups if s in seen]
+
+
+def hidden_outputs(work: Path, skipped: list[dict], names: set[str]) -> set[str]:
+    """Outputs not to show ("tables/<name>", "figures/<name>"): those of analyses still
+    listed as skipped, and those an earlier run of their analysis left (`stale_outputs`)."""
+    failed = {s.get("analysis") for s in skipped if isinstance(s, dict)} & set(STEP_OUTPUTS)
+    hide = {f"{kind}/{n}" for step in failed for n in names if matches(n, STEP_OUTPUTS[step][0])
+            for kind in ("tables", "figures")}
+    return hide | stale_outputs(work, names)
+
+
+def _layout(ws: Workspace, skipped: list[dict]) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """The sections to lay out, in order (known ones, then unknown figures), and the setups
+    the outputs hold. Per-setup sections: the setups of the last `examples` table."""
+    run_setups = list(ws.run.cfg.setups)
+    known = {name for name, _, _ in expand_sections(run_setups)}
+    present = setups_in_outputs(ws.dir, sorted(n for n, _, _ in SECTIONS if "{" not in n), run_setups)
+    examined = setups_in_outputs(ws.dir, ["examples_summary"], run_setups)
+    extra = [(p.stem, p.stem, "") for p in sorted((ws.dir / "figures").glob("*.png")) if p.stem not in known]
+    return expand_sections(examined) + extra, present
+
+
 def build_report(ws: Workspace, skipped: list[dict] | None = None) -> Path:
     """Write <work>/report/index.html; returns its path. `skipped` lists analyses that
     `inspect all` could not compute ({"analysis", "reason"}); by default the list that the
@@ -326,16 +389,16 @@ def build_report(ws: Workspace, skipped: list[dict] | None = None) -> Path:
         record = ws.dir / "skipped.json"
         skipped = (still_skipped(ws.dir, art.read_json(record, list), record.stat().st_mtime_ns)
                    if record.exists() else [])
-    sections = expand_sections(list(run.cfg.setups))
-    known = {name for name, _, _ in sections}
-    extra = sorted({p.stem for p in list(figures.glob("*.png")) + list(tables.glob("*.json"))} - known)
+    sections, present = _layout(ws, skipped)
+    hidden = hidden_outputs(ws.dir, skipped, {n for n, _, _ in sections})
     ds = run.meta["dataset"]
+    which = (f"Setups in these outputs: {', '.join(present)} (the run has {', '.join(run.cfg.setups)})"
+             if present else f"Setups of the run: {', '.join(run.cfg.setups)}")
     parts = [f"<h1>Learning dynamics report: {html.escape(run.root.name)}</h1>",
-             f"<p>Setups: {', '.join(run.cfg.setups)}; seeds: {len(run.cfg.seeds)}; dataset: "
+             f"<p>{html.escape(which)}; seeds: {len(run.cfg.seeds)}; dataset: "
              f"{html.escape(str(ds.get('name')))} ({ds['n_train']} train images).</p>",
              _skipped_html(skipped)]
-    sections = [_section(n, t, w, figures, tables) for n, t, w in sections + [(n, n, "") for n in extra]]
-    shown = [p for p in sections if p]
+    shown = [p for p in (_section(n, t, w, figures, tables, hidden) for n, t, w in sections) if p]
     parts += shown or ["<p>No analysis outputs yet: run <code>inspect all</code>.</p>"]
     setups_cfg = {s: sc.to_dict() for s, sc in run.cfg.setups.items()}
     parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(
@@ -346,5 +409,6 @@ def build_report(ws: Workspace, skipped: list[dict] | None = None) -> Path:
             f"<title>{html.escape(run.root.name)} report</title><style>{STYLE}</style></head>"
             f"<body>{''.join(parts)}</body></html>")
     target = ws.dir / "report" / "index.html"
-    art.write_bytes_atomic(target, page.encode())
+    with work_lock(ws.dir):
+        art.write_bytes_atomic(target, page.encode())
     return target

@@ -70,7 +70,7 @@ def check_rt(ws: Workspace, select: Selection = Selection(), request: BankReques
     """Every check of an evaluation that needs no write: selection, bank settings, the store
     path, the precision, checkpoint headers, label permutation, space."""
     run = ws.run
-    store_path = Path(store_path) if store_path else ws.store
+    store_path = Path(store_path) if store_path else ws.default_store()  # the one the analyses read
     if select.shard[1] > 1 and store_path.suffix != ".zarr":
         raise UserError("--shard needs a .zarr store: HDF5 has a single writer")
     folder = work_path(store_path).parent

@@ -236,14 +236,34 @@ def open_store(path: str | Path) -> Iterator[RtStore | H5Store]:
     yield RtStore(wp, writable=False)
 
 
-def load_rt(path: str | Path, setups: list[str] | None = None) -> dict[str, SetupRt]:
-    """Every setup's arrays from a .zarr store or an exported .h5 archive (read only)."""
+def load_rt(path: str | Path, setups: list[str] | None = None,
+            dataset_sha256: str | None = None) -> dict[str, SetupRt]:
+    """Every setup's arrays from a .zarr store or an exported .h5 archive (read only); with
+    `dataset_sha256` (the run's), a store evaluated on another dataset is refused."""
     with open_store(path) as store:
+        if dataset_sha256 is not None:
+            _check_dataset(store, Path(path), dataset_sha256)
         idx, labels = store.probes()
         have = store.setups()
         out = {s: _setup_rt(s, store.read(s), store.attrs(s), idx, labels)
                for s in have if not setups or s in setups}
     return _require(out, Path(path), setups, have)
+
+
+def check_store_dataset(path: str | Path, dataset_sha256: str) -> None:
+    """Refuse a store whose setups were evaluated on another dataset than `dataset_sha256`
+    (the run's): another run's store. Reads attributes only."""
+    with open_store(path) as store:
+        _check_dataset(store, Path(path), dataset_sha256)
+
+
+def _check_dataset(store, path: Path, dataset_sha256: str) -> None:
+    recorded = {str(store.attrs(s).get("dataset_sha256")) for s in store.setups()}
+    other = sorted(recorded - {dataset_sha256, "None"})  # "None": not recorded, nothing to compare
+    if other:
+        raise UserError(f"r_t store {path} was evaluated on another dataset (sha256 {other[0][:12]}...) "
+                        f"than this run's ({dataset_sha256[:12]}...): it is another run's store; pass "
+                        f"this run's store with --store, or use another --work folder")
 
 
 def store_state(path: str | Path) -> str:
