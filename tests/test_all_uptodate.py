@@ -108,3 +108,123 @@ def test_bad_options_stop_all_before_any_write(tiny_rt, tmp_path, args, message)
     assert isinstance(r.exception, UserError) and message in str(r.exception), r.output + repr(r.exception)
     assert "== dynamics" not in r.output
     assert snapshot(run) == before
+
+
+# ------------------------------------------------------------------ what a stamp must notice
+
+def test_a_store_evaluated_anew_or_in_another_precision_has_another_state(tiny_run, tmp_path):
+    """Deleting the store and evaluating again (in bf16, or with a fixed evaluator) gives the
+    same checkpoints and done flags but other values: the state must change."""
+    import shutil
+
+    from _util import private_copy, rt
+    from ssl_dynamics.inspect.rtdata import store_state
+    from conftest import TINY_BANK
+
+    run = private_copy(tiny_run, tmp_path)
+    store = run / "inspect" / "rt.zarr"
+    rt(run, setups=["supervised"], **TINY_BANK)
+    first = store_state(store)
+    assert store_state(store) == first  # stable while nothing changes
+    rt(run, setups=["supervised"], **TINY_BANK)  # nothing to evaluate: the same store
+    assert store_state(store) == first
+    shutil.rmtree(store)
+    rt(run, setups=["supervised"], bf16=True, **TINY_BANK)
+    assert store_state(store) != first
+
+
+def test_library_versions_are_part_of_every_stamp(monkeypatch):
+    import importlib.metadata
+
+    from ssl_dynamics.inspect import pipeline
+
+    pipeline.code_version.cache_clear()
+    before = pipeline.code_version()
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda dist: "0.0-other" if dist == "openTSNE" else real(dist))
+    pipeline.code_version.cache_clear()
+    try:
+        assert pipeline.code_version() != before
+    finally:
+        monkeypatch.undo()
+        pipeline.code_version.cache_clear()
+    assert pipeline.code_version() == before
+
+
+def test_the_store_steps_share_one_state_taken_before_they_read(analysed, tmp_path, monkeypatch):
+    """A store that grows while the r_t analyses run (an `inspect submit rt` job) must not
+    give the later ones a newer stamp than the data they were computed from."""
+    from ssl_dynamics.inspect import rtdata
+
+    run = private_copy(analysed[0], tmp_path)
+    calls = []
+    real = rtdata.store_state
+
+    def counted(path):
+        calls.append(path)
+        return real(path) + str(len(calls))  # a different state on every call
+
+    monkeypatch.setattr(rtdata, "store_state", counted)
+    run_all(run, "--redo", "all")
+    assert len(calls) == 1
+
+
+def test_partial_results_and_missing_digests_are_not_recorded(tmp_path):
+    from ssl_dynamics.inspect.outputs import Outputs
+    from ssl_dynamics.inspect.pipeline import StepRecord, _Session, run_tracked
+
+    out = Outputs(tmp_path)
+    sess = _Session(None, out, StepRecord(out), lambda *_: None, ())
+
+    def step(partial):
+        def fn():
+            out.write_table("class_rt", [{"setup": "simclr"}])
+            return {"partial": partial}
+        return fn
+
+    run_tracked(sess, "classes", step(True), lambda: "stamp")
+    assert not sess.record.current("classes", "stamp")
+    run_tracked(sess, "classes", step(False), lambda: "stamp")
+    assert sess.record.current("classes", "stamp")
+    sess.record.save("classes", "stamp", {"tables/class_rt.csv": None}, {})
+    assert not sess.record.current("classes", "stamp")  # nothing vouched for a missing digest
+
+
+def test_a_group_rewritten_with_other_content_is_noticed(tmp_path):
+    """Group digests survive the file being rewritten (dimension-scale references, string
+    coordinates) and change with the content."""
+    import numpy as np
+
+    from ssl_dynamics.inspect.outputs import Outputs, group_digest
+
+    out = Outputs(tmp_path)
+    coords = {"classes/names": np.array(["cat", "dog"], dtype=object)}
+    out.write_arrays("classes", {"r": np.arange(4.0).reshape(2, 2)}, coords=coords)
+    written = out.group_digests["classes"]
+    assert written is not None and group_digest(out.analysis, "classes") == written
+    out.write_arrays("other", {"x": np.zeros(3)})  # the file is rewritten around the group
+    assert group_digest(out.analysis, "classes") == written
+    Outputs(tmp_path).write_arrays("classes", {"r": np.arange(4.0).reshape(2, 2) + 1}, coords=coords)
+    assert group_digest(out.analysis, "classes") != written
+
+
+def test_an_analysis_file_open_for_writing_elsewhere_is_not_called_damaged(tmp_path, monkeypatch):
+    """HDF5 refuses to open a file another program holds for writing ("unable to lock
+    file"): that is one line to close it there, not a damaged file moved aside."""
+    import h5py
+    import numpy as np
+
+    from ssl_dynamics.inspect.outputs import Outputs
+
+    out = Outputs(tmp_path)
+    out.write_arrays("dynamics", {"a": np.arange(3)})
+
+    def locked(*_a, **_k):
+        raise OSError("Unable to synchronously open file (unable to lock file, errno = 11)")
+
+    monkeypatch.setattr(h5py, "File", locked)
+    with pytest.raises(UserError, match="is open for writing in another program"):
+        out.check_analysis()
+    monkeypatch.undo()
+    assert not list(tmp_path.glob("analysis.h5.corrupt-*"))

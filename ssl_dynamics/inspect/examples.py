@@ -109,8 +109,10 @@ def run_examples(data: dict[str, SetupRt], out: Outputs, opts: ExampleOptions = 
     else:
         figures += _grids({s: d for s, d in data.items() if s not in empty}, columns, images,
                           class_names, opts, out)
+    # partial: without probe images the grids are missing, so `inspect all` does not call
+    # this result up to date (a later run that finds the images draws them)
     return {"tables": {"examples_summary": rows}, "figures": [str(f) for f in figures],
-            "notes": notes, "table": str(table)}
+            "notes": notes, "table": str(table), "partial": images is None}
 
 
 def _check_options(opts: ExampleOptions, data: dict[str, SetupRt]) -> None:
@@ -228,6 +230,7 @@ def write_frame(out: Outputs, frame, meta: dict):
         with art.atomic_path(target) as tmp:
             pq.write_table(table, tmp)
         art.write_bytes_atomic(out.tables / f"{TABLE}.csv", frame.to_csv(index=False).encode())
+        out.note_files([target, out.tables / f"{TABLE}.csv"])
     return target
 
 

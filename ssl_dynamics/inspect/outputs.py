@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import fnmatch
+import hashlib
 import io
 import json
 import os
@@ -39,6 +40,7 @@ import numpy as np
 
 from .. import artifacts as art
 from ..artifacts.atomic import fsync_dir
+from ..errors import UserError
 
 FIGURE_DPI = 150  # crisp in the HTML report, small enough to embed
 
@@ -60,7 +62,8 @@ STEP_OUTPUTS: dict[str, tuple[tuple[str, ...], str]] = {
                        "fig_hardness_agreement"), "heterogeneity"),
     "classes": (("class_rt", "fig5_3_class_rt"), "classes"),
     "examples": (("examples_summary", "examples_rank_agreement", "examples_cartography",
-                  "examples_forgetting", "examples_hardest_*", "examples_easiest_*"), "examples"),
+                  "examples_forgetting", "examples_hardest_*", "examples_easiest_*", "examples"),
+                 "examples"),
     "probe": (("tableB_1_probe",), "probe"),
     "tsne": (("fig5_1_tsne",), "tsne"),
     "kl": (("kl_pairs", "fig5_2_kl"), "kl"),
@@ -78,6 +81,10 @@ class Outputs:
         self.session = uuid.uuid4().hex  # recorded beside every table and figure written here
         self.written: list[str] = []  # files written by this instance (relative to root), in order
         self.groups: list[str] = []  # analysis.h5 groups written by this instance
+        # sha256 of each file and group as written here, taken under the lock right after the
+        # write (what `inspect all` records as a step's outputs; its caller clears them)
+        self.hashes: dict[str, str | None] = {}
+        self.group_digests: dict[str, str | None] = {}
         self._started = False
 
     def lock(self):
@@ -140,6 +147,7 @@ class Outputs:
                     del f[group]
                 _fill_group(f.create_group(group), arrays, attrs or {}, dims, coords)
             self.groups.append(group)
+            self.group_digests[group] = group_digest(self.analysis, group)
 
     def remove_group(self, group: str, aside: Path | None = None) -> None:
         """Take `group` out of analysis.h5, copied first into the HDF5 file `aside` if given."""
@@ -196,10 +204,21 @@ class Outputs:
             self._record(name, list(data))
         return self.figures / f"{name}.png"
 
+    def note_files(self, paths: list[Path]) -> None:
+        """Note files just written here (under the lock): their names and sha256."""
+        with self.lock():
+            for p in paths:
+                name = str(Path(p).relative_to(self.root))
+                self.written.append(name)
+                try:
+                    self.hashes[name] = art.sha256_file(p)
+                except OSError:
+                    self.hashes[name] = None
+
     def _record(self, name: str, paths: list[Path]) -> None:
         """Note the files, and that this session made `<tables|figures>/<name>` (in
         outputs.json). Under the lock."""
-        self.written += [str(p.relative_to(self.root)) for p in paths]
+        self.note_files(paths)
         record = read_record(self.root)
         record[f"{paths[0].parent.name}/{name}"] = self.session
         art.write_json_atomic(self.root / RECORD_NAME, record)
@@ -268,6 +287,39 @@ def _fill_group(g, arrays: dict[str, np.ndarray], attrs: dict[str, Any],
         g.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
 
 
+# HDF5 dimension-scale bookkeeping: object references, whose bytes change when the file is
+# rewritten; the scales themselves are datasets of the group and are hashed
+SCALE_ATTRIBUTES = {"DIMENSION_LIST", "REFERENCE_LIST"}
+
+
+def group_digest(path: Path, group: str) -> str | None:
+    """sha256 of an analysis.h5 group's content (every dataset's name, type, shape and
+    bytes, every attribute); None when the file or group cannot be read."""
+    import h5py
+
+    h = hashlib.sha256()
+
+    def add(name: str, obj) -> None:
+        h.update(name.encode())
+        if isinstance(obj, h5py.Dataset):
+            data = np.asarray(obj[()])
+            content = (repr(data.tolist()).encode() if data.dtype.hasobject  # strings: not pointers
+                       else np.ascontiguousarray(data).tobytes())
+            h.update(f"{data.dtype.str}{data.shape}".encode() + content)
+        for key in sorted(set(obj.attrs) - SCALE_ATTRIBUTES):
+            h.update(key.encode() + repr(obj.attrs[key]).encode())
+
+    try:
+        with h5py.File(path, "r") as f:
+            if group not in f:
+                return None
+            add(group, f[group])
+            f[group].visititems(add)
+    except Exception:  # noqa: BLE001  (missing or damaged: nothing to vouch for)
+        return None
+    return h.hexdigest()
+
+
 def _readable_h5(path: Path) -> bool:
     """Whether the HDF5 file opens and all of its metadata (every group, dataset and
     attribute name) can be walked; data chunks are not read."""
@@ -277,7 +329,10 @@ def _readable_h5(path: Path) -> bool:
         with h5py.File(path, "r") as f:
             f.visititems(lambda name, obj: None)
         return True
-    except Exception:  # noqa: BLE001  (h5py raises OSError, RuntimeError, KeyError, ...)
+    except Exception as e:  # noqa: BLE001  (h5py raises OSError, RuntimeError, KeyError, ...)
+        if "unable to lock file" in str(e).lower():  # open for writing elsewhere, not damaged
+            raise UserError(f"{path} is open for writing in another program (a notebook?); "
+                            f"close it there and run the command again") from None
         return False
 
 
@@ -290,7 +345,7 @@ _HELD_GUARD = threading.Lock()
 @contextmanager
 def work_lock(root: str | Path) -> Iterator[None]:
     """The exclusive lock of a work folder's outputs (<work>/analysis.h5.lock)."""
-    path = (Path(root) / LOCK_NAME).absolute()
+    path = (Path(root) / LOCK_NAME).resolve()  # one entry however the folder is spelled
     with _HELD_GUARD:
         entry = _HELD.setdefault(path, [threading.RLock(), 0, None])
     with entry[0]:

@@ -21,19 +21,24 @@ be read) computes it again. `--redo` computes the named analyses regardless.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from .. import __version__
 from .. import artifacts as art
 from ..errors import UserError
-from .outputs import Outputs
+from .outputs import Outputs, group_digest
 
 STEPS_FILE = "steps.json"
-STAMP_SCHEMA = 1  # what a stamp covers; raising it makes every analysis compute again
+STAMP_SCHEMA = 2  # what a stamp covers; raising it makes every analysis compute again
+# Libraries whose version can change what an analysis computes or draws (an absent optional
+# one, e.g. openTSNE for `--tsne-method auto`, counts too): part of every stamp
+STAMP_LIBRARIES = ("numpy", "scipy", "torch", "scikit-learn", "openTSNE", "h5py", "zarr",
+                   "matplotlib", "pandas", "pyarrow")
 # The analyses of `inspect all` after rt, in order (the names of --redo and steps.json)
 STEP_NAMES = ("dynamics", "binomial", "heterogeneity", "classes", "examples", "probe", "tsne", "kl",
               "activations")
@@ -124,19 +129,40 @@ def _check_ref_epochs(run: art.Run, setups: list[str], ref_epochs) -> None:
                         f"1-{top} to align at (epoch 0, the initialization, is left out)")
 
 
-def step_stamp(ws, setups: list[str], opts: AllOptions, name: str) -> str:
-    """The sha256 of everything step `name` reads (STEP_OPTIONS; the store's state or the
-    checkpoints' sha256) and of what it is computed with (version, STAMP_SCHEMA)."""
-    from .rtdata import store_state
-
-    parts = {"schema": STAMP_SCHEMA, "version": __version__, "step": name, "setups": list(setups),
+def step_stamp(ws, setups: list[str], opts: AllOptions, name: str, store: str | None = None) -> str:
+    """The sha256 of everything step `name` reads (STEP_OPTIONS; `store`, the r_t store's
+    state, or the checkpoints' sha256; where the dataset is, for the probe images of
+    `examples`) and of what it is computed with (`code_version`, STAMP_SCHEMA)."""
+    parts = {"schema": STAMP_SCHEMA, "code": code_version(), "step": name, "setups": list(setups),
              "dataset": ws.run.dataset_sha256,
              "options": {k: asdict(opts)[k] for k in STEP_OPTIONS[name]}}
     if name in STORE_STEPS:
-        parts["store"] = store_state(ws.store_for_reading())
+        if store is None:
+            raise ValueError("a store step's stamp needs the store's state")
+        parts["store"] = store
+        if name == "examples":
+            parts["data"] = opts.data
     else:
         parts["checkpoints"] = checkpoint_record(ws.run, setups, opts.epoch)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """A digest of the toolkit's own source (every .py file of the package) and of the
+    versions of STAMP_LIBRARIES: a fix to an analysis, or another library, makes every
+    earlier result out of date."""
+    h = hashlib.sha256()
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    for dist in STAMP_LIBRARIES:
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            version = "absent"
+        h.update(f"{dist}={version}".encode())
+    return h.hexdigest()
 
 
 def checkpoint_record(run: art.Run, setups: list[str], epoch: int | None) -> dict[str, str | None]:
@@ -176,18 +202,26 @@ class StepRecord:
         return steps if doc.get("schema") == STAMP_SCHEMA and isinstance(steps, dict) else {}
 
     def current(self, name: str, stamp: str) -> bool:
-        """Whether `name` last succeeded with this stamp and its outputs are all unchanged."""
+        """Whether `name` last succeeded with this stamp and its outputs (files and
+        analysis.h5 groups) are all there with the content it wrote."""
         entry = self._load().get(name)
         if not isinstance(entry, dict) or entry.get("stamp") != stamp or not entry.get("files"):
             return False
-        if any(_sha256(self.out.root / f) != h for f, h in dict(entry["files"]).items()):
+        files, groups = entry.get("files"), entry.get("groups")
+        if not isinstance(files, dict) or not isinstance(groups, dict):
             return False
-        return set(entry.get("groups", [])) <= _h5_groups(self.out.analysis)
+        if any(h is None or _sha256(self.out.root / f) != h for f, h in files.items()):
+            return False
+        return all(d is not None and group_digest(self.out.analysis, g) == d for g, d in groups.items())
 
-    def save(self, name: str, stamp: str, files: list[str], groups: list[str]) -> None:
-        entry = {"stamp": stamp, "groups": sorted(set(groups)),
-                 "files": {f: _sha256(self.out.root / f) for f in dict.fromkeys(files)}}
-        self._update(name, entry)
+    def save(self, name: str, stamp: str, files: dict[str, str | None], groups: dict[str, str | None]) -> None:
+        """Record what `name` wrote: the digests taken when it wrote them (`Outputs.hashes`,
+        `Outputs.group_digests`), so a file another process changed since is never vouched
+        for. Nothing is recorded when a digest is missing."""
+        if not files or None in files.values() or None in groups.values():
+            self.drop(name)
+            return
+        self._update(name, {"stamp": stamp, "files": dict(files), "groups": dict(groups)})
 
     def drop(self, name: str) -> None:
         self._update(name, None)
@@ -210,16 +244,6 @@ def _sha256(path: Path) -> str | None:
         return None
 
 
-def _h5_groups(path: Path) -> set[str]:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return set(f.keys())
-    except Exception:  # noqa: BLE001  (missing or damaged: no group counts as there)
-        return set()
-
-
 @dataclass
 class _Session:
     """One `inspect all`: where it writes and what it has found so far."""
@@ -231,6 +255,16 @@ class _Session:
     redo: tuple[str, ...]
     skipped: list[dict] = field(default_factory=list)
     fresh: list[str] = field(default_factory=list)  # up to date, not computed
+    _store: list[str] = field(default_factory=list)  # the store's state, taken once
+
+    def store_state(self) -> str:
+        """The r_t store's state, taken once, before the store steps read it (they share one
+        read): data newer than its stamp can only make a later run compute again."""
+        from .rtdata import store_state
+
+        if not self._store:
+            self._store.append(store_state(self.ws.store_for_reading()))
+        return self._store[0]
 
 
 def run_tracked(sess: _Session, name: str, fn: Callable[[], dict], stamp: Callable[[], str]) -> dict | None:
@@ -245,7 +279,8 @@ def run_tracked(sess: _Session, name: str, fn: Callable[[], dict], stamp: Callab
                   f"--redo {name} computes it again)")
         sess.fresh.append(name)
         return None
-    files, groups = len(sess.out.written), len(sess.out.groups)
+    sess.out.hashes.clear()
+    sess.out.group_digests.clear()
     res = run_step(name, fn, sess.skipped, sess.echo)
     if res is None:
         sess.record.drop(name)
@@ -254,9 +289,10 @@ def run_tracked(sess: _Session, name: str, fn: Callable[[], dict], stamp: Callab
             sess.echo(f"moved the outputs an earlier run of {name} left ({', '.join(moved)}) to "
                       f"{sess.out.root / 'stale' / name}: they are not this run's")
         return None
-    if mark is not None:
-        table = [str(Path(res["table"]).relative_to(sess.out.root))] if res.get("table") else []
-        sess.record.save(name, mark, sess.out.written[files:] + table, sess.out.groups[groups:])
+    if mark is not None and not res.get("partial"):  # partial: e.g. no probe images for the grids
+        sess.record.save(name, mark, dict(sess.out.hashes), dict(sess.out.group_digests))
+    else:
+        sess.record.drop(name)
     return res
 
 
@@ -274,7 +310,8 @@ def run_all(ws, rt_step: Callable[[], dict], opts: AllOptions, show: Callable[[d
     out.tidy()
     out.check_analysis()
     for name, fn in analysis_thunks(ws, out, setups, opts, echo):
-        show(run_tracked(sess, name, fn, lambda n=name: step_stamp(ws, setups, opts, n)) or {})
+        show(run_tracked(sess, name, fn, lambda n=name: step_stamp(
+            ws, setups, opts, n, sess.store_state() if n in STORE_STEPS else None)) or {})
     finish(sess)
     return sess.skipped
 

@@ -92,6 +92,8 @@ def _write_h5(store: RtStore, target: Path, h5py) -> None:
             f.attrs["bank_fingerprint"] = str(store.group.attrs.get("bank_fingerprint"))
             if "bank_spec" in store.group.attrs:
                 f.attrs["bank_spec"] = json.dumps(dict(store.group.attrs["bank_spec"]), sort_keys=True)
+            if "store_id" in store.group.attrs:  # the same evaluations: the same store to its readers
+                f.attrs["store_id"] = str(store.group.attrs["store_id"])
             for setup in store.setups():
                 _export_setup(f.create_group(setup), store.read(setup), store.attrs(setup), idx, labels,
                               store.checkpoint_sha(setup))
@@ -269,16 +271,18 @@ def _check_dataset(store, path: Path, dataset_sha256: str) -> None:
 def store_state(path: str | Path) -> str:
     """A fingerprint of what the store holds: its bank, probe set, setups, seeds, epochs,
     which checkpoints are evaluated and from which checkpoint files (a chunk changes only
-    when its checkpoint was replaced and evaluated again, which changes its sha256 record).
-    Cheap: reads no chunk of the big arrays."""
+    when its checkpoint was replaced and evaluated again, which changes its sha256 record),
+    in which precision, and which store it is (`store_id`: a store deleted and evaluated
+    anew is another store). Cheap: reads no chunk of the big arrays."""
     h = hashlib.sha256()
     with open_store(path) as store:
-        h.update(str(store.root_attrs().get("bank_fingerprint")).encode())
+        root = store.root_attrs()
+        h.update(json.dumps([str(root.get("bank_fingerprint")), str(root.get("store_id"))]).encode())
         for a in store.probes():
             h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
         for s in store.setups():
             attrs = store.attrs(s)
-            h.update(json.dumps([s, attrs.get("seeds"), attrs.get("epochs")]).encode())
+            h.update(json.dumps([s, attrs.get("seeds"), attrs.get("epochs"), str(attrs.get("precision"))]).encode())
             h.update(np.ascontiguousarray(store.done(s), dtype=np.uint8).tobytes())
             record = store.checkpoint_sha(s)  # a checkpoint evaluated again changes its record
             if record is not None and record.any():

@@ -40,6 +40,7 @@ the whole archive atomically. An archive whose work store is gone seeds a new on
 """
 from __future__ import annotations
 
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -232,7 +233,10 @@ class RtStore:
                            **dims.array_options("probe_indices"))
             g.create_array("labels", data=np.asarray(labels, dtype=np.int64),
                            **dims.array_options("labels"))
+            # store_id: a new one each time a store is bound to its bank, so a store deleted and
+            # evaluated again (another precision, a fixed evaluator) is not taken for the old one
             g.attrs.update({"schema_version": SCHEMA_VERSION, "bank_fingerprint": bank_fingerprint,
+                            "store_id": uuid.uuid4().hex,
                             **({"bank_spec": dict(bank_spec)} if bank_spec is not None else {})})
             dims.consolidate(self.path)
 

@@ -75,9 +75,13 @@ class Workspace:
     def bind(self) -> None:
         """Record the run's identity in the work folder, unless it is recorded already
         (`open_workspace` refused a folder of another run)."""
+        from .outputs import work_lock
+
         target = self.dir / IDENTITY_FILE
-        if not target.exists():
-            art.write_json_atomic(target, {"run": run_identity(self.run), "run_dir": str(self.run.root.resolve())})
+        with work_lock(self.dir):  # the lock under which killed writers' temp files are removed
+            if not target.exists():
+                art.write_json_atomic(target, {"run": run_identity(self.run),
+                                               "run_dir": str(self.run.root.resolve())})
 
 
 def _first_existing(paths: list[Path]) -> Path | None:
