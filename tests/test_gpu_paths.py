@@ -138,3 +138,27 @@ def test_running_out_of_gpu_memory_is_one_line_and_resumable(tmp_path, monkeypat
                                         f"batch 16\\): {advice}; a rerun resumes"):
         train_grid(tmp_path, cfg, ["supervised"], opts, progress=False, echo=quiet)
     assert art.RunPaths(tmp_path).run_json.exists()
+
+
+def test_representations_are_extracted_in_exact_fp32(monkeypatch):
+    """probe, t-SNE and KL read features extracted without TF32 on a GPU, as r_t is."""
+    from ssl_dynamics.inspect import features
+    from ssl_dynamics.models import build_network
+
+    entered = []
+
+    @contextmanager
+    def recording(device, bf16):
+        entered.append((device, bf16))
+        yield
+
+    monkeypatch.setattr("ssl_dynamics.devices.exact_fp32", recording)
+    net = build_network("resnet18_cifar", 10, 4)
+    out = features.extract(net, torch.zeros(4, 3, 32, 32, dtype=torch.uint8), "supervised", "cpu")
+    assert out.shape == (4, 32) and entered == [("cpu", False)]
+
+
+def test_a_resume_state_of_epoch_0_counts_as_epoch_0():
+    from ssl_dynamics.train.grid import _or_none
+
+    assert (_or_none(None), _or_none(0), _or_none(3)) == (-1, 0, 3)

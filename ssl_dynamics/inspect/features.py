@@ -49,10 +49,13 @@ def eval_transform(augment: str):
 @torch.no_grad()
 def extract(model: torch.nn.Module, images: torch.Tensor, augment: str, device: str,
             batch: int = FEATURE_BATCH) -> np.ndarray:
+    from ..devices import exact_fp32
+
     model = model.to(device).eval()
     tf = eval_transform(augment)
-    out = [model.features(tf(images[i:i + batch].to(device))).float().cpu()
-           for i in range(0, len(images), batch)]
+    with exact_fp32(device, False):  # fp32 on a GPU without TF32, as `inspect rt`
+        out = [model.features(tf(images[i:i + batch].to(device))).float().cpu()
+               for i in range(0, len(images), batch)]
     return torch.cat(out).numpy()
 
 

@@ -60,6 +60,11 @@ def pending(st: art.SeedStatus, target: int) -> Job | None:
     return None
 
 
+def _or_none(epoch: int | None) -> int:
+    """An epoch, or -1 (nothing trained) for None."""
+    return -1 if epoch is None else epoch
+
+
 def _epochs(jobs: list[Job]) -> int:
     """Epochs of training the jobs still need."""
     return sum(j.until - max(j.done, 0) for j in jobs)
@@ -231,7 +236,7 @@ class _Runner:
                and (n := pending(art.seed_status(self.paths, j.setup, j.seed, sc.epochs), j.until))]
         # a kill between resume.pt and the manifest is rolled forward (loop._resume): such a
         # seed goes on after resume.pt's epoch, one past the manifest's
-        now = [replace(n, done=max(n.done, art.resume_epoch(self.paths.resume(n.setup, n.seed)) or -1))
+        now = [replace(n, done=max(n.done, _or_none(art.resume_epoch(self.paths.resume(n.setup, n.seed)))))
                for n in now]
         # epochs trained since the plan (by another worker, or before a kill) count as done
         self.overall.update(_epochs(jobs) - _epochs(now))
