@@ -83,6 +83,12 @@ def test_rt_fills_the_h5_archive_the_analyses_read(tiny_rt, tmp_path):
     assert r.exit_code == 0, r.output + repr(r.exception)
     assert "0 checkpoints to evaluate" in r.output and "rt.h5" in r.output
     assert not (work / "rt.zarr").exists()
+    # rt.zarr asked for by name (what `inspect submit rt` fills: shards need Zarr) starts
+    # from that archive too, instead of evaluating everything again
+    r = CliRunner().invoke(cli, ["rt", str(run), "--device", "cpu", "--no-progress",
+                                 "--store", str(work / "rt.zarr")])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert "0 checkpoints to evaluate" in r.output and (work / "rt.zarr").is_dir()
 
 
 def extract_one(ws, verify=True, echo=quiet):

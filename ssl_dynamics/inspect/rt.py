@@ -94,14 +94,17 @@ def check_rt(ws: Workspace, select: Selection = Selection(), request: BankReques
 
 
 def archive_store(ws: Workspace, store_path: Path, bank_path: Path | None) -> Path | None:
-    """The run directory's own r_t store, when a work folder of its own (`--work`, a
-    read-only archive) has none yet and evaluates on the same, existing bank: its results
-    are copied in first rather than evaluated again. None otherwise."""
-    if (bank_path is None or ws.archive.resolve() == ws.dir.resolve()
-            or store_path.resolve() != ws.store.resolve() or work_path(store_path).exists()):
+    """The store whose results a new rt.zarr in the work folder starts from, evaluated on
+    the same, existing bank: the work folder's own rt.h5 archive (when rt.zarr is asked for
+    by name: cluster shards need Zarr), else the run directory's store when the work folder
+    is another one (`--work`, a read-only archive). They are copied in first rather than
+    evaluated again. None otherwise."""
+    if bank_path is None or store_path.resolve() != ws.store.resolve() or work_path(store_path).exists():
         return None
-    for name in STORE_NAMES:
-        src = ws.archive / name
+    sources = [ws.dir / "rt.h5"]
+    if ws.archive.resolve() != ws.dir.resolve():
+        sources += [ws.archive / name for name in STORE_NAMES]
+    for src in sources:
         with plan.existing_store(src) as store:  # an .h5's work store when it has one: the newer
             if store is not None and str(store.root_attrs().get("bank_fingerprint")) == \
                     bank_mod.read_fingerprint(bank_path):
