@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -392,6 +393,29 @@ def test_table_counts_replaced_channels_and_records_the_settings(tmp_path, monke
     note = json.loads((tmp_path / "out" / "tables" / "activations.json").read_text())["note"]
     for part in ("2 steps of size 0.5", "L2 0.02", "up to 7 times", "channel seed 0"):
         assert part in note, note
+
+
+def test_progress_bar_ends_full_when_a_block_has_no_live_channel(tmp_path, monkeypatch):
+    """A block whose channels never fire runs no ascent step; the bar still counts its steps,
+    so it ends at its total instead of short of it."""
+    from ssl_dynamics.inspect import activation_figure
+
+    bars = []
+
+    def recording_bar(total, *args, **kwargs):
+        bars.append(SimpleNamespace(total=total, n=0, closed_at=None))
+        b = bars[-1]
+        b.update = lambda k=1: setattr(b, "n", b.n + k)
+        b.close = lambda: setattr(b, "closed_at", b.n)
+        return b
+
+    monkeypatch.setattr(activation_figure, "bar", recording_bar)
+    everything_dead = _force(_model(), 2, dead=range(8))
+    ws = _fake_workspace(tmp_path, monkeypatch, {"supervised": Network(everything_dead, 10)})
+    res = _run(ws, tmp_path / "out", ["supervised"], steps=3)
+    rows = {r["block"]: r for r in res["tables"]["activations"]}
+    assert rows[2]["channels"] == 0 and any(rows[b]["channels"] > 0 for b in rows)
+    assert len(bars) == 1 and bars[0].closed_at == bars[0].total == 3 * len(rows)
 
 
 def test_same_seed_same_output_and_the_spec_defaults(tmp_path, monkeypatch):

@@ -102,9 +102,15 @@ def run_activations(ws: Workspace, out: Outputs, setups: list[str], epoch: int |
             order = choose_channels(n_in_block, n_in_block, seed=channel_seed + block)
             channels = live_channels(net, block, order, n_channels, seed=channel_seed,
                                      max_redraws=max_redraws, device=device)
+            done = [0]
+
+            def on_step() -> None:
+                done[0] += 1
+                steps_bar.update(1)
             res = maximize_activations(net, block, channels, steps=steps, lr=lr, l2=l2,
                                        seed=channel_seed, max_redraws=max_redraws, device=device,
-                                       on_step=lambda: steps_bar.update(1))
+                                       on_step=on_step)
+            steps_bar.update(steps - done[0])  # a block with no live channel runs no step
             missing = min(n_channels, n_in_block) - len(channels)
             cells[(s, block)] = (res, missing, e, sd)
             arrays[f"{s}_block{block}_images"] = res["images"].numpy()
