@@ -58,7 +58,9 @@ def test_export_never_overwrites_without_force_nor_the_runs_files(run, tmp_path,
                             (ckpt.parent / "new.nc", "file of the run directory"),
                             (ws.bank, "is the bank"),
                             (ws.store / "x.nc", "is the r_t store itself"),
-                            (ws.dir / "rt.h5", "is an r_t store")):
+                            (ws.dir / "rt.h5", "is an r_t store"),
+                            (ws.dir / "analysis.h5", "file of the work folder"),
+                            (ws.dir / "steps.json", "file of the work folder")):
         with pytest.raises(UserError, match=message):
             export(ws, "netcdf", target, progress=False, force=True, **QUIET)
     assert all(sha(p) == h for p, h in kept.items()) and not (ckpt.parent / "new.nc").exists()
@@ -73,6 +75,34 @@ def test_export_never_overwrites_without_force_nor_the_runs_files(run, tmp_path,
     # the default output in the work folder is the command's own: exporting again replaces it
     export(ws, "netcdf", progress=False, **QUIET)
     assert export(ws, "netcdf", progress=False, **QUIET) == ws.dir / "rt.nc"
+
+
+def test_export_into_tables_holds_the_work_lock(run, monkeypatch):
+    """Another command's tidy (under the work lock) deletes every temporary file in tables/:
+    an export there must hold the lock while its temporary file exists."""
+    import threading
+
+    from ssl_dynamics.inspect import export as export_mod
+    from ssl_dynamics.inspect.outputs import Outputs
+
+    ws = open_workspace(run, **QUIET)
+    real, tidies, blocked = export_mod.export_netcdf, [], []
+
+    def export_netcdf(store, target, progress=True):
+        tidies.append(threading.Thread(target=Outputs(ws.dir).tidy))
+        tidies[-1].start()
+        tidies[-1].join(0.5)
+        blocked.append(tidies[-1].is_alive())  # waiting for the lock this export holds
+        return real(store, target, progress)
+
+    monkeypatch.setattr(export_mod, "export_netcdf", export_netcdf)
+    target = ws.dir / "tables" / "rt_copy.nc"
+    assert export(ws, "netcdf", target, progress=False, **QUIET) == target
+    tidies[-1].join()  # the lock is free once the export is done
+    assert blocked == [True] and target.read_bytes()[:4] == b"\x89HDF"
+    export(ws, "netcdf", ws.dir.parent / "elsewhere.nc", progress=False, **QUIET)
+    tidies[-1].join()
+    assert blocked == [True, False]  # outside the swept folders: no lock, nothing waits
 
 
 # --------------------------------------------------------------------------- 2. rt --store X.h5

@@ -3,12 +3,13 @@ portable copies (netCDF of the r_t store, Parquet of the table) for people witho
 
 Only the work folder (or --out) is ever written. An existing --out is replaced only with
 `force`, and never when it is a file of the run (checkpoints/, run.json, the label
-permutation), the bank or the r_t store. A Zarr store made before named dimensions existed is
-upgraded in place when it belongs to the work folder (or was named with --store) and can
-be written; an archive's store on read-only media is read as it is.
+permutation), the bank, the r_t store or the work folder's own records (analysis.h5, ...).
+A Zarr store made before named dimensions existed is upgraded in place when it belongs to the
+work folder (or was named with --store) and can be written; an archive's store on read-only media is read as it is.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ from ..progress import bar
 from . import bank as bank_mod
 from . import storedims
 from .examples import TABLE, ExampleOptions, read_meta, run_examples
-from .outputs import Outputs
+from .outputs import OWN_FILES, Outputs
 from .rtdata import SetupRt, load_rt, open_store, store_state
 from .store import RtStore, work_path
 from .workspace import STORE_NAMES, Workspace
@@ -119,9 +120,13 @@ def export(ws: Workspace, to: str, target: str | Path | None = None, store: str 
         out = target or default
         _check_target(ws, out, ws.store_for_reading(store), force or out.resolve() == default.resolve())
     path = store_for_analysis(ws, store, echo)
-    if to == "netcdf":
-        return export_netcdf(path, target or default, progress)
-    return export_parquet(ws, path, target, data_opts, echo, progress)
+    out = Outputs(ws.dir)
+    # a file in tables/ or figures/ is written under the work lock: another command's tidy
+    # would otherwise take its temporary file for a killed writer's and delete it
+    with out.lock() if target is not None and out.sweeps(target) else contextlib.nullcontext():
+        if to == "netcdf":
+            return export_netcdf(path, target or default, progress)
+        return export_parquet(ws, path, target, data_opts, echo, progress)
 
 
 def _check_target(ws: Workspace, target: Path, store: Path, force: bool) -> None:
@@ -136,6 +141,8 @@ def _check_target(ws: Workspace, target: Path, store: Path, force: bool) -> None
             raise UserError(f"--out {target} is {what}; choose another path")
     if where in {ws.bank.resolve(), (ws.archive / "bank.h5").resolve()}:
         raise UserError(f"--out {target} is the bank; choose another path")
+    if where.parent == ws.dir.resolve() and where.name in OWN_FILES:
+        raise UserError(f"--out {target} is a file of the work folder; choose another path")
     if where.name.endswith(".lock"):  # a store's or the bank's lock: replacing it breaks locking
         raise UserError(f"--out {target} is a lock file; choose another path")
     cache = ws.features.resolve()

@@ -111,6 +111,13 @@ class Outputs:
             n += art.remove_stale_temps(self.figures) + art.remove_stale_temps(self.root / "report")
             return n + art.remove_stale_temps(self.tables)
 
+    def sweeps(self, path: str | Path) -> bool:
+        """Whether `tidy` would take a temporary file written beside `path` for a killed
+        writer's: a writer there must hold the lock while its temporary file exists."""
+        where = Path(path).resolve()
+        swept = {self.figures.resolve(), (self.root / "report").resolve(), self.tables.resolve()}
+        return where.parent in swept or (where.parent == self.root.resolve() and where.name in OWN_FILES)
+
     def check_analysis(self) -> Path | None:
         """Move a damaged analysis.h5 aside (it is derived: the analyses write its groups
         again) as analysis.h5.corrupt-<UTC time>, saying so in one line; returns where."""
