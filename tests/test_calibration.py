@@ -57,6 +57,48 @@ def test_identical_replays_have_a_tenfold_lower_floor(tmp_path):
     mae = row(res, "table4_2_mae", 0.25)
     assert mae["null_mae"] == pytest.approx(0.0044, abs=0.0015)
     assert mae["p"] > 0.01
+    # one replay: no within-seed correlation to estimate; NaN (not 0) and the plain null
+    assert np.isnan(mae["rho_within"]) and "rho_within undefined" in mae["note"]
+    assert mae["null_mae_within"] == pytest.approx(mae["null_mae"], abs=0.0015)
+
+
+def test_negative_within_seed_correlation_is_reported_and_simulated_as_zero(tmp_path):
+    """Every seed gets exactly half of each image's 10 replays right at epoch 1: two replays
+    of one seed are both right with P_w = (5 * 4) / (10 * 9) = 2/9, of two seeds with
+    P_b = 1/4, so rho_w = (2/9 - 1/4) / (1/2 - 1/4) = -1/9."""
+    d = homogeneous(5)
+    correct = d.correct.copy()
+    rng = np.random.default_rng(6)
+    for i in range(N):
+        for k in range(K):
+            correct[i, 1, :, k] = rng.permutation([1] * 5 + [0] * 5)
+    d = SetupRt("simclr", correct, correct.astype(np.float32), d.valid, d.seeds, d.epochs, d.labels,
+                d.targets, d.probe_indices)
+    mae = row(run_binomial({"simclr": d}, Outputs(tmp_path), p0s=(0.25,), null_sims=SIMS),
+              "table4_2_mae", 0.25)
+    assert mae["epoch"] == 1 and mae["rho_within"] == pytest.approx(-1 / 9)
+    assert "< 0" in mae["note"]
+    # simulated with independent replays: the within-seed null is the plain one
+    assert mae["null_mae_within"] == pytest.approx(mae["null_mae"], abs=0.003)
+
+
+def test_range_levels_are_recorded_beside_the_fractions(tmp_path):
+    import json
+
+    import h5py
+
+    data = {"simclr": homogeneous(0), "supervised": heterogeneous(2)}
+    res = run_binomial(data, Outputs(tmp_path), p0s="range", null_sims=20)
+    with h5py.File(tmp_path / "analysis.h5", "r") as f:
+        g = f["binomial"]
+        assert g.attrs["p0_mode"] == "range" and json.loads(g.attrs["p0s"]) == [0.25, 0.5, 0.75]
+        for s in data:
+            levels = g[f"{s}/p0_levels"][()]
+            assert [r["p0"] for r in res["tables"]["table4_2_mae"] if r["setup"] == s] == levels.tolist()
+    run_binomial(data, Outputs(tmp_path / "fixed"), p0s=(0.25, 0.5), null_sims=20)
+    with h5py.File(tmp_path / "fixed" / "analysis.h5", "r") as f:
+        assert f["binomial"].attrs["p0_mode"] == "fixed"
+        assert f["binomial/simclr/p0_levels"][()].tolist() == [0.25, 0.5]
 
 
 def test_heterogeneous_images_are_detected_and_rho_recovered(tmp_path):

@@ -119,12 +119,12 @@ def slow_within_seed(c, valid):
     n, m, k = c.shape
     p = c.mean()
     if m < 2 or n < 2 or p in (0.0, 1.0):
-        return 0.0
+        return float("nan")
     w = [c[i, j, x] * c[i, jj, x] for i in range(n) for j in range(m) for jj in range(m)
          if j != jj for x in range(k)]
     b = [c[i, j, x] * c[ii, jj, x] for i in range(n) for ii in range(n) if i != ii
          for j in range(m) for jj in range(m) for x in range(k)]
-    return float(np.clip((np.mean(w) - np.mean(b)) / (p - np.mean(b)), 0, 1))
+    return float((np.mean(w) - np.mean(b)) / (p - np.mean(b)))  # as estimated: may be < 0
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -141,13 +141,13 @@ def test_within_seed_correlation_recovers_rho():
     ones = np.ones(N, dtype=bool)
     # Measured sd of the estimate at this design: 0.0004 (rho_w = 0), 0.0022 (rho_w = 0.3).
     iid = nl.within_seed_correlation(literal_null_correct(N, M, K, P, rng(7)), ones)
-    assert 0.0 <= iid < 0.003
+    assert abs(iid) < 0.003  # unclipped: sampling noise on either side of 0
     est = nl.within_seed_correlation(literal_null_correct(N, M, K, P, rng(8), 0.3), ones)
     assert abs(est - 0.3) < 0.012
     # Heterogeneous images but independent replays: difficulty is not within-seed correlation.
     pk = rng(9).beta(2, 3, size=K)
     het = rng(10).random((N, M, K)) < pk
-    assert nl.within_seed_correlation(het, ones) < 0.003
+    assert abs(nl.within_seed_correlation(het, ones)) < 0.003
     # Heterogeneous images AND within-seed correlation 0.3: recovered without the downward
     # bias a pooled p (1 - p) denominator would give (it would say about 0.25 here).
     scale = 1 / 0.3 - 1
@@ -156,12 +156,29 @@ def test_within_seed_correlation_recovers_rho():
     assert abs(nl.within_seed_correlation(both, ones) - 0.3) < 0.015
 
 
-def test_within_seed_correlation_undefined_cases_give_zero():
+def test_within_seed_correlation_undefined_cases_give_nan():
     c = rng(11).random((4, 3, 5)) < 0.5
-    assert nl.within_seed_correlation(c[:, :1], np.ones(4, bool)) == 0.0  # M = 1
-    assert nl.within_seed_correlation(c, np.array([True, False, False, False])) == 0.0
-    assert nl.within_seed_correlation(np.zeros((4, 3, 5), bool), np.ones(4, bool)) == 0.0
-    assert nl.within_seed_correlation(np.ones((4, 3, 5), int), np.ones(4, bool)) == 0.0
+    assert np.isnan(nl.within_seed_correlation(c[:, :1], np.ones(4, bool)))  # M = 1
+    assert np.isnan(nl.within_seed_correlation(c, np.array([True, False, False, False])))
+    assert np.isnan(nl.within_seed_correlation(np.zeros((4, 3, 5), bool), np.ones(4, bool)))
+    assert np.isnan(nl.within_seed_correlation(np.ones((4, 3, 5), int), np.ones(4, bool)))
+    # image 0 learned by every seed, image 1 by none: no variance left (p - P_b = 0)
+    split = np.zeros((3, 2, 2), bool)
+    split[:, :, 0] = True
+    assert np.isnan(nl.within_seed_correlation(split, np.ones(3, bool)))
+    assert nl.null_rho(float("nan")) == 0.0
+
+
+def test_within_seed_correlation_negative_is_reported_not_clipped():
+    """One image, two seeds, two replays; each seed gets exactly one replay right: P_w = 0
+    (no seed has both right), P_b = mean over cross-seed pairs = 1/4, p = 1/2:
+    rho_w = (0 - 1/4) / (1/2 - 1/4) = -1. The null can only simulate rho >= 0."""
+    c = np.array([[[1], [0]], [[0], [1]]])
+    assert nl.within_seed_correlation(c, np.ones(2, bool)) == -1.0
+    assert nl.null_rho(-1.0) == 0.0 and nl.null_rho(0.3) == 0.3
+    c = rng(13).random((6, 4, 50)) < 0.5
+    est = nl.within_seed_correlation(c, np.ones(6, bool))
+    assert est == pytest.approx(slow_within_seed(c, np.ones(6, bool)))
 
 
 # ---------------------------------------------------------------------------- chi-square

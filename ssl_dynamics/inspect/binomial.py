@@ -66,7 +66,8 @@ MAE_NOTE = (
     "than the noise: strongly heterogeneous); z < 0, closer to it than equally hard images can be "
     "(extra variance across images or within seeds brings r_t towards the noise). "
     "rho_within, z_within, p_within: the same with the observed within-seed correlation of "
-    "replays kept in the null.")
+    "replays kept in the null (rho_within as estimated; a negative one is simulated as 0, "
+    "NaN where it is undefined, see the row's note).")
 
 
 def range_levels(p_tilde: np.ndarray, p_all: np.ndarray, cand: np.ndarray) -> tuple[float, ...]:
@@ -172,7 +173,7 @@ def run_binomial(data: dict[str, SetupRt], out: Outputs, p0s: Sequence[float] = 
             raise UserError(f"setup {s} has no evaluated checkpoint")
         per[s] = _setup_tables(s, d, p0s, int(draws), int(seed), int(null_sims), include_init,
                                notes, arrays, labelled, coords)
-    levels = ""
+    levels, mode = "", "range" if p0s == "range" else "fixed"
     if p0s == "range":
         levels = (" p0 levels chosen from each setup's own range (25/50/75% of the way from its "
                   "lowest to its highest mean accuracy after the initialization), not the thesis's "
@@ -180,6 +181,11 @@ def run_binomial(data: dict[str, SetupRt], out: Outputs, p0s: Sequence[float] = 
                                               for s in data) + ".")
         notes.append(levels.strip())
         p0s = RANGE_FRACTIONS
+    # the levels each setup's rows were made at (under "range" the attribute p0s holds the
+    # fractions of the range, these the levels)
+    arrays.update({f"{s}/p0_levels": np.asarray(per[s]["p0s"], dtype=float) for s in data})
+    labelled.update({f"{s}/p0_levels": ("level",) for s in data})
+    coords.update({f"{s}/level": np.arange(len(per[s]["p0s"]), dtype=np.int64) for s in data})
     chi_rows = [row for s in data for row in per[s]["chi"]]
     mae_rows = [row for s in data for row in per[s]["mae"]]
     r_all = {s: per[s]["r"] for s in data}
@@ -206,7 +212,7 @@ def run_binomial(data: dict[str, SetupRt], out: Outputs, p0s: Sequence[float] = 
     out.write_table("table4_1_chisquare", chi_rows, note=CHI2_NOTE.format(sims=null_sims) + levels)
     out.write_table("table4_2_mae", mae_rows,
                     note=MAE_NOTE.format(sims=null_sims) + f" draws = {draws}, seed = {seed}." + levels)
-    out.write_arrays("binomial", arrays, {"p0s": list(p0s), "draws": draws, "seed": seed,
+    out.write_arrays("binomial", arrays, {"p0s": list(p0s), "p0_mode": mode, "draws": draws, "seed": seed,
                                           "null_sims": null_sims, "setups": list(data), "notes": notes},
                      dims=labelled, coords=coords)
     return {"tables": tables, "figures": [str(p) for p in figures], "notes": notes}

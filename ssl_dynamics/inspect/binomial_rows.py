@@ -87,13 +87,21 @@ def mae_entry(s, d, r, t, p0, p_hat, draws, seed, sims) -> tuple[dict, dict]:
     null = nulls.mae_null_distribution(n, m, k, p_hat, stream_rng(seed, s, p0, STREAM_NULL_MAE), sims, draws)
     rho_w = nulls.within_seed_correlation(d.correct[:, t], valid[:, t])
     null_w = nulls.mae_null_distribution(n, m, k, p_hat, stream_rng(seed, s, p0, STREAM_NULL_MAE_W), sims,
-                                         draws, within_seed_rho=rho_w)
+                                         draws, within_seed_rho=nulls.null_rho(rho_w))
+    if np.isnan(rho_w):
+        note = ("rho_within undefined (one replay, one valid seed, or every image learned by all "
+                "seeds or by none): the within-seed null is the plain one")
+    elif rho_w < 0:
+        note = (f"rho_within {rho_w:.3g} < 0 (replays of one seed agree less than across seeds): "
+                "the within-seed null simulates independent replays")
+    else:
+        note = ""
     cal, cal_w = nulls.calibrate(mean, null, two_sided=True), nulls.calibrate(mean, null_w, two_sided=True)
     row = {"setup": s, "p0": p0, "epoch": int(d.epochs[t]), "n_seeds": n, "replays": m,
            "p_hat0": p_hat, "mae": f"{mean:.3f} ± {std:.3f}", "mae_mean": mean, "mae_std": std,
            "null_mae": cal["null_mean"], "null_mae_std": cal["null_std"], "z": cal["z"],
            "p": cal["p_value"], "rho_within": rho_w, "null_mae_within": cal_w["null_mean"],
-           "z_within": cal_w["z"], "p_within": cal_w["p_value"], "note": ""}
+           "z_within": cal_w["z"], "p_within": cal_w["p_value"], "note": note}
     return row, {"t": t, "epoch": int(d.epochs[t]), "n": n, "p_hat": p_hat, "noise": noise,
                  "mae": mean, "per_draw": per_draw, "null": null, "null_within": null_w}
 

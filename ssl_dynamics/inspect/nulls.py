@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as sps
 
-__all__ = ["faithful_mae", "simulate_null_r", "within_seed_correlation", "mae_null_distribution",
+__all__ = ["faithful_mae", "simulate_null_r", "within_seed_correlation", "null_rho", "mae_null_distribution",
            "chisquare_null_distribution", "calibrate"]
 
 # Most float64 cells one vectorised chunk of noise draws may hold (2**22 * 8 B = 32 MiB), so
@@ -116,11 +116,15 @@ def within_seed_correlation(correct_t, valid_t) -> float:
     correct_t [S, M, K], valid_t bool [S]. With s_ik = successes of seed i on image k:
     P_w = P(two different replays of one seed and image both correct), P_b = P(replays
     from two different seeds of one image both correct), both averaged over images;
-    rho_w = (P_w - P_b) / (p - P_b), clipped to [0, 1]. P_b estimates the mean of p_k^2
-    over images (seeds are independent), so the denominator is an unbiased estimate of
-    the mean of p_k (1 - p_k), the per-image Bernoulli variance: heterogeneous difficulty
-    does not bias rho_w downwards (with equally hard images it equals p (1 - p)).
-    Returns 0.0 when undefined: M = 1, fewer than 2 valid seeds, or p in {0, 1}.
+    rho_w = (P_w - P_b) / (p - P_b). P_b estimates the mean of p_k^2 over images (seeds
+    are independent), so the denominator is an unbiased estimate of the mean of
+    p_k (1 - p_k), the per-image Bernoulli variance: heterogeneous difficulty does not bias
+    rho_w downwards (with equally hard images it equals p (1 - p)).
+
+    The estimate is returned as measured: a negative one (replays of one seed agree less
+    often than replays of different seeds) is reported, not hidden as 0; `null_rho` says
+    what a null can simulate. NaN where it is undefined: M = 1, fewer than 2 valid seeds,
+    p in {0, 1}, or every image learned by all seeds or by none (no variance left).
     """
     c, v = np.asarray(correct_t), np.asarray(valid_t)
     if c.ndim != 3 or c.size == 0:
@@ -134,14 +138,22 @@ def within_seed_correlation(correct_t, valid_t) -> float:
     n, m, k = s.shape[0], c.shape[1], c.shape[2]
     p = s.sum() / (n * m * k) if n else 0.0
     if m < 2 or n < 2 or p in (0.0, 1.0):
-        return 0.0
+        return float("nan")
     p_within = np.sum(s * (s - 1)) / (n * k * m * (m - 1))
     col = s.sum(axis=0)
     p_between = np.sum(col**2 - np.sum(s**2, axis=0)) / (k * n * (n - 1) * m * m)
     spread = p - p_between
     if spread <= 0:  # every image all-or-none across seeds: no within-seed variance left
-        return 0.0
-    return float(np.clip((p_within - p_between) / spread, 0.0, 1.0))
+        return float("nan")
+    return float((p_within - p_between) / spread)
+
+
+def null_rho(rho_w: float) -> float:
+    """The within-seed correlation a null can simulate for an estimate `rho_w`: a Beta
+    mixture has an intra-class correlation in [0, 1], so a negative estimate is simulated
+    as 0 (independent replays) and an undefined one (NaN) too; one above 1 (sampling
+    noise) as 1."""
+    return 0.0 if np.isnan(rho_w) else float(np.clip(rho_w, 0.0, 1.0))
 
 
 def _sorted_binomial_noise(n: int, p_hat: np.ndarray, k: int, draws: int, rng) -> np.ndarray:
