@@ -36,6 +36,12 @@ def run_cli(group: click.Group, resume_hint: str) -> None:
     except KeyboardInterrupt:
         click.echo(f"interrupted: {resume_hint}", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except MemoryError:
+        _fail(OUT_OF_MEMORY)
+    except RuntimeError as e:  # torch's allocators raise RuntimeError, not MemoryError
+        if not is_out_of_memory(e):
+            raise
+        _fail(f"{OUT_OF_MEMORY} ({str(e).splitlines()[0][:200]})")
     except OSError as e:
         from .artifacts import is_no_space
 
@@ -44,6 +50,19 @@ def run_cli(group: click.Group, resume_hint: str) -> None:
             _fail(f"no space left on the device{where}; free some space and rerun the same "
                   f"command: finished work is kept")
         _fail(f"{e.strerror or e}{where or (f': {e.filename}' if e.filename else '')}")
+
+
+OUT_OF_MEMORY = ("out of memory: the work does not fit this machine's memory; use a smaller "
+                 "network, batch or --pack (finished work is kept)")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether an exception is an allocator's refusal (CPU or GPU), not a bug."""
+    import torch
+
+    text = str(e)
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "can't allocate memory" in text \
+        or "not enough memory" in text or "out of memory" in text.lower()
 
 
 def _click_message(e: click.ClickException) -> str:

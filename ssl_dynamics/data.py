@@ -52,15 +52,18 @@ def load_cifar10(root: str | Path, download: bool = True) -> Dataset:
     from torchvision.datasets import CIFAR10
 
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"data root {root} is a file; give the folder that holds (or is to hold) "
+                        f"cifar-10-batches-py")
     try:
         train = CIFAR10(str(root), train=True, download=False)
     except RuntimeError:
         if not download:
-            raise UserError(_cifar_missing(root)) from None
+            raise UserError(_cifar_missing(root, tried=False)) from None
         try:
             train = CIFAR10(str(root), train=True, download=True)
         except Exception:  # no network, proxy errors, partial downloads: one message
-            raise UserError(_cifar_missing(root)) from None
+            raise UserError(_cifar_missing(root, tried=True)) from None
     test = CIFAR10(str(root), train=False, download=False)
     return Dataset(
         name="cifar10",
@@ -70,8 +73,9 @@ def load_cifar10(root: str | Path, download: bool = True) -> Dataset:
     )
 
 
-def _cifar_missing(root: Path) -> str:
-    return (f"CIFAR-10 not found in {root}/cifar-10-batches-py and it could not be downloaded: "
+def _cifar_missing(root: Path, tried: bool) -> str:
+    why = "it could not be downloaded" if tried else "downloading is off"
+    return (f"CIFAR-10 not found in {root}/cifar-10-batches-py and {why}: "
             f"put cifar-10-python.tar.gz (unpacked) there, or pass --data-root to where it is")
 
 
@@ -110,7 +114,7 @@ def load_imagefolder(path: str | Path, size: int = 32) -> Dataset:
     return Dataset(f"imagefolder:{path.name}", train_x, train_y, test_x, test_y, classes)
 
 
-DIGITS_TEST_FRACTION = 0.2  # 1,797 digits -> 1,437 train / 360 test
+DIGITS_TEST_FRACTION = 0.2  # 1,797 digits -> 1,438 train / 359 test (round(359.4))
 DIGITS_SPLIT_SEED = 0  # fixed: the split is part of the dataset's identity
 
 

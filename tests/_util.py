@@ -70,6 +70,18 @@ def private_copy(src, tmp_path, name="run"):
     return dst
 
 
+def main_result(main, args, monkeypatch, capsys, prog: str = "prog") -> tuple[int, str, str]:
+    """A CLI's `main` run as a user runs it, in this process: (exit status, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", [prog, *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 TRAIN_RUN = [sys.executable, "-c", "from ssl_dynamics.train.cli import main; main()", "run"]
 
 

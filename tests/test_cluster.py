@@ -367,6 +367,18 @@ def test_jobs_default_to_the_pack_they_train(tmp_path, monkeypatch, capsys, shar
         assert [line.split(": ", 1)[1] for line in stdout.splitlines() if line.startswith("job ")] == jobs
 
 
+def test_runs_per_job_beyond_a_pack_must_be_a_multiple_of_it(tmp_path, monkeypatch, capsys, shared_tmp):
+    """3 runs a job with packs of 2 would train a lone seed after each pair: refused; 4 (two
+    packs) and 1 (less than a pack) are taken."""
+    grid = [*GRID[:-2], "0-4", "--dry-run", "--out", str(tmp_path / "run"), "--pack", "2"]
+    code, _, err = main_in_process(monkeypatch, capsys, "train", "submit", *grid, *SLURM, "--runs-per-job", "3")
+    assert code == 2 and "--runs-per-job 3 is more than a pack (2) and not a multiple of it" in err, err
+    for n, first in (("4", "simclr seeds 0-3"), ("1", "simclr seed 0")):
+        code, stdout, err = main_in_process(monkeypatch, capsys, "train", "submit", *grid, *SLURM,
+                                            "--runs-per-job", n)
+        assert code == 0 and f"job 0: {first}\n" in stdout, err
+
+
 # --------------------------------------------------------------------------- job states
 
 def fake_commands(folder: Path, **scripts: str) -> None:

@@ -3,13 +3,12 @@ precisions in one store, take a checkpoint for another, score SimCLR on a short 
 shards overlap, or start writing before a check that can fail."""
 import hashlib
 import shutil
-import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from _util import private_copy, rt
+from _util import main_result, private_copy, rt
 from ssl_dynamics import artifacts as art
 from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect import bank as bank_mod
@@ -35,13 +34,8 @@ def sha(path) -> str:
 
 
 def call_cli(args, monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["inspect", *map(str, args)])
-    try:
-        inspect_cli.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
+    code, _, err = main_result(inspect_cli.main, args, monkeypatch, capsys, "inspect")
+    return code, err
 
 
 # --------------------------------------------------------------------------- 1. export --out

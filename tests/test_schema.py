@@ -69,13 +69,12 @@ def test_schema_1_run_continues_but_refuses_todays_random_labels(tmp_path):
     """A schema-1 run directory: its supervised setup continues; asking it for today's
     random_labels (ToTensor alone) after it trained the normalized one is refused."""
     from ssl_dynamics.data import load_dataset
-    from ssl_dynamics.train.prepare import check_run
+    from ssl_dynamics.train.prepare import check_run, prepare_run
 
     cfg = override(preset("smoke"), ["epochs=1"])
     ds = load_dataset(cfg.dataset, cfg.data_root, cfg.train_subset, cfg.subset_seed, download=False)
-    from ssl_dynamics import artifacts as art
 
-    paths = art.RunPaths(tmp_path / "run")
+    paths = prepare_run(tmp_path / "run", cfg, ["supervised", "random_labels"], ds, echo=lambda *_: None)
     for name in ("supervised", "random_labels"):
         d = {"schema_version": 1, **cfg.setups[name].to_dict()}
         paths.setup_json(name).parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ from .atomic import (atomic_path, check_space, check_writable, format_bytes, fil
                      is_no_space, is_writable, new_folder,
                      read_json, remove_stale_temps, sha256_bytes, sha256_file,
                      write_bytes_atomic, write_json_atomic, _UMASK)  # noqa: F401
-from .checkpoint import (CHECKPOINT_DTYPES, CHECKPOINT_FORMAT, check_header, load_checkpoint, load_network,
+from .checkpoint import (CHECKPOINT_DTYPES, CHECKPOINT_FORMAT, check_header, header_meta, load_checkpoint,
+                         load_network,
                          load_weights, network_shapes,
                          load_resume, resume_epoch, read_checkpoint_bytes, manifest_sha256, model_state, parse_checkpoint,
                          save_checkpoint, save_resume, unwrap, verified_bytes)
@@ -20,7 +21,7 @@ from .run import Run, SeedStatus, grid_status, load_run_config, read_manifest, s
 __all__ = [
     "atomic_path", "check_space", "check_writable", "format_bytes", "file_lock", "h5_atomic", "is_no_space", "is_writable", "new_folder", "read_json",
     "remove_stale_temps", "sha256_bytes", "sha256_file", "write_bytes_atomic",
-    "write_json_atomic", "CHECKPOINT_DTYPES", "CHECKPOINT_FORMAT", "check_header", "load_checkpoint",
+    "write_json_atomic", "CHECKPOINT_DTYPES", "CHECKPOINT_FORMAT", "check_header", "header_meta", "load_checkpoint",
     "load_network", "load_weights", "network_shapes", "load_resume", "resume_epoch", "read_checkpoint_bytes", "manifest_sha256", "model_state", "parse_checkpoint",
     "Buffers", "safetensors_bytes", "save_checkpoint", "save_resume", "unwrap", "verified_bytes",
     "EPOCH_RE", "SEED_RE", "RunPaths", "Run", "SeedStatus", "grid_status", "load_run_config",

@@ -80,16 +80,33 @@ def check_header(path: str | Path, shapes: dict[str, tuple[int, ...]]) -> dict:
     """Read only a checkpoint's header: its meta, refusing bad metadata and tensors that
     differ from `shapes` (name -> shape of the network it must load into)."""
     path = Path(path)
+    header = _header(path)
+    meta = _meta(header.get("__metadata__", {}), path)
+    have = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    check_shapes(have, shapes, path)
+    return meta
+
+
+def header_meta(path: str | Path) -> tuple[dict, int]:
+    """(meta, schema version) of a checkpoint, reading only its header."""
+    path = Path(path)
+    metadata = _header(path).get("__metadata__", {})
+    try:
+        version = int(metadata.get("schema_version", 1))
+    except (TypeError, ValueError):
+        raise UserError(f"corrupt checkpoint {path}: its schema_version is not a number") from None
+    return _meta(metadata, path), version
+
+
+def _header(path: Path) -> dict:
+    """The safetensors header (a UserError for a missing, short or malformed file)."""
     if not path.is_file():
         raise UserError(f"missing checkpoint {path}")
     with open(path, "rb") as f:
         head = f.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
         header, _ = header_of(head + f.read(min(n, HEADER_LIMIT)), path)  # refuses a short read
-    meta = _meta(header.get("__metadata__", {}), path)
-    have = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
-    check_shapes(have, shapes, path)
-    return meta
+    return header
 
 
 def read_checkpoint_bytes(path: str | Path, buffers: Buffers | None = None) -> torch.Tensor:
@@ -235,13 +252,26 @@ def resume_epoch(path: str | Path) -> int | None:
     except Exception:
         return None
     epoch = state.get("epoch") if isinstance(state, dict) else None
-    return epoch if isinstance(epoch, int) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0 else None
 
 
 def load_resume(path: str | Path) -> dict[str, Any] | None:
-    """The resume state, or None when the file is unreadable (the caller decides what then)."""
+    """The resume state, or None when the file is unreadable or not a resume state (an epoch
+    number, an optimizer state, and if present the checkpoint's sha256 and a model state):
+    the caller decides what then."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         return None
-    return state if isinstance(state, dict) and "epoch" in state else None
+    if not isinstance(state, dict):
+        return None
+    epoch, optimizer = state.get("epoch"), state.get("optimizer")
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+        return None
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+            and isinstance(optimizer.get("param_groups"), list)):
+        return None
+    if not isinstance(state.get("checkpoint_sha256", ""), str) or \
+            not isinstance(state.get("model", {}), dict):
+        return None
+    return state

@@ -85,6 +85,13 @@ class RunPaths:
             return []
         return sorted(p.name for p in self.checkpoints.iterdir() if (p / "setup.json").exists())
 
+    def unconfigured(self) -> list[str]:
+        """Setup folders that hold seed folders but no setup.json (deleted, or a partial copy)."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(p.name for p in self.checkpoints.iterdir()
+                      if p.is_dir() and not (p / "setup.json").exists() and self.seeds(p.name))
+
     def seeds(self, setup: str) -> list[int]:
         d = self.setup_dir(setup)
         if not d.is_dir():

@@ -41,14 +41,25 @@ def load_run_config(root: str | Path) -> tuple[RunConfig, dict]:
                         seeds=tuple(int(s) for s in meta["seeds"]), setups=setups)
     except (TypeError, ValueError) as e:
         raise UserError(f"corrupt {paths.run_json}: {e}") from None
-    validate(cfg)
+    try:
+        validate(cfg)  # each setup.json was checked as it was read (naming its file)
+    except UserError as e:
+        raise UserError(f"corrupt {paths.run_json}: {e}") from None
     return cfg, meta
 
 
 def read_manifest(path: Path) -> dict:
+    """A seed's manifest, its structure checked: every reader may then trust it."""
     m = read_json(path, dict)
-    if not isinstance(m.get("checkpoints"), dict):
+    ckpts = m.get("checkpoints")
+    if not isinstance(ckpts, dict):
         raise UserError(f"corrupt manifest {path}: no 'checkpoints' entry")
+    bad = [k for k, v in ckpts.items() if not (k.isascii() and k.isdigit() and isinstance(v, str))]
+    if bad:
+        raise UserError(f"corrupt manifest {path}: checkpoint entry {bad[0]!r} is not "
+                        f"epoch number -> sha256")
+    if not isinstance(m.get("complete", False), bool):
+        raise UserError(f"corrupt manifest {path}: 'complete' is not true or false")
     return m
 
 
@@ -56,26 +67,61 @@ def read_manifest(path: Path) -> dict:
 class SeedStatus:
     setup: str
     seed: int
-    state: str  # complete | partial | missing
+    state: str  # complete | partial | missing (the manifest's account: what training resumes from)
     last_epoch: int | None
     epochs: int
     extended_to: int | None = None  # last epoch of an extension beyond `epochs`, if any
     diverged_at: int | None = None  # the epoch whose loss stopped being finite (not committed)
+    lost: tuple[int, ...] = ()  # committed epochs whose checkpoint file is absent or empty
+    unrecorded: int | None = None  # no manifest, yet checkpoints up to this epoch (> 0) on disk
+    extend_target: int | None = None  # the epoch the last `train extend` of it was asked to reach
+
+    @property
+    def condition(self) -> str:
+        """What `train status` shows: the state, or "damaged" when files and manifest disagree."""
+        return "damaged" if self.lost or self.unrecorded is not None else self.state
+
+    @property
+    def damage(self) -> str:
+        """One phrase on what is damaged ("" when nothing is)."""
+        if self.unrecorded is not None:
+            return f"no manifest.json, checkpoints up to epoch {self.unrecorded} on disk"
+        if self.lost:
+            few = ", ".join(map(str, self.lost[:3])) + (" ..." if len(self.lost) > 3 else "")
+            return f"{len(self.lost)} committed checkpoint(s) missing (epoch {few})"
+        return ""
+
+    @property
+    def extension_unfinished(self) -> bool:
+        """An extension was asked for and the seed has not reached it (cut short, or queued)."""
+        return self.extend_target is not None and (self.extended_to or self.epochs) < self.extend_target
 
 
 def seed_status(paths: RunPaths, setup: str, seed: int, epochs: int) -> SeedStatus:
     manifest = paths.manifest(setup, seed)
     if not manifest.exists():
-        return SeedStatus(setup, seed, "missing", None, epochs)
+        on_disk = [e for e in paths.epochs(setup, seed) if e > 0]
+        return SeedStatus(setup, seed, "missing", None, epochs, unrecorded=max(on_disk, default=None))
     m = read_manifest(manifest)
-    done = [int(e) for e in m["checkpoints"]]
+    done = sorted(int(e) for e in m["checkpoints"])
     last = max(done) if done else None
     planned = [e for e in done if e <= epochs]
     top = max(planned) if planned else None
     state = "complete" if m.get("complete") and top == epochs else "partial"
     lost = m.get("diverged")
     lost_at = lost.get("epoch") if isinstance(lost, dict) and isinstance(lost.get("epoch"), int) else None
-    return SeedStatus(setup, seed, state, top, epochs, last if last and last > epochs else None, lost_at)
+    gone = tuple(e for e in done if _absent(paths.checkpoint(setup, seed, e)))
+    target = m.get("extend_target")
+    return SeedStatus(setup, seed, state, top, epochs, last if last and last > epochs else None,
+                      lost_at, gone, extend_target=target if isinstance(target, int) else None)
+
+
+def _absent(path: Path) -> bool:
+    """A checkpoint that cannot be there: no file, or an empty one."""
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return True
 
 
 def grid_status(root: str | Path, cfg: RunConfig | None = None) -> list[SeedStatus]:

@@ -48,20 +48,53 @@ def write_record(folder: Path, record: dict) -> None:
 
 
 def read_records(*jobs_dirs: Path) -> list[dict]:
-    """Every readable record in the folders, oldest first (unreadable ones are skipped)."""
-    out = []
+    """Every readable record in the folders, oldest first (`damaged_records` names the rest)."""
+    return _scan(*jobs_dirs)[0]
+
+
+def _scan(*jobs_dirs: Path) -> tuple[list[dict], list[Path]]:
+    out, damaged = [], []
     for d in jobs_dirs:
         for p in sorted(d.glob("*.json")) if d.is_dir() else []:
             try:
                 rec = art.read_json(p, dict)
             except Exception:  # noqa: BLE001 - a damaged record must not break `status`
+                damaged.append(p)
                 continue
-            if isinstance(rec.get("jobs"), list) and "folder" in rec:
-                # the jobs' folder lies beside its record, wherever the run directory is now
-                # (and whatever directory the submission was made from)
-                rec["folder"] = str(p.with_suffix("").absolute())
-                out.append(rec)
-    return sorted(out, key=lambda r: str(r.get("created")))
+            if not valid_record(rec):
+                damaged.append(p)
+                continue
+            # the jobs' folder lies beside its record, wherever the run directory is now
+            # (and whatever directory the submission was made from)
+            rec["folder"] = str(p.with_suffix("").absolute())
+            out.append(rec)
+    return sorted(out, key=lambda r: str(r.get("created"))), damaged
+
+
+def valid_record(rec: dict) -> bool:
+    """Whether a record has the structure its readers rely on (as `new_record` writes it)."""
+    def job_ok(job) -> bool:
+        return (isinstance(job, dict) and isinstance(job.get("job_id"), (str, int))
+                and not isinstance(job.get("job_id"), bool)
+                and isinstance(job.get("earlier_ids", []), list)
+                and all(isinstance(e, str) for e in job.get("earlier_ids", []))
+                and work_ok(job.get("work", {})))
+
+    def work_ok(work) -> bool:
+        if not isinstance(work, dict):
+            return False
+        if "shard" in work and not re.fullmatch(r"\d+/\d+", str(work["shard"])):
+            return False
+        lists = [work[k] for k in ("setups", "epochs") if work.get(k) is not None]
+        if not all(isinstance(v, list) and all(isinstance(x, (str, int)) for x in v) for v in lists):
+            return False
+        runs = work.get("runs", [])
+        return isinstance(runs, list) and all(
+            isinstance(r, list) and len(r) == 2 and isinstance(r[0], str)
+            and isinstance(r[1], int) and not isinstance(r[1], bool) for r in runs)
+
+    return (isinstance(rec.get("jobs"), list) and "folder" in rec
+            and isinstance(rec.get("executor", ""), str) and all(map(job_ok, rec["jobs"])))
 
 
 def job_states(record: dict) -> dict[str, str]:
@@ -174,7 +207,11 @@ def active_work(jobs_dir: Path, kind: str, echo=None) -> list[tuple[str, dict]]:
     """(job id, work) of earlier submissions' jobs that are still queued or running, or
     whose state SLURM did not give (said through `echo`, with what to do)."""
     out = []
-    for rec in read_records(jobs_dir):
+    records, damaged = _scan(jobs_dir)
+    if damaged and echo:
+        echo(f"damaged submission record(s) {', '.join(map(str, damaged))}: their jobs are not "
+             f"known, so runs in them may be submitted again; restore or delete the file(s)")
+    for rec in records:
         if rec.get("kind") != kind:
             continue
         states = job_states(rec)
@@ -197,8 +234,9 @@ def log_paths(record: dict, job_id: str) -> tuple[Path, Path]:
 
 def status_lines(*jobs_dirs: Path) -> list[str]:
     """One line per job of every record: submission, id, state, work."""
-    lines = []
-    for rec in read_records(*jobs_dirs):
+    records, damaged = _scan(*jobs_dirs)
+    lines = [f"{p.stem:<24} damaged record {p} (not read)" for p in damaged]
+    for rec in records:
         name, states = Path(rec["folder"]).name, job_states(rec)
         for job in rec["jobs"]:
             jid = str(job["job_id"])

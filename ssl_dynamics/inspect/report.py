@@ -403,7 +403,9 @@ def build_report(ws: Workspace, skipped: list[dict] | None = None) -> Path:
     setups_cfg = {s: sc.to_dict() for s, sc in run.cfg.setups.items()}
     parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(
         {"run": run.meta.get("config"), "setups": setups_cfg, "dataset": ds,
-         "provenance": run.meta.get("provenance")}, indent=2)) + "</pre>")
+         "provenance": run.meta.get("provenance"),
+         **({"provenance_later": run.meta["provenance_later"]} if run.meta.get("provenance_later") else {})},
+        indent=2)) + "</pre>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{html.escape(run.root.name)} report</title><style>{STYLE}</style></head>"

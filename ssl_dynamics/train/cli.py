@@ -141,7 +141,7 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
 @cluster_options
 @click.option("--runs-per-job", type=click.IntRange(1), default=None,
               help="(setup, seed) runs of one setup trained by each job: one after another, or in "
-                   "packs of --pack seeds (give a multiple of it). Default: the pack jobs train "
+                   "packs of --pack seeds (at most one pack, or a multiple of it). Default: the pack jobs train "
                    "(4 with a GPU per job, else 1).")
 def submit_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignments, precision,
                channels_last, deterministic, checkpoint_dtype, compile_, compile_mode, pack,
@@ -180,8 +180,8 @@ def _summary(run_dir) -> None:
     from ..artifacts import grid_status
 
     rows = grid_status(run_dir)
-    counts = {k: sum(r.state == k for r in rows) for k in ("complete", "partial", "missing")}
-    click.echo("grid: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    counts = {k: sum(r.condition == k for r in rows) for k in ("complete", "partial", "missing", "damaged")}
+    click.echo("grid: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k != "damaged"))
 
 
 @cli.command("status")
@@ -189,8 +189,9 @@ def _summary(run_dir) -> None:
 @click.option("--work", "works", multiple=True, metavar="DIR",
               help="Also list the jobs of `inspect submit rt --work DIR` (repeatable).")
 def status_cmd(run_dir, works):
-    """Which (setup, seed) runs of RUN_DIR are complete, partial or missing; known jobs
-    (train submit's, and inspect submit rt's in RUN_DIR/inspect or each --work DIR)."""
+    """Which (setup, seed) runs of RUN_DIR are complete, partial, missing or damaged (its
+    manifest names checkpoints that are gone, or checkpoints lie there without a manifest);
+    known jobs (train submit's, and inspect submit rt's in RUN_DIR/inspect or each --work DIR)."""
     from ..artifacts import RunPaths, grid_status
     from ..cluster.records import status_lines
 
@@ -199,10 +200,15 @@ def status_cmd(run_dir, works):
     for r in rows:
         last = "-" if r.last_epoch is None else str(r.last_epoch)
         more = (f"  extended to {r.extended_to}" if r.extended_to else "") + \
-            (f"  diverged in epoch {r.diverged_at}" if r.diverged_at is not None else "")
-        click.echo(f"{r.setup:<20} {r.seed:>4}  {r.state:<9} {last:>5}/{r.epochs:<5}{more}")
-    counts = {k: sum(r.state == k for r in rows) for k in ("complete", "partial", "missing")}
-    click.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
+            (f"  (`train extend --to {r.extend_target}` unfinished)" if r.extension_unfinished else "") + \
+            (f"  diverged in epoch {r.diverged_at}" if r.diverged_at is not None else "") + \
+            (f"  {r.damage}" if r.damage else "")
+        click.echo(f"{r.setup:<20} {r.seed:>4}  {r.condition:<9} {last:>5}/{r.epochs:<5}{more}")
+    counts = {k: sum(r.condition == k for r in rows) for k in ("complete", "partial", "missing", "damaged")}
+    click.echo(", ".join(f"{v} {k}" for k, v in counts.items() if v or k != "damaged"))
+    for name in RunPaths(run_dir).unconfigured():
+        click.echo(f"{name}: damaged: seed folders but no setup.json, so its seeds are not listed; "
+                   f"`train run` with the setup's settings restores it from the checkpoints")
     paths = RunPaths(run_dir)
     folders = [paths.jobs, paths.inspect / "jobs", *(Path(w) / "jobs" for w in works)]
     jobs = status_lines(*dict.fromkeys(f.resolve() for f in folders))  # each folder once

@@ -74,7 +74,7 @@ def recorded_checkpoint_dtype(root: str | Path, setup: str, seeds) -> str:
 @click.argument("run_dir")
 @click.option("--setup", "setups", multiple=True, required=True,
               help="Setup(s) to extend (repeatable, or comma-separated).")
-@click.option("--to", "until", type=int, default=None,
+@click.option("--to", "until", type=click.IntRange(1), default=None,
               help="Last epoch to reach (default: the thesis's, supervised 200, random_labels 30).")
 @click.option("--seeds", default=None, help="Seeds to extend, e.g. 0 or 0-3 (default: all of the run's).")
 @click.option("--data-root", default=None, help="Where the run's CIFAR-10 is now (its checksum must match).")
@@ -87,8 +87,9 @@ def recorded_checkpoint_dtype(root: str | Path, setup: str, seeds) -> str:
 def extend_cmd(run_dir, setups, until, seeds, data_root, dataset, device, precision, channels_last,
                deterministic, checkpoint_dtype, compile_, compile_mode, pack, ignore_disk_check,
                no_progress):
-    """Train seeds of finished setups beyond their planned epochs (e.g. supervised to 200 for
-    the thesis's Table B.1); the dynamics keep reading the planned epochs.
+    """Train seeds of setups beyond their planned epochs (e.g. supervised to 200 for the
+    thesis's Table B.1); the dynamics keep reading the planned epochs. A seed not yet
+    finished is trained through its planned epochs first.
 
     It trains the way `train run` does by default (bf16 and packs of 4 on a GPU), and stores
     the weights in the run's checkpoint dtype; the options change either.
@@ -102,9 +103,9 @@ def extend_cmd(run_dir, setups, until, seeds, data_root, dataset, device, precis
             raise UserError(f"unknown setup {s!r}: {run_dir} has {', '.join(cfg.setups)}")
         if until is None and s not in THESIS_EXTENSIONS:
             raise UserError(f"{s}: give --to (the thesis extended only {', '.join(THESIS_EXTENSIONS)})")
-    chosen = parse_seeds(seeds) if seeds else None
+    chosen = parse_seeds(seeds) if seeds is not None else None  # '' is refused, not "all"
     for s in setups:
-        to = until or THESIS_EXTENSIONS[s]
+        to = THESIS_EXTENSIONS[s] if until is None else until
         # None: each seed keeps its own checkpoints' dtype (`loop.open_seed`); shown as the first's
         dtype = checkpoint_dtype or recorded_checkpoint_dtype(run_dir, s, chosen or cfg.seeds)
         opts = TrainRequest(device, precision, channels_last, deterministic, checkpoint_dtype, compile_,

@@ -51,6 +51,20 @@ def plan(root: Path, cfg: RunConfig, setups: list[str], until: dict[str, int] | 
     return jobs
 
 
+def start_line(jobs: list[Job], until: int) -> str:
+    """Where training of `jobs` (one setup, one target) starts, in words."""
+    done = sorted({j.done for j in jobs})
+    if done == [-1]:
+        return f"from scratch to epoch {until}"
+    if done == [until]:
+        return f"epoch {until} was trained before a kill; entering it in the manifest"
+    if len(done) == 1:
+        return f"resuming after epoch {done[0]}, to {until}"
+    each = ", ".join("from scratch" if j.done < 0 else f"after epoch {j.done}" if j.done < until
+                     else "done (entering it in the manifest)" for j in jobs)
+    return f"resuming {each} respectively, to {until}"
+
+
 def pending(st: art.SeedStatus, target: int) -> Job | None:
     """The Job that brings a seed to `target` epochs; None when it is complete that far."""
     done = st.extended_to or st.last_epoch
@@ -248,10 +262,7 @@ class _Runner:
         seeds = ", ".join(str(j.seed) for j in now)
         low = min(j.done for j in now)
         self.echo(f"{name} seed{'s' if len(now) > 1 else ''} {seeds}"
-                  + (" (packed)" if self.opts.pack > 1 else "") + ": "
-                  + (f"from scratch to epoch {until}" if low < 0 else
-                     f"resuming after epoch {low}, to {until}" if low < until else
-                     f"epoch {until} was trained before a kill; entering it in the manifest"))
+                  + (" (packed)" if self.opts.pack > 1 else "") + ": " + start_line(now, until))
         steps = bar(batches_per_epoch(len(train_x), sc) * (until - max(low, 0)),
                     f"{name} seed{'s' if len(now) > 1 else ''} {seeds}", "batch", self.progress,
                     leave=False, position=1)

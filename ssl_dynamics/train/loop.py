@@ -116,6 +116,13 @@ def open_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: int
     return state
 
 
+def aim(state: SeedState, until: int | None) -> None:
+    """Record in the manifest (with the next commit) the epoch an extension beyond the
+    planned ones is to reach, so `train status` can tell an extension that was cut short."""
+    if until is not None and until > state.setup.epochs:
+        state.manifest["extend_target"] = until
+
+
 def seed_checkpoint_dtype(paths: art.RunPaths, setup: str, seed: int, manifest: dict) -> str:
     """The storage type of a seed's checkpoints: as its manifest records it, or, for seeds
     that predate the record, as its newest checkpoint holds its weights (fp32 when none)."""
@@ -142,10 +149,14 @@ def _resume(paths, setup, seed, model, optimizer, manifest) -> int | None:
         return None
     state = art.load_resume(resume_path)
     if state is None:
-        raise UserError(f"resume state {resume_path} is unreadable: the seed's optimizer state "
-                        f"is lost, so it cannot continue exactly; delete "
+        raise UserError(f"resume state {resume_path} is unreadable or malformed: the seed's "
+                        f"optimizer state is lost, so it cannot continue exactly; delete "
                         f"{paths.seed_dir(setup.name, seed)} to retrain the seed from scratch")
     start = int(state["epoch"])
+    if start < max(trained, default=0):  # an older copy put back: going on would redo epochs
+        raise UserError(f"resume state {resume_path} is of epoch {start}, but the manifest has "
+                        f"committed epoch {max(trained)}: it is an older copy; put back the newest "
+                        f"resume.pt, or delete {paths.seed_dir(setup.name, seed)} to retrain the seed")
     ckpt = paths.checkpoint(setup.name, seed, start)
     data = art.read_checkpoint_bytes(ckpt)
     sha = art.sha256_bytes(data)
@@ -253,6 +264,7 @@ def train_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: in
     """
     set_determinism(opts.deterministic)
     state = open_seed(paths, run, setup, seed, dataset_sha, opts)
+    aim(state, until)
     step_model = compiled(state.model, opts.compile_mode) if opts.compile else None
     for _ in range(state.epoch, setup.epochs if until is None else until):
         metrics = run_epoch(state, train_x, targets, opts, step_model, on_batch)

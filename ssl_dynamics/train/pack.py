@@ -37,7 +37,7 @@ from ..config import RunConfig, SetupConfig
 from ..devices import exact_fp32
 from ..objectives import Objective, objective_for
 from ..packed import GroupedNetwork, grouped, load_optimizer_states, optimizer_state_of, pack_views
-from .loop import (Diverged, SeedState, TrainOptions, batches_per_epoch, build_optimizer,
+from .loop import (Diverged, SeedState, TrainOptions, aim, batches_per_epoch, build_optimizer,
                    commit_epoch, compiled, divergence, diverged, open_seed, set_determinism)
 from .schedules import learning_rate
 
@@ -143,6 +143,8 @@ def train_pack(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seeds: l
     set_determinism(opts.deterministic)
     until = setup.epochs if until is None else until
     states = [open_seed(paths, run, setup, seed, dataset_sha, opts) for seed in seeds]
+    for state in states:
+        aim(state, until)
     lost: list[str] = []  # seeds that diverged: recorded, dropped, reported at the end
     while states and (low := min(s.epoch for s in states)) < until:
         behind = [s for s in states if s.epoch == low]

@@ -83,7 +83,7 @@ def trained_epochs_on_disk(paths: art.RunPaths, setup: str, seed: int) -> list[i
 def trained_anything(paths: art.RunPaths, setup: str | None = None) -> bool:
     """True once any seed (of `setup`, or of any setup) has committed an epoch beyond 0, or
     holds the checkpoint of one (its manifest may be missing: a partial copy, a deletion)."""
-    names = [setup] if setup else paths.setups()
+    names = [setup] if setup else paths.setups() + paths.unconfigured()
     for name in names:
         for seed in paths.seeds(name):
             m = paths.manifest(name, seed)
@@ -126,6 +126,9 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
     """
     replace_ = []
     recorded: dict = {}  # the run's config as run.json records it
+    if not paths.run_json.exists() and trained_anything(paths):
+        raise UserError(f"{paths.root} holds trained checkpoints but no run.json: restore run.json "
+                        f"(the checkpoints do not record all of its settings), or use another --out")
     if paths.run_json.exists():
         old = art.read_json(paths.run_json, dict)
         for key in ("config", "dataset"):
@@ -158,6 +161,8 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
                             f"{cfg.label_seed}; the run directory was altered")
     for name in setups:
         p = paths.setup_json(name)
+        if not p.exists() and trained_anything(paths, name):
+            check_lost_setup(paths, name, cfg.setups[name].to_dict())
         if p.exists():
             have, want = stored_setup(p), cfg.setups[name].to_dict()
             if canonical_json(have) != canonical_json(want):
@@ -167,6 +172,35 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
                                     f"differ); use another --out or the same settings")
                 replace_.append(name)
     return replace_
+
+
+def checkpointed_setup(paths: art.RunPaths, setup: str) -> dict | None:
+    """The setup config recorded in the header of the first committed checkpoint of `setup`
+    (in today's terms), or None when no seed has one to read."""
+    for seed in paths.seeds(setup):
+        if paths.manifest(setup, seed).exists():
+            for epoch in sorted(map(int, art.read_manifest(paths.manifest(setup, seed))["checkpoints"])):
+                ckpt = paths.checkpoint(setup, seed, epoch)
+                if ckpt.is_file():
+                    meta, version = art.header_meta(ckpt)
+                    stored = {**meta.get("setup_config", {}), "schema_version": version}
+                    return setup_from_dict(stored, f"setup config in {ckpt}").to_dict()
+    return None
+
+
+def check_lost_setup(paths: art.RunPaths, setup: str, want: dict) -> None:
+    """Refuse to recreate a trained setup's deleted setup.json with settings its checkpoints
+    were not made with. With the same settings, prepare_run writes it again."""
+    p = paths.setup_json(setup)
+    have = checkpointed_setup(paths, setup)
+    if have is None:
+        raise UserError(f"{p} is missing and no committed checkpoint of {setup} records its "
+                        f"settings: restore setup.json, or use another --out")
+    if canonical_json(have) != canonical_json(want):
+        keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        raise UserError(f"{p} is missing, and {setup}'s checkpoints were made with a different "
+                        f"config ({', '.join(keys)} differ); rerun with their settings to restore "
+                        f"it, or use another --out")
 
 
 def check_unchanged(paths: art.RunPaths, cfg: RunConfig, setup: str) -> None:
@@ -250,9 +284,19 @@ def _run_record(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset:
         "classes": list(dataset.classes),
         "random_labels_sha256": art.sha256_file(paths.random_labels),
     })
-    run_json.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    run_json["provenance"] = {"versions": package_versions(), "git_revision": git_revision(),
-                              "host": platform.node()}
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    run_json.setdefault("created", now)
+    here = {"versions": package_versions(), "git_revision": git_revision(), "host": platform.node()}
+    # the first invocation's provenance stays; each other environment that trained into the
+    # run is added once, with when it first did (a resume elsewhere is part of the record)
+    later = [p for p in run_json.pop("provenance_later", None) or [] if isinstance(p, dict)]
+    if not isinstance(run_json.get("provenance"), dict):
+        run_json["provenance"] = here
+    elif here != run_json["provenance"] and all(
+            {k: v for k, v in p.items() if k != "first_seen"} != here for p in later):
+        later.append({**here, "first_seen": now})
+    if later:
+        run_json["provenance_later"] = later
     return run_json
 
 
@@ -260,7 +304,8 @@ def checkpoint_bytes(cfg: RunConfig, sc: SetupConfig, dtype: str = "fp32") -> tu
     """(bytes of one checkpoint, bytes of one resume.pt) of a setup, from its real state dict."""
     from ..models import build_network
 
-    net = build_network(cfg.backbone, sc.head_dim, cfg.width)
+    with torch.device("meta"):  # shapes and dtypes only: no memory, whatever the width
+        net = build_network(cfg.backbone, sc.head_dim, cfg.width)
     state = art.model_state(net, art.CHECKPOINT_DTYPES[dtype])
     ckpt = sum(t.numel() * t.element_size() for t in state.values()) + METADATA_SLACK
     params = sum(p.numel() * p.element_size() for p in net.parameters())

@@ -36,6 +36,12 @@ def submit_grid(root: str | Path, cfg: RunConfig, setups: list[str], request: Tr
         echo(f"{runs_per_job} run(s) of one setup per job: the pack a job trains (--runs-per-job to change)")
     if runs_per_job < 1:
         raise UserError("--runs-per-job must be at least 1")
+    pack = job_pack(request, cluster, cfg.backbone)
+    if runs_per_job > pack and runs_per_job % pack:  # up to one pack, a job trains one pack
+        raise UserError(f"--runs-per-job {runs_per_job} is more than a pack ({pack}) and not a "
+                        f"multiple of it: each job would train {runs_per_job % pack} seed(s) in a "
+                        f"smaller pack after the full ones; give {pack * (runs_per_job // pack)}, "
+                        f"another multiple, or at most {pack}")
     root = Path(root).absolute()  # jobs may start in another working directory
     check_environment(cluster, {"run directory": root})
     dataset, jobs = check_grid(root, cfg, setups, TrainOptions(checkpoint_dtype=request.checkpoint_dtype),

@@ -35,6 +35,7 @@ from .prepare import prepare_run
 # A worker's exit status when every run it could train is trained but some diverged (their
 # manifests say where); the parent then reports the diverged seeds as one process would.
 DIVERGED_STATUS = 3
+REFUSED_STATUS = 2  # a worker's exit status when it refused its work with one line (UserError)
 STOP_GRACE_S = 30  # after an interrupt: long enough for an epoch's commit to finish its writes
 
 
@@ -71,6 +72,9 @@ def run_on_devices(root: str | Path, cfg: RunConfig, setups: list[str], devices:
                  for k, dev in enumerate(devices)]
         failed = [(s, code) for s, code in _run(specs) if code != DIVERGED_STATUS]
         status = art.grid_status(root, only(cfg, setups))
+        if failed and all(code == REFUSED_STATUS for _, code in failed):  # bad input, not a crash
+            raise UserError(f"{len(failed)} worker(s) refused to train (the reason is above, and in "
+                            f"{failed[0][0].log}); fix it and rerun")
         if failed:
             done = sum(st.state == "complete" for st in status)
             raise WorkFailed("; ".join(f"worker {s.index} on {s.device} {_ended(code)} (log: {s.log})"
@@ -208,7 +212,7 @@ def worker_main(spec: WorkerSpec) -> None:
         status = DIVERGED_STATUS
     except UserError as e:
         echo(f"error: {' '.join(str(e).split())}")
-        status = 2
+        status = REFUSED_STATUS
     except KeyboardInterrupt:
         status = 130
     except Exception as e:  # noqa: BLE001 - the traceback goes to the log, one line to the console

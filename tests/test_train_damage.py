@@ -1,0 +1,308 @@
+"""Phase one on a damaged or oddly used run directory: deleted run.json/setup.json, lost
+checkpoints and manifests, malformed resume states and records, absurd options. Each is
+refused with one line (nothing changed) or reported by `train status`, never trained over."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from _util import main_result, private_copy, quiet
+from ssl_dynamics import artifacts as art
+from ssl_dynamics.config import override, preset
+from ssl_dynamics.errors import UserError, WorkFailed
+from ssl_dynamics.train import cli as train_cli
+from ssl_dynamics.train.grid import Job, start_line, train_grid
+from ssl_dynamics.train.loop import TrainOptions
+
+CPU = TrainOptions(device="cpu", deterministic=True)
+SMOKE = ["--preset", "smoke", "--set", "train_subset=48", "--set", "batch_size=16", "--epochs", "2",
+         "--seeds", "0", "--setup", "supervised", "--no-progress"]
+
+
+def tiny(epochs=2):
+    """SMOKE as a config: 48 synthetic images, width 4, seed 0."""
+    cfg = override(preset("smoke"), [f"epochs={epochs}", "batch_size=16", "train_subset=48"])
+    return replace(cfg, seeds=(0,))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("damage") / "run"
+    train_grid(root, tiny(), ["supervised"], CPU, progress=False, echo=quiet)
+    return root
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    return private_copy(trained, tmp_path)
+
+
+def call(args, monkeypatch, capsys) -> tuple[int, str, str]:
+    """`train ...` as a user runs it, in this process: (exit status, stdout, stderr)."""
+    return main_result(train_cli.main, args, monkeypatch, capsys, "train")
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+
+
+def refused(args, root, monkeypatch, capsys, message) -> None:
+    before = snapshot(root)
+    code, _, err = call(args, monkeypatch, capsys)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert snapshot(root) == before
+
+
+# --------------------------------------------------------------------------- run.json, setup.json
+
+def test_a_deleted_setup_json_is_never_replaced_by_other_settings(run, monkeypatch, capsys):
+    paths = art.RunPaths(run)
+    original = paths.setup_json("supervised").read_bytes()
+    paths.setup_json("supervised").unlink()
+    code, out, _ = call(["status", run], monkeypatch, capsys)
+    assert code == 0 and "supervised: damaged: seed folders but no setup.json" in out
+    refused(["run", "--out", run, *SMOKE, "--set", "supervised.lr=0.5"], run, monkeypatch, capsys,
+            "setup.json is missing, and supervised's checkpoints were made with a different config (lr differ)")
+    # the same settings: setup.json is written again, as it was, and the seed is complete
+    code, _, err = call(["run", "--out", run, *SMOKE], monkeypatch, capsys)
+    assert code == 0, err
+    assert paths.setup_json("supervised").read_bytes() == original
+    assert [s.condition for s in art.grid_status(run)] == ["complete"]
+
+
+def test_a_deleted_setup_json_without_checkpoints_to_read_is_refused(run, monkeypatch, capsys):
+    paths = art.RunPaths(run)
+    paths.setup_json("supervised").unlink()
+    for epoch in (0, 1, 2):
+        paths.checkpoint("supervised", 0, epoch).unlink()
+    refused(["run", "--out", run, *SMOKE], run, monkeypatch, capsys,
+            "is missing and no committed checkpoint of supervised records its settings")
+
+
+def test_a_deleted_run_json_is_refused_whatever_the_settings(run, monkeypatch, capsys):
+    art.RunPaths(run).run_json.unlink()
+    for extra in ([], ["--set", "width=8"]):
+        refused(["run", "--out", run, *SMOKE, *extra], run, monkeypatch, capsys,
+                "holds trained checkpoints but no run.json")
+
+
+def test_provenance_keeps_the_first_invocation_and_adds_each_other_environment_once(tmp_path, monkeypatch):
+    from ssl_dynamics.train import prepare
+
+    cfg = tiny(epochs=1)
+    train_grid(tmp_path, cfg, ["supervised"], CPU, progress=False, echo=quiet)
+    first = art.read_json(art.RunPaths(tmp_path).run_json)["provenance"]
+    monkeypatch.setattr(prepare.platform, "node", lambda: "another-node")
+    for _ in range(2):  # a resume elsewhere, twice: recorded once
+        train_grid(tmp_path, cfg, ["supervised"], CPU, progress=False, echo=quiet)
+    run_json = art.read_json(art.RunPaths(tmp_path).run_json)
+    assert run_json["provenance"] == first
+    assert [p["host"] for p in run_json["provenance_later"]] == ["another-node"]
+    assert "first_seen" in run_json["provenance_later"][0]
+
+
+# --------------------------------------------------------------------------- checkpoints, manifests
+
+def test_status_names_a_committed_checkpoint_that_is_gone(run, monkeypatch, capsys):
+    paths = art.RunPaths(run)
+    paths.checkpoint("supervised", 0, 1).unlink()
+    paths.checkpoint("supervised", 0, 2).write_bytes(b"")  # emptied (e.g. a failed copy)
+    st = art.grid_status(run)[0]
+    assert (st.state, st.condition, st.lost) == ("complete", "damaged", (1, 2))
+    code, out, _ = call(["status", run], monkeypatch, capsys)
+    assert code == 0
+    assert "damaged" in out and "2 committed checkpoint(s) missing (epoch 1, 2)" in out
+    assert "0 complete, 0 partial, 0 missing, 1 damaged" in out
+
+
+def test_status_names_checkpoints_without_a_manifest(run, monkeypatch, capsys):
+    art.RunPaths(run).manifest("supervised", 0).unlink()
+    code, out, _ = call(["status", run], monkeypatch, capsys)
+    assert code == 0 and "no manifest.json, checkpoints up to epoch 2 on disk" in out
+    assert art.grid_status(run)[0].condition == "damaged"
+
+
+def test_an_undamaged_run_shows_no_damage(run, monkeypatch, capsys):
+    code, out, _ = call(["status", run], monkeypatch, capsys)
+    assert code == 0 and "damaged" not in out and "1 complete, 0 partial, 0 missing" in out
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["checkpoints"].update({"one": "ab"}), "checkpoint entry 'one' is not epoch number -> sha256"),
+    (lambda m: m["checkpoints"].update({"3": 7}), "checkpoint entry '3' is not epoch number -> sha256"),
+    (lambda m: m.update(complete="yes"), "'complete' is not true or false"),
+])
+def test_a_malformed_manifest_is_refused_with_its_name(run, monkeypatch, capsys, edit, message):
+    path = art.RunPaths(run).manifest("supervised", 0)
+    m = art.read_json(path)
+    edit(m)
+    path.write_text(json.dumps(m))
+    for args in (["status", run], ["run", "--out", run, *SMOKE]):
+        refused(args, run, monkeypatch, capsys, f"corrupt manifest {path}: {message}")
+
+
+def _resume_again(run: Path) -> art.RunPaths:
+    """Mark the seed incomplete so that `train run` opens its resume state."""
+    paths = art.RunPaths(run)
+    m = art.read_json(paths.manifest("supervised", 0))
+    m["complete"] = False
+    art.write_json_atomic(paths.manifest("supervised", 0), m)
+    return paths
+
+
+@pytest.mark.parametrize("edit", [
+    lambda s: s.update(epoch="2"), lambda s: s.update(epoch=True), lambda s: s.update(epoch=-1),
+    lambda s: s.pop("optimizer"), lambda s: s.update(optimizer={"state": []}),
+    lambda s: s.update(checkpoint_sha256=3),
+])
+def test_a_malformed_resume_state_is_refused(run, monkeypatch, capsys, edit):
+    paths = _resume_again(run)
+    state = torch.load(paths.resume("supervised", 0), weights_only=True)
+    edit(state)
+    art.save_resume(paths.resume("supervised", 0), state)
+    refused(["run", "--out", run, *SMOKE], run, monkeypatch, capsys, "is unreadable or malformed")
+
+
+def test_an_older_resume_state_put_back_is_refused(run, tmp_path, monkeypatch, capsys):
+    """A resume state older than the manifest's last epoch would retrain (and so rewrite)
+    committed epochs: refused."""
+    short = tmp_path / "short"
+    train_grid(short, tiny(epochs=1), ["supervised"], CPU, progress=False, echo=quiet)
+    paths = _resume_again(run)
+    paths.resume("supervised", 0).write_bytes(art.RunPaths(short).resume("supervised", 0).read_bytes())
+    refused(["run", "--out", run, *SMOKE], run, monkeypatch, capsys,
+            "is of epoch 1, but the manifest has committed epoch 2: it is an older copy")
+
+
+# --------------------------------------------------------------------------- options
+
+def test_disk_estimate_needs_no_memory_for_the_network(monkeypatch, capsys, tmp_path):
+    """The estimate reads shapes only (a meta network): equal to the real state dict's bytes,
+    and a huge width is refused by the disk check instead of allocating the network."""
+    from ssl_dynamics.models import build_network
+    from ssl_dynamics.train.prepare import METADATA_SLACK, checkpoint_bytes
+
+    cfg = tiny()
+    for dtype in ("fp32", "bf16"):
+        sc = cfg.setups["supervised"]
+        net = build_network(cfg.backbone, sc.head_dim, cfg.width)
+        state = art.model_state(net, art.CHECKPOINT_DTYPES[dtype])
+        want = sum(t.numel() * t.element_size() for t in state.values()) + METADATA_SLACK
+        assert checkpoint_bytes(cfg, sc, dtype)[0] == want
+    out = tmp_path / "wide"
+    code, _, err = call(["run", "--out", out, *SMOKE, "--set", "width=100000"], monkeypatch, capsys)
+    assert code == 2 and "not enough disk space" in err and "TiB" in err
+
+
+def test_out_of_memory_is_one_line(monkeypatch, capsys, tmp_path):
+    from ssl_dynamics.train import grid
+
+    def no_memory(*args, **kw):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(grid, "train_seed", no_memory)
+    code, _, err = call(["run", "--out", tmp_path / "run", *SMOKE], monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: out of memory") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--to", "0"], "0 is not in the range x>=1"),
+    (["--to", "-3"], "is not in the range x>=1"),
+    (["--to", "4", "--seeds", ""], "malformed seed range ''"),
+])
+def test_extend_refuses_absurd_targets_and_empty_seeds(run, monkeypatch, capsys, args, message):
+    refused(["extend", run, "--setup", "supervised", "--device", "cpu", *args], run, monkeypatch,
+            capsys, message)
+
+
+def test_extend_to_an_epoch_not_beyond_the_plan_is_refused(run, monkeypatch, capsys):
+    refused(["extend", run, "--setup", "supervised", "--to", "2", "--device", "cpu"], run,
+            monkeypatch, capsys, "supervised already plans 2 epochs; --to must be larger")
+
+
+def test_status_tells_an_extension_that_was_cut_short(run, monkeypatch, capsys):
+    from ssl_dynamics.train import loop
+
+    real = loop.run_epoch
+
+    def stop_in_epoch_4(state, *args, **kw):
+        if state.epoch == 3:
+            raise KeyboardInterrupt
+        return real(state, *args, **kw)
+
+    monkeypatch.setattr(loop, "run_epoch", stop_in_epoch_4)
+    code, _, err = call(["extend", run, "--setup", "supervised", "--to", "5", "--device", "cpu",
+                         "--no-progress"], monkeypatch, capsys)
+    assert code == 130, err
+    code, out, _ = call(["status", run], monkeypatch, capsys)
+    assert "extended to 3  (`train extend --to 5` unfinished)" in out
+    monkeypatch.setattr(loop, "run_epoch", real)
+    code, _, err = call(["extend", run, "--setup", "supervised", "--to", "5", "--device", "cpu",
+                         "--no-progress"], monkeypatch, capsys)
+    assert code == 0, err
+    code, out, _ = call(["status", run], monkeypatch, capsys)
+    assert "extended to 5" in out and "unfinished" not in out
+
+
+def test_the_start_line_names_each_seeds_own_epoch():
+    def jobs(*done):
+        return [Job("simclr", i, d, 6) for i, d in enumerate(done)]
+
+    assert start_line(jobs(-1, -1), 6) == "from scratch to epoch 6"
+    assert start_line(jobs(2, 2), 6) == "resuming after epoch 2, to 6"
+    assert start_line(jobs(6), 6) == "epoch 6 was trained before a kill; entering it in the manifest"
+    assert start_line(jobs(-1, 2, 4), 6) == \
+        "resuming from scratch, after epoch 2, after epoch 4 respectively, to 6"
+
+
+def test_cifar_data_root_that_is_a_file_or_absent_without_download(tmp_path):
+    from ssl_dynamics.data import load_cifar10
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UserError, match="is a file; give the folder"):
+        load_cifar10(f, download=False)
+    with pytest.raises(UserError, match="and downloading is off"):
+        load_cifar10(tmp_path / "empty", download=False)
+
+
+# --------------------------------------------------------------------------- workers, records
+
+def test_workers_that_all_refuse_are_a_refusal_not_a_failure(tmp_path, monkeypatch):
+    from ssl_dynamics.train import workers
+    from ssl_dynamics.train.loop import TrainRequest
+
+    cfg = tiny()
+    for codes, error in (([2, 2], UserError), ([2, 1], WorkFailed)):
+        monkeypatch.setattr(workers, "_run", lambda specs, codes=codes: list(zip(specs, codes)))
+        with pytest.raises(error) as e:
+            workers.run_on_devices(tmp_path / "run", cfg, ["supervised"], ["cpu", "cpu"],
+                                   TrainRequest(device="cpu"), echo=quiet, progress=False)
+        assert ("refused to train" in str(e.value)) == (error is UserError)
+
+
+@pytest.mark.parametrize("record", [
+    {"jobs": "many", "folder": "x"},
+    {"jobs": [{"work": {}}], "folder": "x"},  # no job id
+    {"jobs": [{"job_id": "1", "work": {"runs": [["simclr", "zero"]]}}], "folder": "x"},
+    {"jobs": [{"job_id": "1", "work": {"shard": "two"}}], "folder": "x"},
+    {"jobs": [{"job_id": "1", "earlier_ids": "0"}], "folder": "x"},
+])
+def test_a_damaged_submission_record_is_listed_not_a_traceback(run, monkeypatch, capsys, record):
+    from ssl_dynamics.cluster import records
+
+    jobs = art.RunPaths(run).jobs
+    art.write_json_atomic(jobs / "20250101-000000-train.json", record)
+    code, out, err = call(["status", run], monkeypatch, capsys)
+    assert code == 0, err
+    assert f"damaged record {jobs / '20250101-000000-train.json'} (not read)" in out
+    said = []
+    assert records.active_work(jobs, "train", said.append) == []
+    assert len(said) == 1 and "damaged submission record" in said[0]
