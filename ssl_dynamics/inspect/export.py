@@ -5,7 +5,8 @@ Only the work folder (or --out) is ever written. An existing --out is replaced o
 `force`, and never when it is a file of the run (checkpoints/, run.json, the label
 permutation), the bank, the r_t store or the work folder's own records (analysis.h5, ...).
 A Zarr store made before named dimensions existed is upgraded in place when it belongs to the
-work folder (or was named with --store) and can be written; an archive's store on read-only media is read as it is.
+work folder (or was named with --store) and can be written; an archive's store on read-only
+media is read as it is.
 """
 from __future__ import annotations
 
