@@ -157,3 +157,19 @@ def test_heterogeneity_figure_names_the_reference_setup(tmp_path, monkeypatch):
     run_heterogeneity(data, Outputs(tmp_path), ref_setup="simclr", ref_epochs=(1,))
     aligned = labels["fig_heterogeneity"][1]
     assert "SimCLR" in aligned and "upervised" not in aligned
+
+
+def test_agreement_lists_a_pair_of_epochs_once_when_several_reference_epochs_align_to_it():
+    from ssl_dynamics.inspect.heterogeneity import agreement
+
+    data = {"simclr": homogeneous(6), "supervised": heterogeneous(4, name="supervised"),
+            "random_labels": setup_from_rates("random_labels", np.full((3, K), 0.3), 5)}
+    r = {s: np.random.default_rng(i).random((3, K)) for i, s in enumerate(data)}
+    # reference epochs 0 and 1 of simclr; the other two setups align both to their epoch 2
+    aligned = {"simclr": np.array([0, 1]), "supervised": np.array([2, 2]), "random_labels": np.array([2, 2])}
+    rows = agreement(data, r, aligned, "simclr", np.array([0, 1]))
+    pairs = [(x["setup_a"], x["setup_b"], x["ref_epoch"]) for x in rows]
+    e = [int(v) for v in data["simclr"].epochs[:2]]
+    assert pairs == [("simclr", "supervised", e[0]), ("simclr", "random_labels", e[0]),
+                     ("supervised", "random_labels", e[0]),
+                     ("simclr", "supervised", e[1]), ("simclr", "random_labels", e[1])]

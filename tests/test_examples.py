@@ -382,3 +382,32 @@ def test_docs_describe_every_column():
         assert f"| `{col}` |" in text, col
     measures = re.findall(r"^    - (\w+):", em.example_summary.__doc__, flags=re.M)
     assert len(measures) >= 12 and set(measures) <= set(TABLE_COLUMNS)
+
+
+def test_rank_agreement_counts_censored_images_and_says_when_ties_dominate():
+    from scipy.stats import spearmanr
+
+    from ssl_dynamics.inspect.examples import _agreement
+
+    # 6 images; "never" is epoch 4 (last evaluated epoch 3 + 1). In a, images 3-5 were never
+    # learned by at least half of the pairs (share >= 0.5); image 2 has a NaN in b
+    a = {"first_learned_median": np.array([1.0, 2.0, 3.0, 4.0, 4.0, 4.0]),
+         "never_learned_share": np.array([0.0, 0.1, 0.4, 0.5, 0.9, 1.0])}
+    b = {"first_learned_median": np.array([1.0, 3.0, np.nan, 2.0, 4.0, 4.0]),
+         "never_learned_share": np.array([0.0, 0.0, 0.0, 0.2, 0.6, 0.7])}
+    notes = []
+    rho, rows = _agreement({"a": None, "b": None}, {"a": a, "b": b}, notes)
+    keep = [0, 1, 3, 4, 5]
+    want = spearmanr(a["first_learned_median"][keep], b["first_learned_median"][keep]).statistic
+    assert rows == [{"setup_a": "a", "setup_b": "b", "spearman_rho": pytest.approx(want),
+                     "p_value": pytest.approx(spearmanr(a["first_learned_median"][keep],
+                                                        b["first_learned_median"][keep]).pvalue),
+                     "n_images": 5, "censored_a": 3, "censored_b": 2}]
+    assert rho[0, 1] == rho[1, 0] == pytest.approx(want)
+    assert len(notes) == 1 and "rests mostly on ties: 3 of the 5 images" in notes[0]
+    # fewer censored than half: no note
+    b2 = {**b, "never_learned_share": np.zeros(6)}
+    a2 = {**a, "never_learned_share": np.array([0, 0, 0, 0, 0.2, 0.6])}
+    notes = []
+    _agreement({"a": None, "b": None}, {"a": a2, "b": b2}, notes)
+    assert notes == []

@@ -211,7 +211,8 @@ def test_mean_std_is_sample_std():
     assert reps._mean_std([0.5, 0.7, 0.9]) == pytest.approx((0.7, 0.2), rel=1e-12)
     # [0.25, 0.75]: mean 0.5, (0.0625 + 0.0625) / 1 -> std sqrt(0.125)
     assert reps._mean_std([0.25, 0.75]) == pytest.approx((0.5, 0.125 ** 0.5), rel=1e-12)
-    assert reps._mean_std([0.3]) == (0.3, 0.0)  # one seed: no spread
+    mean, std = reps._mean_std([0.3])  # one seed: its spread is undefined, not 0
+    assert mean == 0.3 and np.isnan(std)
 
 
 def test_probe_row_aggregates_seeds_with_sample_std():
@@ -252,3 +253,4 @@ def test_probe_row_aggregates_seeds_with_sample_std():
     np.testing.assert_array_equal(arrays["simclr_train_acc"], tr_acc)
     np.testing.assert_array_equal(arrays["simclr_test_acc"], te_acc)
     np.testing.assert_array_equal(arrays["simclr_test_acc_z"], [a["test_acc"] for a in zs])
+    np.testing.assert_array_equal(arrays["simclr_train_acc_z"], [a["train_acc"] for a in zs])

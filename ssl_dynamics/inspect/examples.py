@@ -99,7 +99,10 @@ def run_examples(data: dict[str, SetupRt], out: Outputs, opts: ExampleOptions = 
     rho, agreement = _agreement(data, columns, notes)
     out.write_table("examples_rank_agreement", agreement,
                     note="Spearman rank correlation of the images' median first-learned epochs "
-                         "between two setups (images with a NaN on either side dropped).")
+                         "between two setups (images with a NaN on either side dropped). "
+                         "censored_a/b: of the n_images compared, those at least half of the "
+                         "setup's (seed, replay) pairs never learned; they tie at the censoring "
+                         "value, so a large share leaves little ranking to compare.")
     _write_arrays(data, columns, sums, rho, out)
     figures = [ef.cartography(data, columns, out), ef.forgetting(sums, out)]
     if len(data) > 1:
@@ -271,6 +274,12 @@ def _nan_median(x) -> float:
     return float(np.nanmedian(x)) if np.isfinite(x).any() else float("nan")
 
 
+def censored(cols: dict) -> np.ndarray:
+    """Images whose median first-learned epoch is the censoring value ("never", max evaluated
+    epoch + 1), or midway to it: at least half of the pairs never learned them."""
+    return np.asarray(cols["never_learned_share"], dtype=np.float64) >= 0.5
+
+
 def _agreement(data, columns, notes) -> tuple[np.ndarray, list[dict]]:
     """Spearman rho matrix [P, P] of first-learned epochs and its table rows."""
     setups = list(data)
@@ -279,12 +288,20 @@ def _agreement(data, columns, notes) -> tuple[np.ndarray, list[dict]]:
     for i, a in enumerate(setups):
         for j in range(i + 1, len(setups)):
             b = setups[j]
-            r, p, n = rank_agreement(columns[a]["first_learned_median"], columns[b]["first_learned_median"])
+            fa, fb = columns[a]["first_learned_median"], columns[b]["first_learned_median"]
+            r, p, n = rank_agreement(fa, fb)
             rho[i, j] = rho[j, i] = r
-            rows.append({"setup_a": a, "setup_b": b, "spearman_rho": r, "p_value": p, "n_images": n})
+            both = np.isfinite(fa) & np.isfinite(fb)  # the images rank_agreement compares
+            cens = [int((both & censored(columns[s])).sum()) for s in (a, b)]
+            rows.append({"setup_a": a, "setup_b": b, "spearman_rho": r, "p_value": p, "n_images": n,
+                         "censored_a": cens[0], "censored_b": cens[1]})
             if not np.isfinite(r):
                 notes.append(f"rank agreement {a} vs {b} undefined: fewer than 3 images with a "
                              f"first-learned epoch on both sides, or one side constant")
+            elif 2 * max(cens) > n:
+                notes.append(f"rank agreement {a} vs {b} rests mostly on ties: {max(cens)} of the "
+                             f"{n} images were never learned by at least half of the (seed, replay) "
+                             f"pairs of one setup, and share its censored first-learned epoch")
     return rho, rows
 
 

@@ -52,11 +52,16 @@ def rho_by_epoch(d: SetupRt, include_init: bool = False) -> dict[str, np.ndarray
 
 def agreement(data: dict[str, SetupRt], r: dict[str, np.ndarray], aligned: dict[str, np.ndarray],
               ref_setup: str, ref_idx: np.ndarray) -> list[dict]:
-    """Spearman correlation of per-image r_t for every pair of setups at each aligned epoch."""
-    rows = []
+    """Spearman correlation of per-image r_t for every pair of setups at each aligned epoch.
+    A pair of epochs that several reference epochs align to (a setup that learns in a few
+    epochs) is one comparison: listed once, at the first of them."""
+    rows, seen = [], set()
     for a, ti in enumerate(ref_idx):
         for s1, s2 in combinations(data, 2):
             e1, e2 = aligned[s1][a], aligned[s2][a]
+            if (s1, e1, s2, e2) in seen:
+                continue
+            seen.add((s1, e1, s2, e2))
             rho, p, n = nulls.rank_agreement(r[s1][e1], r[s2][e2])
             rows.append({"ref_epoch": int(data[ref_setup].epochs[ti]), "setup_a": s1,
                          "epoch_a": int(data[s1].epochs[e1]), "setup_b": s2,
@@ -90,7 +95,8 @@ def run_heterogeneity(data: dict[str, SetupRt], out: Outputs, ref_setup: str | N
         "equally hard), 95% profile-likelihood interval, p_value of the test rho = 0."))
     out.write_table("hardness_agreement", agree, note=(
         "Spearman rank correlation of per-image r_t between two setups at epochs aligned by mean "
-        "r_t (eq. 4.4): do the setups find the same images hard?"))
+        "r_t (eq. 4.4): do the setups find the same images hard? A pair of epochs aligned to "
+        "several reference epochs is listed once, at the first."))
     arrays = {f"{s}/{k}": v for s in data for k, v in fits[s].items()}
     arrays.update({f"{s}/epochs": np.asarray(data[s].epochs, dtype=np.int64) for s in data})
     out.write_arrays("heterogeneity", arrays, {"ref_setup": ref_setup, "notes": notes})

@@ -39,8 +39,9 @@ def _seeds_or_fail(cache: FeatureCache, setup: str, epoch: int) -> list[int]:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof 1); the std of one value is undefined (NaN), not 0."""
     a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan")
 
 
 def _probe_row(name, feats, at_epoch, how, y_tr, y_te, n_classes, seed, device) -> tuple[dict, dict]:
@@ -62,6 +63,7 @@ def _probe_row(name, feats, at_epoch, how, y_tr, y_te, n_classes, seed, device) 
            "thesis_train": thesis[0], "thesis_test": thesis[1]}
     arrays = {f"{name}_train_acc": np.array([a["train_acc"] for a in accs]),
               f"{name}_test_acc": np.array([a["test_acc"] for a in accs]),
+              f"{name}_train_acc_z": np.array([a["train_acc"] for a in zaccs]),
               f"{name}_test_acc_z": np.array([a["test_acc"] for a in zaccs])}
     return row, arrays
 
@@ -104,7 +106,8 @@ def run_probe(cache: FeatureCache, out: Outputs, setups: list[str], epoch: int |
         row, arr = _probe_row(name, f, e, how, **common)
         rows.append(row), arrays.update(arr)
     note = ("Linear probe on frozen representations (Adam lr 1e-3, 10 epochs, batch 256, no "
-            "regularization); mean and sample std over seeds. *_z: the same probe on features "
+            "regularization); mean and sample std over seeds (NaN for one seed or raw pixels: no "
+            "spread to estimate). *_z: the same probe on features "
             "z-scored with the training mean and std. thesis_* = Table B.1 (one seed, CIFAR-10). "
             "epoch_choice says why each row used its epoch.")
     out.write_table("tableB_1_probe", rows, note)
