@@ -279,7 +279,10 @@ def setup_from_dict(d: Any, source: str = "setup config") -> SetupConfig:
         sc = SetupConfig(**{k: v for k, v in d.items() if k in known})
     except TypeError as e:
         raise UserError(f"corrupt {source}: {e}") from None
-    validate_setup(sc)
+    try:
+        validate_setup(sc)
+    except UserError as e:
+        raise UserError(f"corrupt {source}: {e}") from None
     return sc
 
 

@@ -306,3 +306,12 @@ def test_a_damaged_submission_record_is_listed_not_a_traceback(run, monkeypatch,
     said = []
     assert records.active_work(jobs, "train", said.append) == []
     assert len(said) == 1 and "damaged submission record" in said[0]
+
+
+def test_a_bad_value_in_a_stored_setup_json_names_the_file(run, monkeypatch, capsys):
+    path = art.RunPaths(run).setup_json("supervised")
+    d = art.read_json(path)
+    d["lr"] = -1
+    path.write_text(json.dumps(d))
+    for args in (["status", run], ["run", "--out", run, *SMOKE]):
+        refused(args, run, monkeypatch, capsys, f"corrupt {path}: setup supervised: lr must be > 0.0")
