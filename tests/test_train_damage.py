@@ -315,3 +315,14 @@ def test_a_bad_value_in_a_stored_setup_json_names_the_file(run, monkeypatch, cap
     path.write_text(json.dumps(d))
     for args in (["status", run], ["run", "--out", run, *SMOKE]):
         refused(args, run, monkeypatch, capsys, f"corrupt {path}: setup supervised: lr must be > 0.0")
+
+
+def test_inspect_warns_of_a_setup_folder_without_setup_json(run, tmp_path):
+    from ssl_dynamics.inspect.workspace import open_workspace
+
+    train_grid(run, tiny(), ["random_labels"], CPU, progress=False, echo=quiet)
+    art.RunPaths(run).setup_json("random_labels").unlink()
+    said = []
+    ws = open_workspace(run, tmp_path / "work", echo=said.append)
+    assert list(ws.run.cfg.setups) == ["supervised"]
+    assert len(said) == 1 and "random_labels is left out" in said[0] and "no setup.json" in said[0]

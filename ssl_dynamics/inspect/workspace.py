@@ -124,7 +124,11 @@ def bind_folder(folder: Path) -> None:
 def open_workspace(run_dir: str | Path, work: str | Path | None = None, echo=print) -> Workspace:
     """The run (validated) and a writable work folder; UserError if there is none, or if the
     folder belongs to another run. Nothing is written but the folder itself."""
-    ws = _choose_folder(art.Run.open(run_dir), work, echo)
+    run = art.Run.open(run_dir)
+    for name in run.paths.unconfigured():  # its seeds cannot be read without their settings
+        echo(f"{run.paths.setup_dir(name)} has seed folders but no setup.json: {name} is "
+             f"left out (`train run` with its settings restores the file)")
+    ws = _choose_folder(run, work, echo)
     check_identity(ws.dir, ws.run)
     _OPENED[ws.dir.resolve()] = ws
     return ws
