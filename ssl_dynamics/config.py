@@ -231,6 +231,14 @@ def validate(cfg: RunConfig) -> None:
         if s.name != key:
             raise UserError(f"setup {key!r} is named {s.name!r} in its own config")
         validate_setup(s)
+    validate_run_fields(cfg)
+    from .models import check_backbone
+
+    check_backbone(cfg.backbone)
+
+
+def validate_run_fields(cfg: RunConfig) -> None:
+    """The run-level values (bounds, seeds, dataset): what run.json alone holds."""
     for name, low, inclusive in RUN_BOUNDS:
         _check_number("", name, getattr(cfg, name), low, inclusive)
     if not cfg.seeds or any(not isinstance(s, int) or s < 0 or s > INT_MAX for s in cfg.seeds):
@@ -238,9 +246,6 @@ def validate(cfg: RunConfig) -> None:
     if cfg.dataset not in DATASETS and not cfg.dataset.startswith("imagefolder:"):
         raise UserError(f"unknown dataset {cfg.dataset!r}: use cifar10, digits, synthetic or "
                         f"imagefolder:<path>")
-    from .models import check_backbone
-
-    check_backbone(cfg.backbone)
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:

@@ -390,9 +390,10 @@ def test_rank_agreement_counts_censored_images_and_says_when_ties_dominate():
     from ssl_dynamics.inspect.examples import _agreement
 
     # 6 images; "never" is epoch 4 (last evaluated epoch 3 + 1). In a, images 3-5 were never
-    # learned by at least half of the pairs (share >= 0.5); image 2 has a NaN in b
-    a = {"first_learned_median": np.array([1.0, 2.0, 3.0, 4.0, 4.0, 4.0]),
-         "never_learned_share": np.array([0.0, 0.1, 0.4, 0.5, 0.9, 1.0])}
+    # learned by more than half of the pairs; image 2 (exactly half: its median of an even
+    # count lies midway, 3.5) is not censored; image 2 has a NaN in b anyway
+    a = {"first_learned_median": np.array([1.0, 2.0, 3.5, 4.0, 4.0, 4.0]),
+         "never_learned_share": np.array([0.0, 0.1, 0.5, 0.6, 0.9, 1.0])}
     b = {"first_learned_median": np.array([1.0, 3.0, np.nan, 2.0, 4.0, 4.0]),
          "never_learned_share": np.array([0.0, 0.0, 0.0, 0.2, 0.6, 0.7])}
     notes = []
@@ -407,7 +408,7 @@ def test_rank_agreement_counts_censored_images_and_says_when_ties_dominate():
     assert len(notes) == 1 and "rests mostly on ties: 3 of the 5 images" in notes[0]
     # fewer censored than half: no note
     b2 = {**b, "never_learned_share": np.zeros(6)}
-    a2 = {**a, "never_learned_share": np.array([0, 0, 0, 0, 0.2, 0.6])}
+    a2 = {**a, "never_learned_share": np.array([0, 0, 0, 0.5, 0.5, 0.6])}  # 0.5: not censored
     notes = []
     _agreement({"a": None, "b": None}, {"a": a2, "b": b2}, notes)
     assert notes == []

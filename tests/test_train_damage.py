@@ -86,6 +86,17 @@ def test_a_deleted_setup_json_without_checkpoints_to_read_is_refused(run, monkey
             "is missing and no committed checkpoint of supervised records its settings")
 
 
+def test_a_setup_folder_holding_only_seed_locks_is_not_damaged(run, monkeypatch, capsys):
+    """What a change of untrained settings leaves of a setup it forgot: seed folders with
+    their lock files (kept, so a lock keeps meaning one file)."""
+    paths = art.RunPaths(run)
+    paths.seed_lock("random_labels", 0).parent.mkdir(parents=True)
+    paths.seed_lock("random_labels", 0).touch()
+    assert paths.unconfigured() == []
+    code, out, _ = call(["status", run], monkeypatch, capsys)
+    assert code == 0 and "damaged" not in out
+
+
 def test_a_deleted_run_json_is_refused_whatever_the_settings(run, monkeypatch, capsys):
     art.RunPaths(run).run_json.unlink()
     for extra in ([], ["--set", "width=8"]):
@@ -172,13 +183,25 @@ def test_a_malformed_resume_state_is_refused(run, monkeypatch, capsys, edit):
 
 def test_an_older_resume_state_put_back_is_refused(run, tmp_path, monkeypatch, capsys):
     """A resume state older than the manifest's last epoch would retrain (and so rewrite)
-    committed epochs: refused."""
+    committed epochs: refused. Only the layout of older versions, which wrote resume.pt
+    (without the checkpoint's sha256) after the manifest, lags one epoch after a kill: that
+    epoch is redone, to the same bytes."""
     short = tmp_path / "short"
     train_grid(short, tiny(epochs=1), ["supervised"], CPU, progress=False, echo=quiet)
     paths = _resume_again(run)
-    paths.resume("supervised", 0).write_bytes(art.RunPaths(short).resume("supervised", 0).read_bytes())
+    older = art.RunPaths(short).resume("supervised", 0)
+    paths.resume("supervised", 0).write_bytes(older.read_bytes())
     refused(["run", "--out", run, *SMOKE], run, monkeypatch, capsys,
             "is of epoch 1, but the manifest has committed epoch 2: it is an older copy")
+    legacy = torch.load(older, weights_only=True)
+    del legacy["checkpoint_sha256"]
+    art.save_resume(paths.resume("supervised", 0), legacy)
+    last = paths.checkpoint("supervised", 0, 2).read_bytes()
+    paths.checkpoint("supervised", 0, 2).unlink()  # so that only a redone epoch 2 brings it back
+    code, out, err = call(["run", "--out", run, *SMOKE], monkeypatch, capsys)
+    assert code == 0, err
+    assert paths.checkpoint("supervised", 0, 2).read_bytes() == last
+    assert [s.condition for s in art.grid_status(run)] == ["complete"]
 
 
 # --------------------------------------------------------------------------- options
@@ -243,6 +266,11 @@ def test_status_tells_an_extension_that_was_cut_short(run, monkeypatch, capsys):
     assert code == 130, err
     code, out, _ = call(["status", run], monkeypatch, capsys)
     assert "extended to 3  (`train extend --to 5` unfinished)" in out
+    code, _, err = call(["extend", run, "--setup", "supervised", "--to", "3", "--device", "cpu",
+                         "--no-progress"], monkeypatch, capsys)  # nothing to train
+    assert code == 0, err
+    code, out, _ = call(["status", run], monkeypatch, capsys)  # the farthest asked still stands
+    assert "extended to 3  (`train extend --to 5` unfinished)" in out
     monkeypatch.setattr(loop, "run_epoch", real)
     code, _, err = call(["extend", run, "--setup", "supervised", "--to", "5", "--device", "cpu",
                          "--no-progress"], monkeypatch, capsys)
@@ -285,7 +313,8 @@ def test_workers_that_all_refuse_are_a_refusal_not_a_failure(tmp_path, monkeypat
         with pytest.raises(error) as e:
             workers.run_on_devices(tmp_path / "run", cfg, ["supervised"], ["cpu", "cpu"],
                                    TrainRequest(device="cpu"), echo=quiet, progress=False)
-        assert ("refused to train" in str(e.value)) == (error is UserError)
+        assert ("stopped on an error" in str(e.value)) == (error is UserError)
+        assert "0/1 runs complete, a rerun resumes the rest" in str(e.value)
 
 
 @pytest.mark.parametrize("record", [

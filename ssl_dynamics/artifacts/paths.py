@@ -86,11 +86,15 @@ class RunPaths:
         return sorted(p.name for p in self.checkpoints.iterdir() if (p / "setup.json").exists())
 
     def unconfigured(self) -> list[str]:
-        """Setup folders that hold seed folders but no setup.json (deleted, or a partial copy)."""
+        """Setup folders whose seeds hold a manifest or checkpoints but that have no setup.json
+        (deleted, or a partial copy). Seed folders holding only their lock (what a change of
+        untrained settings leaves) do not count."""
         if not self.checkpoints.is_dir():
             return []
         return sorted(p.name for p in self.checkpoints.iterdir()
-                      if p.is_dir() and not (p / "setup.json").exists() and self.seeds(p.name))
+                      if p.is_dir() and not (p / "setup.json").exists()
+                      and any(self.manifest(p.name, s).exists() or self.epochs(p.name, s)
+                              for s in self.seeds(p.name)))
 
     def seeds(self, setup: str) -> list[int]:
         d = self.setup_dir(setup)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import RunConfig, canonical_order, setup_from_dict, validate
+from ..config import RunConfig, canonical_order, setup_from_dict, validate_run_fields
 from ..errors import UserError
 from .atomic import read_json, sha256_file
 from .paths import RunPaths
@@ -41,10 +41,16 @@ def load_run_config(root: str | Path) -> tuple[RunConfig, dict]:
                         seeds=tuple(int(s) for s in meta["seeds"]), setups=setups)
     except (TypeError, ValueError) as e:
         raise UserError(f"corrupt {paths.run_json}: {e}") from None
+    for name, sc in setups.items():  # each setup.json's values were checked as it was read
+        if sc.name != name:
+            raise UserError(f"corrupt {paths.setup_json(name)}: it is the config of setup {sc.name!r}")
     try:
-        validate(cfg)  # each setup.json was checked as it was read (naming its file)
+        validate_run_fields(cfg)
     except UserError as e:
         raise UserError(f"corrupt {paths.run_json}: {e}") from None
+    from ..models import check_backbone
+
+    check_backbone(cfg.backbone)  # not run.json's fault when this timm lacks the model
     return cfg, meta
 
 
@@ -74,7 +80,7 @@ class SeedStatus:
     diverged_at: int | None = None  # the epoch whose loss stopped being finite (not committed)
     lost: tuple[int, ...] = ()  # committed epochs whose checkpoint file is absent or empty
     unrecorded: int | None = None  # no manifest, yet checkpoints up to this epoch (> 0) on disk
-    extend_target: int | None = None  # the epoch the last `train extend` of it was asked to reach
+    extend_target: int | None = None  # the farthest epoch a `train extend` of it was asked to reach
 
     @property
     def condition(self) -> str:

@@ -48,7 +48,7 @@ def write_record(folder: Path, record: dict) -> None:
 
 
 def read_records(*jobs_dirs: Path) -> list[dict]:
-    """Every readable record in the folders, oldest first (`damaged_records` names the rest)."""
+    """Every readable record in the folders, oldest first (`_scan` also names the damaged)."""
     return _scan(*jobs_dirs)[0]
 
 

@@ -100,7 +100,7 @@ def run_examples(data: dict[str, SetupRt], out: Outputs, opts: ExampleOptions = 
     out.write_table("examples_rank_agreement", agreement,
                     note="Spearman rank correlation of the images' median first-learned epochs "
                          "between two setups (images with a NaN on either side dropped). "
-                         "censored_a/b: of the n_images compared, those at least half of the "
+                         "censored_a/b: of the n_images compared, those more than half of the "
                          "setup's (seed, replay) pairs never learned; they tie at the censoring "
                          "value, so a large share leaves little ranking to compare.")
     _write_arrays(data, columns, sums, rho, out)
@@ -276,8 +276,9 @@ def _nan_median(x) -> float:
 
 def censored(cols: dict) -> np.ndarray:
     """Images whose median first-learned epoch is the censoring value ("never", max evaluated
-    epoch + 1), or midway to it: at least half of the pairs never learned them."""
-    return np.asarray(cols["never_learned_share"], dtype=np.float64) >= 0.5
+    epoch + 1): more than half of the pairs never learned them. (Exactly half puts the median
+    of an even count midway between a learned epoch and the censoring value: no tie.)"""
+    return np.asarray(cols["never_learned_share"], dtype=np.float64) > 0.5
 
 
 def _agreement(data, columns, notes) -> tuple[np.ndarray, list[dict]]:
@@ -300,7 +301,7 @@ def _agreement(data, columns, notes) -> tuple[np.ndarray, list[dict]]:
                              f"first-learned epoch on both sides, or one side constant")
             elif 2 * max(cens) > n:
                 notes.append(f"rank agreement {a} vs {b} rests mostly on ties: {max(cens)} of the "
-                             f"{n} images were never learned by at least half of the (seed, replay) "
+                             f"{n} images were never learned by more than half of the (seed, replay) "
                              f"pairs of one setup, and share its censored first-learned epoch")
     return rho, rows
 

@@ -117,10 +117,11 @@ def open_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: int
 
 
 def aim(state: SeedState, until: int | None) -> None:
-    """Record in the manifest (with the next commit) the epoch an extension beyond the
-    planned ones is to reach, so `train status` can tell an extension that was cut short."""
+    """Record in the manifest (with the next commit) the farthest epoch an extension beyond
+    the planned ones was asked to reach, so `train status` can tell one that was cut short."""
     if until is not None and until > state.setup.epochs:
-        state.manifest["extend_target"] = until
+        before = state.manifest.get("extend_target")
+        state.manifest["extend_target"] = max(until, before if isinstance(before, int) else 0)
 
 
 def seed_checkpoint_dtype(paths: art.RunPaths, setup: str, seed: int, manifest: dict) -> str:
@@ -153,7 +154,11 @@ def _resume(paths, setup, seed, model, optimizer, manifest) -> int | None:
                         f"optimizer state is lost, so it cannot continue exactly; delete "
                         f"{paths.seed_dir(setup.name, seed)} to retrain the seed from scratch")
     start = int(state["epoch"])
-    if start < max(trained, default=0):  # an older copy put back: going on would redo epochs
+    # Before resume.pt named its checkpoint's sha256, it was written after the manifest: a
+    # kill in between left it one epoch behind, which is rolled back (that epoch is redone).
+    # Any other resume state behind the manifest is an older copy put back.
+    legacy_lag = "checkpoint_sha256" not in state and start == max(trained, default=0) - 1
+    if start < max(trained, default=0) and not legacy_lag:
         raise UserError(f"resume state {resume_path} is of epoch {start}, but the manifest has "
                         f"committed epoch {max(trained)}: it is an older copy; put back the newest "
                         f"resume.pt, or delete {paths.seed_dir(setup.name, seed)} to retrain the seed")

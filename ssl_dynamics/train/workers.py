@@ -35,7 +35,9 @@ from .prepare import prepare_run
 # A worker's exit status when every run it could train is trained but some diverged (their
 # manifests say where); the parent then reports the diverged seeds as one process would.
 DIVERGED_STATUS = 3
-REFUSED_STATUS = 2  # a worker's exit status when it refused its work with one line (UserError)
+# A worker's exit status when it stopped on a UserError (bad input, a damaged file, out of
+# GPU memory), which it printed as one line: the parent then exits as a refusal too (2).
+STOPPED_STATUS = 2
 STOP_GRACE_S = 30  # after an interrupt: long enough for an epoch's commit to finish its writes
 
 
@@ -72,17 +74,18 @@ def run_on_devices(root: str | Path, cfg: RunConfig, setups: list[str], devices:
                  for k, dev in enumerate(devices)]
         failed = [(s, code) for s, code in _run(specs) if code != DIVERGED_STATUS]
         status = art.grid_status(root, only(cfg, setups))
-        if failed and all(code == REFUSED_STATUS for _, code in failed):  # bad input, not a crash
-            raise UserError(f"{len(failed)} worker(s) refused to train (the reason is above, and in "
-                            f"{failed[0][0].log}); fix it and rerun")
-        if failed:
-            done = sum(st.state == "complete" for st in status)
-            raise WorkFailed("; ".join(f"worker {s.index} on {s.device} {_ended(code)} (log: {s.log})"
-                                       for s, code in failed)
-                             + f"; {done}/{len(status)} runs complete"
-                             + (", a rerun resumes the rest" if done < len(status) else ""))
         lost = [f"{st.setup} seed {st.seed} in epoch {st.diverged_at}" for st in status
                 if st.diverged_at is not None and st.state != "complete"]
+        if failed:
+            done = sum(st.state == "complete" for st in status)
+            tail = (f"; {done}/{len(status)} runs complete" + (", a rerun resumes the rest" if
+                                                               done < len(status) else "")
+                    + (f"; diverged: {', '.join(lost)}" if lost else ""))
+            if all(code == STOPPED_STATUS for _, code in failed):  # each said why in one line
+                raise UserError(f"{len(failed)} worker(s) stopped on an error (its line is above, "
+                                f"and in {failed[0][0].log}){tail}")
+            raise WorkFailed("; ".join(f"worker {s.index} on {s.device} {_ended(code)} (log: {s.log})"
+                                       for s, code in failed) + tail)
         if lost:
             raise Diverged(lost)
     return art.grid_status(root, only(cfg, setups))
@@ -212,7 +215,7 @@ def worker_main(spec: WorkerSpec) -> None:
         status = DIVERGED_STATUS
     except UserError as e:
         echo(f"error: {' '.join(str(e).split())}")
-        status = REFUSED_STATUS
+        status = STOPPED_STATUS
     except KeyboardInterrupt:
         status = 130
     except Exception as e:  # noqa: BLE001 - the traceback goes to the log, one line to the console
