@@ -100,6 +100,66 @@ def test_kill_while_making_a_setup_is_made_again(run, tmp_path, monkeypatch):
     open_all(store)
 
 
+def test_a_kill_right_after_a_setup_is_committed_leaves_it_whole(run, tmp_path, monkeypatch):
+    """The attributes that commit a setup group are one write of its zarr.json: a kill right
+    after the write that commits it (seeds, epochs, shape) finds every other attribute
+    written too, so a rerun goes on instead of calling it another configuration."""
+    store = tmp_path / "k.zarr"
+    real = zarr.Group.update_attributes
+
+    def update_attributes(self, new):
+        out = real(self, new)
+        if str(self.path) == "supervised" and all(k in self.attrs for k in storedims.COMMIT_ATTRS):
+            raise Killed("after the commit")
+        return out
+
+    monkeypatch.setattr(zarr.Group, "update_attributes", update_attributes)
+    with pytest.raises(Killed):
+        rt(run, store, setups=["supervised"], epochs=[0])
+    monkeypatch.undo()
+    assert rt(run, store, setups=["supervised"], epochs=[0])["evaluated"] == 2
+    assert load_rt(store)["supervised"].valid[:, 0].all()
+
+
+def _drop_attribute(store, setup: str, key: str) -> None:
+    meta = store / setup / "zarr.json"
+    d = json.loads(meta.read_text())
+    del d["attributes"][key]
+    meta.write_text(json.dumps(d))
+    storedims.consolidate(store)
+
+
+def test_a_setup_an_older_version_left_without_all_attributes(run, tmp_path):
+    """What a kill between the per-key attribute writes of older versions left: made again
+    while nothing was evaluated into it; refused in one line (what to do) once it holds data."""
+    store = tmp_path / "k.zarr"
+    rt(run, store, setups=["supervised"], epochs=[0])
+    _drop_attribute(store, "supervised", "simclr_batch")
+    with pytest.raises(UserError, match="lacks simclr_batch among its attributes"):
+        rt(run, store, setups=["supervised"], epochs=[0, 1])
+    g = zarr.open_group(str(store), mode="a", use_consolidated=False)
+    g["supervised"]["done"][...] = 0  # as the kill left it: nothing evaluated yet
+    _drop_attribute(store, "supervised", "precision")
+    assert rt(run, store, setups=["supervised"], epochs=[0])["evaluated"] == 2
+    assert "simclr_batch" in zarr.open_group(str(store), mode="r")["supervised"].attrs
+
+
+def test_a_deleted_chunk_is_not_evaluated_but_evaluated_again(run):
+    """Zarr reads a missing chunk as its fill value (every answer wrong, p_true NaN): a
+    checkpoint whose chunk files were deleted is not taken for evaluated; `inspect rt`
+    evaluates it again, to the same values."""
+    store = run / "inspect" / "rt.zarr"
+    before = load_rt(store)["supervised"]
+    shutil.rmtree(store / "supervised" / "p_true" / "c" / "1" / "2")
+    shutil.rmtree(store / "supervised" / "correct" / "c" / "1" / "2", ignore_errors=True)
+    damaged = load_rt(store)["supervised"]
+    assert not damaged.valid[1, 2] and damaged.valid.sum() == before.valid.sum() - 1
+    assert rt(run, store)["evaluated"] == 1
+    after = load_rt(store)["supervised"]
+    assert after.valid.all() and np.array_equal(after.correct, before.correct)
+    assert np.array_equal(after.p_true, before.p_true, equal_nan=True)
+
+
 def test_an_unfinished_group_is_removed_but_a_committed_one_never(tmp_path):
     path = tmp_path / "s.zarr"
     small_store(path)

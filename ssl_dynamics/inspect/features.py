@@ -112,7 +112,7 @@ class FeatureCache:
         g.attrs["complete"] = False
         for name, arr in (("train", train), ("test", test)):
             g.create_array(name, data=arr, chunks=(min(len(arr), 8192), arr.shape[1]), overwrite=True)
-        g.attrs.update({"complete": True, "checkpoint_sha256": art.sha256_bytes(data)})
+        g.update_attributes({"complete": True, "checkpoint_sha256": art.sha256_bytes(data)})  # one write
         return train, test
 
     def _checkpoint_sha(self, ckpt) -> str:

@@ -40,6 +40,7 @@ the whole archive atomically. An archive whose work store is gone seeds a new on
 """
 from __future__ import annotations
 
+import os
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -235,9 +236,11 @@ class RtStore:
                            **dims.array_options("labels"))
             # store_id: a new one each time a store is bound to its bank, so a store deleted and
             # evaluated again (another precision, a fixed evaluator) is not taken for the old one
-            g.attrs.update({"schema_version": SCHEMA_VERSION, "bank_fingerprint": bank_fingerprint,
-                            "store_id": uuid.uuid4().hex,
-                            **({"bank_spec": dict(bank_spec)} if bank_spec is not None else {})})
+            # one write of zarr.json (zarr's attrs.update writes once per key: a kill between
+            # would leave a store bound to its bank without its id or bank spec)
+            g.update_attributes({"schema_version": SCHEMA_VERSION, "bank_fingerprint": bank_fingerprint,
+                                 "store_id": uuid.uuid4().hex,
+                                 **({"bank_spec": dict(bank_spec)} if bank_spec is not None else {})})
             dims.consolidate(self.path)
 
     def bound(self) -> bool:
@@ -263,6 +266,18 @@ class RtStore:
                 self._create(setup, [int(s) for s in seeds], n_epochs, (m, k, v), targets, want)
                 return [int(s) for s in seeds]
             have = self.attrs(setup)
+            lacking = [key for key in want if key not in have and key not in UNRECORDED_BEFORE]
+            if lacking and self._nothing_evaluated(setup):
+                # committed by an older version that wrote its attributes one key at a time and
+                # was killed in between: nothing was evaluated into it, so it is made again
+                del self.group[setup]
+                self._create(setup, [int(s) for s in seeds], n_epochs, (m, k, v), targets, want)
+                return [int(s) for s in seeds]
+            if lacking:
+                raise UserError(f"{self.path}/{setup} lacks {', '.join(lacking)} among its attributes "
+                                f"(an interrupted write of an older version), so its evaluations "
+                                f"cannot be matched to these settings; delete {self.path}/{setup} "
+                                f"to evaluate it again, or use another --store")
             # a stored config is read in today's terms (schema-1 "none" is today's "normalize")
             have["setup_config"] = upgrade_setup_dict(have.get("setup_config"), have.get("schema_version", 1))
             diffs = [key for key in want if canonical_json(have.get(key)) != canonical_json(want[key])
@@ -280,6 +295,11 @@ class RtStore:
                     _ = self.group[setup][name]  # opening an array reads (checks) its metadata
             self._add_record(setup)
             return self._grow(setup, have, seeds)
+
+    def _nothing_evaluated(self, setup: str) -> bool:
+        """Whether no checkpoint of the setup was evaluated into the store (`done` all 0)."""
+        with self._reading(f"the arrays of {setup}", DAMAGE):
+            return not np.asarray(self.group[setup]["done"][...]).any()
 
     def restore_setup(self, setup: str, attrs: dict[str, Any], arrays: dict[str, np.ndarray],
                       sha256: np.ndarray | None = None) -> None:
@@ -321,7 +341,7 @@ class RtStore:
         attrs = {"schema_version": SCHEMA_VERSION, "seeds": seeds, "shape": shape, **want}
         idx, labels = self.probes()
         dims.write_coordinates(g, dims.coordinate_values(attrs, idx, labels))
-        g.attrs.update(attrs)  # last: commits the group
+        g.update_attributes(attrs)  # last, in ONE write of zarr.json: commits the group
         dims.consolidate(self.path)
 
     @staticmethod
@@ -357,7 +377,7 @@ class RtStore:
             g["done"].resize((len(order), shape[1]))
             g[dims.SHA_ARRAY].resize((len(order), shape[1], dims.SHA_BYTES))
             dims.write_seed_coordinate(g, order)
-            g.attrs.update({"seeds": order, "shape": shape})  # last: commits the new seeds
+            g.update_attributes({"seeds": order, "shape": shape})  # last, one write: commits the seeds
             dims.consolidate(self.path)
         return order
 
@@ -380,8 +400,37 @@ class RtStore:
             return dict(self.group[setup].attrs)
 
     def done(self, setup: str) -> np.ndarray:
+        """bool [S, E]: the checkpoints evaluated into the store, whose chunk is on disk."""
         with self._reading(f"{setup}/done"):
-            return self.group[f"{setup}/done"][:].astype(bool)
+            flags = self.group[f"{setup}/done"][:].astype(bool)
+        return flags & ~self._lost(setup, flags)
+
+    def _lost(self, setup: str, flags: np.ndarray) -> np.ndarray:
+        """bool [S, E]: checkpoints marked evaluated whose p_true chunk file is gone (deleted,
+        or lost in a copy). Zarr reads a missing chunk as its fill value, so such a checkpoint
+        would pass for evaluated with every answer wrong; it is evaluated again instead.
+        (p_true always has a chunk: its fill value is NaN, and a probability is never NaN,
+        while `correct`, all-wrong, may rightly have none: zarr does not write a chunk that
+        equals its fill value.)"""
+        with self._reading(f"{setup}/p_true"):
+            arr = self.group[f"{setup}/p_true"]
+            folder = self.path / setup / "p_true"
+            tail = (0,) * (arr.ndim - 2)
+            key = arr.metadata.encode_chunk_key
+        if key((1, 2, *tail)) == "/".join(map(str, ("c", 1, 2, *tail))):  # zarr 3's default keys
+            present = np.zeros_like(flags)
+            rows = folder / "c"
+            for seed_dir in os.scandir(rows) if rows.is_dir() else ():
+                if seed_dir.name.isdigit() and int(seed_dir.name) < flags.shape[0]:
+                    for epoch_dir in os.scandir(seed_dir.path):
+                        e = int(epoch_dir.name) if epoch_dir.name.isdigit() else flags.shape[1]
+                        if e < flags.shape[1] and os.path.isfile(os.path.join(epoch_dir.path, *map(str, tail))):
+                            present[int(seed_dir.name), e] = True
+            return flags & ~present
+        lost = np.zeros_like(flags)
+        for s, e in zip(*np.nonzero(flags)):  # other key encodings: one look-up per chunk
+            lost[s, e] = not (folder / key((int(s), int(e), *tail))).is_file()
+        return lost
 
     def checkpoint_sha(self, setup: str) -> np.ndarray | None:
         """uint8 [S, E, 32]: the sha256 of the checkpoint each chunk was evaluated from (zeros:
@@ -416,6 +465,8 @@ class RtStore:
             except Exception as e:  # a truncated or altered chunk: zstd or the checksum fails
                 raise UserError(f"corrupt r_t store {self.path}: {setup}/{name} cannot be read "
                                 f"({type(e).__name__}); rerun `inspect rt` into a new --store") from None
+        lost = self._lost(setup, out["done"].astype(bool))
+        out["done"] = np.where(lost, 0, out["done"]).astype(out["done"].dtype)  # not evaluated
         return out
 
     def read_targets(self, setup: str) -> np.ndarray:

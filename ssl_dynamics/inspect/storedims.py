@@ -48,7 +48,8 @@ COORD_DIMS = {**{d: (d,) for d in FULL_DIMS}, "label": ("probe",)}
 # and zeros (the fill value) mean "not recorded" (stores written before the record existed).
 SHA_ARRAY, SHA_BYTES = "sha256", 32
 RECORD_DIMS = {SHA_ARRAY: ("seed", "epoch", "sha256_byte")}
-# Attributes that RtStore._create writes last, in one update: they commit a setup group.
+# Attributes that RtStore._create writes last, in one write of zarr.json (`update_attributes`;
+# zarr's `attrs.update` writes once per key): they commit a setup group.
 COMMIT_ATTRS = ("seeds", "epochs", "shape")
 # Arrays whose first axis is the seed axis, which grows when seeds are added to a run.
 SEED_GROWN = ("correct", "p_true", "done", SHA_ARRAY)
