@@ -2,6 +2,7 @@
 precisions in one store, take a checkpoint for another, score SimCLR on a short batch, let
 shards overlap, or start writing before a check that can fail."""
 import hashlib
+import os
 import shutil
 from types import SimpleNamespace
 
@@ -71,32 +72,34 @@ def test_export_never_overwrites_without_force_nor_the_runs_files(run, tmp_path,
     assert export(ws, "netcdf", progress=False, **QUIET) == ws.dir / "rt.nc"
 
 
-def test_export_into_tables_holds_the_work_lock(run, monkeypatch):
-    """Another command's tidy (under the work lock) deletes every temporary file in tables/:
-    an export there must hold the lock while its temporary file exists."""
-    import threading
+def test_export_refuses_the_analyses_folders_devices_and_missing_folders(run, tmp_path):
+    """tables/, figures/ and report/ are the analyses' (their writers hold the work lock and
+    tidy the others' temporary files); a device or pipe is never replaced, even with
+    --force; a folder that does not exist is a typo, not a new folder."""
+    ws = open_workspace(run, **QUIET)
+    for sub in ("tables", "figures", "report"):
+        with pytest.raises(UserError, match="in the work folder's tables/, figures/ or report/"):
+            export(ws, "netcdf", ws.dir / sub / "rt_copy.nc", progress=False, force=True, **QUIET)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="is not a plain file"):
+        export(ws, "netcdf", fifo, progress=False, force=True, **QUIET)
+    with pytest.raises(UserError, match="does not exist; create it first"):
+        export(ws, "netcdf", tmp_path / "no" / "such" / "x.nc", progress=False, **QUIET)
+    assert not (tmp_path / "no").exists()
 
-    from ssl_dynamics.inspect import export as export_mod
-    from ssl_dynamics.inspect.outputs import Outputs
+
+def test_a_damaged_work_table_is_computed_again_by_export(run):
+    from ssl_dynamics.inspect.examples import read_meta
 
     ws = open_workspace(run, **QUIET)
-    real, tidies, blocked = export_mod.export_netcdf, [], []
-
-    def export_netcdf(store, target, progress=True):
-        tidies.append(threading.Thread(target=Outputs(ws.dir).tidy))
-        tidies[-1].start()
-        tidies[-1].join(0.5)
-        blocked.append(tidies[-1].is_alive())  # waiting for the lock this export holds
-        return real(store, target, progress)
-
-    monkeypatch.setattr(export_mod, "export_netcdf", export_netcdf)
-    target = ws.dir / "tables" / "rt_copy.nc"
-    assert export(ws, "netcdf", target, progress=False, **QUIET) == target
-    tidies[-1].join()  # the lock is free once the export is done
-    assert blocked == [True] and target.read_bytes()[:4] == b"\x89HDF"
-    export(ws, "netcdf", ws.dir.parent / "elsewhere.nc", progress=False, **QUIET)
-    tidies[-1].join()
-    assert blocked == [True, False]  # outside the swept folders: no lock, nothing waits
+    table = ws.dir / "tables" / "examples.parquet"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_bytes(b"netCDF, not Parquet")  # e.g. an earlier export over it
+    said = []
+    assert export(ws, "parquet", progress=False, echo=said.append) == table
+    assert "not a readable Parquet table; computing it again" in said[0]
+    assert read_meta(table)["options"]
 
 
 # --------------------------------------------------------------------------- 2. rt --store X.h5

@@ -10,7 +10,6 @@ media is read as it is.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -119,22 +118,27 @@ def export(ws: Workspace, to: str, target: str | Path | None = None, store: str 
     target = Path(target) if target else None
     if target is not None or to == "netcdf":  # checked before anything is written
         out = target or default
-        _check_target(ws, out, ws.store_for_reading(store), force or out.resolve() == default.resolve())
+        own = out.resolve() == default.resolve()
+        _check_target(ws, out, ws.store_for_reading(store), force or own, own)
     path = store_for_analysis(ws, store, echo)
-    out = Outputs(ws.dir)
-    # a file in tables/ or figures/ is written under the work lock: another command's tidy
-    # would otherwise take its temporary file for a killed writer's and delete it
-    with out.lock() if target is not None and out.sweeps(target) else contextlib.nullcontext():
-        if to == "netcdf":
-            return export_netcdf(path, target or default, progress)
-        return export_parquet(ws, path, target, data_opts, echo, progress)
+    # nothing is written into tables/, figures/ or report/ here (refused above): their
+    # writers hold the work lock, and another command's tidy would take a temporary file
+    # there for a killed writer's; the default table is written by `inspect examples`
+    if to == "netcdf":
+        return export_netcdf(path, target or default, progress)
+    return export_parquet(ws, path, target, data_opts, echo, progress)
 
 
-def _check_target(ws: Workspace, target: Path, store: Path, force: bool) -> None:
-    """Refuse an output path that is a file the toolkit reads (always: the run's checkpoints,
-    run.json, the label permutation, the bank, an r_t store), a folder, or an existing file
-    (unless `force`)."""
+def _check_target(ws: Workspace, target: Path, store: Path, force: bool, own: bool = False) -> None:
+    """Refuse an output path that is a file the toolkit reads or writes (always: the run's
+    checkpoints, run.json, the label permutation, the bank, an r_t store, the work folder's
+    records and its tables/, figures/ and report/ unless `own`, the export's default), a
+    folder or anything else that is not a plain file (a device, a pipe), a folder that does
+    not exist, or an existing file (unless `force`)."""
     where = target.resolve()
+    if target.exists() and not target.is_file() and not target.is_dir():
+        raise UserError(f"--out {target} is not a plain file (a device, a pipe or a socket); "
+                        f"choose another path")
     for named in ([store], [f / n for f in (ws.dir, ws.archive) for n in STORE_NAMES]):
         stores = {q.resolve() for p in named for q in (p, work_path(p))}
         if where in stores or any(s in where.parents for s in stores):
@@ -144,6 +148,9 @@ def _check_target(ws: Workspace, target: Path, store: Path, force: bool) -> None
         raise UserError(f"--out {target} is the bank; choose another path")
     if where.parent == ws.dir.resolve() and where.name in OWN_FILES:
         raise UserError(f"--out {target} is a file of the work folder; choose another path")
+    if not own and Outputs(ws.dir).sweeps(where) and where.parent != ws.dir.resolve():
+        raise UserError(f"--out {target} is in the work folder's tables/, figures/ or report/, "
+                        f"which the analyses write; choose a path outside them")
     if where.name.endswith(".lock"):  # a store's or the bank's lock: replacing it breaks locking
         raise UserError(f"--out {target} is a lock file; choose another path")
     cache = ws.features.resolve()
@@ -157,6 +164,8 @@ def _check_target(ws: Workspace, target: Path, store: Path, force: bool) -> None
         raise UserError(f"--out {target} is a folder; give a file name")
     if target.exists() and not force:
         raise UserError(f"--out {target} exists; pass --force to replace it, or choose another path")
+    if not own and not target.parent.is_dir():  # a typo in the path is not a new folder
+        raise UserError(f"--out {target}: its folder {target.parent} does not exist; create it first")
     art.check_writable(target.parent)
 
 
@@ -220,6 +229,19 @@ def _json_value(v):
     raise TypeError(f"attribute value of type {type(v).__name__} has no JSON form")
 
 
+def _work_table_meta(table: Path, echo) -> dict:
+    """The work folder's table's metadata; {} when it is missing, or damaged: it is derived,
+    so a damaged one is removed (it is computed again) and the user told in one line."""
+    if not table.exists():
+        return {}
+    try:
+        return read_meta(table)
+    except Exception:  # noqa: BLE001 - pyarrow raises several kinds for a file that is not Parquet
+        echo(f"{table} is not a readable Parquet table; computing it again")
+        table.unlink()
+        return {}
+
+
 def export_parquet(ws: Workspace, store: Path, target: Path | None, data_opts: dict | None,
                    echo=print, progress: bool = True) -> Path:
     """The per-example table as Parquet: the work folder's when it is current (made from
@@ -228,7 +250,7 @@ def export_parquet(ws: Workspace, store: Path, target: Path | None, data_opts: d
     it is never replaced; the default table is then computed aside for `target`."""
     out = Outputs(ws.dir)
     table = out.tables / f"{TABLE}.parquet"
-    meta = read_meta(table) if table.exists() else {}
+    meta = _work_table_meta(table, echo)
     default = ExampleOptions(progress=progress)
     made_with = {k: v for k, v in (meta.get("options") or {}).items() if k != "progress"}
     custom = table.exists() and made_with != {k: v for k, v in asdict(default).items() if k != "progress"}
