@@ -116,6 +116,10 @@ def parse_levels(text: str | None) -> tuple[float, ...] | str | None:
     if text is None or text.strip() == "range":
         return None if text is None else "range"
     try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
+        levels = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise UserError(f"--p0 {text!r}: use comma-separated numbers in (0, 1], or 'range'") from None
+    if not levels:  # `--p0 ''` or `--p0 ,`: not the defaults by accident
+        raise UserError(f"--p0 {text!r}: give at least one number in (0, 1], or 'range' (or leave "
+                        f"the option out)")
+    return levels

@@ -278,7 +278,11 @@ def setup_from_dict(d: Any, source: str = "setup config") -> SetupConfig:
     """A SetupConfig from its stored form (extra keys like schema_version ignored), checked."""
     if not isinstance(d, dict):
         raise UserError(f"corrupt {source}: expected a JSON object")
-    d = upgrade_setup_dict(d, d.get("schema_version", 1))
+    version = d.get("schema_version", 1)
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise UserError(f"{source} was written under schema {version}, by a newer version of the "
+                        f"toolkit than this one (schema {SCHEMA_VERSION}); upgrade ssl_dynamics")
+    d = upgrade_setup_dict(d, version)
     known = {f.name for f in fields(SetupConfig)}
     try:
         sc = SetupConfig(**{k: v for k, v in d.items() if k in known})

@@ -148,6 +148,22 @@ def test_damaged_run_json(run, monkeypatch, capsys, content):
     expect_refusal(train_cli.main, ["status", run], run, monkeypatch, capsys, "corrupt")
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(schema_version=99), "written under schema 99, by a newer version"),
+    (lambda m: m.update(schema_version="x"), "schema_version 'x' is not a positive integer"),
+    (lambda m: m["dataset"].update(n_train=-5), "dataset n_train -5 is not a positive integer"),
+    (lambda m: m["dataset"].update(sha256="abc"), "dataset sha256 'abc' is not a sha256"),
+    (lambda m: m.update(classes=[1, 2]), "classes is not a list of names"),
+])
+def test_bad_run_json_values(run, monkeypatch, capsys, edit, message):
+    meta = json.loads((run / "run.json").read_text())
+    edit(meta)
+    (run / "run.json").write_text(json.dumps(meta))
+    expect_refusal(inspect_cli.main, ["dynamics", run], run, monkeypatch, capsys, message)
+    expect_refusal(train_cli.main, ["status", run], run, monkeypatch, capsys, message)
+    expect_refusal(train_cli.main, ["run", "--out", run, *SMOKE], run, monkeypatch, capsys, message)
+
+
 def test_garbage_label_permutation(run, monkeypatch, capsys):
     (run / "random_labels.npy").write_bytes(b"\x93NUMPY garbage")
     expect_refusal(train_cli.main, ["run", "--out", run, *SMOKE], run, monkeypatch, capsys,
@@ -158,9 +174,10 @@ def test_garbage_label_permutation(run, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("--replays", "0", "n-replays must be an integer >= 1"),
-    ("--replays", "-1", "n-replays must be an integer >= 1"),
-    ("--simclr-batch", "0", "simclr-batch must be an integer >= 1"),
+    ("--replays", "0", "--replays (the bank's n_replays) must be an integer >= 1"),
+    ("--replays", "-1", "--replays (the bank's n_replays) must be an integer >= 1"),
+    ("--simclr-batch", "0", "--simclr-batch (the bank's simclr_batch) must be an integer >= 1"),
+    ("--probes", "0", "--probes (the bank's n_probe) must be an integer >= 1"),
     ("--bank-seed", "-1", "'--bank-seed': -1 is not in the range 0<=x<="),
 ])
 def test_bad_bank_values(run, monkeypatch, capsys, option, value, message):
@@ -198,6 +215,10 @@ def test_bad_analysis_options(run, monkeypatch, capsys):
     for args, message in [(["all", "--steps", "-5"], "'--steps': -5 is not in the range x>=0"),
                           (["rt", "--epochs", ","], "--epochs ',': give at least one integer"),
                           (["dynamics", "--epochs", ""], "--epochs '': give at least one integer"),
+                          (["binomial", "--p0", ""], "--p0 '': give at least one number in (0, 1]"),
+                          (["dynamics", "--store", ""], "'--store': an empty path"),
+                          (["dynamics", "--work", " "], "'--work': an empty path"),
+                          (["all", "--p0", ","], "--p0 ',': give at least one number in (0, 1]"),
                           (["examples", "--start-epoch", "99"], "--start-epoch 99 is past the last evaluated epoch"),
                           (["dynamics", "--setup", "foo"], "has no r_t arrays for foo (it has supervised, random_labels)")]:
         expect_refusal(inspect_cli.main, [args[0], run, *args[1:]], run, monkeypatch, capsys, message)

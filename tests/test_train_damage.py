@@ -355,3 +355,12 @@ def test_inspect_warns_of_a_setup_folder_without_setup_json(run, tmp_path):
     ws = open_workspace(run, tmp_path / "work", echo=said.append)
     assert list(ws.run.cfg.setups) == ["supervised"]
     assert len(said) == 1 and "random_labels is left out" in said[0] and "no setup.json" in said[0]
+
+
+def test_a_setup_json_of_a_newer_schema_is_refused(run, monkeypatch, capsys):
+    path = art.RunPaths(run).setup_json("supervised")
+    d = art.read_json(path)
+    d["schema_version"] = 99
+    path.write_text(json.dumps(d))
+    for args in (["status", run], ["run", "--out", run, *SMOKE]):
+        refused(args, run, monkeypatch, capsys, "written under schema 99, by a newer version")

@@ -16,7 +16,8 @@ from .checkpoint import (CHECKPOINT_DTYPES, CHECKPOINT_FORMAT, check_header, hea
                          save_checkpoint, save_resume, unwrap, verified_bytes)
 from .paths import EPOCH_RE, SEED_RE, RunPaths
 from .tensorfile import Buffers, safetensors_bytes
-from .run import Run, SeedStatus, grid_status, load_run_config, read_manifest, seed_status
+from .run import (Run, SeedStatus, check_run_json_values, grid_status, load_run_config, read_manifest,
+                  seed_status)
 
 __all__ = [
     "atomic_path", "check_space", "check_writable", "format_bytes", "file_lock", "h5_atomic", "is_no_space", "is_writable", "new_folder", "read_json",
@@ -25,5 +26,5 @@ __all__ = [
     "load_network", "load_weights", "network_shapes", "load_resume", "resume_epoch", "read_checkpoint_bytes", "manifest_sha256", "model_state", "parse_checkpoint",
     "Buffers", "safetensors_bytes", "save_checkpoint", "save_resume", "unwrap", "verified_bytes",
     "EPOCH_RE", "SEED_RE", "RunPaths", "Run", "SeedStatus", "grid_status", "load_run_config",
-    "read_manifest", "seed_status",
+    "read_manifest", "seed_status", "check_run_json_values",
 ]

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import RunConfig, canonical_order, setup_from_dict, validate_run_fields
+from ..config import SCHEMA_VERSION, RunConfig, canonical_order, setup_from_dict, validate_run_fields
 from ..errors import UserError
 from .atomic import read_json, sha256_file
 from .paths import RunPaths
@@ -33,6 +33,7 @@ def load_run_config(root: str | Path) -> tuple[RunConfig, dict]:
     for key in ("sha256", "n_train"):
         if key not in meta["dataset"]:
             raise UserError(f"corrupt {paths.run_json}: dataset has no {key!r}")
+    check_run_json_values(meta, paths.run_json)
     setups = {n: setup_from_dict(read_json(paths.setup_json(n)), str(paths.setup_json(n)))
               for n in canonical_order(paths.setups())}
     known = {f.name for f in fields(RunConfig)} - {"setups", "seeds"}
@@ -52,6 +53,26 @@ def load_run_config(root: str | Path) -> tuple[RunConfig, dict]:
 
     check_backbone(cfg.backbone)  # not run.json's fault when this timm lacks the model
     return cfg, meta
+
+
+def check_run_json_values(meta: dict, path: Path) -> None:
+    """Refuse values of run.json that phase two would misread: a schema from a newer
+    toolkit, a dataset size or checksum that cannot be, class names that are not names."""
+    version = meta.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UserError(f"corrupt {path}: schema_version {version!r} is not a positive integer")
+    if version > SCHEMA_VERSION:
+        raise UserError(f"{path} was written under schema {version}, by a newer version of the "
+                        f"toolkit than this one (schema {SCHEMA_VERSION}); upgrade ssl_dynamics")
+    n = meta["dataset"].get("n_train")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise UserError(f"corrupt {path}: dataset n_train {n!r} is not a positive integer")
+    sha = meta["dataset"].get("sha256")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise UserError(f"corrupt {path}: dataset sha256 {sha!r} is not a sha256")
+    classes = meta.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"corrupt {path}: classes is not a list of names")
 
 
 def read_manifest(path: Path) -> dict:

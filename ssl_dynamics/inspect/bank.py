@@ -37,6 +37,10 @@ NATURAL_GROUPS = {("simclr", 2): "simclr", ("supervised", 1): "supervised", ("no
                   ("normalize", 1): "normalize"}
 
 
+OPTION_NAMES = {"n_probe": "probes", "n_replays": "replays", "seed": "bank-seed",
+                "simclr_batch": "simclr-batch"}  # the command-line option of each BankSpec field
+
+
 @dataclass(frozen=True)
 class BankSpec:
     """What a bank is made of. The defaults are the thesis's and live only here."""
@@ -51,7 +55,8 @@ class BankSpec:
             v = getattr(self, f.name)
             low = 0 if f.name == "seed" else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"bank {f.name.replace('_', '-')} must be an integer >= {low}, got {v!r}")
+                raise ValueError(f"--{OPTION_NAMES[f.name]} (the bank's {f.name}) must be an integer "
+                                 f">= {low}, got {v!r}")
 
     @classmethod
     def with_overrides(cls, **given: int | None) -> "BankSpec":

@@ -135,6 +135,7 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
             if not isinstance(old.get(key), dict):
                 raise UserError(f"corrupt {paths.run_json}: no valid {key!r} entry (restore it, or "
                                 f"use another --out)")
+        art.check_run_json_values(old, paths.run_json)  # never rewritten in an older schema
         recorded = old["config"]
         diffs = identity_diffs(recorded, cfg)
         if dataset_kind(str((old.get("config") or {}).get("dataset"))) != dataset_kind(cfg.dataset):
