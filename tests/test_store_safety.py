@@ -160,6 +160,19 @@ def test_a_deleted_chunk_is_not_evaluated_but_evaluated_again(run):
     assert np.array_equal(after.p_true, before.p_true, equal_nan=True)
 
 
+@pytest.mark.parametrize("zarr_api", ["with_config", "earlier 3.x"])
+def test_a_checkpoint_evaluated_to_nan_stays_evaluated(tmp_path, monkeypatch, zarr_api):
+    """An all-NaN p_true chunk equals the fill value, which zarr does not write by default;
+    the store writes it anyway, since its file is what proves the checkpoint was evaluated
+    (else it would be evaluated again on every `inspect rt`)."""
+    if zarr_api != "with_config":
+        monkeypatch.delattr(zarr.Array, "with_config", raising=False)
+    store = small_store(tmp_path / "s.zarr")
+    store.write("supervised", 1, 2, np.zeros((2, 4, 1)), np.full((2, 4, 1), np.nan))
+    done = RtStore(tmp_path / "s.zarr", writable=False).done("supervised")
+    assert done.tolist() == [[False, False, False], [False, False, True]]
+
+
 def test_an_unfinished_group_is_removed_but_a_committed_one_never(tmp_path):
     path = tmp_path / "s.zarr"
     small_store(path)

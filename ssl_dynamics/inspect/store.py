@@ -132,6 +132,25 @@ def _compressor():
     return ZstdCodec(level=0, checksum=CHECKSUM)
 
 
+def always_written(group, name: str):
+    """Array `name` of `group`, set to write every chunk, even one that equals its fill
+    value: zarr 3 skips such a chunk (and deletes an old one), and a p_true chunk's file is
+    what proves a checkpoint was evaluated (`RtStore._lost`), NaN values included (e.g. a
+    network whose logits overflow)."""
+    array = group[name]
+    if hasattr(array, "with_config"):  # zarr 3.1.6 and later
+        return array.with_config({"write_empty_chunks": True})
+    import dataclasses
+
+    from zarr import Array
+    from zarr.core.array import AsyncArray
+
+    inner = array._async_array  # earlier 3.x: the same array rebuilt with the runtime config
+    config = getattr(inner, "config", None) or inner._config
+    return Array(AsyncArray(inner.metadata, inner.store_path,
+                            dataclasses.replace(config, write_empty_chunks=True)))
+
+
 class RtStore:
     def __init__(self, path: str | Path, writable: bool = True):
         self.path = work_path(path)
@@ -337,7 +356,7 @@ class RtStore:
                        **dims.array_options("targets"))
         for name, values in (data or {}).items():
             if name in dims.SEED_GROWN and values is not None:
-                g[name][...] = values
+                (always_written(g, name) if name == "p_true" else g[name])[...] = values
         attrs = {"schema_version": SCHEMA_VERSION, "seeds": seeds, "shape": shape, **want}
         idx, labels = self.probes()
         dims.write_coordinates(g, dims.coordinate_values(attrs, idx, labels))
@@ -417,20 +436,32 @@ class RtStore:
             folder = self.path / setup / "p_true"
             tail = (0,) * (arr.ndim - 2)
             key = arr.metadata.encode_chunk_key
-        if key((1, 2, *tail)) == "/".join(map(str, ("c", 1, 2, *tail))):  # zarr 3's default keys
-            present = np.zeros_like(flags)
-            rows = folder / "c"
-            for seed_dir in os.scandir(rows) if rows.is_dir() else ():
-                if seed_dir.name.isdigit() and int(seed_dir.name) < flags.shape[0]:
-                    for epoch_dir in os.scandir(seed_dir.path):
-                        e = int(epoch_dir.name) if epoch_dir.name.isdigit() else flags.shape[1]
-                        if e < flags.shape[1] and os.path.isfile(os.path.join(epoch_dir.path, *map(str, tail))):
-                            present[int(seed_dir.name), e] = True
-            return flags & ~present
-        lost = np.zeros_like(flags)
-        for s, e in zip(*np.nonzero(flags)):  # other key encodings: one look-up per chunk
-            lost[s, e] = not (folder / key((int(s), int(e), *tail))).is_file()
-        return lost
+            if getattr(arr, "shards", None) is not None or tuple(arr.chunks[:2]) != (1, 1):
+                return np.zeros_like(flags)  # not one chunk per checkpoint: `done` is trusted
+        try:
+            if key((1, 2, *tail)) == "/".join(map(str, ("c", 1, 2, *tail))):  # zarr 3's default keys
+                return flags & ~self._chunk_files(folder / "c", flags.shape, tail)
+            lost = np.zeros_like(flags)
+            for s, e in zip(*np.nonzero(flags)):  # other key encodings: one look-up per chunk
+                lost[s, e] = not (folder / key((int(s), int(e), *tail))).is_file()
+            return lost
+        except OSError as e:  # a stray file where a chunk folder belongs, no permission
+            raise UserError(f"corrupt r_t store {self.path}: the chunks of {setup}/p_true cannot be "
+                            f"listed ({e.strerror or type(e).__name__})") from None
+
+    @staticmethod
+    def _chunk_files(rows: Path, shape: tuple[int, int], tail: tuple[int, ...]) -> np.ndarray:
+        """bool [S, E]: which (seed, epoch) chunk files exist under `rows` (c/<s>/<e>/0/...):
+        one listing per seed folder, not one look-up per chunk."""
+        present = np.zeros(shape, dtype=bool)
+        for seed_dir in os.scandir(rows) if rows.is_dir() else ():
+            if not (seed_dir.name.isdigit() and int(seed_dir.name) < shape[0] and seed_dir.is_dir()):
+                continue
+            for epoch_dir in os.scandir(seed_dir.path):
+                e = int(epoch_dir.name) if epoch_dir.name.isdigit() else shape[1]
+                if e < shape[1] and os.path.isfile(os.path.join(epoch_dir.path, *map(str, tail))):
+                    present[int(seed_dir.name), e] = True
+        return present
 
     def checkpoint_sha(self, setup: str) -> np.ndarray | None:
         """uint8 [S, E, 32]: the sha256 of the checkpoint each chunk was evaluated from (zeros:
@@ -445,7 +476,7 @@ class RtStore:
         if setup not in self._arrays:  # opening an array reads its metadata: a third of a write
             g = self.group[setup]
             record = g[dims.SHA_ARRAY] if dims.SHA_ARRAY in g else None
-            self._arrays[setup] = (g["correct"], g["p_true"], g["done"], record)
+            self._arrays[setup] = (g["correct"], always_written(g, "p_true"), g["done"], record)
         c, p, done, record = self._arrays[setup]
         c[s, e] = correct.astype(np.uint8)
         p[s, e] = p_true.astype(np.float32)
@@ -458,7 +489,10 @@ class RtStore:
 
         g = self.group[setup]
         out = {}
-        for name in ("correct", "p_true", "done", "targets"):
+        # `done` first: a shard writes a chunk before its flag, so a flag read first never
+        # stands for a chunk not yet written (the other order could pair a fresh flag with
+        # the fill values read a moment before)
+        for name in ("done", "correct", "p_true", "targets"):
             try:
                 with zarr.config.set({"async.concurrency": READ_CONCURRENCY}):
                     out[name] = g[name][:]
