@@ -218,6 +218,8 @@ def test_bad_analysis_options(run, monkeypatch, capsys):
                           (["binomial", "--p0", ""], "--p0 '': give at least one number in (0, 1]"),
                           (["dynamics", "--store", ""], "'--store': an empty path"),
                           (["dynamics", "--work", " "], "'--work': an empty path"),
+                          (["export", "--to", "netcdf", "--out", ""], "'--out': an empty path"),
+                          (["rt", "--bank", ""], "'--bank': an empty path"),
                           (["all", "--p0", ","], "--p0 ',': give at least one number in (0, 1]"),
                           (["examples", "--start-epoch", "99"], "--start-epoch 99 is past the last evaluated epoch"),
                           (["dynamics", "--setup", "foo"], "has no r_t arrays for foo (it has supervised, random_labels)")]:

@@ -87,6 +87,8 @@ def test_export_refuses_the_analyses_folders_devices_and_missing_folders(run, tm
     with pytest.raises(UserError, match="does not exist; create it first"):
         export(ws, "netcdf", tmp_path / "no" / "such" / "x.nc", progress=False, **QUIET)
     assert not (tmp_path / "no").exists()
+    with pytest.raises(UserError, match="in the work folder's tables/, figures/ or report/"):
+        export(ws, "netcdf", ws.dir / "tables" / "sub" / "x.nc", progress=False, **QUIET)
 
 
 def test_a_damaged_work_table_is_computed_again_by_export(run):

@@ -15,7 +15,7 @@ from ..devices import resolve_device
 from . import cli_analyses
 from ..errors import UserError
 from .cli_options import (DATA, DEVICE, EPOCH_ALL, NO_PROGRESS, NO_VERIFY, PRECISION, RNG_SEED, RUN_DIR,
-                          SETUP, SHRINKAGE, STORE, WORK, options, show, workspace)
+                          SETUP, SHRINKAGE, STORE, WORK, not_empty, options, show, workspace)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
@@ -64,7 +64,7 @@ def _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, ba
 @click.option("--shard", default=None, metavar="I/N",
               help="Take shard I of N (a checkpoint's shard depends on its setup, seed and epoch only).")
 @click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
-@click.option("--bank", default=None, help="Bank file (default WORK/bank.h5; built on first use).")
+@click.option("--bank", default=None, callback=not_empty, help="Bank file (default WORK/bank.h5; built on first use).")
 @click.option("--probes", type=int, default=None, help="K: probe images in a new bank [1024].")
 @click.option("--replays", type=int, default=None, help="M: augmentations per probe image [10].")
 @click.option("--bank-seed", type=RNG_SEED, default=None, help="Seed of the probe choice and replays [0].")

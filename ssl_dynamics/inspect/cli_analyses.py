@@ -7,7 +7,7 @@ from ..cli_util import parse_int_list, parse_levels, split_names, user_errors
 from ..devices import resolve_device
 from ..errors import UserError
 from .cli_options import (DATA, DEVICE, EPOCH, NO_PROGRESS, NO_VERIFY, RNG_SEED, RUN_DIR, SETUP, SHRINKAGE,
-                          STORE, TSNE_SEED, WORK, options, show, workspace)
+                          STORE, TSNE_SEED, WORK, not_empty, options, show, workspace)
 from .example_measures import HARDNESS_DIRECTION as HARDNESS
 
 def _analysis(run_dir, work, store, setups, fn):
@@ -132,7 +132,7 @@ def examples_cmd(run_dir, work, store, setups, dataset, data_root, no_progress, 
 @options(RUN_DIR, WORK, STORE, *DATA, NO_PROGRESS)
 @click.option("--to", "to", type=click.Choice(["netcdf", "parquet"]), required=True,
               help="netcdf: the r_t store (one group per setup); parquet: the per-example table.")
-@click.option("--out", "target", default=None, metavar="PATH",
+@click.option("--out", "target", default=None, metavar="PATH", callback=not_empty,
               help="Output file (default WORK/rt.nc, or WORK/tables/examples.parquet).")
 @click.option("--force", is_flag=True,
               help="Replace an existing --out file (never the run's files, the bank or an r_t store).")

@@ -5,7 +5,7 @@ import click
 
 from .workspace import open_workspace
 
-def _not_empty(ctx, param, value):
+def not_empty(ctx, param, value):
     """A path option given as '' is a mistake (an unset shell variable), never the default."""
     if value is not None and not str(value).strip():
         raise click.BadParameter("an empty path; give one, or leave the option out")
@@ -13,9 +13,9 @@ def _not_empty(ctx, param, value):
 
 
 RUN_DIR = click.argument("run_dir")
-WORK = click.option("--work", default=None, metavar="DIR", callback=_not_empty,
+WORK = click.option("--work", default=None, metavar="DIR", callback=not_empty,
                     help="Where phase-two outputs go (default RUN_DIR/inspect; use for read-only archives).")
-STORE = click.option("--store", default=None, callback=_not_empty,
+STORE = click.option("--store", default=None, callback=not_empty,
                      help="r_t store: *.zarr or *.h5 (default: WORK's rt.zarr, else its rt.h5, "
                           "else the run's own; `rt` makes WORK/rt.zarr when WORK has none).")
 SETUP = click.option("--setup", "setups", multiple=True, metavar="NAME",

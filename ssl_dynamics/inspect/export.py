@@ -229,17 +229,23 @@ def _json_value(v):
     raise TypeError(f"attribute value of type {type(v).__name__} has no JSON form")
 
 
-def _work_table_meta(table: Path, echo) -> dict:
-    """The work folder's table's metadata; {} when it is missing, or damaged: it is derived,
-    so a damaged one is removed (it is computed again) and the user told in one line."""
-    if not table.exists():
-        return {}
-    try:
-        return read_meta(table)
-    except Exception:  # noqa: BLE001 - pyarrow raises several kinds for a file that is not Parquet
-        echo(f"{table} is not a readable Parquet table; computing it again")
-        table.unlink()
-        return {}
+def _work_table_meta(ws: Workspace, table: Path, echo) -> dict:
+    """The work folder's table's metadata; {} when it is missing, or not Parquet: it is
+    derived, so such a one is removed under the work lock (it is computed again) and the
+    user told in one line. A table that cannot be read for another reason (permissions)
+    is a one-line refusal, never deleted."""
+    pa = need("pyarrow", "the Parquet table")
+    with Outputs(ws.dir).lock():
+        if not table.exists():
+            return {}
+        try:
+            return read_meta(table)
+        except (pa.ArrowInvalid, json.JSONDecodeError):  # not Parquet, or its metadata not ours
+            echo(f"{table} is not a readable Parquet table; computing it again")
+            table.unlink()
+            return {}
+        except OSError as e:
+            raise UserError(f"cannot read {table}: {e.strerror or e}") from None
 
 
 def export_parquet(ws: Workspace, store: Path, target: Path | None, data_opts: dict | None,
@@ -250,7 +256,7 @@ def export_parquet(ws: Workspace, store: Path, target: Path | None, data_opts: d
     it is never replaced; the default table is then computed aside for `target`."""
     out = Outputs(ws.dir)
     table = out.tables / f"{TABLE}.parquet"
-    meta = _work_table_meta(table, echo)
+    meta = _work_table_meta(ws, table, echo)
     default = ExampleOptions(progress=progress)
     made_with = {k: v for k, v in (meta.get("options") or {}).items() if k != "progress"}
     custom = table.exists() and made_with != {k: v for k, v in asdict(default).items() if k != "progress"}

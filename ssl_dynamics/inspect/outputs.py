@@ -116,7 +116,8 @@ class Outputs:
         writer's: a writer there must hold the lock while its temporary file exists."""
         where = Path(path).resolve()
         swept = {self.figures.resolve(), (self.root / "report").resolve(), self.tables.resolve()}
-        return where.parent in swept or (where.parent == self.root.resolve() and where.name in OWN_FILES)
+        return bool(swept & set(where.parents)) or (where.parent == self.root.resolve()
+                                                    and where.name in OWN_FILES)
 
     def check_analysis(self) -> Path | None:
         """Move a damaged analysis.h5 aside (it is derived: the analyses write its groups

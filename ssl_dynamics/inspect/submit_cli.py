@@ -8,7 +8,7 @@ import click
 from ..cli_util import parse_int_list, split_names
 from ..cluster.cli import cluster_options, from_cli
 from ..errors import WorkFailed
-from .cli_options import DATA, NO_VERIFY, PRECISION, RNG_SEED, SETUP, WORK, options
+from .cli_options import DATA, NO_VERIFY, PRECISION, RNG_SEED, SETUP, WORK, not_empty, options
 
 
 @click.group("submit")
@@ -21,10 +21,10 @@ def submit():
 @click.option("--shards", type=click.IntRange(1), default=8, show_default=True,
               help="Jobs: job i evaluates `inspect rt --shard i/N` (keep N for one store).")
 @options(WORK, SETUP, *DATA, PRECISION, NO_VERIFY)
-@click.option("--store", default=None, help="r_t store, a .zarr folder (default WORK/rt.zarr).")
+@click.option("--store", default=None, callback=not_empty, help="r_t store, a .zarr folder (default WORK/rt.zarr).")
 @click.option("--epochs", default=None, help="Only these epoch numbers (comma-separated; default: all).")
 @click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
-@click.option("--bank", default=None, help="Bank file (default WORK/bank.h5; built here before submitting).")
+@click.option("--bank", default=None, callback=not_empty, help="Bank file (default WORK/bank.h5; built here before submitting).")
 @click.option("--probes", type=int, default=None, help="K: probe images in a new bank [1024].")
 @click.option("--replays", type=int, default=None, help="M: augmentations per probe image [10].")
 @click.option("--bank-seed", type=RNG_SEED, default=None, help="Seed of the probe choice and replays [0].")
