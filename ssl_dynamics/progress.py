@@ -17,6 +17,7 @@ LOG_INTERVAL_S = 30.0  # in a log file: one line per half minute is plenty
 def bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True,
         leave: bool = True, position: int | None = None) -> tqdm:
     interactive = sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=leave,
+    # nothing to do: no bar (an empty one is noise on a rerun that finds everything done)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled or total == 0, leave=leave,
                 position=position, dynamic_ncols=True,
                 mininterval=TERMINAL_INTERVAL_S if interactive else LOG_INTERVAL_S)

@@ -558,3 +558,12 @@ def test_interrupt_says_how_to_resume(monkeypatch, capsys):
     code, err = call(lambda: run_cli(group, "rerun the same command to resume"), ["boom"],
                      monkeypatch, capsys)
     assert code == 130 and err.strip() == "interrupted: rerun the same command to resume"
+
+
+def test_nothing_to_do_draws_no_bar_and_an_unwritable_folder_says_why(tmp_path):
+    from ssl_dynamics.errors import UserError
+    from ssl_dynamics.progress import bar
+
+    assert bar(0, "checkpoints").disable and not bar(3, "checkpoints").disable
+    with pytest.raises(UserError, match=r"cannot create files in /proc \("):
+        art.check_writable(Path("/proc"))

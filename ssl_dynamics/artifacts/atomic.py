@@ -117,8 +117,8 @@ def check_writable(folder: Path) -> None:
         fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
         os.close(fd)
         os.unlink(probe)
-    except OSError as e:
-        raise UserError(f"{folder} is not writable: {e.strerror}") from None
+    except OSError as e:  # read-only, no permission, or a pseudo-filesystem (/proc)
+        raise UserError(f"cannot create files in {folder} ({e.strerror})") from None
 
 
 def is_writable(folder: Path) -> bool:
