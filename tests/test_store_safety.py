@@ -20,7 +20,7 @@ from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect import cli as inspect_cli
 from ssl_dynamics.inspect import storedims
 from ssl_dynamics.inspect.rtdata import load_rt
-from ssl_dynamics.inspect.store import RtStore, sha_hex
+from ssl_dynamics.inspect.store import RtStore, always_written, sha_hex
 
 TINY_BANK = dict(n_probe=24, n_replays=3, simclr_batch=8)  # the bank of tiny_rt
 
@@ -171,6 +171,23 @@ def test_a_checkpoint_evaluated_to_nan_stays_evaluated(tmp_path, monkeypatch, za
     store.write("supervised", 1, 2, np.zeros((2, 4, 1)), np.full((2, 4, 1), np.nan))
     done = RtStore(tmp_path / "s.zarr", writable=False).done("supervised")
     assert done.tolist() == [[False, False, False], [False, False, True]]
+
+
+def test_done_flags_read_from_the_chunk_files_equal_zarrs_reading(tmp_path):
+    """`done` is read from its chunk files (one decode per distinct content) instead of
+    chunk by chunk: the same flags as zarr's own reading, whatever the chunks hold."""
+    store = small_store(tmp_path / "s.zarr")
+    for s_, e_ in ((0, 0), (0, 2), (1, 1)):
+        store.write("supervised", s_, e_, np.ones((2, 4, 1)), np.full((2, 4, 1), 0.5))
+    store.forget("supervised", 0, 2)  # written as 0: zarr removes the chunk file
+    always_written(store.group["supervised"], "done")[1, 2] = 0  # a 0 kept as a file
+    (tmp_path / "s.zarr" / "supervised" / "done" / "c" / "0" / "stray").write_text("x")
+    assert (tmp_path / "s.zarr" / "supervised" / "done" / "c" / "1" / "2").is_file()
+    reader = RtStore(tmp_path / "s.zarr", writable=False)
+    want = reader.group["supervised/done"][:].astype(bool)
+    assert want.tolist() == [[True, False, False], [False, True, False]]
+    assert np.array_equal(reader._done_flags("supervised"), want)
+    assert np.array_equal(reader.read("supervised")["done"].astype(bool), want)
 
 
 def test_an_unfinished_group_is_removed_but_a_committed_one_never(tmp_path):
