@@ -16,7 +16,7 @@ setup(
         "scipy>=1.10",
         "scikit-learn>=1.3",
         "h5py>=3.8",
-        "zarr>=3.0",
+        "zarr>=3.1",  # 3.0 lacks create_array(data=...); 3.1.6 is tested
         "matplotlib>=3.7",
         "click>=8.1",
         "timm>=0.9",

@@ -102,6 +102,16 @@ def test_a_damaged_work_table_is_computed_again_by_export(run):
     assert export(ws, "parquet", progress=False, echo=said.append) == table
     assert "not a readable Parquet table; computing it again" in said[0]
     assert read_meta(table)["options"]
+    data = bytearray(table.read_bytes())  # a damaged footer: pyarrow's OSError without errno
+    start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")  # where the footer begins
+    data[start:start + 50] = bytes(50)
+    table.write_bytes(bytes(data))
+    with pytest.raises(OSError) as damaged:
+        read_meta(table)
+    assert damaged.value.errno is None
+    said.clear()
+    assert export(ws, "parquet", progress=False, echo=said.append) == table
+    assert "computing it again" in said[0] and read_meta(table)["options"]
 
 
 # --------------------------------------------------------------------------- 2. rt --store X.h5

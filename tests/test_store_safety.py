@@ -181,13 +181,38 @@ def test_done_flags_read_from_the_chunk_files_equal_zarrs_reading(tmp_path):
         store.write("supervised", s_, e_, np.ones((2, 4, 1)), np.full((2, 4, 1), 0.5))
     store.forget("supervised", 0, 2)  # written as 0: zarr removes the chunk file
     always_written(store.group["supervised"], "done")[1, 2] = 0  # a 0 kept as a file
-    (tmp_path / "s.zarr" / "supervised" / "done" / "c" / "0" / "stray").write_text("x")
+    for stray in ("stray", "02", "\u0661", "\u00b2", "1.0a1b.partial"):  # not chunk names
+        (tmp_path / "s.zarr" / "supervised" / "done" / "c" / "0" / stray).write_bytes(
+            (tmp_path / "s.zarr" / "supervised" / "done" / "c" / "0" / "0").read_bytes())
     assert (tmp_path / "s.zarr" / "supervised" / "done" / "c" / "1" / "2").is_file()
     reader = RtStore(tmp_path / "s.zarr", writable=False)
     want = reader.group["supervised/done"][:].astype(bool)
     assert want.tolist() == [[True, False, False], [False, True, False]]
     assert np.array_equal(reader._done_flags("supervised"), want)
     assert np.array_equal(reader.read("supervised")["done"].astype(bool), want)
+
+
+def test_done_flags_survive_a_checkpoint_forgotten_while_they_are_read(tmp_path, monkeypatch):
+    """Another process forgetting a checkpoint (zarr removes its chunk file) between the
+    listing and the read: that one reads as 0, as zarr reads a missing chunk, and the rest
+    are decoded from the bytes in hand, not read again from disk."""
+    from ssl_dynamics.inspect import store as store_mod
+
+    store = small_store(tmp_path / "s.zarr")
+    for s_, e_ in ((0, 0), (0, 1), (1, 1), (1, 2)):
+        store.write("supervised", s_, e_, np.ones((2, 4, 1)), np.full((2, 4, 1), 0.5))
+    reader = RtStore(tmp_path / "s.zarr", writable=False)
+    real = store_mod.RtStore._checkpoint_chunks
+
+    def listed_then_forgotten(self, setup, name, arr):
+        files = real(self, setup, name, arr)
+        if name == "done":
+            store.forget("supervised", 0, 0)  # a file the listing saw, gone before its read
+        return files
+
+    monkeypatch.setattr(store_mod.RtStore, "_checkpoint_chunks", listed_then_forgotten)
+    flags = reader._done_flags("supervised")
+    assert flags.tolist() == [[False, True, False], [False, True, True]]
 
 
 def test_an_unfinished_group_is_removed_but_a_committed_one_never(tmp_path):

@@ -240,12 +240,14 @@ def _work_table_meta(ws: Workspace, table: Path, echo) -> dict:
             return {}
         try:
             return read_meta(table)
-        except (pa.ArrowInvalid, json.JSONDecodeError):  # not Parquet, or its metadata not ours
+        except (pa.ArrowInvalid, json.JSONDecodeError, OSError) as e:
+            if isinstance(e, OSError) and e.errno is not None:  # permissions, I/O: not the table's
+                raise UserError(f"cannot read {table}: {e.strerror or e}") from None
+            # not Parquet, a damaged footer (pyarrow's OSError without an errno), or metadata
+            # that is not ours
             echo(f"{table} is not a readable Parquet table; computing it again")
             table.unlink()
             return {}
-        except OSError as e:
-            raise UserError(f"cannot read {table}: {e.strerror or e}") from None
 
 
 def export_parquet(ws: Workspace, store: Path, target: Path | None, data_opts: dict | None,

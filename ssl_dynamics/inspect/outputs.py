@@ -112,8 +112,9 @@ class Outputs:
             return n + art.remove_stale_temps(self.tables)
 
     def sweeps(self, path: str | Path) -> bool:
-        """Whether `tidy` would take a temporary file written beside `path` for a killed
-        writer's: a writer there must hold the lock while its temporary file exists."""
+        """Whether `path` lies in what the analyses write and `tidy` sweeps: anywhere under
+        tables/, figures/ or report/ (tidy sweeps their top level: a writer there must hold
+        the lock while its temporary file exists), or one of the work folder's records."""
         where = Path(path).resolve()
         swept = {self.figures.resolve(), (self.root / "report").resolve(), self.tables.resolve()}
         return bool(swept & set(where.parents)) or (where.parent == self.root.resolve()
