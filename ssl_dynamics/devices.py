@@ -14,11 +14,11 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
+        index = name.partition(":")[2]
+        if name not in ("cuda",) and not (name.startswith("cuda:") and index.isascii() and index.isdigit()):
+            raise UserError(f"unknown device {name!r}: use auto, cpu or cuda[:N]")
         if not torch.cuda.is_available():
             raise UserError(f"--device {name} asked for, but torch sees no CUDA device")
-        index = name.partition(":")[2]
-        if name not in ("cuda",) and not (name.startswith("cuda:") and index.isdigit()):
-            raise UserError(f"unknown device {name!r}: use auto, cpu or cuda[:N]")
         if index and int(index) >= torch.cuda.device_count():
             raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} "
                             f"CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")

@@ -364,3 +364,34 @@ def test_a_setup_json_of_a_newer_schema_is_refused(run, monkeypatch, capsys):
     path.write_text(json.dumps(d))
     for args in (["status", run], ["run", "--out", run, *SMOKE]):
         refused(args, run, monkeypatch, capsys, "written under schema 99, by a newer version")
+
+
+def test_status_names_setup_folders_gone_or_copied(run, monkeypatch, capsys):
+    import shutil
+
+    paths = art.RunPaths(run)
+    shutil.copytree(paths.setup_dir("supervised"), paths.checkpoints / "supervised.bak")
+    code, out, err = call(["status", run], monkeypatch, capsys)
+    assert code == 0, err
+    assert "checkpoints/supervised.bak: not a setup of this run" in out
+    assert "1 complete, 0 partial, 0 missing" in out
+    shutil.rmtree(paths.setup_dir("supervised"))
+    code, out, err = call(["status", run], monkeypatch, capsys)
+    assert code == 0 and "supervised: damaged: run.json lists it, but its folder" in out
+
+
+@pytest.mark.parametrize("inside", ["checkpoints/supervised/seed-00", "checkpoints", "inspect"])
+def test_out_inside_a_run_or_a_work_folder_is_refused(run, tmp_path, monkeypatch, capsys, inside):
+    if inside == "inspect":  # a work folder of phase two (its record: work.json)
+        (run / "inspect").mkdir(exist_ok=True)
+        (run / "inspect" / "work.json").write_text("{}")
+    refused(["run", "--out", run / inside / "x", *SMOKE], run, monkeypatch, capsys,
+            "the inspect work folder" if inside == "inspect" else "is inside the run directory")
+
+
+def test_the_start_line_shows_seed_ranges_and_the_device_syntax_is_checked_first(tmp_path, monkeypatch, capsys):
+    code, out, err = call(["run", "--out", tmp_path / "r", *SMOKE[:6], "--setup", "supervised",
+                           "--seeds", "0-99999", "--epochs", "100000", "--no-progress"], monkeypatch, capsys)
+    assert code == 2 and "x seeds 0-99999 on" in out and len(out) < 2000
+    code, _, err = call(["run", "--out", tmp_path / "r", *SMOKE, "--device", "cuda:abc"], monkeypatch, capsys)
+    assert code == 2 and "unknown device 'cuda:abc'" in err

@@ -34,17 +34,17 @@ def load_run_config(root: str | Path) -> tuple[RunConfig, dict]:
         if key not in meta["dataset"]:
             raise UserError(f"corrupt {paths.run_json}: dataset has no {key!r}")
     check_run_json_values(meta, paths.run_json)
-    setups = {n: setup_from_dict(read_json(paths.setup_json(n)), str(paths.setup_json(n)))
-              for n in canonical_order(paths.setups())}
+    setups = {}
+    for n in canonical_order(paths.setups()):
+        sc = setup_from_dict(read_json(paths.setup_json(n)), str(paths.setup_json(n)))
+        if sc.name == n:  # else a copy of another setup's folder (a backup): not a setup here
+            setups[n] = sc
     known = {f.name for f in fields(RunConfig)} - {"setups", "seeds"}
     try:
         cfg = RunConfig(**{k: v for k, v in meta["config"].items() if k in known},
                         seeds=tuple(int(s) for s in meta["seeds"]), setups=setups)
     except (TypeError, ValueError) as e:
         raise UserError(f"corrupt {paths.run_json}: {e}") from None
-    for name, sc in setups.items():  # each setup.json's values were checked as it was read
-        if sc.name != name:
-            raise UserError(f"corrupt {paths.setup_json(name)}: it is the config of setup {sc.name!r}")
     try:
         validate_run_fields(cfg)
     except UserError as e:

@@ -8,6 +8,7 @@ import click
 
 from ..cli_util import run_cli, split_names
 from ..cluster.cli import cluster_options, from_cli
+from ..cluster.records import ranges
 from ..config import SETUP_NAMES, override, parse_seeds, preset
 from ..errors import UserError, WorkFailed
 from .cli_options import how_options
@@ -122,13 +123,13 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
         from .workers import run_on_devices
 
         devs = resolve_devices(devices)
-        click.echo(f"training {', '.join(chosen)} x seeds {list(cfg.seeds)} on {', '.join(devs)} into {out}")
+        click.echo(f"training {', '.join(chosen)} x seeds {ranges(list(cfg.seeds))} on {', '.join(devs)} into {out}")
         status = run_on_devices(out, cfg, chosen, devs, request, **kw)
     else:
         from .grid import train_grid
 
         opts = request.resolve(backbone=cfg.backbone)
-        click.echo(f"training {', '.join(chosen)} x seeds {list(cfg.seeds)} on {opts.device} "
+        click.echo(f"training {', '.join(chosen)} x seeds {ranges(list(cfg.seeds))} on {opts.device} "
                    f"({'bf16' if opts.bf16 else 'fp32'}"
                    + (f", {opts.pack} seeds per pack" if opts.pack > 1 else "") + f") into {out}")
         status = train_grid(out, cfg, chosen, opts, **kw)
@@ -192,7 +193,7 @@ def status_cmd(run_dir, works):
     """Which (setup, seed) runs of RUN_DIR are complete, partial, missing or damaged (its
     manifest names checkpoints that are gone, or checkpoints lie there without a manifest);
     known jobs (train submit's, and inspect submit rt's in RUN_DIR/inspect or each --work DIR)."""
-    from ..artifacts import RunPaths, grid_status
+    from ..artifacts import RunPaths, grid_status, load_run_config
     from ..cluster.records import status_lines
 
     rows = grid_status(run_dir)
@@ -206,10 +207,17 @@ def status_cmd(run_dir, works):
         click.echo(f"{r.setup:<20} {r.seed:>4}  {r.condition:<9} {last:>5}/{r.epochs:<5}{more}")
     counts = {k: sum(r.condition == k for r in rows) for k in ("complete", "partial", "missing", "damaged")}
     click.echo(", ".join(f"{v} {k}" for k, v in counts.items() if v or k != "damaged"))
-    for name in RunPaths(run_dir).unconfigured():
+    paths = RunPaths(run_dir)
+    for name in paths.unconfigured():
         click.echo(f"{name}: damaged: seed folders but no setup.json, so its seeds are not listed; "
                    f"`train run` with the setup's settings restores it from the checkpoints")
-    paths = RunPaths(run_dir)
+    listed = {r.setup for r in rows}
+    for name in sorted(set(paths.setups()) - listed):
+        click.echo(f"checkpoints/{name}: not a setup of this run (its setup.json names another "
+                   f"setup: a copy?); ignored")
+    _, meta = load_run_config(run_dir)
+    for name in sorted(set(meta.get("setups") or []) - listed - set(paths.unconfigured())):
+        click.echo(f"{name}: damaged: run.json lists it, but its folder checkpoints/{name} is gone")
     folders = [paths.jobs, paths.inspect / "jobs", *(Path(w) / "jobs" for w in works)]
     jobs = status_lines(*dict.fromkeys(f.resolve() for f in folders))  # each folder once
     if jobs:

@@ -12,6 +12,7 @@ then trained through the same grouped path.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -102,6 +103,10 @@ def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions
     base = _existing_ancestor(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"--out {root} is a file, not a folder")
+    for above in Path(os.path.abspath(root)).parents:  # a run inside a run would mix with it
+        if (above / "run.json").is_file() or (above / "work.json").is_file():
+            what = "the run directory" if (above / "run.json").is_file() else "the inspect work folder"
+            raise UserError(f"--out {root} is inside {what} {above}; choose a folder outside it")
     if not base.is_dir():
         raise UserError(f"--out {root}: {base} is a file, not a folder")
     try:
