@@ -1,7 +1,8 @@
 """What both command lines share: one-line errors with exit status 2, signals, option parsing.
 
 Exit statuses: 0 success; 1 work in other processes (workers, cluster jobs) failed (one line
-naming their logs); 2 bad input or a file the user can fix (one line `error: ...`);
+naming their logs); 2 bad input or something the user can fix: a damaged file, a full disk,
+memory that runs out (one line `error: ...`);
 3 `inspect all` finished with some analyses skipped; 130 interrupted (finished work kept).
 """
 from __future__ import annotations

@@ -120,7 +120,9 @@ class SeedStatus:
 
     @property
     def extension_unfinished(self) -> bool:
-        """An extension was asked for and the seed has not reached it (cut short, or queued)."""
+        """An extension was asked for and the seed has not reached it: cut short. (The target
+        is recorded once the seed's own training starts, so a seed an interrupted `train
+        extend` never reached shows nothing.)"""
         return self.extend_target is not None and (self.extended_to or self.epochs) < self.extend_target
 
 
