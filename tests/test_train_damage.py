@@ -395,3 +395,8 @@ def test_the_start_line_shows_seed_ranges_and_the_device_syntax_is_checked_first
     assert code == 2 and "x seeds 0-99999 on" in out and len(out) < 2000
     code, _, err = call(["run", "--out", tmp_path / "r", *SMOKE, "--device", "cuda:abc"], monkeypatch, capsys)
     assert code == 2 and "unknown device 'cuda:abc'" in err
+
+
+def test_status_says_when_a_work_folder_does_not_exist(run, tmp_path, monkeypatch, capsys):
+    code, out, _ = call(["status", run, "--work", tmp_path / "nowhere"], monkeypatch, capsys)
+    assert code == 0 and f"--work {tmp_path / 'nowhere'}: no such folder" in out

@@ -218,6 +218,9 @@ def status_cmd(run_dir, works):
     _, meta = load_run_config(run_dir)
     for name in sorted(set(meta.get("setups") or []) - listed - set(paths.unconfigured())):
         click.echo(f"{name}: damaged: run.json lists it, but its folder checkpoints/{name} is gone")
+    for w in works:
+        if not Path(w).is_dir():
+            click.echo(f"--work {w}: no such folder; no jobs listed from it")
     folders = [paths.jobs, paths.inspect / "jobs", *(Path(w) / "jobs" for w in works)]
     jobs = status_lines(*dict.fromkeys(f.resolve() for f in folders))  # each folder once
     if jobs:
