@@ -129,7 +129,7 @@ class SeedStatus:
 def seed_status(paths: RunPaths, setup: str, seed: int, epochs: int) -> SeedStatus:
     manifest = paths.manifest(setup, seed)
     if not manifest.exists():
-        on_disk = [e for e in paths.epochs(setup, seed) if e > 0]
+        on_disk = [e for e in paths.epochs(setup, seed) if e > 0]  # as prepare.trained_epochs_on_disk
         return SeedStatus(setup, seed, "missing", None, epochs, unrecorded=max(on_disk, default=None))
     m = read_manifest(manifest)
     done = sorted(int(e) for e in m["checkpoints"])

@@ -196,7 +196,8 @@ def status_cmd(run_dir, works):
     from ..artifacts import RunPaths, grid_status, load_run_config
     from ..cluster.records import status_lines
 
-    rows = grid_status(run_dir)
+    cfg, meta = load_run_config(run_dir)  # read once: the table and the lines below
+    rows = grid_status(run_dir, cfg)
     click.echo(f"{'setup':<20} {'seed':>4}  {'state':<9} {'epoch':>11}")
     for r in rows:
         last = "-" if r.last_epoch is None else str(r.last_epoch)
@@ -215,7 +216,6 @@ def status_cmd(run_dir, works):
     for name in sorted(set(paths.setups()) - listed):
         click.echo(f"checkpoints/{name}: not a setup of this run (its setup.json names another "
                    f"setup: a copy?); ignored")
-    _, meta = load_run_config(run_dir)
     for name in sorted(set(meta.get("setups") or []) - listed - set(paths.unconfigured())):
         click.echo(f"{name}: damaged: run.json lists it, but its folder checkpoints/{name} is gone")
     for w in works:

@@ -71,13 +71,7 @@ def setup_record(sc: SetupConfig) -> dict:
 
 def trained_epochs_on_disk(paths: art.RunPaths, setup: str, seed: int) -> list[int]:
     """Epochs beyond 0 whose checkpoint files are in the seed's folder, committed or not."""
-    out = []
-    for f in paths.seed_dir(setup, seed).glob("epoch-*.safetensors"):
-        try:
-            out.append(int(f.stem.split("-", 1)[1]))
-        except ValueError:
-            continue
-    return sorted(e for e in out if e > 0)
+    return [e for e in paths.epochs(setup, seed) if e > 0]
 
 
 def trained_anything(paths: art.RunPaths, setup: str | None = None) -> bool:
