@@ -446,6 +446,14 @@ def test_moved_dataset_is_found_by_its_checksum(tmp_path, monkeypatch, capsys):
     code, err = call(inspect_cli.main, ["rt", out, "--no-progress", "--dataset",
                                         f"imagefolder:{tmp_path / 'moved'}"], monkeypatch, capsys)
     assert code == 2 and "sha256 mismatch" in err
+    # and so is it in phase one, with advice that fits `train extend` (which has no --out)
+    code, err = call(train_cli.main, ["extend", out, "--setup", "supervised", "--to", "4", "--device", "cpu",
+                                      "--no-progress", *moved], monkeypatch, capsys)
+    assert code == 2 and "was made from other data (dataset contents differs): give the data it " \
+        "was made with (--data-root / --dataset)" in err, err
+    code, err = call(train_cli.main, ["extend", out, "--setup", "supervised", "--to", "4", "--device", "cpu",
+                                      "--no-progress", "--dataset", "synthetic"], monkeypatch, capsys)
+    assert code == 2 and "was made from other data (dataset differs)" in err, err
 
 
 def test_added_seeds_grow_the_store_without_re_evaluating(run, monkeypatch, capsys):

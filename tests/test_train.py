@@ -371,7 +371,7 @@ def test_cli_refuses_changed_config_and_keeps_files(tmp_path):
     assert CliRunner().invoke(cli, base).exit_code == 0
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     r = run_main(base[:-1] + ["--set", "supervised.lr=0.5", "--no-progress"])
-    assert r.returncode == 2 and "different config (lr differ)" in r.stderr
+    assert r.returncode == 2 and "different config (lr differs)" in r.stderr
     r = run_main(base[:-1] + ["--set", "width=8", "--no-progress"])
     assert r.returncode == 2 and "width" in r.stderr
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}

@@ -101,6 +101,11 @@ def check_manifests(paths: art.RunPaths, seeds: list[tuple[str, int]]) -> None:
                                 f"copy), or delete that folder to retrain the seed")
 
 
+def differ(keys: list[str]) -> str:
+    """'lr differs' / 'lr, momentum differ': the keys in which two configs disagree."""
+    return f"{', '.join(keys)} {'differs' if len(keys) == 1 else 'differ'}"
+
+
 def identity_diffs(recorded: dict, cfg: RunConfig) -> list[str]:
     """The RUN_IDENTITY fields in which `cfg` differs from a run's recorded config."""
     return [k for k in RUN_IDENTITY if recorded.get(k) != getattr(cfg, k)]
@@ -137,8 +142,12 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
         if dataset is not None and (old.get("dataset") or {}).get("sha256") != dataset.identity()["sha256"]:
             diffs.append("dataset contents")
         if diffs and trained_anything(paths):
-            raise UserError(f"{paths.root} was made with a different config ({', '.join(diffs)} "
-                            f"differ); use another --out or the same settings")
+            if set(diffs) <= {"dataset", "dataset contents"}:  # also what `train extend` can meet
+                raise UserError(f"{paths.root} was made from other data ({differ(diffs)}): give "
+                                f"the data it was made with (--data-root / --dataset), or start "
+                                f"a new run with another --out")
+            raise UserError(f"{paths.root} was made with a different config ({differ(diffs)}); "
+                            f"use another --out or the same settings")
         if diffs:
             replace_.append("run")
     if dataset is not None and cfg.train_subset > len(dataset.train_y) and \
@@ -163,8 +172,8 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
             if canonical_json(have) != canonical_json(want):
                 if trained_anything(paths, name):
                     keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-                    raise UserError(f"{p} was made with a different config ({', '.join(keys)} "
-                                    f"differ); use another --out or the same settings")
+                    raise UserError(f"{p} was made with a different config ({differ(keys)}); "
+                                    f"use another --out or the same settings")
                 replace_.append(name)
     return replace_
 
@@ -194,7 +203,7 @@ def check_lost_setup(paths: art.RunPaths, setup: str, want: dict) -> None:
     if canonical_json(have) != canonical_json(want):
         keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
         raise UserError(f"{p} is missing, and {setup}'s checkpoints were made with a different "
-                        f"config ({', '.join(keys)} differ); rerun with their settings to restore "
+                        f"config ({differ(keys)}); rerun with their settings to restore "
                         f"it, or use another --out")
 
 
