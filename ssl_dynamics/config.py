@@ -177,6 +177,8 @@ def override(cfg: RunConfig, assignments: list[str]) -> RunConfig:
             elif fname in SETUP_FIELDS:
                 new = {n: replace(s, **{fname: _coerce(value, getattr(s, fname))})
                        for n, s in cfg.setups.items()}
+                for s in new.values():  # it applies to every setup: name the override, not one setup
+                    validate_setup(s, owner=f"override {item!r} (every setup): ")
                 cfg = replace(cfg, setups=new)
             else:
                 raise UserError(
@@ -212,9 +214,9 @@ def _check_number(owner: str, name: str, value: Any, low: float, inclusive: bool
         raise UserError(f"{owner}{name} must be at most 2**63 - 1, got {value!r}")
 
 
-def validate_setup(s: SetupConfig) -> None:
-    """Every value a later step would reject, refused now with one line."""
-    owner = f"setup {s.name}: "
+def validate_setup(s: SetupConfig, owner: str | None = None) -> None:
+    """Every value a later step would reject, refused now with one line (starting `owner`)."""
+    owner = owner or f"setup {s.name}: "
     for name, allowed in CHOICES.items():
         if getattr(s, name) not in allowed:
             raise UserError(f"{owner}{name} must be one of {', '.join(allowed)}, got {getattr(s, name)!r}")

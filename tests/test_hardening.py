@@ -82,7 +82,9 @@ def expect_refusal(main, args, root, monkeypatch, capsys, message):
     ("head_dim=0", "head_dim must be >= 1"),
     ("cosine_period_epochs=0", "cosine_period_epochs must be >= 1"),
     ("train_subset=-5", "train_subset must be >= 0"),
-    ("lr=nan", "lr must be a finite number"),
+    ("lr=nan", "override 'lr=nan' (every setup): lr must be a finite number"),
+    ("optimizer=foo", "override 'optimizer=foo' (every setup): optimizer must be one of adam, sgd"),
+    ("supervised.lr=0", "setup supervised: lr must be > 0.0"),
 ])
 def test_bad_settings(run, monkeypatch, capsys, assignment, message):
     expect_refusal(train_cli.main, ["run", "--out", run, *SMOKE, "--set", assignment], run,
