@@ -40,6 +40,8 @@ def run_cli(group: click.Group, resume_hint: str) -> None:
     except MemoryError:
         _fail(OUT_OF_MEMORY)
     except RuntimeError as e:  # torch's allocators raise RuntimeError, not MemoryError
+        if str(e).startswith("Symlink loop from"):  # Path.resolve() before Python 3.13 (then OSError)
+            _fail(f"{e}: a symbolic link that leads back to itself; remove it or choose another path")
         if not is_out_of_memory(e):
             raise
         _fail(f"{OUT_OF_MEMORY} ({str(e).splitlines()[0][:200]})")

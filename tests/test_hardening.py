@@ -577,3 +577,21 @@ def test_nothing_to_do_draws_no_bar_and_an_unwritable_folder_says_why(tmp_path):
     assert bar(0, "checkpoints").disable and not bar(3, "checkpoints").disable
     with pytest.raises(UserError, match=r"cannot create files in /proc \("):
         art.check_writable(Path("/proc"))
+
+
+def test_broken_and_looping_symbolic_links_as_outputs_are_one_line(run, tmp_path, monkeypatch, capsys):
+    # mkdir on such a link says only "File exists", and Path.resolve() raises on a loop
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "loop.zarr").symlink_to("loop.zarr")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    train = ["run", *SMOKE]
+    for out in ("loop", "dangling", "dangling/sub"):
+        expect_refusal(train_cli.main, [*train, "--out", tmp_path / out], run, monkeypatch, capsys,
+                       f"is a broken symbolic link (to {tmp_path / 'nowhere' if 'dangling' in out else 'loop'})")
+    for args, message in ([["--work", tmp_path / "dangling"], "cannot create files in"],
+                          [["--store", tmp_path / "loop.zarr"], "a symbolic link that leads back to itself"]):
+        expect_refusal(inspect_cli.main, ["rt", run, "--no-progress", *args], run, monkeypatch, capsys,
+                       message)
+    expect_refusal(inspect_cli.main, ["export", run, "--to", "parquet", "--out", tmp_path / "loop"], run,
+                   monkeypatch, capsys, "loop is a broken symbolic link (to loop); choose another path")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != run.name) == ["dangling", "loop", "loop.zarr"]

@@ -108,10 +108,22 @@ def is_no_space(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS
 
 
+def broken_link(path: str | Path) -> str | None:
+    """'<link> is a broken symbolic link (to <target>)' for the first part of `path` that is a
+    link to nothing (or a loop), where mkdir would only say "File exists"; None if none is."""
+    path = Path(os.path.abspath(path))
+    for part in (path, *path.parents):
+        if part.is_symlink() and not part.exists():
+            return f"{part} is a broken symbolic link (to {os.readlink(part)})"
+    return None
+
+
 def check_writable(folder: Path) -> None:
     """Create `folder` if needed and prove that files can be made in it; UserError if not."""
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} is a file, not a folder")
+    if (link := broken_link(folder)) is not None:
+        raise UserError(f"cannot create files in {folder}: {link}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)

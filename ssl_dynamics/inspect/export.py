@@ -116,6 +116,8 @@ def export(ws: Workspace, to: str, target: str | Path | None = None, store: str 
         raise UserError(f"--to {to!r}: choose one of {', '.join(FORMATS)}")
     default = ws.dir / "rt.nc" if to == "netcdf" else Outputs(ws.dir).tables / f"{TABLE}.parquet"
     target = Path(target) if target else None
+    if target is not None and (link := art.broken_link(target)) is not None:  # resolve() would fail
+        raise UserError(f"--out {target}: {link}; choose another path")
     if target is not None or to == "netcdf":  # checked before anything is written
         out = target or default
         own = out.resolve() == default.resolve()

@@ -100,6 +100,8 @@ def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions
         from ..packed import check_packable
 
         check_packable(cfg.backbone)
+    if (link := art.broken_link(root)) is not None:
+        raise UserError(f"--out {root}: {link}; remove it or point it at a folder")
     base = _existing_ancestor(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"--out {root} is a file, not a folder")
