@@ -111,18 +111,21 @@ def run_activations(ws: Workspace, out: Outputs, setups: list[str], epoch: int |
                                        seed=channel_seed, max_redraws=max_redraws, device=device,
                                        on_step=on_step)
             steps_bar.update(steps - done[0])  # a block with no live channel runs no step
-            missing = min(n_channels, n_in_block) - len(channels)
-            cells[(s, block)] = (res, missing, e, sd)
+            # a channel live_channels found may still not fire here (an activation within
+            # round-off of 0, in a batch of another size): its slot is empty too
+            fired = int(res["ok"].sum())
+            missing = min(n_channels, n_in_block) - fired
+            cells[(s, block)] = (res, min(n_channels, n_in_block) - len(channels), e, sd)
             arrays[f"{s}_block{block}_images"] = res["images"].numpy()
             arrays[f"{s}_block{block}_channels"] = np.asarray(channels)
             rows.append({"setup": s, "epoch": e, "seed": sd, "block": block,
-                         "patch": RECEPTIVE_FIELDS[block], "channels": len(channels),
+                         "patch": RECEPTIVE_FIELDS[block], "channels": fired,
                          "replaced": replaced_count(order, channels, n_channels),
                          "no_live_channel": missing,
                          "mean_final_activation": float(np.nanmean(res["activation"].numpy()))
-                         if len(channels) else float("nan")})
+                         if fired else float("nan")})
             if missing:
-                notes.append(f"{s} block {block}: only {len(channels)} channels can fire")
+                notes.append(f"{s} block {block}: only {fired} channels can fire")
     steps_bar.close()
     png = out.save_figure(draw_activations(cells, setups, n_channels), "fig5_4_activations")
     settings = {"steps": steps, "lr": lr, "l2": l2, "max_redraws": max_redraws,
@@ -139,7 +142,8 @@ def run_activations(ws: Workspace, out: Outputs, setups: list[str], epoch: int |
 
 
 def draw_activations(cells: dict, setups: list[str], n_channels: int):
-    """Columns = setups, rows = blocks: each cell a mosaic of sigmoid-normalized images."""
+    """Columns = setups, rows = blocks: each cell a mosaic of sigmoid-normalized images.
+    A cell is (maximize_activations' result, slots beyond its channels, epoch, seed)."""
     plt = matplotlib_agg()
     fig, axes = plt.subplots(len(BLOCKS), len(setups), figsize=(3.2 * len(setups), 3.2 * len(BLOCKS)),
                              squeeze=False)
@@ -158,8 +162,8 @@ def draw_activations(cells: dict, setups: list[str], n_channels: int):
                 ax.set_title(f"{setup_label(s)}\n(epoch {e}, seed {sd})", fontsize=10)
             if j == 0:
                 ax.set_ylabel(f"Block {block} ({size}x{size})")
-            if missing:
-                ax.set_xlabel(f"{missing} slot(s) empty: no live channel left", fontsize=8, color="darkred")
+            if (empty := int((~ok).sum())):
+                ax.set_xlabel(f"{empty} slot(s) empty: no live channel left", fontsize=8, color="darkred")
     fig.suptitle("Activation maximization: sigmoid((x - mean) / std) per pseudo-image")
     fig.tight_layout()
     return fig
