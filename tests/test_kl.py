@@ -184,3 +184,79 @@ def test_kl_matrix_with_shrinkage_matches_slow_kl_of_shrunk_covariances(a):
                 assert m[yy, z] == pytest.approx(want, rel=1e-8)
                 assert m[yy, z] == pytest.approx(
                     gaussian_kl(means[yy], shrunk[yy], means[z], shrunk[z]), rel=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_unit_that_is_a_combination_of_others_is_singular_however_it_rounds(dtype):
+    # rank D - 1: a Cholesky of such a matrix often "succeeds" with a last pivot of round-off
+    # (1e-14..4e-13 of the variance, above D * eps for D = 30), and the KL it gave was noise
+    # (0.17 .. 1.26 where independent data gives 0.195); every draw must be refused
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 5000)
+    for _ in range(40):
+        x = rng.normal(size=(5000, 30))
+        x[:, 5] = 0.3 * x[:, 3] - 1.7 * x[:, 4] + 0.2 * x[:, 7]
+        with pytest.raises(ValueError, match="singular|not positive definite"):
+            kl_matrix(*class_gaussians(x.astype(dtype), y, 2))
+    # the same design with an independent unit: a finite KL near its expectation
+    x = rng.normal(size=(5000, 30))
+    assert 0.0 < kl_matrix(*class_gaussians(x, y, 2))[0, 1] < 0.5
+
+
+def _fake_kl_inputs(monkeypatch, features: dict):
+    """run_kl's cache: `features` (setup -> [n, D]) as every setup's representation."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from ssl_dynamics.inspect import representations
+
+    y = np.repeat(np.arange(3), 40)
+    ds = SimpleNamespace(train_y=torch.as_tensor(y), classes=["a", "b", "c"], n_classes=3)
+    monkeypatch.setattr(representations, "_one_model",
+                        lambda cache, s, epoch, seed: (features[s], 7, 0, "asked for"))
+    return SimpleNamespace(dataset=ds), y
+
+
+def test_one_setups_singular_covariance_leaves_the_others_kl(tmp_path, monkeypatch):
+    import h5py
+
+    from ssl_dynamics.inspect.outputs import Outputs
+    from ssl_dynamics.inspect.representations import run_kl
+
+    rng = np.random.default_rng(1)
+    good = rng.normal(size=(120, 4)) + np.repeat(np.eye(3, 4), 40, axis=0)
+    dead = good.copy()
+    dead[:, 2] = 0.0  # a dead unit: every class's covariance is singular
+    cache, y = _fake_kl_inputs(monkeypatch, {"simclr": good, "random_labels": dead})
+    res = run_kl(cache, Outputs(tmp_path), ["random_labels", "simclr"])
+    assert any(n.startswith("fig5_2: random_labels epoch 7") and "KL undefined: covariance of class 0"
+               in n for n in res["notes"]), res["notes"]
+    with h5py.File(tmp_path / "analysis.h5", "r") as f:
+        assert sorted(f["kl"]) == ["simclr_kl"]
+        np.testing.assert_allclose(f["kl/simclr_kl"][()], kl_matrix(*class_gaussians(good, y, 3)))
+    assert (tmp_path / "figures" / "fig5_2_kl.png").is_file()
+    # none defined: one error naming the setups
+    cache, _ = _fake_kl_inputs(monkeypatch, {"simclr": dead, "random_labels": dead})
+    with pytest.raises(ValueError, match="KL undefined for random_labels, simclr: covariance of class 0"):
+        run_kl(cache, Outputs(tmp_path / "none"), ["random_labels", "simclr"])
+
+
+def test_kl_figure_gives_each_panel_its_own_scale_and_prints_the_numbers():
+    import matplotlib.pyplot as plt
+
+    from ssl_dynamics.inspect.embed_figures import draw_kl, kl_label
+
+    small = np.array([[0.0, 66.0, 245.0], [412.0, 0.0, 1061.0], [210.0, 423.0, 0.0]])
+    large = small * 20.0
+    fig = draw_kl({"simclr": small, "supervised": large, "random_labels": "covariance of class 0 is singular"},
+                  ["a", "b", "c"])
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == 3
+    for ax, k in zip(panels[:2], (small, large)):
+        norm = ax.images[0].norm
+        assert (norm.vmin, norm.vmax) == (k[k > 0].min(), k.max())  # its own range, not a shared one
+        assert sorted(t.get_text() for t in ax.texts) == sorted(["0"] * 3 + [kl_label(v) for v in k[k > 0]])
+    assert "KL undefined" in panels[2].texts[0].get_text() and not panels[2].images
+    plt.close(fig)
+    assert [kl_label(v) for v in (18697.4, 66.0, 9.94, 0.123)] == ["18697", "66", "9.9", "0.12"]

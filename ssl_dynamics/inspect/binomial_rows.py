@@ -63,7 +63,7 @@ def chi_entry(s, d, t, p0, p_hat, seed, sims, notes) -> tuple[dict, dict]:
         problems.append("pooled tests undefined (fewer than 3 groups)")
     bb = overdispersion.betabinomial_fit(counts, n)
     if np.isnan(bb["rho"]):
-        problems.append("rho undefined (one seed, or every image learned by all seeds or by none)")
+        problems.append("rho undefined (one seed, or every image learned by all seeds, or every image by none)")
     note = "; ".join(problems)
     if note:
         notes.append(f"table4_1: {s} p0 = {p0:g} (epoch {epoch}, N = {n}): {note}")

@@ -13,7 +13,8 @@ ln|Sigma| = 2 sum log diag L. No explicit inverse or determinant is formed.
 
 A singular covariance (always the case for a class with fewer than D + 1 samples, and
 common for ReLU features with dead units) makes the KL undefined; it raises `ValueError`
-rather than returning NaN/inf. `shrinkage=alpha` opts in to the Ledoit-Wolf-style
+rather than returning NaN/inf. "Singular" includes numerically: a unit that the units before
+it determine to within 1e-5 of its std (a Cholesky pivot below 1e-10 of its variance). `shrinkage=alpha` opts in to the Ledoit-Wolf-style
 regularisation Sigma <- (1 - alpha) Sigma + alpha (tr Sigma / D) I.
 """
 from __future__ import annotations
@@ -30,6 +31,12 @@ __all__ = ["class_gaussians", "gaussian_kl", "kl_matrix", "shrink_covariance"]
 # D * eps * Sigma_kk), so a valid covariance with one low-variance unit is not refused: the KL
 # does not change when a dimension is rescaled.
 _PIVOT_RTOL_FACTOR = 1.0
+# ... and, whatever D, a pivot below 1e-10 Sigma_kk: unit k is then the linear combination of
+# the units before it to within 1e-5 of its own std. Exactly dependent units (features in
+# float32 or float64) measured 1e-13 to 4e-13 there, above D * eps for small D, and passed
+# as "positive definite" with a KL of round-off; a real representation this degenerate
+# would give Sigma^-1 entries of 1e10 / variance, a KL that is mostly round-off too.
+_MIN_RELATIVE_PIVOT = 1e-10
 
 
 def _as_float64(x, name: str) -> np.ndarray:
@@ -114,7 +121,7 @@ def _cholesky(cov: np.ndarray, name: str) -> np.ndarray:
     except LinAlgError:
         raise ValueError(f"covariance of {name} is not positive definite{hint}") from None
     pivots, variances = np.diag(low) ** 2, np.diag(cov)
-    tol = _PIVOT_RTOL_FACTOR * d * np.finfo(np.float64).eps * variances
+    tol = max(_PIVOT_RTOL_FACTOR * d * np.finfo(np.float64).eps, _MIN_RELATIVE_PIVOT) * variances
     if d == 0 or not np.all(variances > 0.0) or not np.all(pivots > tol):
         raise ValueError(f"covariance of {name} is singular (numerically rank deficient){hint}")
     return low

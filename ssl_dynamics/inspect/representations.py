@@ -147,18 +147,26 @@ def run_kl(cache: FeatureCache, out: Outputs, setups: list[str], epoch: int | No
     """Fig. 5.2: KL(N_y || N_z) between class Gaussians of the representation."""
     ds = cache.dataset
     labels, names = ds.train_y.numpy(), list(ds.classes)
-    rows, arrays, kls, notes = [], {}, {}, []
+    rows, arrays, kls, notes, undefined = [], {}, {}, [], {}
     for s in setups:
         train, e, sd, how = _one_model(cache, s, epoch, seed)
-        means, covs = class_gaussians(train, labels, ds.n_classes)
-        kls[s] = arrays[f"{s}_kl"] = kl_matrix(means, covs, shrinkage=shrinkage)
+        try:
+            means, covs = class_gaussians(train, labels, ds.n_classes)
+            kls[s] = arrays[f"{s}_kl"] = kl_matrix(means, covs, shrinkage=shrinkage)
+        except ValueError as err:  # one setup's singular covariance leaves the others' KL
+            undefined[s] = str(err)
+            notes.append(f"fig5_2: {s} epoch {e} ({how}), seed {sd}: KL undefined: {err}")
+            continue
         notes.append(f"fig5_2: {s} epoch {e} ({how}), seed {sd}")
         rows += [{"setup": s, "epoch": e, "seed": sd, "from": names[a], "to": names[b],
                   "kl": float(kls[s][a, b])}
                  for a in range(ds.n_classes) for b in range(ds.n_classes) if a != b]
+    if not kls:
+        raise ValueError(f"KL undefined for {', '.join(undefined)}: {next(iter(undefined.values()))}")
     if shrinkage:
         notes.append(f"covariances shrunk towards a scaled identity with alpha = {shrinkage}")
-    png = out.save_figure(draw_kl(kls, names), "fig5_2_kl")
+    panels = {s: kls[s] if s in kls else undefined[s] for s in setups}
+    png = out.save_figure(draw_kl(panels, names), "fig5_2_kl")
     out.write_table("kl_pairs", rows, "KL(N_from || N_to) between class Gaussians (eq. 5.1-5.2)")
     out.write_arrays("kl", arrays, {"shrinkage": shrinkage})
     return {"tables": {}, "notes": notes, "figures": [png]}
