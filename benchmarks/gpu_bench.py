@@ -183,8 +183,9 @@ def run_all(ctx: Ctx) -> None:
     compile_ok = not ctx.args.quick or ctx.args.with_compile
     if compile_ok:
         run_part(ctx, "ceiling simclr pack 1 compiled", parts.ceiling, "simclr", 1, True, optional=True)
-    for pack in more:
-        run_part(ctx, f"loop simclr pack {pack}", parts.loop, "simclr", pack, False, optional=True)
+    for pack in more:  # supervised too: the three one-view setups are most of the grid's time
+        for setup in ("simclr", "supervised"):
+            run_part(ctx, f"loop {setup} pack {pack}", parts.loop, setup, pack, False, optional=True)
     run_part(ctx, f"procs simclr {first}", parts.procs, "simclr", first, optional=True)
     if compile_ok:
         run_part(ctx, f"loop simclr pack {first} compiled", parts.loop, "simclr", first, True, optional=True)
