@@ -228,3 +228,26 @@ def test_an_analysis_file_open_for_writing_elsewhere_is_not_called_damaged(tmp_p
         out.check_analysis()
     monkeypatch.undo()
     assert not list(tmp_path.glob("analysis.h5.corrupt-*"))
+
+
+def test_all_takes_rts_store_and_bank_options_and_reads_that_store(analysed, tmp_path):
+    """`inspect all --store S --bank B --probes K --simclr-batch b`: rt builds B and fills S,
+    and the store analyses read S (their messages used to advise these options, which only
+    `inspect rt` had)."""
+    import h5py
+
+    from ssl_dynamics.inspect.rtdata import load_rt
+
+    done, _ = analysed
+    run = private_copy(done, tmp_path)
+    store, bank = tmp_path / "k16.zarr", tmp_path / "k16.h5"
+    r = run_all(run, "--store", store, "--bank", bank, "--probes", 16, "--replays", 2,
+                "--simclr-batch", 4, "--bank-seed", 3, "--group", 2)
+    assert store.is_dir() and bank.is_file()
+    assert {"dynamics", "binomial", "heterogeneity", "classes", "examples"} <= computed(r.output)
+    assert {"probe", "tsne", "kl", "activations"} <= up_to_date(r.output)  # no store read
+    assert all(d.correct.shape[-1] == 16 for d in load_rt(store).values())
+    with h5py.File(bank, "r") as f:
+        assert f.attrs["seed"] == 3
+    with h5py.File(run / "inspect" / "analysis.h5", "r") as f:  # the analyses saw 16 probes
+        assert all(f["dynamics"][s]["r_t"].shape[-1] == 16 for s in load_rt(store))

@@ -541,10 +541,12 @@ def test_rt_shards_of_other_setups_are_not_busy_and_other_shard_counts_are_refus
 
 
 def test_the_next_step_named_after_inspect_submit_rt_reads_that_store(tmp_path, reference):
-    """`inspect all` reads only the default store: after `--store S` the hint names the
-    analyses with --store S instead; otherwise it carries --work, --setup and --precision."""
-    for extra, said in ((["--work", str(tmp_path / "w1"), "--store", str(tmp_path / "s.zarr")],
-                         f"with --store {tmp_path / 's.zarr'}"),
+    """The hint is the `inspect all` that reads what the jobs wrote: it carries --work,
+    --store, --bank, --setup and --precision."""
+    for extra, said in ((["--work", str(tmp_path / "w1"), "--store", str(tmp_path / "s.zarr"),
+                          "--bank", str(tmp_path / "b.h5")],
+                         f"inspect all {reference} --work {tmp_path / 'w1'} --store {tmp_path / 's.zarr'} "
+                         f"--bank {tmp_path / 'b.h5'} --setup supervised\n"),
                         (["--setup", "supervised", "--work", str(tmp_path / "w")],
                          f"inspect all {reference} --work {tmp_path / 'w'} --setup supervised\n")):
         r = run("inspect", "submit", "rt", str(reference), "--shards", "1", *LOCAL, "--probes", "16",

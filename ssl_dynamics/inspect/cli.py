@@ -14,8 +14,8 @@ from ..cli_util import EXIT_PARTIAL, parse_int_list, parse_levels, run_cli, spli
 from ..devices import resolve_device
 from . import cli_analyses
 from ..errors import UserError
-from .cli_options import (DATA, DEVICE, EPOCH_ALL, NO_PROGRESS, NO_VERIFY, PRECISION, RNG_SEED, RUN_DIR,
-                          SETUP, SHRINKAGE, STORE, WORK, not_empty, options, show, workspace)
+from .cli_options import (BANK, DATA, DEVICE, EPOCH_ALL, NO_PROGRESS, NO_VERIFY, PRECISION, RUN_DIR, SETUP,
+                          SHRINKAGE, STORE, WORK, options, show, workspace)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
@@ -64,16 +64,7 @@ def _rt_step(ws, setups, epochs, shard, allow_missing, bank, probes, replays, ba
 @click.option("--shard", default=None, metavar="I/N",
               help="Take shard I of N (a checkpoint's shard depends on its setup, seed and epoch only).")
 @click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
-@click.option("--bank", default=None, callback=not_empty, help="Bank file (default WORK/bank.h5; built on first use).")
-@click.option("--probes", type=int, default=None, help="K: probe images in a new bank [1024].")
-@click.option("--replays", type=int, default=None, help="M: augmentations per probe image [10].")
-@click.option("--bank-seed", type=RNG_SEED, default=None, help="Seed of the probe choice and replays [0].")
-@click.option("--simclr-batch", type=int, default=None,
-              help="B: SimCLR views are classified within fixed batches of B images "
-                   "[the simclr setup's training batch size, 256 in the thesis]; K must be a multiple of B.")
-@click.option("--group", default="auto", show_default=True,
-              help="Checkpoints of one setup evaluated per forward pass as one grouped network: "
-                   "auto (1: one at a time, the fastest measured) or a number; 1 = one at a time.")
+@options(*BANK)
 def rt_cmd(run_dir, work, store, setups, dataset, data_root, device, precision, no_verify, no_progress,
            epochs, shard, allow_missing, bank, probes, replays, bank_seed, simclr_batch, group):
     """Evaluate every checkpoint of RUN_DIR on the bank into the r_t store (resumable)."""
@@ -107,7 +98,7 @@ def report_cmd(run_dir, work):
 
 
 @cli.command("all")
-@options(RUN_DIR, WORK, SETUP, EPOCH_ALL, DEVICE, PRECISION, *DATA, NO_VERIFY, NO_PROGRESS)
+@options(RUN_DIR, WORK, STORE, SETUP, EPOCH_ALL, DEVICE, PRECISION, *DATA, NO_VERIFY, NO_PROGRESS, *BANK)
 @click.option("--ref-epochs", default=None,
               help="Reference epochs of `dynamics`, `heterogeneity` and `examples` (a list; default: the thesis's that exist).")
 @click.option("--steps", type=click.IntRange(0), default=1000, show_default=True,
@@ -116,16 +107,15 @@ def report_cmd(run_dir, work):
 @click.option("--shrinkage", type=SHRINKAGE, default=0.0, show_default=True, help="KL covariance shrinkage (see embed).")
 @click.option("--tsne-method", type=click.Choice(["thesis", "opentsne", "sklearn", "auto"]),
               default="thesis", show_default=True, help="t-SNE implementation (see `inspect embed --help`).")
-@click.option("--probes", type=int, default=None, help="K for a new bank [1024].")
-@click.option("--replays", type=int, default=None, help="M for a new bank [10].")
 @click.option("--p0", "levels", default=None,
               help="Accuracy levels of the binomial tables (a list, default 0.25,0.5,0.75), or "
                    "'range': each setup's own (short runs, the demo).")
 @click.option("--redo", default=None, metavar="STEP[,STEP]|all",
               help="Compute these analyses even when they are up to date (dynamics, binomial, "
                    "heterogeneity, classes, examples, probe, tsne, kl, activations, or all).")
-def all_cmd(run_dir, work, setups, epoch, device, precision, dataset, data_root, no_verify, no_progress,
-            ref_epochs, steps, allow_missing, shrinkage, tsne_method, probes, replays, levels, redo):
+def all_cmd(run_dir, work, store, setups, epoch, device, precision, dataset, data_root, no_verify,
+            no_progress, bank, probes, replays, bank_seed, simclr_batch, group, ref_epochs, steps,
+            allow_missing, shrinkage, tsne_method, levels, redo):
     """Every analysis, then the report. An analysis whose inputs, options and outputs are
     unchanged since it last ran here is up to date and not computed again (--redo). One that
     cannot be computed is skipped with its reason (listed in the output and the report), the
@@ -135,12 +125,13 @@ def all_cmd(run_dir, work, setups, epoch, device, precision, dataset, data_root,
 
     ws = workspace(run_dir, work)
     names = ws.run.select(split_names(setups))
-    rt = _rt_step(ws, tuple(names), None, None, allow_missing, None, probes, replays, None, None,
-                  dataset, data_root, device, precision, no_verify, no_progress)
+    rt = _rt_step(ws, tuple(names), None, None, allow_missing, bank, probes, replays, bank_seed,
+                  simclr_batch, dataset, data_root, device, precision, no_verify, no_progress, store, group)
     refs = parse_int_list(ref_epochs, "--ref-epochs")
     opts = AllOptions(tuple(names), epoch, tuple(refs) if refs else None, steps, shrinkage,
                       tsne_method, parse_levels(levels), resolve_device(device), not no_verify,
-                      not no_progress, {"dataset": dataset, "data_root": data_root}, parse_redo(redo))
+                      not no_progress, {"dataset": dataset, "data_root": data_root}, parse_redo(redo),
+                      store)
     if run_all(ws, rt, opts, show, echo=click.echo):
         sys.exit(EXIT_PARTIAL)
 

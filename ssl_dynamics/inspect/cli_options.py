@@ -44,6 +44,21 @@ PRECISION = click.option("--precision", type=click.Choice(["fp32", "bf16"]), def
                          help="Evaluation arithmetic of `rt`: bf16 autocast is faster on a GPU; one store "
                               "holds one precision per setup.")
 
+# how `rt`, `all` and `submit rt` choose the bank, and how many checkpoints share a pass
+BANK = [click.option("--bank", default=None, callback=not_empty,
+                     help="Bank file (default WORK/bank.h5; built on first use)."),
+        click.option("--probes", type=int, default=None,
+                     help="K: probe images in a new bank [1024, or every training image when fewer]."),
+        click.option("--replays", type=int, default=None, help="M: augmentations per probe image [10]."),
+        click.option("--bank-seed", type=RNG_SEED, default=None, help="Seed of the probe choice and replays [0]."),
+        click.option("--simclr-batch", type=int, default=None,
+                     help="B: SimCLR views are classified within fixed batches of B images "
+                          "[the simclr setup's training batch size, 256 in the thesis]; K must be a "
+                          "multiple of B."),
+        click.option("--group", default="auto", show_default=True,
+                     help="Checkpoints of one setup evaluated per forward pass as one grouped network: "
+                          "auto (1: one at a time, the fastest measured) or a number; 1 = one at a time.")]
+
 
 def options(*decorators):
     def apply(f):

@@ -67,6 +67,7 @@ class AllOptions:
     progress: bool = True
     data: dict = field(default_factory=dict)
     redo: tuple[str, ...] = ()  # analyses computed even when up to date
+    store: str | None = None  # the r_t store `rt` fills and the store steps read; None: the default
 
 
 def parse_redo(text: str | None) -> tuple[str, ...]:
@@ -253,6 +254,7 @@ class _Session:
     record: StepRecord
     echo: Callable
     redo: tuple[str, ...]
+    store: str | None = None  # AllOptions.store
     skipped: list[dict] = field(default_factory=list)
     fresh: list[str] = field(default_factory=list)  # up to date, not computed
     _store: list[str] = field(default_factory=list)  # the store's state, taken once
@@ -263,7 +265,7 @@ class _Session:
         from .rtdata import store_state
 
         if not self._store:
-            self._store.append(store_state(self.ws.store_for_reading()))
+            self._store.append(store_state(self.ws.store_for_reading(self.store)))
         return self._store[0]
 
 
@@ -302,7 +304,7 @@ def run_all(ws, rt_step: Callable[[], dict], opts: AllOptions, show: Callable[[d
     setups = ws.run.select(list(opts.setups) if opts.setups else None)
     check_options(ws, setups, opts)
     out = Outputs(ws.dir, echo=echo)
-    sess = _Session(ws, out, StepRecord(out, echo), echo, opts.redo)
+    sess = _Session(ws, out, StepRecord(out, echo), echo, opts.redo, opts.store)
     res = run_step("rt", rt_step, sess.skipped, echo, fatal=(UserError,))
     if res is not None:
         echo(f"evaluated {res['evaluated']} checkpoints in {res['seconds']:.1f} s")
@@ -325,7 +327,7 @@ def analysis_thunks(ws, out: Outputs, setups: list[str], opts: AllOptions, echo)
     from .representations import run_kl, run_probe, run_tsne
 
     cache = FeatureCache(ws, opts.device, opts.data, opts.verify, echo)
-    steps = analysis_steps(ws, out, setups, opts.ref_epochs, echo, data_opts=opts.data,
+    steps = analysis_steps(ws, out, setups, opts.ref_epochs, echo, store=opts.store, data_opts=opts.data,
                            progress=opts.progress, p0s=opts.p0s)
     steps += [("probe", lambda: run_probe(cache, out, setups, opts.epoch, device=opts.device)),
               ("tsne", lambda: run_tsne(cache, out, setups, opts.epoch, method=opts.tsne_method)),

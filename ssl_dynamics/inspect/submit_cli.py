@@ -8,7 +8,7 @@ import click
 from ..cli_util import parse_int_list, split_names
 from ..cluster.cli import cluster_options, from_cli
 from ..errors import WorkFailed
-from .cli_options import DATA, NO_VERIFY, PRECISION, RNG_SEED, SETUP, WORK, not_empty, options
+from .cli_options import BANK, DATA, NO_VERIFY, PRECISION, SETUP, WORK, not_empty, options
 
 
 @click.group("submit")
@@ -24,13 +24,7 @@ def submit():
 @click.option("--store", default=None, callback=not_empty, help="r_t store, a .zarr folder (default WORK/rt.zarr).")
 @click.option("--epochs", default=None, help="Only these epoch numbers (comma-separated; default: all).")
 @click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
-@click.option("--bank", default=None, callback=not_empty, help="Bank file (default WORK/bank.h5; built here before submitting).")
-@click.option("--probes", type=int, default=None, help="K: probe images in a new bank [1024].")
-@click.option("--replays", type=int, default=None, help="M: augmentations per probe image [10].")
-@click.option("--bank-seed", type=RNG_SEED, default=None, help="Seed of the probe choice and replays [0].")
-@click.option("--simclr-batch", type=int, default=None, help="B: SimCLR classification batch [training's].")
-@click.option("--group", default="auto", show_default=True,
-              help="Checkpoints per forward pass: auto (1: one at a time, the fastest measured) or a number.")
+@options(*BANK)
 @cluster_options
 def submit_rt_cmd(run_dir, shards, work, store, setups, epochs, allow_missing, dataset, data_root,
                   bank, probes, replays, bank_seed, simclr_batch, precision, group, no_verify, **cluster):
@@ -56,14 +50,11 @@ def submit_rt_cmd(run_dir, shards, work, store, setups, epochs, allow_missing, d
     device = "cuda" if opts.executor == "slurm" and opts.gpus_per_job else "auto" if opts.gpus_per_job else "cpu"
     sub = submit_rt(run_dir, work, shards, select, request, store, {"dataset": dataset, "data_root": data_root},
                     opts, device, precision == "bf16", not no_verify, click.echo, group)
-    if store:  # `inspect all` evaluates into, and reads, the default store only
-        then = f"the analysis commands with --store {store}, e.g. inspect dynamics {run_dir} --store {store}"
-    elif bank:  # and `inspect all` would evaluate with the default bank, which the store refuses
-        then = f"the analysis commands, e.g. inspect dynamics {run_dir} (inspect all uses the default bank)"
-    else:
-        then = " ".join(["inspect all", str(run_dir), *(["--work", str(work)] if work else []),
-                         *(a for s in dict.fromkeys(split_names(setups) or []) for a in ("--setup", s)),
-                         *(["--precision", precision] if precision != "fp32" else [])])
+    then = " ".join(["inspect all", str(run_dir), *(["--work", str(work)] if work else []),
+                     *(["--store", str(store)] if store else []),
+                     *(["--bank", str(Path(bank).absolute())] if bank else []),
+                     *(a for s in dict.fromkeys(split_names(setups) or []) for a in ("--setup", s)),
+                     *(["--precision", precision] if precision != "fp32" else [])])
     if sub is None or not opts.wait:
         if sub is not None:
             click.echo(f"when the jobs are done: {then}")
