@@ -245,3 +245,24 @@ def test_a_refused_checksum_gives_the_buffer_back(tmp_path):
     with pytest.raises(UserError, match="epoch-0001.safetensors: its sha256 differs"):
         art.verified_bytes(path, True, buffers)
     assert not buffers._taken and len(buffers._free) == 1
+
+
+def test_a_truncated_or_appended_checkpoint_is_named_as_such(tmp_path):
+    from ssl_dynamics.artifacts.tensorfile import expected_size
+    from ssl_dynamics.models import build_network
+
+    path = tmp_path / "seed-00" / "epoch-0001.safetensors"
+    path.parent.mkdir()
+    art.save_checkpoint(path, build_network("resnet18_cifar", 10, 4), {"backbone": "resnet18_cifar", "head_dim": 10, "width": 4})
+    whole = path.read_bytes()
+    assert expected_size(path) == len(whole)
+    art.write_json_atomic(path.parent / "manifest.json", {"checkpoints": {"1": art.sha256_file(path)}})
+    for damaged, size in ((whole[:-100], len(whole) - 100), (whole + b"\0", len(whole) + 1)):
+        path.write_bytes(damaged)
+        with pytest.raises(UserError, match=f"epoch-0001.safetensors: it is {size} bytes where its header "
+                                            f"implies {len(whole)} .cut short or appended to.; restore it"):
+            art.verified_bytes(path, True)
+    path.write_bytes(whole[:5])  # too short for a header: its size implies nothing
+    assert expected_size(path) is None
+    with pytest.raises(UserError, match="its sha256 differs from the one its manifest recorded"):
+        art.verified_bytes(path, True)

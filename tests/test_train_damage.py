@@ -129,8 +129,37 @@ def test_status_names_a_committed_checkpoint_that_is_gone(run, monkeypatch, caps
     assert (st.state, st.condition, st.lost) == ("complete", "damaged", (1, 2))
     code, out, _ = call(["status", run], monkeypatch, capsys)
     assert code == 0
-    assert "damaged" in out and "2 committed checkpoint(s) missing (epoch 1, 2)" in out
+    assert "damaged" in out and "2 committed checkpoint(s) missing or truncated (epoch 1, 2)" in out
     assert "0 complete, 0 partial, 0 missing, 1 damaged" in out
+
+
+def test_a_truncated_checkpoint_is_damaged_and_train_run_says_so(run, monkeypatch, capsys):
+    paths = art.RunPaths(run)
+    ckpt = paths.checkpoint("supervised", 0, 1)
+    ckpt.write_bytes(ckpt.read_bytes()[:-100])  # a copy cut short
+    st = art.grid_status(run)[0]
+    assert (st.condition, st.lost) == ("damaged", (1,))
+    appended = paths.checkpoint("supervised", 0, 2)
+    appended.write_bytes(appended.read_bytes() + b"\0")
+    assert art.grid_status(run)[0].lost == (1, 2)
+    # a rerun trains what is left, then does not call the damaged seed complete (it was: exit 0)
+    before = snapshot(run)
+    code, out, err = call(["run", "--out", run, *SMOKE], monkeypatch, capsys)
+    assert code == 2 and "done: 0/1 runs complete" in out, out + err
+    assert err.count("\n") == 1 and "1 run(s) damaged: supervised seed 0: 2 committed checkpoint(s) " \
+        "missing or truncated (epoch 1, 2). Restore the files from a copy, or delete each such " \
+        "seed's folder" in err, err
+    assert snapshot(run) == before
+    code, _, err = call(["extend", run, "--setup", "supervised", "--to", "3", "--device", "cpu",
+                         "--no-progress"], monkeypatch, capsys)
+    assert code == 2 and "epoch-0002.safetensors: its sha256 differs from the one recorded when " \
+        "it was written; restore it from a copy, or delete" in err, err  # the epoch it continues from
+    # the way out it names: delete the seed's folder, and the rerun trains it again
+    import shutil
+
+    shutil.rmtree(paths.seed_dir("supervised", 0))
+    code, out, err = call(["run", "--out", run, *SMOKE], monkeypatch, capsys)
+    assert code == 0 and "done: 1/1 runs complete" in out, out + err
 
 
 def test_status_names_checkpoints_without_a_manifest(run, monkeypatch, capsys):

@@ -22,7 +22,7 @@ from ..config import SCHEMA_VERSION, canonical_json
 from ..errors import UserError
 from .atomic import read_json, sha256_bytes, write_bytes_atomic
 from .paths import EPOCH_RE
-from .tensorfile import HEADER_LIMIT, Buffers, header_of, read_file, safetensors_bytes, tensors_of
+from .tensorfile import HEADER_LIMIT, Buffers, expected_size, header_of, read_file, safetensors_bytes, tensors_of
 
 CHECKPOINT_FORMAT = "ssl-dynamics-checkpoint/1"  # written into every checkpoint's metadata
 CHECKPOINT_DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # weights' storage type on disk
@@ -144,8 +144,13 @@ def verified_bytes(path: str | Path, verify: bool = True, buffers: Buffers | Non
     data = read_checkpoint_bytes(path, buffers)
     try:
         if verify and sha256_bytes(data) != manifest_sha256(path):
-            raise UserError(f"corrupt checkpoint {path}: its sha256 differs from the one its manifest "
-                            f"recorded (changed or damaged after training; --no-verify skips the check)")
+            size = expected_size(path)
+            what = (f"it is {len(data)} bytes where its header implies {size} (cut short or "
+                    f"appended to)" if size is not None and size != len(data) else
+                    "its sha256 differs from the one its manifest recorded (changed after training)")
+            raise UserError(f"corrupt checkpoint {path}: {what}; restore it from a copy, or delete "
+                            f"the seed's folder and train it again (--no-verify reads a file that "
+                            f"was changed on purpose)")
     except BaseException:
         if buffers is not None:
             buffers.give(data)

@@ -15,6 +15,7 @@ from ..config import SCHEMA_VERSION, RunConfig, canonical_order, setup_from_dict
 from ..errors import UserError
 from .atomic import read_json, sha256_file
 from .paths import RunPaths
+from .tensorfile import expected_size
 
 RUN_JSON_KEYS = {"config": dict, "seeds": list, "dataset": dict}  # what phase two needs
 
@@ -99,7 +100,7 @@ class SeedStatus:
     epochs: int
     extended_to: int | None = None  # last epoch of an extension beyond `epochs`, if any
     diverged_at: int | None = None  # the epoch whose loss stopped being finite (not committed)
-    lost: tuple[int, ...] = ()  # committed epochs whose checkpoint file is absent or empty
+    lost: tuple[int, ...] = ()  # committed epochs whose checkpoint file is absent, empty or truncated
     unrecorded: int | None = None  # no manifest, yet checkpoints up to this epoch (> 0) on disk
     extend_target: int | None = None  # the farthest epoch a `train extend` of it was asked to reach
 
@@ -115,7 +116,7 @@ class SeedStatus:
             return f"no manifest.json, checkpoints up to epoch {self.unrecorded} on disk"
         if self.lost:
             few = ", ".join(map(str, self.lost[:3])) + (" ..." if len(self.lost) > 3 else "")
-            return f"{len(self.lost)} committed checkpoint(s) missing (epoch {few})"
+            return f"{len(self.lost)} committed checkpoint(s) missing or truncated (epoch {few})"
         return ""
 
     @property
@@ -146,11 +147,14 @@ def seed_status(paths: RunPaths, setup: str, seed: int, epochs: int) -> SeedStat
 
 
 def _absent(path: Path) -> bool:
-    """A checkpoint that cannot be there: no file, or an empty one."""
+    """A checkpoint that cannot be read as committed: no file, an empty one, or one whose size
+    is not what its own header says (cut short by a copy, or appended to). Reads the header
+    only; a change of content is for the sha256 check of phase two to find."""
     try:
-        return path.stat().st_size == 0
+        size = path.stat().st_size
     except OSError:
         return True
+    return size == 0 or expected_size(path) != size
 
 
 def grid_status(root: str | Path, cfg: RunConfig | None = None) -> list[SeedStatus]:

@@ -128,6 +128,22 @@ def header_of(data: torch.Tensor | bytes, path: Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
+def expected_size(path: Path) -> int | None:
+    """The size a safetensors file's own header implies (data-section start + the end of its
+    last tensor), reading only the header; None when the header cannot be read (a file too
+    short or damaged to have one). A size that differs means a truncated or appended file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            header, start = header_of(head + f.read(min(n, HEADER_LIMIT)), path)
+    except (OSError, UserError):
+        return None
+    ends = [spec.get("data_offsets", [0, 0])[1] for k, spec in header.items()
+            if k != "__metadata__" and isinstance(spec, dict)]
+    return start + max((e for e in ends if isinstance(e, int)), default=0)
+
+
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
     out = dict(pairs)
     if len(out) != len(pairs):

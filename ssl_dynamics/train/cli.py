@@ -133,8 +133,12 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
                    f"({'bf16' if opts.bf16 else 'fp32'}"
                    + (f", {opts.pack} seeds per pack" if opts.pack > 1 else "") + f") into {out}")
         status = train_grid(out, cfg, chosen, opts, **kw)
-    done = sum(s.state == "complete" for s in status)
+    done = sum(s.condition == "complete" for s in status)
     click.echo(f"done: {done}/{len(status)} runs complete")
+    from .grid import refuse_damaged
+
+    refuse_damaged(status, out)
+
 
 
 @cli.command("submit")

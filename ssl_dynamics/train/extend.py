@@ -20,7 +20,7 @@ from ..artifacts import load_run_config
 from ..cli_util import split_names
 from ..config import parse_seeds
 from ..errors import UserError
-from .grid import train_grid
+from .grid import refuse_damaged, train_grid
 from .cli_options import how_options
 from .loop import TrainOptions, TrainRequest
 
@@ -114,5 +114,6 @@ def extend_cmd(run_dir, setups, until, seeds, data_root, dataset, device, precis
                    + (f", {opts.pack} seeds per pack" if opts.pack > 1 else "")
                    + (f", {checkpoint_dtype} checkpoints)" if checkpoint_dtype else
                       f", each seed's checkpoint dtype: {dtype} for the first)"))
-        extend_grid(run_dir, [s], to, opts, chosen, data_root, check_disk=not ignore_disk_check,
-                    echo=click.echo, progress=not no_progress, dataset=dataset)
+        status = extend_grid(run_dir, [s], to, opts, chosen, data_root, check_disk=not ignore_disk_check,
+                             echo=click.echo, progress=not no_progress, dataset=dataset)
+        refuse_damaged([st for st in status if chosen is None or st.seed in chosen], run_dir)

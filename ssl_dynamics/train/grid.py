@@ -297,3 +297,14 @@ class _Runner:
                             + "a rerun resumes every seed from its last epoch") from None
         finally:
             steps.close()
+
+
+def refuse_damaged(status, out) -> None:
+    """A seed whose committed checkpoints are missing or truncated is not complete, and no
+    rerun repairs it (its later epochs stand): say which, and how to recover (exit 2)."""
+    damaged = [s for s in status if s.condition == "damaged"]
+    if damaged:
+        shown = "; ".join(f"{s.setup} seed {s.seed}: {s.damage}" for s in damaged[:3])
+        more = f"; and {len(damaged) - 3} more (train status {out})" if len(damaged) > 3 else ""
+        raise UserError(f"{len(damaged)} run(s) damaged: {shown}{more}. Restore the files from a "
+                        f"copy, or delete each such seed's folder and rerun to train it again")

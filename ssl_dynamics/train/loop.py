@@ -168,7 +168,8 @@ def _resume(paths, setup, seed, model, optimizer, manifest) -> int | None:
     # resume.pt written since the manifest names the newer bytes; older resume files do not
     if (state.get("checkpoint_sha256") or manifest["checkpoints"].get(str(start))) != sha:
         raise UserError(f"corrupt checkpoint {ckpt}: its sha256 differs from the one recorded "
-                        f"when it was written")
+                        f"when it was written; restore it from a copy, or delete "
+                        f"{paths.seed_dir(setup.name, seed)} to retrain the seed")
     weights = state.get("model") or art.parse_checkpoint(data, ckpt)[0]
     try:
         model.load_state_dict(weights)
