@@ -33,6 +33,9 @@ def run_cli(group: click.Group, resume_hint: str) -> None:
         click.echo(f"interrupted: {resume_hint}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `inspect` alone (click >= 8.2): the help, as help
+            e.show()
+            sys.exit(e.exit_code)
         _fail(_click_message(e))
     except KeyboardInterrupt:
         click.echo(f"interrupted: {resume_hint}", err=True)

@@ -595,3 +595,25 @@ def test_broken_and_looping_symbolic_links_as_outputs_are_one_line(run, tmp_path
     expect_refusal(inspect_cli.main, ["export", run, "--to", "parquet", "--out", tmp_path / "loop"], run,
                    monkeypatch, capsys, "loop is a broken symbolic link (to loop); choose another path")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != run.name) == ["dangling", "loop", "loop.zarr"]
+
+
+@pytest.mark.parametrize("prog, args", [("train", []), ("inspect", []), ("inspect", ["submit"])])
+def test_a_command_alone_prints_its_help_as_help(prog, args, monkeypatch, capsys):
+    """Typing `inspect` alone used to print the whole help squeezed into one error line."""
+    main = train_cli.main if prog == "train" else inspect_cli.main
+    monkeypatch.setattr(sys, "argv", [prog, *args])
+    with pytest.raises(SystemExit):
+        main()
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert text.startswith("Usage: ") and "[OPTIONS] COMMAND" in text.splitlines()[0], text
+    assert text.count("\n") > 8 and "error:" not in text and "Commands:" in text, text
+
+
+def test_exit_statuses_in_help_are_those_of_the_docs():
+    from click.testing import CliRunner
+
+    for cli in (train_cli.cli, inspect_cli.cli):
+        out = CliRunner().invoke(cli, ["--help"]).output
+        for status in ("0 done", "1 ", "2 bad input", "130 interrupted"):
+            assert status in " ".join(out.split()), out

@@ -36,8 +36,10 @@ def cli():
       inspect report RUN_DIR      one HTML page with everything
       inspect all RUN_DIR         all of the above, in order
       inspect export RUN_DIR      portable copies: --to netcdf (r_t store), --to parquet (table)
+      inspect submit rt RUN_DIR   `rt` as cluster (or local) jobs, in shards
     Outputs go to RUN_DIR/inspect/ (figures/, tables/, analysis.h5, report/), or to --work DIR.
-    Exit status: 0 done, 2 bad input (one line on stderr), 3 `all` skipped some analyses.
+    Exit status: 0 done, 1 jobs failed (their logs named), 2 bad input or something to fix
+    (one line on stderr), 3 `all` skipped some analyses, 130 interrupted (work done is kept).
     """
 
 

@@ -21,6 +21,10 @@ def cli():
 
     Checkpoints go to OUT/checkpoints/<setup>/seed-SS/epoch-EEEE.safetensors (epoch 0 is the
     initialization). Every command can be rerun: completed epochs are never redone.
+
+    Exit status: 0 done; 1 workers or jobs failed (their logs named); 2 bad input or something
+    to fix (one line on stderr: a damaged file, a full disk, memory, a diverged seed); 130
+    interrupted (finished epochs kept).
     """
 
 
