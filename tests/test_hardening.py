@@ -112,7 +112,10 @@ def test_a_run_of_other_settings_is_refused_before_its_dataset_is_loaded(run, tm
     # the thesis preset (CIFAR-10) on a smoke run: the config differs, which needs no data;
     # before, it looked for (or downloaded) CIFAR-10 first and said that it was missing
     expect_refusal(train_cli.main, ["run", "--out", run, "--no-download", "--data-root", tmp_path / "none",
-                                    "--no-progress"], run, monkeypatch, capsys, "was made with a different config")
+                                    "--no-progress"], run, monkeypatch, capsys,
+                   "was made with a different config (dataset: synthetic in the run, cifar10 asked; train_subset: "
+                   "32 in the run, 0 asked; width: 4 in the run, 64 asked) (the run was made with --preset smoke); "
+                   "use another --out or the same settings")
 
 
 def test_extend_with_no_setup_named_is_refused(run, monkeypatch, capsys):
@@ -451,11 +454,11 @@ def test_moved_dataset_is_found_by_its_checksum(tmp_path, monkeypatch, capsys):
     # and so is it in phase one, with advice that fits `train extend` (which has no --out)
     code, err = call(train_cli.main, ["extend", out, "--setup", "supervised", "--to", "4", "--device", "cpu",
                                       "--no-progress", *moved], monkeypatch, capsys)
-    assert code == 2 and "was made from other data (dataset contents differs): give the data it " \
-        "was made with (--data-root / --dataset)" in err, err
+    assert code == 2 and "was made from other data (dataset contents: sha256 " in err and \
+        "give the data it was made with (--data-root / --dataset)" in err, err
     code, err = call(train_cli.main, ["extend", out, "--setup", "supervised", "--to", "4", "--device", "cpu",
                                       "--no-progress", "--dataset", "synthetic"], monkeypatch, capsys)
-    assert code == 2 and "was made from other data (dataset differs)" in err, err
+    assert code == 2 and "was made from other data (dataset: imagefolder:" in err, err
 
 
 def test_added_seeds_grow_the_store_without_re_evaluating(run, monkeypatch, capsys):

@@ -371,9 +371,9 @@ def test_cli_refuses_changed_config_and_keeps_files(tmp_path):
     assert CliRunner().invoke(cli, base).exit_code == 0
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     r = run_main(base[:-1] + ["--set", "supervised.lr=0.5", "--no-progress"])
-    assert r.returncode == 2 and "different config (lr differs)" in r.stderr
+    assert r.returncode == 2 and "different config (lr: 0.09 in the run, 0.5 asked)" in r.stderr, r.stderr
     r = run_main(base[:-1] + ["--set", "width=8", "--no-progress"])
-    assert r.returncode == 2 and "width" in r.stderr
+    assert r.returncode == 2 and "width: 4 in the run, 8 asked" in r.stderr, r.stderr
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert before == after
 

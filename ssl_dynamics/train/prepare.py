@@ -6,6 +6,8 @@ after a first epoch that diverged) takes new settings instead of refusing them.
 """
 from __future__ import annotations
 
+import json
+
 import datetime as _dt
 import platform
 import shutil
@@ -101,9 +103,29 @@ def check_manifests(paths: art.RunPaths, seeds: list[tuple[str, int]]) -> None:
                                 f"copy), or delete that folder to retrain the seed")
 
 
-def differ(keys: list[str]) -> str:
-    """'lr differs' / 'lr, momentum differ': the keys in which two configs disagree."""
-    return f"{', '.join(keys)} {'differs' if len(keys) == 1 else 'differ'}"
+def differ(keys: list[str], have: dict | None = None, want: dict | None = None) -> str:
+    """'lr differs' / 'lr, momentum differ': the keys in which two configs disagree; with
+    their values, 'lr: 0.1 in the run, 0.5 asked; ...' (at most 6, the rest counted)."""
+    if have is None or want is None:
+        return f"{', '.join(keys)} {'differs' if len(keys) == 1 else 'differ'}"
+    shown = [f"{k}: {_value(have.get(k))} in the run, {_value(want.get(k))} asked" for k in keys[:6]]
+    return "; ".join(shown) + (f"; and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+
+def _value(v) -> str:
+    text = json.dumps(v) if not isinstance(v, str) else v
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def made_with(paths: art.RunPaths, asked: str) -> str:
+    """' (the run was made with --preset NAME)' from run.json when NAME is not the `asked`
+    preset (the settings a rerun must repeat), else ''."""
+    try:
+        preset_name = art.read_json(paths.run_json, dict).get("config", {}).get("preset")
+    except (UserError, OSError, AttributeError):
+        return ""
+    return f" (the run was made with --preset {preset_name})" \
+        if isinstance(preset_name, str) and preset_name != asked else ""
 
 
 def identity_diffs(recorded: dict, cfg: RunConfig) -> list[str]:
@@ -142,12 +164,16 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
         if dataset is not None and (old.get("dataset") or {}).get("sha256") != dataset.identity()["sha256"]:
             diffs.append("dataset contents")
         if diffs and trained_anything(paths):
+            sha = (old.get("dataset") or {}).get("sha256")
+            have = {**recorded, "dataset contents": f"sha256 {str(sha)[:12]}"}
+            want = {**{k: getattr(cfg, k) for k in (*RUN_IDENTITY, "dataset")},
+                    "dataset contents": f"sha256 {dataset.identity()['sha256'][:12]}" if dataset else None}
             if set(diffs) <= {"dataset", "dataset contents"}:  # also what `train extend` can meet
-                raise UserError(f"{paths.root} was made from other data ({differ(diffs)}): give "
-                                f"the data it was made with (--data-root / --dataset), or start "
+                raise UserError(f"{paths.root} was made from other data ({differ(diffs, have, want)}): "
+                                f"give the data it was made with (--data-root / --dataset), or start "
                                 f"a new run with another --out")
-            raise UserError(f"{paths.root} was made with a different config ({differ(diffs)}); "
-                            f"use another --out or the same settings")
+            raise UserError(f"{paths.root} was made with a different config ({differ(diffs, have, want)})"
+                            f"{made_with(paths, cfg.preset)}; use another --out or the same settings")
         if diffs:
             replace_.append("run")
     if dataset is not None and cfg.train_subset > len(dataset.train_y) and \
@@ -172,8 +198,8 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
             if canonical_json(have) != canonical_json(want):
                 if trained_anything(paths, name):
                     keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-                    raise UserError(f"{p} was made with a different config ({differ(keys)}); "
-                                    f"use another --out or the same settings")
+                    raise UserError(f"{p} was made with a different config ({differ(keys, have, want)})"
+                                    f"{made_with(paths, cfg.preset)}; use another --out or the same settings")
                 replace_.append(name)
     return replace_
 
