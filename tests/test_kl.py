@@ -260,3 +260,30 @@ def test_kl_figure_gives_each_panel_its_own_scale_and_prints_the_numbers():
     assert "KL undefined" in panels[2].texts[0].get_text() and not panels[2].images
     plt.close(fig)
     assert [kl_label(v) for v in (18697.4, 66.0, 9.94, 0.123)] == ["18697", "66", "9.9", "0.12"]
+
+
+def test_embed_moves_an_earlier_runs_kl_aside_when_its_own_is_undefined(tmp_path, monkeypatch):
+    """`inspect embed` writes the t-SNE figure, then fails KL: the KL figure and table of an
+    earlier run would sit beside this run's t-SNE, unmarked; they go to stale/kl/."""
+    import h5py
+
+    from ssl_dynamics.inspect import representations
+    from ssl_dynamics.inspect.outputs import Outputs
+
+    rng = np.random.default_rng(1)
+    good = rng.normal(size=(120, 4)) + np.repeat(np.eye(3, 4), 40, axis=0)
+    dead = good.copy()
+    dead[:, 2] = 0.0
+    monkeypatch.setattr(representations, "run_tsne", lambda *a, **k: {"tables": {}, "notes": [], "figures": []})
+    out = Outputs(tmp_path)
+    cache, _ = _fake_kl_inputs(monkeypatch, {"simclr": good})
+    representations.run_embed(cache, out, ["simclr"])
+    assert (tmp_path / "figures" / "fig5_2_kl.png").is_file()
+    cache, _ = _fake_kl_inputs(monkeypatch, {"simclr": dead})
+    with pytest.raises(ValueError, match=r"KL undefined for simclr: .* \(the KL outputs of an earlier run, "
+                                         r"fig5_2_kl, kl_pairs, were moved to .*stale/kl\)"):
+        representations.run_embed(cache, out, ["simclr"])
+    assert not (tmp_path / "figures" / "fig5_2_kl.png").exists()
+    assert (tmp_path / "stale" / "kl" / "figures" / "fig5_2_kl.png").is_file()
+    with h5py.File(tmp_path / "analysis.h5", "r") as f:
+        assert "kl" not in f

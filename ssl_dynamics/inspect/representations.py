@@ -175,7 +175,14 @@ def run_kl(cache: FeatureCache, out: Outputs, setups: list[str], epoch: int | No
 def run_embed(cache: FeatureCache, out: Outputs, setups: list[str], epoch: int | None = None,
               seed: int | None = None, tsne_seed: int = 0, shrinkage: float = 0.0,
               tsne_method: str = "thesis") -> dict:
-    """Fig. 5.1 then Fig. 5.2 (the t-SNE figure is written even when KL is undefined)."""
+    """Fig. 5.1 then Fig. 5.2 (the t-SNE figure is written even when KL is undefined; the KL
+    outputs an earlier run left are then moved to stale/kl/, so that the work folder never
+    shows this run's t-SNE beside another run's KL)."""
     a = run_tsne(cache, out, setups, epoch, seed, tsne_seed, tsne_method)
-    b = run_kl(cache, out, setups, epoch, seed, shrinkage)
+    try:
+        b = run_kl(cache, out, setups, epoch, seed, shrinkage)
+    except ValueError as e:
+        moved = out.move_aside("kl")
+        raise ValueError(f"{e}" + (f" (the KL outputs of an earlier run, {', '.join(moved)}, were "
+                                   f"moved to {out.root / 'stale' / 'kl'})" if moved else "")) from None
     return {"tables": b["tables"], "notes": a["notes"] + b["notes"], "figures": a["figures"] + b["figures"]}
