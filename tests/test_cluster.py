@@ -575,3 +575,19 @@ def test_signal_handlers_are_set_for_the_block_and_only_from_the_main_thread():
     t.start()
     t.join()
     assert seen == [before]
+
+
+def test_local_jobs_planned_for_a_gpu_on_a_machine_without_one_are_refused(tmp_path, monkeypatch, capsys,
+                                                                          reference):
+    """--gpus-per-job defaults to 1; on a machine without a GPU the local jobs trained on the
+    CPU in GPU-sized packs, silently."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    message = "--gpus-per-job 1 (the default is 1): this machine has no GPU; give --gpus-per-job 0"
+    code, _, err = main_in_process(monkeypatch, capsys, "train", "submit", *GRID, "--out", str(tmp_path / "r"),
+                                   "--executor", "local")
+    assert code == 2 and message in err and not (tmp_path / "r").exists(), err
+    code, _, err = main_in_process(monkeypatch, capsys, "inspect", "submit", "rt", str(reference),
+                                   "--work", str(tmp_path / "w"), "--executor", "local")
+    assert code == 2 and message in err and not (tmp_path / "w").exists(), err

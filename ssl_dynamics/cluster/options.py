@@ -165,7 +165,10 @@ def check_environment(opts: ClusterOptions, shared: dict[str, Path]) -> None:
     import torch
 
     have = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if 0 < have < opts.gpus_per_job:
+    if have == 0 and opts.gpus_per_job > 0:  # the jobs would train on the CPU, planned as GPU jobs
+        raise UserError(f"--gpus-per-job {opts.gpus_per_job} (the default is 1): this machine has no "
+                        f"GPU; give --gpus-per-job 0 to run the local jobs on the CPU")
+    if have < opts.gpus_per_job:
         raise UserError(f"--gpus-per-job {opts.gpus_per_job}: this machine has {have} GPU(s)")
 
 
