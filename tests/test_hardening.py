@@ -620,3 +620,23 @@ def test_exit_statuses_in_help_are_those_of_the_docs():
         out = CliRunner().invoke(cli, ["--help"]).output
         for status in ("0 done", "1 ", "2 bad input", "130 interrupted"):
             assert status in " ".join(out.split()), out
+
+
+def test_notes_for_settings_that_train_but_mislead(tmp_path, monkeypatch, capsys):
+    """A 10-way head on a 3-class image folder, a width a timm backbone ignores, bf16 on the
+    CPU: each trains, and each is said once before training."""
+    from ssl_dynamics.train.grid import check_grid
+
+    make_imagefolder(tmp_path / "images", classes=3)
+    cfg = override(smoke_cfg(), [f"dataset=imagefolder:{tmp_path / 'images'}", "train_subset=0"])
+    said = []
+    check_grid(tmp_path / "a", cfg, ["supervised", "simclr"], TrainOptions(device="cpu", bf16=True), True,
+               False, said.append)
+    assert any(s.startswith("note: supervised classify into 10 outputs, the dataset has 3 classes; "
+                            "--set head_dim=3") for s in said), said
+    assert any("bf16 autocast on the CPU is emulated" in s for s in said), said
+    said.clear()
+    check_grid(tmp_path / "b", override(smoke_cfg(), ["backbone=timm:resnet18"]), ["supervised"],
+               TrainOptions(device="cpu"), True, False, said.append)
+    assert "note: width 4 applies to resnet18_cifar only; timm:resnet18 has its own widths" in said, said
+    assert not any("head_dim" in s or "bf16" in s for s in said), said

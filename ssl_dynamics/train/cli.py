@@ -45,8 +45,9 @@ def grid_options(f):
         click.option("--out", required=True, callback=_not_empty, help="Run directory (created if missing)."),
         click.option("--preset", "preset_name", default="thesis", show_default=True,
                      help="thesis (CIFAR-10, 30 seeds), demo (embedded digits, CPU) or smoke (synthetic, tiny)."),
-        click.option("--dataset", default=None, help="cifar10 | digits | synthetic | imagefolder:<path>."),
-        click.option("--data-root", default=None, help="Where CIFAR-10 is (or is downloaded to)."),
+        click.option("--dataset", default=None, help="cifar10 | digits | synthetic | imagefolder:<path> "
+                                                     "(default: the preset's: cifar10, digits, synthetic)."),
+        click.option("--data-root", default=None, help="Where CIFAR-10 is (or is downloaded to; default data/)."),
         click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
                      help="Override any hyperparameter: lr=0.1 (all setups), simclr.temperature=0.5, "
                           "supervised.schedule=cosine, width=16, train_subset=5000 ..."),

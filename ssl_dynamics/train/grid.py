@@ -121,7 +121,18 @@ def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions
     for name in setups:
         if cfg.setups[name].objective == "classify" and cfg.setups[name].head_dim < dataset.n_classes:
             raise UserError(f"setup {name}: head_dim {cfg.setups[name].head_dim} is smaller than "
-                            f"the dataset's {dataset.n_classes} classes")
+                            f"the dataset's {dataset.n_classes} classes; give --set head_dim="
+                            f"{dataset.n_classes}")
+    if cfg.backbone.startswith("timm:") and cfg.width != 64:  # the thesis width: no note by default
+        echo(f"note: width {cfg.width} applies to resnet18_cifar only; {cfg.backbone} has its own widths")
+    if opts.bf16 and opts.device.split(":")[0] == "cpu":
+        echo("note: bf16 autocast on the CPU is emulated: about 15x slower than fp32 on a 2-core "
+             "machine (--precision fp32)")
+    wide = [n for n in setups if cfg.setups[n].objective == "classify" and cfg.setups[n].head_dim > dataset.n_classes]
+    if wide:  # it trains, but r_t's argmax may then pick a class the data does not have
+        echo(f"note: {', '.join(wide)} classify into {cfg.setups[wide[0]].head_dim} outputs, the "
+             f"dataset has {dataset.n_classes} classes; --set head_dim={dataset.n_classes} makes "
+             f"a {dataset.n_classes}-way classifier")
     from ..models import check_input
 
     check_input(cfg.backbone, 10, cfg.width, tuple(dataset.train_x.shape[1:]))
