@@ -230,6 +230,10 @@ def test_simclr_probe_count_must_fill_whole_batches(tiny_run, tmp_path):
     check_simclr_batches(1024, 256, [("simclr", 2)], 50_000)
     check_simclr_batches(256, 64, [("simclr", 2)], 1437)
     check_simclr_batches(20, 8, [("supervised", 1)], 48)  # classifiers: any K
+    # the default --probes 1024 on a small training set: the message says where K came from
+    with pytest.raises(UserError, match=r"^K = 60 probe images \(--probes 1024, capped to the 60 training "
+                                        r"images\), not a multiple"):
+        check_simclr_batches(60, 8, [("simclr", 2)], 60, asked=1024)
 
 
 # --------------------------------------------------------------------------- 6. shard ownership

@@ -194,7 +194,8 @@ def ensure_bank(ws: Workspace, path: Path, spec: bank_mod.BankSpec, exists: bool
             bank_mod.check_existing(path, asdict(spec), keys, ws.run.dataset_sha256, ws.run.n_train)
             return bank_mod.load_bank(path), False
         dataset = ws.run.load_dataset(data.get("dataset"), data.get("data_root"))
-        echo(f"building the bank: {min(spec.n_probe, ws.run.n_train)} images x {spec.n_replays} "
+        capped = f" (every training image: fewer than {spec.n_probe})" if spec.n_probe > ws.run.n_train else ""
+        echo(f"building the bank: {min(spec.n_probe, ws.run.n_train)} images{capped} x {spec.n_replays} "
              f"replays of each augmentation -> {path}")
         return bank_mod.build_bank(path, dataset.train_x, dataset.train_y, keys, ws.run.dataset_sha256,
                                    spec), True

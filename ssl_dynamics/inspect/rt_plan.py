@@ -191,7 +191,8 @@ def bank_plan(ws: Workspace, request: BankRequest, keys) -> tuple[Path, bank_mod
         spec = bank_mod.BankSpec.with_overrides(**given)
     except ValueError as e:
         raise UserError(str(e)) from None
-    check_simclr_batches(min(spec.n_probe, ws.run.n_train), spec.simclr_batch, keys, ws.run.n_train)
+    check_simclr_batches(min(spec.n_probe, ws.run.n_train), spec.simclr_batch, keys, ws.run.n_train,
+                         asked=spec.n_probe)
     return path, spec, False
 
 
@@ -229,7 +230,8 @@ def _spec_diff(have: dict, want: dict) -> str:
                      if have.get(k) != want[k])
 
 
-def check_simclr_batches(k: int, b: int, keys, n_train: int, existing: Path | None = None) -> None:
+def check_simclr_batches(k: int, b: int, keys, n_train: int, existing: Path | None = None,
+                         asked: int | None = None) -> None:
     """Refuse evaluating SimCLR (a pair objective, V = 2) on K probe images that do not fill
     whole batches of B: a short last batch has fewer negatives, which makes its views easier
     to classify and inflates their r_t (training drops that batch: drop_last)."""
@@ -237,7 +239,8 @@ def check_simclr_batches(k: int, b: int, keys, n_train: int, existing: Path | No
         return
     probes = [n for n in (k - k % b, k - k % b + b) if 0 < n <= n_train]  # K <= the training set
     batches = [d for d in range(min(b, k), 0, -1) if k % d == 0][:3]
-    raise UserError((f"bank {existing} has K = {k} probe images" if existing else f"K = {k} probe images")
+    capped = f" (--probes {asked}, capped to the {n_train} training images)" if asked and asked > k else ""
+    raise UserError((f"bank {existing} has K = {k} probe images" if existing else f"K = {k} probe images{capped}")
                     + f", not a multiple of the SimCLR batch B = {b}: the last batch would be short "
                     f"and inflate r_t; use " + ("a new --bank with " if existing else "")
                     + (f"--probes {' or '.join(map(str, probes))}, or " if probes else "")
