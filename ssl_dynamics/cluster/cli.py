@@ -24,7 +24,7 @@ def cluster_options(f):
         click.option("--mem", default=None, help="Memory per job, e.g. 32G (default: the partition's)."),
         click.option("--array-parallelism", type=click.IntRange(1), default=None,
                      help="At most this many jobs of the SLURM array run at once."),
-        click.option("--job-name", default=None, help="SLURM job name."),
+        click.option("--job-name", default=None, help="SLURM job name (default: ssl-train for train submit, ssl-rt for inspect submit rt)."),
         click.option("--max-resubmits", type=click.IntRange(0), default=3, show_default=True,
                      help="While waiting: resubmit a job that died without a result this often."),
         click.option("--wait/--no-wait", default=None,
