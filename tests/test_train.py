@@ -432,7 +432,9 @@ def test_extend_equals_training_that_long_from_the_start(tmp_path, setup, monkey
     short = tiny(epochs=2)
     train_grid(tmp_path / "short", short, [setup], CPU, progress=False, echo=lambda *_: None)
     epoch, how = features.resolve_epoch(art.Run.open(tmp_path / "short"), setup, None)
-    assert epoch == 2 and "train extend" in how  # the representation analyses say what is missing
+    # the representation analyses say what is missing, as a command that makes it
+    assert epoch == 2 and how == (f"last epoch of the run (the thesis used 4: `train extend "
+                                  f"{tmp_path / 'short'} --setup {setup} --to 4` makes it)")
     extend_grid(tmp_path / "short", [setup], 4, CPU, progress=False, echo=lambda *_: None)
     assert features.resolve_epoch(art.Run.open(tmp_path / "short"), setup, None) == (4, "the thesis's epoch")
     a, b = art.RunPaths(tmp_path / "long"), art.RunPaths(tmp_path / "short")

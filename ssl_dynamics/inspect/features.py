@@ -161,5 +161,7 @@ def resolve_epoch(run: art.Run, setup: str, epoch: int | None) -> tuple[int, str
     if thesis is not None and thesis != last and any(
             run.paths.checkpoint(setup, s, thesis).exists() for s in run.cfg.seeds):
         return thesis, "the thesis's epoch"
-    return last, "last epoch of the run" + ("" if thesis in (None, last) else
-                                           f" (the thesis used {thesis}: `train extend` makes it)")
+    if thesis is None or thesis == last:
+        return last, "last epoch of the run"
+    how = f": `train extend {run.paths.root} --setup {setup} --to {thesis}` makes it" if thesis > last else ""
+    return last, f"last epoch of the run (the thesis used {thesis}{how})"
