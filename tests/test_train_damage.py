@@ -429,3 +429,15 @@ def test_the_start_line_shows_seed_ranges_and_the_device_syntax_is_checked_first
 def test_status_says_when_a_work_folder_does_not_exist(run, tmp_path, monkeypatch, capsys):
     code, out, _ = call(["status", run, "--work", tmp_path / "nowhere"], monkeypatch, capsys)
     assert code == 0 and f"--work {tmp_path / 'nowhere'}: no such folder" in out
+
+
+def test_extend_past_the_cosine_period_says_the_learning_rate_rises_again(run, monkeypatch, capsys):
+    from ssl_dynamics.train.schedules import learning_rate
+
+    sc = art.load_run_config(run)[0].setups["supervised"]
+    assert sc.cosine_period_epochs == 2 and learning_rate(sc, 3, 3) > learning_rate(sc, 2, 3) == 0.0
+    code, out, err = call(["extend", run, "--setup", "supervised", "--to", "4", "--device", "cpu",
+                           "--no-progress"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "note: supervised's learning rate follows the reference cosine of period 2 epochs: it is 0 " \
+        "at epoch 2 and rises again after it" in out, out

@@ -44,6 +44,10 @@ def extend_grid(root: str | Path, setups: list[str], until: int, opts: TrainOpti
         if until <= sc.epochs:
             raise UserError(f"{s} already plans {sc.epochs} epochs; --to must be larger "
                             f"(`train run` finishes the planned ones)")
+        if sc.schedule == "reference" and sc.objective == "classify" and until > sc.cosine_period_epochs:
+            echo(f"note: {s}'s learning rate follows the reference cosine of period "
+                 f"{sc.cosine_period_epochs} epochs: it is 0 at epoch {sc.cosine_period_epochs} and "
+                 f"rises again after it (as in the thesis's 500-epoch random_labels_aug run)")
     if seeds is not None:
         extra = sorted(set(seeds) - set(cfg.seeds))
         if extra:
