@@ -100,7 +100,8 @@ def test_a_damaged_feature_cache_skips_its_analyses(analysed, tmp_path):
     (["--ref-epochs", "99"], "--ref-epochs 99: the reference setup simclr has epochs 1-2"),
     (["--epoch", "99"], "has epochs 0-2, not 99"),
     (["--probes", "64"], "--probes 64"),
-    (["--redo", "tsne,foo"], "--redo 'tsne,foo'")])
+    (["--redo", "tsne,foo"], "--redo 'tsne,foo'"),
+    (["--redo", "embed,foo"], "(embed: tsne,kl)")])
 def test_bad_options_stop_all_before_any_write(tiny_rt, tmp_path, args, message):
     run = private_copy(tiny_rt, tmp_path)
     before = snapshot(run)
@@ -251,3 +252,10 @@ def test_all_takes_rts_store_and_bank_options_and_reads_that_store(analysed, tmp
         assert f.attrs["seed"] == 3
     with h5py.File(run / "inspect" / "analysis.h5", "r") as f:  # the analyses saw 16 probes
         assert all(f["dynamics"][s]["r_t"].shape[-1] == 16 for s in load_rt(store))
+
+
+def test_redo_embed_means_the_two_steps_of_inspect_embed():
+    from ssl_dynamics.inspect.pipeline import parse_redo
+
+    assert parse_redo("embed") == ("tsne", "kl")
+    assert parse_redo("dynamics,embed,kl") == ("dynamics", "tsne", "kl")

@@ -227,7 +227,8 @@ def test_bad_analysis_options(run, monkeypatch, capsys):
                           (["rt", "--bank", ""], "'--bank': an empty path"),
                           (["all", "--p0", ","], "--p0 ',': give at least one number in (0, 1]"),
                           (["examples", "--start-epoch", "99"], "--start-epoch 99 is past the last evaluated epoch"),
-                          (["dynamics", "--setup", "foo"], "has no r_t arrays for foo (it has supervised, random_labels)")]:
+                          (["dynamics", "--setup", "foo"], "setup 'foo' is not in this run (it has supervised, "
+                                                           "random_labels)")]:
         expect_refusal(inspect_cli.main, [args[0], run, *args[1:]], run, monkeypatch, capsys, message)
     expect_refusal(train_cli.main, ["extend", run, "--setup", "foo"], run, monkeypatch, capsys,
                    "unknown setup 'foo'")

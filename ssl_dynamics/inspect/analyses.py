@@ -10,6 +10,10 @@ from .workspace import Workspace
 
 
 def store_data(ws: Workspace, setups: list[str] | None, store: str | Path | None = None) -> dict[str, SetupRt]:
+    """The r_t of `setups` (default: every setup in the store); a name the run does not have
+    is refused as such, before the store is read."""
+    if setups:
+        ws.run.select(setups)
     return load_rt(ws.store_for_reading(store), setups)
 
 

@@ -114,7 +114,7 @@ def report_cmd(run_dir, work):
                    "'range': each setup's own (short runs, the demo).")
 @click.option("--redo", default=None, metavar="STEP[,STEP]|all",
               help="Compute these analyses even when they are up to date (dynamics, binomial, "
-                   "heterogeneity, classes, examples, probe, tsne, kl, activations, or all).")
+                   "heterogeneity, classes, examples, probe, tsne, kl (embed: both), activations, or all).")
 def all_cmd(run_dir, work, store, setups, epoch, device, precision, dataset, data_root, no_verify,
             no_progress, bank, probes, replays, bank_seed, simclr_batch, group, ref_epochs, steps,
             allow_missing, shrinkage, tsne_method, levels, redo):

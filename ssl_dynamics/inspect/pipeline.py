@@ -77,10 +77,11 @@ def parse_redo(text: str | None) -> tuple[str, ...]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if names == ["all"]:
         return STEP_NAMES
+    names = [m for n in names for m in (("tsne", "kl") if n == "embed" else (n,))]  # the command's steps
     unknown = [n for n in names if n not in STEP_NAMES]
     if unknown or not names:
         raise UserError(f"--redo {text!r}: use 'all' or a comma-separated list of "
-                        f"{', '.join(STEP_NAMES)}")
+                        f"{', '.join(STEP_NAMES)} (embed: tsne,kl)")
     return tuple(dict.fromkeys(names))
 
 
