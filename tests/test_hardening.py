@@ -111,8 +111,8 @@ def test_train_subset_larger_than_the_dataset(tmp_path, monkeypatch, capsys):
 def test_a_run_of_other_settings_is_refused_before_its_dataset_is_loaded(run, tmp_path, monkeypatch, capsys):
     # the thesis preset (CIFAR-10) on a smoke run: the config differs, which needs no data;
     # before, it looked for (or downloaded) CIFAR-10 first and said that it was missing
-    expect_refusal(train_cli.main, ["run", "--out", run, "--no-download", "--data-root", tmp_path / "none",
-                                    "--no-progress"], run, monkeypatch, capsys,
+    expect_refusal(train_cli.main, ["run", "--out", run, "--preset", "thesis", "--no-download", "--data-root",
+                                    tmp_path / "none", "--no-progress"], run, monkeypatch, capsys,
                    "was made with a different config (dataset: synthetic in the run, cifar10 asked; train_subset: "
                    "32 in the run, 0 asked; width: 4 in the run, 64 asked) (the run was made with --preset smoke); "
                    "use another --out or the same settings")

@@ -441,3 +441,26 @@ def test_extend_past_the_cosine_period_says_the_learning_rate_rises_again(run, m
     assert code == 0, err
     assert "note: supervised's learning rate follows the reference cosine of period 2 epochs: it is 0 " \
         "at epoch 2 and rises again after it" in out, out
+
+
+def test_a_rerun_without_preset_continues_with_the_runs_own_settings(run, monkeypatch, capsys):
+    """`train run --out RUN` alone resumes RUN as it was made (preset smoke, its --set values,
+    its setups and seeds); before, it meant the thesis preset and was refused."""
+    before = snapshot(run)
+    code, out, err = call(["run", "--out", run, "--no-progress"], monkeypatch, capsys)
+    assert code == 0, err
+    assert f"{run} continues with the settings it was made with (--preset smoke, supervised, seeds 0)" in out
+    assert "training supervised x seeds 0 " in out and "done: 1/1 runs complete" in out, out
+    assert snapshot(run) == before
+    # more seeds or epochs on top of the recorded settings; a setup it lacks comes from its preset
+    code, out, err = call(["run", "--out", run, "--seeds", "0-1", "--no-progress", "--deterministic"],
+                          monkeypatch, capsys)
+    assert code == 0 and "done: 2/2 runs complete" in out, out + err
+    cfg, _ = art.load_run_config(run)
+    assert cfg.seeds == (0, 1) and cfg.setups["supervised"].batch_size == 16 and cfg.train_subset == 48
+    # an explicit other setting is still refused, with the values
+    refused(["run", "--out", run, "--set", "supervised.lr=0.5", "--no-progress"], run, monkeypatch, capsys,
+            "(lr: 0.09 in the run, 0.5 asked)")
+    # an explicit --preset is taken as asked (and refused here: the thesis's settings differ)
+    refused(["run", "--out", run, "--preset", "thesis", "--no-progress", "--no-download"], run, monkeypatch,
+            capsys, "(the run was made with --preset smoke)")

@@ -9,7 +9,7 @@ import click
 from ..cli_util import run_cli, split_names
 from ..cluster.cli import cluster_options, from_cli
 from ..cluster.records import ranges
-from ..config import SETUP_NAMES, override, parse_seeds, preset
+from ..config import SETUP_NAMES, RunConfig, override, parse_seeds, preset
 from ..errors import UserError, WorkFailed
 from .cli_options import how_options
 from .loop import TrainRequest, parse_pack
@@ -43,8 +43,9 @@ def grid_options(f):
         click.option("--epochs", type=int, default=None,
                      help="How many epochs to train every selected setup (a count; default: the preset's)."),
         click.option("--out", required=True, callback=_not_empty, help="Run directory (created if missing)."),
-        click.option("--preset", "preset_name", default="thesis", show_default=True,
-                     help="thesis (CIFAR-10, 30 seeds), demo (embedded digits, CPU) or smoke (synthetic, tiny)."),
+        click.option("--preset", "preset_name", default=None,
+                     help="thesis (CIFAR-10, 30 seeds), demo (embedded digits, CPU) or smoke (synthetic, tiny). "
+                          "Default: an existing OUT's own settings (what it was made with), else thesis."),
         click.option("--dataset", default=None, help="cifar10 | digits | synthetic | imagefolder:<path> "
                                                      "(default: the preset's: cifar10, digits, synthetic)."),
         click.option("--data-root", default=None, help="Where CIFAR-10 is (or is downloaded to; default data/)."),
@@ -73,9 +74,11 @@ def train_request(cfg, device, precision, channels_last, deterministic, checkpoi
                         compile_mode, pack)
 
 
-def grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments):
-    """(RunConfig, chosen setups) from the grid options."""
-    cfg = preset(preset_name)
+def grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments, out=None):
+    """(RunConfig, chosen setups) from the grid options. `preset_name` None (no --preset): an
+    existing run directory `out` continues with the settings it records, else the thesis's."""
+    cfg, trained = recorded_config(out) if preset_name is None else (None, None)
+    cfg = cfg or preset(preset_name or "thesis")
     extra = list(assignments)
     if dataset:
         extra.insert(0, f"dataset={dataset}")
@@ -86,11 +89,30 @@ def grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignme
     cfg = override(cfg, extra)
     if seeds is not None:
         cfg = replace(cfg, seeds=parse_seeds(seeds))
-    chosen = split_names(setups) or list(cfg.setups)  # an empty value is refused, never "all"
+    chosen = split_names(setups) or trained or list(cfg.setups)  # an empty value is refused, never "all"
     for s in chosen:
         if s not in cfg.setups:
             raise UserError(f"unknown setup {s!r}: choose from {', '.join(cfg.setups)}")
     return cfg, chosen
+
+
+def recorded_config(out) -> tuple[RunConfig | None, list[str] | None]:
+    """(the config run directory `out` was made with: its preset's setups under the settings
+    run.json and each setup.json record, every seed trained so far; the setups it has), or
+    (None, None) when `out` has no run.json."""
+    from ..artifacts import load_run_config
+
+    if out is None or not (Path(out) / "run.json").is_file():
+        return None, None
+    cfg, _ = load_run_config(out)
+    click.echo(f"{out} continues with the settings it was made with (--preset {cfg.preset}, "
+               f"{', '.join(cfg.setups)}, seeds {ranges(list(cfg.seeds))}); --preset starts "
+               f"from a preset's settings instead")
+    try:
+        base = preset(cfg.preset)
+    except UserError:  # a preset this version does not know: the recorded setups alone
+        return cfg, list(cfg.setups)
+    return replace(cfg, setups={**base.setups, **cfg.setups}), list(cfg.setups)
 
 
 @cli.command("run")
@@ -117,7 +139,7 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
 
     if device is not None and devices is not None:
         raise UserError("give --device (one process) or --devices (one worker per device), not both")
-    cfg, chosen = grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments)
+    cfg, chosen = grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments, out)
     request = train_request(cfg, "auto" if device is None else device, precision, channels_last, deterministic,
                             checkpoint_dtype, compile_, compile_mode, pack)
     kw = dict(check_disk=not ignore_disk_check, download=not no_download, echo=click.echo,
@@ -172,7 +194,7 @@ def submit_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assi
     from .submit import submit_grid
 
     opts = from_cli(**cluster, default_name="ssl-train")
-    cfg, chosen = grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments)
+    cfg, chosen = grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments, out)
     gpu = "cuda" if opts.executor == "slurm" and opts.gpus_per_job else "auto" if opts.gpus_per_job else "cpu"
     request = train_request(cfg, gpu, precision, channels_last, deterministic, checkpoint_dtype,
                             compile_, compile_mode, pack)
