@@ -128,3 +128,27 @@ def test_fp32_evaluation_on_a_gpu_turns_tf32_off_and_restores_it():
         assert torch.backends.cudnn.allow_tf32 is True
     finally:
         torch.backends.cudnn.allow_tf32 = before
+
+
+def test_grouped_equals_one_at_a_time_over_many_chunks(tiny_rt, tmp_path, monkeypatch):
+    """Real banks (10,240+ views) take many forward passes; the test bank takes one at the
+    default sizes. With passes of 8 views, the grouped store must still equal one-at-a-time
+    evaluation bit for bit (the chunks' order and the batches' rounding both matter)."""
+    from conftest import TINY_BANK
+
+    from ssl_dynamics.inspect import evaluate
+
+    monkeypatch.setattr(evaluate, "EVAL_CHUNK", 8)
+    monkeypatch.setattr(evaluate, "MIN_GROUP_CHUNK", 2)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_rt, run)
+    shutil.rmtree(run / "inspect")
+    rt(run, tmp_path / "one.zarr", **TINY_BANK)
+    rt(run, tmp_path / "grouped.zarr", group=4, **TINY_BANK)
+    one, grouped = load_rt(tmp_path / "one.zarr"), load_rt(tmp_path / "grouped.zarr")
+    for setup, a in one.items():
+        for field in ("correct", "p_true", "correct_second", "p_true_second"):
+            x, y = getattr(a, field), getattr(grouped[setup], field)
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert np.array_equal(x, y), (setup, field)

@@ -154,6 +154,7 @@ def wait(sub: Submission, echo=print) -> list[str]:
                                 f"{sub.opts.max_resubmits + 1} times (log: {sub.log(i)})")
         if pending:
             time.sleep(POLL_S[sub.opts.executor])
+    _drop_placeholder(sub.folder)  # the jobs' own start may make it again
     return failures
 
 

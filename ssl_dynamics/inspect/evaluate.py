@@ -12,9 +12,12 @@ import torch
 from ..devices import exact_fp32  # noqa: F401  (fp32 evaluation on a GPU: re-exported for callers)
 
 EVAL_CHUNK = 2048  # views per forward pass: large enough to fill a GPU, small for 2 CPU cores
-# Views per pass of a grouped network of G checkpoints: EVAL_CHUNK // G keeps the activations
-# of one pass as large as a single checkpoint's; never below 256 views, which keeps a pass's
-# kernels large enough to be worth launching.
+# Views per pass of a grouped network of G checkpoints in bf16: EVAL_CHUNK // G keeps the
+# activations of one pass as large as a single checkpoint's; never below 256 views, which
+# keeps a pass's kernels large enough to be worth launching. In fp32 a grouped pass takes
+# EVAL_CHUNK views, the batches of one-at-a-time evaluation: a convolution's rounding can
+# depend on its batch size (measured: batches of 2 against 8 moved p_true by 2.4e-7 and
+# flipped a SimCLR tie), and fp32 promises the one-at-a-time store bit for bit.
 MIN_GROUP_CHUNK = 256
 
 
@@ -42,7 +45,7 @@ def grouped_outputs(model, views: torch.Tensor, bf16: bool = False) -> torch.Ten
     m, k, v = views.shape[:3]
     model = model.to(memory_format=torch.channels_last)
     flat = views.reshape(m * k * v, *views.shape[3:]).contiguous(memory_format=torch.channels_last)
-    chunk = max(EVAL_CHUNK // model.n, MIN_GROUP_CHUNK)
+    chunk = max(EVAL_CHUNK // model.n, MIN_GROUP_CHUNK) if bf16 else EVAL_CHUNK
     outs = []
     for start in range(0, len(flat), chunk):
         with torch.autocast(flat.device.type, dtype=torch.bfloat16, enabled=bf16):
