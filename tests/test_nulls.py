@@ -387,6 +387,10 @@ def test_rank_agreement_matches_spearman_and_drops_nans():
     ref = sps.spearmanr(a[keep], b[keep])
     assert nl.rank_agreement(a, b) == pytest.approx((ref.statistic, ref.pvalue, 47))
     assert np.isnan(nl.rank_agreement(np.ones(5), np.arange(5.0))[0])
+    # two pairs always rank-correlate at +-1: undefined below three (n still reported)
+    rho, p, n = nl.rank_agreement(np.array([1.0, 2.0]), np.array([1.0, 2.0]))
+    assert np.isnan(rho) and np.isnan(p) and n == 2
+    assert nl.rank_agreement(np.arange(3.0), np.arange(3.0))[0] == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------------------- edge cases

@@ -347,6 +347,28 @@ def test_pool_tail_bins_hand():
     np.testing.assert_array_equal(bins, [[0, 1], [2, 2], [3, 4]])
 
 
+def test_pool_tail_bins_small_grids_hand():
+    # a right tail that must stop at the left tail: [2, 3, 6, 1] -> [0..1] (5), [2..3] (7);
+    # and the real pmf of 3 seeds, 14 images, p 0.55: [1.28, 4.68, 5.72, 2.33] -> [0..1], [2..3]
+    np.testing.assert_array_equal(st.pool_tail_bins([2.0, 3.0, 6.0, 1.0]), [[0, 1], [2, 3]])
+    np.testing.assert_array_equal(st.pool_tail_bins(st.binomial_expected(14, 3, 0.55)), [[0, 1], [2, 3]])
+    # exactly the minimum is enough ("every expected count >= 5"): nothing pooled
+    np.testing.assert_array_equal(st.pool_tail_bins([5.0, 5.0, 5.0]), [[0, 0], [1, 1], [2, 2]])
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_pool_tail_bins_partition_few_seeds_and_images(n):
+    """Few seeds and images (the demo's scale), where the two tails meet: every grid of
+    K = 5..30 and p on a 0.05 grid gives contiguous, non-overlapping groups of >= 5."""
+    for k in range(5, 31):
+        for p in np.arange(0.05, 1.0, 0.05):
+            e = st.binomial_expected(k, n, float(p))
+            bins = st.pool_tail_bins(e)
+            check_partition(bins, n + 1)
+            sums = np.array([e[lo : hi + 1].sum() for lo, hi in bins])
+            assert len(bins) == 1 or np.all(sums >= 5.0 - 1e-9), (k, p, bins)
+
+
 def test_pool_tail_bins_non_unimodal_safety_pass():
     e = np.array([10, 0, 10, 0, 0, 10, 0.5, 0.5, 10])
     bins = st.pool_tail_bins(e)

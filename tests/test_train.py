@@ -91,6 +91,10 @@ def test_reference_schedules_hand_values():
         assert learning_rate(simclr, epoch_counter - 1, 195) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9)
         if epoch_counter >= 10:
             sched.step()
+    # constant_lr_epochs = 0 behaves like 1: the reference steps its scheduler only after an epoch
+    no_hold = replace(simclr, constant_lr_epochs=0)
+    assert learning_rate(no_hold, 0, 195) == 3e-4
+    assert learning_rate(no_hold, 1, 195) == pytest.approx(3e-4 * (1 + np.cos(np.pi / 195)) / 2)
     # classification: T_max = 200 epochs whatever the run length, periodic beyond
     assert learning_rate(sup, 0, 195) == pytest.approx(3e-4)
     assert learning_rate(sup, 100, 195) == pytest.approx(1.5e-4)
