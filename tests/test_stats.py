@@ -398,6 +398,16 @@ def test_pool_tail_bins_property(seed):
     assert np.all(bins[1:-1, 0] == bins[1:-1, 1])
 
 
+def test_chisquare_pooled_two_groups_reports_the_statistic_without_a_p_value():
+    # K = 16, N = 3, p = 1/2: expected [2, 6, 6, 2] -> groups [0..1] (8), [2..3] (8), dof 0;
+    # observed counts 0,0,0,1,1 | 2,...: frequencies [3, 2, 6, 5] -> pooled 5 and 11
+    counts = np.repeat(np.arange(4), [3, 2, 6, 5])
+    stat, pval, dof, bins = st.chisquare_pooled(counts, 3, 0.5)
+    np.testing.assert_array_equal(bins, [[0, 1], [2, 3]])
+    assert dof == 0 and np.isnan(pval)
+    assert stat == pytest.approx((5 - 8) ** 2 / 8 + (11 - 8) ** 2 / 8)
+
+
 def test_chisquare_pooled_hand():
     # expected [2,8,12,8,2]; observed frequencies [4,4,10,10,4] -> pooled 8,10,14 vs 10,12,10
     counts = np.repeat(np.arange(5), [4, 4, 10, 10, 4])
