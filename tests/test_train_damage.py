@@ -449,7 +449,8 @@ def test_a_rerun_without_preset_continues_with_the_runs_own_settings(run, monkey
     before = snapshot(run)
     code, out, err = call(["run", "--out", run, "--no-progress"], monkeypatch, capsys)
     assert code == 0, err
-    assert f"{run} continues with the settings it was made with (--preset smoke, supervised, seeds 0)" in out
+    assert f"{run} continues with the settings it was made with (--preset smoke, supervised, seeds 0, " \
+        "data synthetic)" in out
     assert "training supervised x seeds 0 " in out and "done: 1/1 runs complete" in out, out
     assert snapshot(run) == before
     # more seeds or epochs on top of the recorded settings; a setup it lacks comes from its preset
@@ -464,3 +465,36 @@ def test_a_rerun_without_preset_continues_with_the_runs_own_settings(run, monkey
     # an explicit --preset is taken as asked (and refused here: the thesis's settings differ)
     refused(["run", "--out", run, "--preset", "thesis", "--no-progress", "--no-download"], run, monkeypatch,
             capsys, "(the run was made with --preset smoke)")
+
+
+def test_a_rerun_without_preset_restores_a_deleted_setup_json_and_refuses_a_lost_folder(run, monkeypatch, capsys):
+    paths = art.RunPaths(run)
+    original = paths.setup_json("supervised").read_bytes()
+    paths.setup_json("supervised").unlink()
+    code, out, err = call(["run", "--out", run, "--no-progress"], monkeypatch, capsys)
+    assert code == 0 and "(--preset smoke, supervised, seeds 0, data synthetic)" in out, out + err
+    assert json.loads(paths.setup_json("supervised").read_bytes()) == json.loads(original)  # from the headers
+    # a folder gone whole: its settings are nowhere; refused unless --setup leaves it out
+    import shutil
+
+    shutil.rmtree(paths.setup_dir("supervised"))
+    refused(["run", "--out", run, "--no-progress"], run, monkeypatch, capsys,
+            "lists supervised, whose folder is gone, so its settings are recorded nowhere")
+    code, out, err = call(["run", "--out", run, "--setup", "simclr", "--epochs", "1", "--no-progress"],
+                          monkeypatch, capsys)
+    assert code == 0 and "note: simclr is new to" in out and "done: 1/1 runs complete" in out, out + err
+
+
+def test_a_rerun_without_preset_says_what_it_starts_and_points_longer_runs_to_extend(run, monkeypatch, capsys):
+    code, out, err = call(["run", "--out", run, "--setup", "supervised", "--seeds", "1", "--no-progress",
+                           "--epochs", "1"], monkeypatch, capsys)
+    assert code == 2 and "`train extend" not in err  # 1 < 2 epochs: not a longer run
+    refused(["run", "--out", run, "--epochs", "3", "--no-progress"], run, monkeypatch, capsys,
+            f"(epochs: 2 in the run, 3 asked); `train extend {run} --setup supervised --to 3` trains its "
+            f"seeds further")
+    # seed 1 of simclr, asked once, makes seed 1 part of the run: a plain rerun says it will start it
+    code, out, err = call(["run", "--out", run, "--setup", "simclr", "--seeds", "1", "--epochs", "1",
+                           "--no-progress"], monkeypatch, capsys)
+    assert code == 0, err
+    code, out, err = call(["run", "--out", run, "--no-progress"], monkeypatch, capsys)
+    assert "2 of its 4 runs are not started yet (e.g. simclr seed 0): --setup/--seeds choose" in out, out

@@ -198,8 +198,12 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
             if canonical_json(have) != canonical_json(want):
                 if trained_anything(paths, name):
                     keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+                    longer = keys == ["epochs"] and want["epochs"] > have["epochs"]
                     raise UserError(f"{p} was made with a different config ({differ(keys, have, want)})"
-                                    f"{made_with(paths, cfg.preset)}; use another --out or the same settings")
+                                    f"{made_with(paths, cfg.preset)}; "
+                                    + (f"`train extend {paths.root} --setup {name} --to {want['epochs']}` "
+                                       f"trains its seeds further" if longer else
+                                       "use another --out or the same settings"))
                 replace_.append(name)
     return replace_
 
