@@ -641,3 +641,14 @@ def test_notes_for_settings_that_train_but_mislead(tmp_path, monkeypatch, capsys
                TrainOptions(device="cpu"), True, False, said.append)
     assert "note: width 4 applies to resnet18_cifar only; timm:resnet18 has its own widths" in said, said
     assert not any("head_dim" in s or "bf16" in s for s in said), said
+
+
+def test_extend_of_several_setups_extends_them_all_before_naming_a_damaged_seed(run, monkeypatch, capsys):
+    paths = art.RunPaths(run)
+    ckpt = paths.checkpoint("supervised", 0, 1)  # an earlier epoch: the extension itself can go on
+    ckpt.write_bytes(ckpt.read_bytes()[:-64])
+    code, err = call(train_cli.main, ["extend", run, "--setup", "supervised,random_labels", "--to", "3",
+                                      "--device", "cpu", "--no-progress"], monkeypatch, capsys)
+    assert code == 2 and "1 run(s) damaged: supervised seed 0" in err, err
+    for setup in SETUPS:
+        assert art.read_json(paths.manifest(setup, 0))["extended_to"] == 3, setup

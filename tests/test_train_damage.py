@@ -137,11 +137,11 @@ def test_a_truncated_checkpoint_is_damaged_and_train_run_says_so(run, monkeypatc
     paths = art.RunPaths(run)
     ckpt = paths.checkpoint("supervised", 0, 1)
     ckpt.write_bytes(ckpt.read_bytes()[:-100])  # a copy cut short
-    st = art.grid_status(run)[0]
+    st = art.grid_status(run, sizes=True)[0]
     assert (st.condition, st.lost) == ("damaged", (1,))
     appended = paths.checkpoint("supervised", 0, 2)
     appended.write_bytes(appended.read_bytes() + b"\0")
-    assert art.grid_status(run)[0].lost == (1, 2)
+    assert art.grid_status(run, sizes=True)[0].lost == (1, 2)
     # a rerun trains what is left, then does not call the damaged seed complete (it was: exit 0)
     before = snapshot(run)
     code, out, err = call(["run", "--out", run, *SMOKE], monkeypatch, capsys)
@@ -498,3 +498,37 @@ def test_a_rerun_without_preset_says_what_it_starts_and_points_longer_runs_to_ex
     assert code == 0, err
     code, out, err = call(["run", "--out", run, "--no-progress"], monkeypatch, capsys)
     assert "2 of its 4 runs are not started yet (e.g. simclr seed 0): --setup/--seeds choose" in out, out
+
+
+def _rewrite_header(path: Path, edit) -> None:
+    """Apply `edit` to a checkpoint's parsed header, keeping the header's length (padded)."""
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= n
+    path.write_bytes(data[:8] + text.ljust(n) + data[8 + n:])
+
+
+def test_train_submit_does_not_call_a_damaged_seed_complete(run, monkeypatch, capsys):
+    ckpt = art.RunPaths(run).checkpoint("supervised", 0, 1)
+    ckpt.write_bytes(ckpt.read_bytes()[:-64])
+    code, out, err = call(["submit", "--out", run, "--executor", "local", "--gpus-per-job", "0",
+                           "--no-download"], monkeypatch, capsys)
+    assert code == 2 and "nothing to submit: every selected run is trained" in out, out + err
+    assert "1 run(s) damaged: supervised seed 0: 1 committed checkpoint(s) missing or truncated" in err, err
+
+
+def test_a_header_with_malformed_offsets_is_damage_not_a_traceback(run, monkeypatch, capsys):
+    ckpt = art.RunPaths(run).checkpoint("supervised", 0, 2)
+    name = next(k for k in json.loads(ckpt.read_bytes()[8:8 + int.from_bytes(ckpt.read_bytes()[:8], "little")])
+                if k != "__metadata__")
+    _rewrite_header(ckpt, lambda h: h[name].update(data_offsets=None))
+    code, out, _ = call(["status", run], monkeypatch, capsys)
+    assert code == 0 and "1 committed checkpoint(s) missing or truncated (epoch 2)" in out, out
+    # only the final status of a command reads headers; planning stats the files alone
+    st = art.grid_status(run)[0]
+    assert st.condition == "complete" and art.grid_status(run, sizes=True)[0].lost == (2,)

@@ -130,18 +130,26 @@ def header_of(data: torch.Tensor | bytes, path: Path) -> tuple[dict, int]:
 
 def expected_size(path: Path) -> int | None:
     """The size a safetensors file's own header implies (data-section start + the end of its
-    last tensor), reading only the header; None when the header cannot be read (a file too
-    short or damaged to have one). A size that differs means a truncated or appended file."""
+    last tensor), reading only the header; None when there is no readable header (a file too
+    short or damaged to have one, or entries without valid offsets). A size that differs
+    means a truncated or appended file. A file that cannot be opened raises its OSError."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        data = head + f.read(min(n, HEADER_LIMIT))
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-            header, start = header_of(head + f.read(min(n, HEADER_LIMIT)), path)
-    except (OSError, UserError):
+        header, start = header_of(data, path)
+    except UserError:
         return None
-    ends = [spec.get("data_offsets", [0, 0])[1] for k, spec in header.items()
-            if k != "__metadata__" and isinstance(spec, dict)]
-    return start + max((e for e in ends if isinstance(e, int)), default=0)
+    ends = []
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = spec.get("data_offsets") if isinstance(spec, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            return None
+        ends.append(offsets[1])
+    return start + max(ends, default=0)
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:

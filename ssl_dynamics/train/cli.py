@@ -228,22 +228,36 @@ def submit_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assi
     gpu = "cuda" if opts.executor == "slurm" and opts.gpus_per_job else "auto" if opts.gpus_per_job else "cpu"
     request = train_request(cfg, gpu, precision, channels_last, deterministic, checkpoint_dtype,
                             compile_, compile_mode, pack)
+    from .grid import refuse_damaged
+
     sub = submit_grid(out, cfg, chosen, request, opts, runs_per_job, not ignore_disk_check,
                       not no_download, click.echo)
     if sub is None or not opts.wait:
+        if sub is None and not opts.dry_run:  # nothing (else) submitted: none may be called complete
+            refuse_damaged(_chosen_status(out, cfg, chosen), out)
         return
     failures = ex.wait(sub, click.echo)
-    _summary(out)
+    rows = _summary(out)
     if failures:
         raise WorkFailed(f"{len(failures)} job(s) failed: " + "; ".join(failures))
+    refuse_damaged([r for r in rows if r.setup in chosen and r.seed in cfg.seeds], out)
 
 
-def _summary(run_dir) -> None:
+def _chosen_status(out, cfg, chosen):
+    from ..artifacts import grid_status
+    from .grid import only
+
+    return grid_status(out, only(cfg, chosen), sizes=True)
+
+
+def _summary(run_dir) -> list:
+    """Print the grid's counts; returns its statuses."""
     from ..artifacts import grid_status
 
-    rows = grid_status(run_dir)
+    rows = grid_status(run_dir, sizes=True)
     counts = {k: sum(r.condition == k for r in rows) for k in ("complete", "partial", "missing", "damaged")}
     click.echo("grid: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k != "damaged"))
+    return rows
 
 
 @cli.command("status")
@@ -258,7 +272,7 @@ def status_cmd(run_dir, works):
     from ..cluster.records import status_lines
 
     cfg, meta = load_run_config(run_dir)  # read once: the table and the lines below
-    rows = grid_status(run_dir, cfg)
+    rows = grid_status(run_dir, cfg, sizes=True)
     click.echo(f"{'setup':<20} {'seed':>4}  {'state':<9} {'epoch':>11}")
     for r in rows:
         last = "-" if r.last_epoch is None else str(r.last_epoch)

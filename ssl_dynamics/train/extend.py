@@ -108,6 +108,7 @@ def extend_cmd(run_dir, setups, until, seeds, data_root, dataset, device, precis
         if until is None and s not in THESIS_EXTENSIONS:
             raise UserError(f"{s}: give --to (the thesis extended only {', '.join(THESIS_EXTENSIONS)})")
     chosen = parse_seeds(seeds) if seeds is not None else None  # '' is refused, not "all"
+    status = []  # every setup is extended before a damaged seed of any is refused
     for s in setups:
         to = THESIS_EXTENSIONS[s] if until is None else until
         # None: each seed keeps its own checkpoints' dtype (`loop.open_seed`); shown as the first's
@@ -118,6 +119,6 @@ def extend_cmd(run_dir, setups, until, seeds, data_root, dataset, device, precis
                    + (f", {opts.pack} seeds per pack" if opts.pack > 1 else "")
                    + (f", {checkpoint_dtype} checkpoints)" if checkpoint_dtype else
                       f", each seed's checkpoint dtype: {dtype} for the first)"))
-        status = extend_grid(run_dir, [s], to, opts, chosen, data_root, check_disk=not ignore_disk_check,
-                             echo=click.echo, progress=not no_progress, dataset=dataset)
-        refuse_damaged([st for st in status if chosen is None or st.seed in chosen], run_dir)
+        status += extend_grid(run_dir, [s], to, opts, chosen, data_root, check_disk=not ignore_disk_check,
+                              echo=click.echo, progress=not no_progress, dataset=dataset)
+    refuse_damaged([st for st in status if chosen is None or st.seed in chosen], run_dir)

@@ -185,7 +185,7 @@ def train_grid(root: str | Path, cfg: RunConfig, setups: list[str], opts: TrainO
     dataset, jobs = check_grid(root, cfg, setups, opts, check_disk, download, echo, until)
     paths = prepare_run(root, cfg, setups, dataset, echo)
     train_runs(paths, cfg, dataset, jobs, opts, echo, progress)
-    return art.grid_status(root, only(cfg, setups))
+    return art.grid_status(root, only(cfg, setups), sizes=True)  # once, for refuse_damaged
 
 
 def train_runs(paths: art.RunPaths, cfg: RunConfig, dataset: Dataset, jobs: list[Job],

@@ -54,7 +54,7 @@ def submit_grid(root: str | Path, cfg: RunConfig, setups: list[str], request: Tr
              f"({', '.join(sorted(set(busy[j.setup, j.seed] for j in held)))}); not submitted again")
     todo = [j for j in jobs if (j.setup, j.seed) not in busy]
     if not todo:
-        echo("nothing to submit: every selected run is complete" if not held else "nothing else to submit")
+        echo("nothing to submit: every selected run is trained" if not held else "nothing else to submit")
         return None
     groups = job_groups(todo, runs_per_job)
     work = [{"runs": [[j.setup, j.seed] for j in g]} for g in groups]

@@ -88,7 +88,7 @@ def run_on_devices(root: str | Path, cfg: RunConfig, setups: list[str], devices:
                                        for s, code in failed) + tail)
         if lost:
             raise Diverged(lost)
-    return art.grid_status(root, only(cfg, setups))
+    return art.grid_status(root, only(cfg, setups), sizes=True)  # once, for refuse_damaged
 
 
 def _ended(code: int) -> str:
