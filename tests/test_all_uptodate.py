@@ -259,3 +259,14 @@ def test_redo_embed_means_the_two_steps_of_inspect_embed():
 
     assert parse_redo("embed") == ("tsne", "kl")
     assert parse_redo("dynamics,embed,kl") == ("dynamics", "tsne", "kl")
+
+
+def test_summary_names_analyses_computed_in_part(tmp_path):
+    """A KL undefined for one setup (its panel says why) keeps the others' matrices: `all`
+    finishes without a skip, and its summary names the analysis as computed in part."""
+    from ssl_dynamics.inspect.pipeline import _Session, summary
+
+    sess = _Session(None, None, None, print, ())
+    sess.partial.append("kl")
+    assert summary(sess, tmp_path / "skipped.json") == \
+        "done: no analysis skipped; computed in part: kl (the notes say what is missing)"

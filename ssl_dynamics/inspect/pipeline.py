@@ -258,6 +258,7 @@ class _Session:
     store: str | None = None  # AllOptions.store
     skipped: list[dict] = field(default_factory=list)
     fresh: list[str] = field(default_factory=list)  # up to date, not computed
+    partial: list[str] = field(default_factory=list)  # computed in part (their notes say what is missing)
     _store: list[str] = field(default_factory=list)  # the store's state, taken once
 
     def store_state(self) -> str:
@@ -292,6 +293,8 @@ def run_tracked(sess: _Session, name: str, fn: Callable[[], dict], stamp: Callab
             sess.echo(f"moved the outputs an earlier run of {name} left ({', '.join(moved)}) to "
                       f"{sess.out.root / 'stale' / name}: they are not this run's")
         return None
+    if res.get("partial"):
+        sess.partial.append(name)
     if mark is not None and not res.get("partial"):  # partial: e.g. no probe images for the grids
         sess.record.save(name, mark, dict(sess.out.hashes), dict(sess.out.group_digests))
     else:
@@ -358,6 +361,8 @@ def finish(sess: _Session) -> None:
 
 def summary(sess: _Session, record: Path) -> str:
     fresh = f"; {len(sess.fresh)} up to date ({', '.join(sess.fresh)})" if sess.fresh else ""
+    if sess.partial:
+        fresh += f"; computed in part: {', '.join(sess.partial)} (the notes say what is missing)"
     if not sess.skipped:
         return f"done: no analysis skipped{fresh}"
     names = ", ".join(s["analysis"] for s in sess.skipped)

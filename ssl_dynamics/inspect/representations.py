@@ -169,7 +169,7 @@ def run_kl(cache: FeatureCache, out: Outputs, setups: list[str], epoch: int | No
     png = out.save_figure(draw_kl(panels, names), "fig5_2_kl")
     out.write_table("kl_pairs", rows, "KL(N_from || N_to) between class Gaussians (eq. 5.1-5.2)")
     out.write_arrays("kl", arrays, {"shrinkage": shrinkage})
-    return {"tables": {}, "notes": notes, "figures": [png]}
+    return {"tables": {}, "notes": notes, "figures": [png], "partial": bool(undefined)}
 
 
 def run_embed(cache: FeatureCache, out: Outputs, setups: list[str], epoch: int | None = None,
