@@ -120,7 +120,7 @@ def preset(name: str) -> RunConfig:
         epochs = {"simclr": 8, "supervised": 6, "random_labels": 14, "random_labels_aug": 14}
         return RunConfig(
             preset="demo", dataset="digits", width=8, seeds=tuple(range(4)),
-            # 64 images a batch: the digits train split has 1,437 images (22 batches)
+            # 64 images a batch: the digits train split has 1,438 images (22 full batches)
             setups=_scaled_setups(epochs, batch_size=64, lr_scale=300.0, adam_scale=3.0),
         )
     if name == "smoke":

@@ -626,3 +626,22 @@ def test_range_levels_give_every_panel_data_for_slow_learners(tmp_path):
     assert "not the thesis's 0.25/0.5/0.75" in note  # the page says so
     with h5py.File(tmp_path / "b" / "analysis.h5") as f:  # Fig. 4.5: three epochs per setup
         assert all(f"binomial/{s}/spread_2" in f for s in slow)
+
+
+def test_classes_group_random_label_setups_by_true_class(tmp_run, monkeypatch):
+    """Fig. 5.3's classes are the true ones, also where training used permuted targets: the
+    per-class means must be those of `labels`, which differ here from those of `targets`."""
+    from dataclasses import replace
+
+    import h5py
+
+    no_figures(monkeypatch)
+    d = make_setup("random_labels", 5)
+    d = replace(d, labels=np.arange(len(d.labels)) % 10, targets=np.roll(np.arange(len(d.labels)) % 10, 3))
+    run_classes({"random_labels": d}, Outputs(tmp_run), CLASSES)
+    r = st.r_t(d.correct, d.valid)
+    want = np.stack([[r[e][d.labels == c].mean() for c in range(10)] for e in range(len(d.epochs))])
+    by_targets = np.stack([[r[e][d.targets == c].mean() for c in range(10)] for e in range(len(d.epochs))])
+    assert not np.allclose(want, by_targets)
+    with h5py.File(tmp_run / "analysis.h5", "r") as f:
+        np.testing.assert_allclose(f["classes/random_labels/class_mean_r_t"][()], want)

@@ -95,3 +95,21 @@ def test_true_class_outputs_hand_case():
     assert correct.tolist() == [True, False]  # tie: argmax picks the first class
     assert p[0].item() == pytest.approx(math.exp(2) / (math.exp(2) + 1))
     assert p[1].item() == pytest.approx(0.5)
+
+
+def test_classifier_scores_its_views_at_its_own_temperature():
+    """p_true is the softmax of logits / tau, the distribution the setup trained; a tau other
+    than 1 changes p_true (not which class wins)."""
+    from dataclasses import replace
+
+    from ssl_dynamics.config import preset
+    from ssl_dynamics.objectives import objective_for
+
+    out = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.3, 0.2]])
+    targets = torch.tensor([0, 2])
+    sup = preset("thesis").setups["supervised"]
+    for tau in (1.0, 2.0, 0.5):
+        correct, p_true = objective_for(replace(sup, temperature=tau)).score(out, targets)
+        want = torch.softmax(out / tau, dim=1)[torch.arange(2), targets]
+        torch.testing.assert_close(p_true, want)
+        assert correct.tolist() == [True, False]

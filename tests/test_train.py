@@ -672,3 +672,21 @@ def test_the_grid_bar_counts_epochs_another_worker_trained(tmp_path, monkeypatch
     nb = grid.batches_per_epoch(len(dataset.train_x), cfg.setups["supervised"])
     # trained here: seed 0's two epochs, seed 2's last
     assert [b.total for b in bars if b.desc != "grid (epochs)"] == [2 * nb, 1 * nb]
+
+
+def test_each_seed_starts_from_its_own_initialization():
+    """Seeds are independent runs: epoch 0 of seed s is the network built under the torch
+    seed of make_generator(s, "init"), different for every seed, the same every time."""
+    from ssl_dynamics.augment import make_generator
+    from ssl_dynamics.models import build_network
+    from ssl_dynamics.train.loop import init_network
+
+    cfg = tiny()
+    sc = cfg.setups["supervised"]
+    nets = [init_network(cfg, sc, s).state_dict() for s in (0, 1, 2)]
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert not torch.equal(nets[a]["head.weight"], nets[b]["head.weight"]), (a, b)
+    torch.manual_seed(make_generator(2, "init").initial_seed())
+    by_hand = build_network(cfg.backbone, sc.head_dim, cfg.width).state_dict()
+    assert all(torch.equal(by_hand[k], nets[2][k]) for k in by_hand)
+    assert all(torch.equal(v, init_network(cfg, sc, 1).state_dict()[k]) for k, v in nets[1].items())
