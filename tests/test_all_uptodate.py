@@ -270,3 +270,32 @@ def test_summary_names_analyses_computed_in_part(tmp_path):
     sess.partial.append("kl")
     assert summary(sess, tmp_path / "skipped.json") == \
         "done: no analysis skipped; computed in part: kl (the notes say what is missing)"
+
+
+def test_a_checkpoint_retrained_and_evaluated_again_changes_the_state(tiny_run, tmp_path):
+    """Same checkpoints evaluated, same done flags, same store: only the sha256 record tells
+    that one chunk now holds another checkpoint's results, and analyses must recompute."""
+    import shutil
+
+    from _util import private_copy, quiet, rt
+    from conftest import TINY_BANK
+    from ssl_dynamics import artifacts as art
+    from ssl_dynamics.inspect.rtdata import store_state
+    from ssl_dynamics.train.grid import train_grid
+    from ssl_dynamics.train.loop import TrainOptions
+
+    run = private_copy(tiny_run, tmp_path)
+    store = run / "inspect" / "rt.zarr"
+    rt(run, setups=["supervised"], **TINY_BANK)
+    first = store_state(store)
+    paths = art.RunPaths(run)
+    before = art.read_json(paths.manifest("supervised", 0))["checkpoints"]
+    shutil.rmtree(paths.seed_dir("supervised", 0))
+    from dataclasses import replace
+
+    cfg = replace(art.load_run_config(run)[0], seeds=(0,))
+    train_grid(run, cfg, ["supervised"], TrainOptions(device="cpu", checkpoint_dtype="bf16"),
+               progress=False, echo=quiet)  # other bytes for every epoch but 0
+    assert art.read_json(paths.manifest("supervised", 0))["checkpoints"] != before
+    assert rt(run, setups=["supervised"], **TINY_BANK)["evaluated"] > 0
+    assert store_state(store) != first

@@ -393,3 +393,29 @@ def test_unknown_kind():
         A.sample_params("mixup", 4, A.make_generator(0))
     with pytest.raises(UserError):
         A.apply_params("mixup", torch.zeros(1, 3, 4, 4, dtype=torch.uint8), {})
+
+
+def test_the_drawn_parameters_are_pinned():
+    """Stored runs and banks depend on the exact draws (the order of draws fixes them): a
+    change of the sampling code that keeps every distribution would still change every view.
+    These values were drawn by this revision; a deliberate change must update them."""
+    from ssl_dynamics.augment.params import make_generator, sample_simclr, sample_supervised
+    from ssl_dynamics.inspect.bank import choose_probes
+
+    assert make_generator(0, 0, 0, "views").initial_seed() == 6190563860301242314
+    p = sample_simclr(3, make_generator(0, 0, 0, "views"), 32)
+    p = p if isinstance(p, dict) else vars(p)
+    want = {"top": [5, 7, 0], "left": [6, 2, 5], "h": [27, 25, 32], "w": [23, 27, 25],
+            "flip": [True, True, False], "jitter": [True, True, True], "gray": [False, False, False],
+            "order": [[2, 1, 3, 0], [1, 3, 0, 2], [0, 1, 2, 3]]}
+    assert {k: p[k].tolist() for k in want} == want
+    floats = {"brightness": [1.5062299, 1.5763678, 1.0646349], "contrast": [0.3767554, 0.7143158, 0.8832958],
+              "saturation": [0.8121940, 0.5176507, 1.1310399], "hue": [0.0932591, 0.0554905, 0.0398431],
+              "sigma": [1.0451508, 1.4694657, 1.2901437]}
+    for k, v in floats.items():
+        assert p[k].tolist() == pytest.approx(v, abs=1e-6), k
+    q = sample_supervised(3, make_generator(1, 2, "views"), 32)
+    q = q if isinstance(q, dict) else vars(q)
+    assert {k: q[k].tolist() for k in ("dy", "dx", "flip")} == {"dy": [5, 4, 7], "dx": [8, 0, 6],
+                                                                "flip": [False, True, True]}
+    assert choose_probes(50000, 1024, 0)[:8].tolist() == [36044, 49165, 37807, 11341, 6091, 16904, 36293, 28026]
