@@ -532,3 +532,30 @@ def test_a_header_with_malformed_offsets_is_damage_not_a_traceback(run, monkeypa
     # only the final status of a command reads headers; planning stats the files alone
     st = art.grid_status(run)[0]
     assert st.condition == "complete" and art.grid_status(run, sizes=True)[0].lost == (2,)
+
+
+def test_an_epoch_redone_after_a_kill_between_its_writes_has_one_metrics_line(tmp_path, monkeypatch):
+    """commit_epoch writes the checkpoint, the metrics line, resume.pt, then the manifest. A
+    kill after the metrics line leaves it for an epoch the rerun trains again: the rerun
+    must keep one line per epoch, not two."""
+    from ssl_dynamics.train import loop
+
+    real = loop.art.save_resume
+    calls = []
+
+    def killed_at_epoch_2(path, state):
+        calls.append(state["epoch"])
+        if state["epoch"] == 2 and len(calls) == 3:  # epochs 0, 1, then 2 the first time
+            raise KeyboardInterrupt
+        return real(path, state)
+
+    monkeypatch.setattr(loop.art, "save_resume", killed_at_epoch_2)
+    root = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_grid(root, tiny(), ["supervised"], CPU, progress=False, echo=quiet)
+    paths = art.RunPaths(root)
+    lines = [json.loads(x) for x in paths.metrics("supervised", 0).read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]  # epoch 2's line written, the epoch not committed
+    train_grid(root, tiny(), ["supervised"], CPU, progress=False, echo=quiet)
+    lines = [json.loads(x) for x in paths.metrics("supervised", 0).read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
