@@ -51,11 +51,11 @@ def run_cli(group: click.Group, resume_hint: str) -> None:
     except OSError as e:
         from .artifacts import is_no_space
 
-        where = f" while writing {e.filename}" if e.filename else ""
-        if is_no_space(e):
+        if is_no_space(e):  # only a write runs out of space
+            where = f" while writing {e.filename}" if e.filename else ""
             _fail(f"no space left on the device{where}; free some space and rerun the same "
                   f"command: finished work is kept")
-        _fail(f"{e.strerror or e}{where or (f': {e.filename}' if e.filename else '')}")
+        _fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
 
 
 OUT_OF_MEMORY = ("out of memory: the work does not fit this machine's memory; use a smaller "

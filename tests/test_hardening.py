@@ -635,6 +635,7 @@ def test_exit_statuses_in_help_are_those_of_the_docs():
 def test_notes_for_settings_that_train_but_mislead(tmp_path, monkeypatch, capsys):
     """A 10-way head on a 3-class image folder, a width a timm backbone ignores, bf16 on the
     CPU: each trains, and each is said once before training."""
+    from ssl_dynamics.errors import UserError
     from ssl_dynamics.train.grid import check_grid
 
     make_imagefolder(tmp_path / "images", classes=3)
@@ -650,6 +651,12 @@ def test_notes_for_settings_that_train_but_mislead(tmp_path, monkeypatch, capsys
                TrainOptions(device="cpu"), True, False, said.append)
     assert "note: width 4 applies to resnet18_cifar only; timm:resnet18 has its own widths" in said, said
     assert not any("head_dim" in s or "bf16" in s for s in said), said
+    # more classes than outputs cannot train at all: refused, naming the fix
+    make_imagefolder(tmp_path / "twelve", classes=12)
+    many = override(smoke_cfg(), [f"dataset=imagefolder:{tmp_path / 'twelve'}", "train_subset=0"])
+    with pytest.raises(UserError, match=r"^setup supervised: head_dim 10 is smaller than the dataset's 12 "
+                                        r"classes; give --set head_dim=12$"):
+        check_grid(tmp_path / "c", many, ["supervised"], TrainOptions(device="cpu"), True, False, said.append)
 
 
 def test_extend_of_several_setups_extends_them_all_before_naming_a_damaged_seed(run, monkeypatch, capsys):

@@ -559,3 +559,21 @@ def test_an_epoch_redone_after_a_kill_between_its_writes_has_one_metrics_line(tm
     train_grid(root, tiny(), ["supervised"], CPU, progress=False, echo=quiet)
     lines = [json.loads(x) for x in paths.metrics("supervised", 0).read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
+
+
+def test_a_checkpoint_that_cannot_be_read_is_named_not_called_damaged(run, monkeypatch, capsys):
+    """Permissions or I/O are not damage to repair by deleting the seed: the error itself,
+    in one line. (Root reads any file, so the refusal is simulated.)"""
+    import pathlib
+
+    target = art.RunPaths(run).checkpoint("supervised", 0, 1)
+    real = pathlib.Path.stat
+
+    def stat(self, *a, **k):
+        if self == target:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    code, out, err = call(["status", run], monkeypatch, capsys)
+    assert code == 2 and err == f"error: Permission denied: {target}\n", err

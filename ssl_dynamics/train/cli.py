@@ -9,7 +9,7 @@ import click
 from ..cli_util import run_cli, split_names
 from ..cluster.cli import cluster_options, from_cli
 from ..cluster.records import ranges
-from ..config import SETUP_NAMES, RunConfig, override, parse_seeds, preset
+from ..config import SETUP_NAMES, override, parse_seeds, preset
 from ..errors import UserError, WorkFailed
 from .cli_options import how_options
 from .loop import TrainRequest, parse_pack
@@ -77,7 +77,9 @@ def train_request(cfg, device, precision, channels_last, deterministic, checkpoi
 def grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments, out=None):
     """(RunConfig, chosen setups) from the grid options. `preset_name` None (no --preset): an
     existing run directory `out` continues with the settings it records, else the thesis's."""
-    cfg, trained = recorded_config(out, split_names(setups)) if preset_name is None else (None, None)
+    from .prepare import recorded_config
+
+    cfg, trained = recorded_config(out, split_names(setups), click.echo) if preset_name is None else (None, None)
     cfg = cfg or preset(preset_name or "thesis")
     extra = list(assignments)
     if dataset:
@@ -99,50 +101,6 @@ def grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignme
                    f"preset's settings and this command's --set (the run records no --set for "
                    f"setups it did not have)")
     return cfg, chosen
-
-
-def recorded_config(out, asked: list[str] | None = None) -> tuple[RunConfig | None, list[str] | None]:
-    """(the config run directory `out` was made with, the setups it has), or (None, None) when
-    `out` has no run.json. Its setups are those run.json lists and any folder with trained
-    seeds, each with the settings its setup.json records, else those in the header of its
-    checkpoints (a deleted setup.json, which the rerun writes again), else its preset's; its
-    seeds, every seed trained so far. A listed setup whose folder is gone is refused unless
-    `asked` (--setup) leaves it out."""
-    from ..artifacts import RunPaths, load_run_config
-    from ..config import canonical_order, setup_from_dict
-    from .prepare import checkpointed_setup
-
-    if out is None or not (Path(out) / "run.json").is_file():
-        return None, None
-    cfg, meta = load_run_config(out)
-    paths = RunPaths(out)
-    listed = [n for n in meta.get("setups", []) if isinstance(n, str)] if isinstance(meta.get("setups"), list) else []
-    names = canonical_order(dict.fromkeys([*cfg.setups, *listed, *paths.unconfigured()]))
-    try:
-        base = preset(cfg.preset).setups
-    except UserError:  # a preset this version does not know: what the run records
-        base = {}
-    setups, from_preset = {}, []  # from_preset: settings only the preset could give
-    for n in names:
-        if n in cfg.setups:
-            setups[n] = cfg.setups[n]
-        elif (header := checkpointed_setup(paths, n)) is not None:
-            setups[n] = setup_from_dict(header, f"setup config in the checkpoints of {n}")
-        else:  # listed in run.json, its folder gone: its settings are nowhere on disk
-            from_preset.append(n)
-    if from_preset and (asked is None or set(asked) & set(from_preset)):
-        raise UserError(f"{out} lists {', '.join(from_preset)}, whose folder is gone, so its settings "
-                        f"are recorded nowhere: give --preset and the --set values it was made with "
-                        f"to train it again, or --setup to continue the others")
-    runs = [(n, sd) for n in setups for sd in cfg.seeds]
-    fresh = [(n, sd) for n, sd in runs if not paths.seed_dir(n, sd).is_dir()]
-    click.echo(f"{out} continues with the settings it was made with (--preset {cfg.preset}, "
-               f"{', '.join(setups) or 'no setup left'}, seeds {ranges(list(cfg.seeds))}, data {cfg.dataset}"
-               + (f" in {cfg.data_root}" if cfg.dataset == "cifar10" else "") + ")"
-               + (f"; {len(fresh)} of its {len(runs)} runs are not started yet (e.g. {fresh[0][0]} seed "
-                  f"{fresh[0][1]}): --setup/--seeds choose" if fresh else "")
-               + "; --preset starts from a preset's settings instead")
-    return replace(cfg, setups={**base, **setups}), list(setups)
 
 
 @cli.command("run")
@@ -190,12 +148,11 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
                    f"({'bf16' if opts.bf16 else 'fp32'}"
                    + (f", {opts.pack} seeds per pack" if opts.pack > 1 else "") + f") into {out}")
         status = train_grid(out, cfg, chosen, opts, **kw)
-    done = sum(s.condition == "complete" for s in status)
-    click.echo(f"done: {done}/{len(status)} runs complete")
     from .grid import refuse_damaged
 
+    done = sum(s.condition == "complete" for s in status)
+    click.echo(f"done: {done}/{len(status)} runs complete")
     refuse_damaged(status, out)
-
 
 
 @cli.command("submit")
@@ -234,20 +191,16 @@ def submit_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assi
                       not no_download, click.echo)
     if sub is None or not opts.wait:
         if sub is None and not opts.dry_run:  # nothing (else) submitted: none may be called complete
-            refuse_damaged(_chosen_status(out, cfg, chosen), out)
+            from ..artifacts import grid_status
+            from .grid import only
+
+            refuse_damaged(grid_status(out, only(cfg, chosen), sizes=True), out)
         return
     failures = ex.wait(sub, click.echo)
     rows = _summary(out)
     if failures:
         raise WorkFailed(f"{len(failures)} job(s) failed: " + "; ".join(failures))
     refuse_damaged([r for r in rows if r.setup in chosen and r.seed in cfg.seeds], out)
-
-
-def _chosen_status(out, cfg, chosen):
-    from ..artifacts import grid_status
-    from .grid import only
-
-    return grid_status(out, only(cfg, chosen), sizes=True)
 
 
 def _summary(run_dir) -> list:

@@ -6,13 +6,13 @@ after a first epoch that diverged) takes new settings instead of refusing them.
 """
 from __future__ import annotations
 
-import json
-
 import datetime as _dt
+import json
 import platform
 import shutil
 import subprocess
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,9 @@ import torch
 
 from .. import __version__
 from .. import artifacts as art
-from ..config import SCHEMA_VERSION, RunConfig, SetupConfig, canonical_json, setup_from_dict
+from ..cluster.records import ranges
+from ..config import (SCHEMA_VERSION, RunConfig, SetupConfig, canonical_json, canonical_order, preset,
+                      setup_from_dict)
 from ..data import Dataset
 from ..errors import UserError
 
@@ -117,15 +119,11 @@ def _value(v) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def made_with(paths: art.RunPaths, asked: str) -> str:
-    """' (the run was made with --preset NAME)' from run.json when NAME is not the `asked`
-    preset (the settings a rerun must repeat), else ''."""
-    try:
-        preset_name = art.read_json(paths.run_json, dict).get("config", {}).get("preset")
-    except (UserError, OSError, AttributeError):
-        return ""
-    return f" (the run was made with --preset {preset_name})" \
-        if isinstance(preset_name, str) and preset_name != asked else ""
+def made_with(recorded: dict, asked: str) -> str:
+    """' (the run was made with --preset NAME)' from run.json's `recorded` config when NAME
+    is not the `asked` preset (the settings a rerun must repeat), else ''."""
+    name = recorded.get("preset")
+    return f" (the run was made with --preset {name})" if isinstance(name, str) and name != asked else ""
 
 
 def identity_diffs(recorded: dict, cfg: RunConfig) -> list[str]:
@@ -173,7 +171,7 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
                                 f"give the data it was made with (--data-root / --dataset), or start "
                                 f"a new run with another --out")
             raise UserError(f"{paths.root} was made with a different config ({differ(diffs, have, want)})"
-                            f"{made_with(paths, cfg.preset)}; use another --out or the same settings")
+                            f"{made_with(recorded, cfg.preset)}; use another --out or the same settings")
         if diffs:
             replace_.append("run")
     if dataset is not None and cfg.train_subset > len(dataset.train_y) and \
@@ -200,7 +198,7 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
                     keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
                     longer = keys == ["epochs"] and want["epochs"] > have["epochs"]
                     raise UserError(f"{p} was made with a different config ({differ(keys, have, want)})"
-                                    f"{made_with(paths, cfg.preset)}; "
+                                    f"{made_with(recorded, cfg.preset)}; "
                                     + (f"`train extend {paths.root} --setup {name} --to {want['epochs']}` "
                                        f"trains its seeds further" if longer else
                                        "use another --out or the same settings"))
@@ -220,6 +218,48 @@ def checkpointed_setup(paths: art.RunPaths, setup: str) -> dict | None:
                     stored = {**meta.get("setup_config", {}), "schema_version": version}
                     return setup_from_dict(stored, f"setup config in {ckpt}").to_dict()
     return None
+
+
+def recorded_config(out, asked: list[str] | None = None,
+                    echo=print) -> tuple[RunConfig | None, list[str] | None]:
+    """(the config run directory `out` was made with, the setups it has), or (None, None) when
+    `out` has no run.json: what `train run` without --preset continues. Its setups are those
+    run.json lists and any folder with trained seeds, each with the settings its setup.json
+    records, else those in the header of its checkpoints (a deleted setup.json, which the
+    rerun writes again); a setup it does not have gets its preset's; its seeds, every seed
+    trained so far. A listed setup whose folder is gone is refused unless `asked` (--setup)
+    leaves it out: its settings are recorded nowhere."""
+    if out is None or not (Path(out) / "run.json").is_file():
+        return None, None
+    cfg, meta = art.load_run_config(out)
+    paths = art.RunPaths(out)
+    listed = [n for n in meta.get("setups", []) if isinstance(n, str)] if isinstance(meta.get("setups"), list) else []
+    names = canonical_order(dict.fromkeys([*cfg.setups, *listed, *paths.unconfigured()]))
+    try:
+        base = preset(cfg.preset).setups
+    except UserError:  # a preset this version does not know: what the run records
+        base = {}
+    setups, gone = {}, []
+    for n in names:
+        if n in cfg.setups:
+            setups[n] = cfg.setups[n]
+        elif (header := checkpointed_setup(paths, n)) is not None:
+            setups[n] = setup_from_dict(header, f"setup config in the checkpoints of {n}")
+        else:  # listed in run.json, its folder gone: its settings are nowhere on disk
+            gone.append(n)
+    if gone and (asked is None or set(asked) & set(gone)):
+        raise UserError(f"{out} lists {', '.join(gone)}, whose folder is gone, so its settings "
+                        f"are recorded nowhere: give --preset and the --set values it was made with "
+                        f"to train it again, or --setup to continue the others")
+    runs = [(n, sd) for n in setups for sd in cfg.seeds]
+    fresh = [(n, sd) for n, sd in runs if not paths.seed_dir(n, sd).is_dir()]
+    echo(f"{out} continues with the settings it was made with (--preset {cfg.preset}, "
+               f"{', '.join(setups) or 'no setup left'}, seeds {ranges(list(cfg.seeds))}, data {cfg.dataset}"
+               + (f" in {cfg.data_root}" if cfg.dataset == "cifar10" else "") + ")"
+               + (f"; {len(fresh)} of its {len(runs)} runs are not started yet (e.g. {fresh[0][0]} seed "
+                  f"{fresh[0][1]}): --setup/--seeds choose" if fresh else "")
+               + "; --preset starts from a preset's settings instead")
+    return replace(cfg, setups={**base, **setups}), list(setups)
 
 
 def check_lost_setup(paths: art.RunPaths, setup: str, want: dict) -> None:
