@@ -179,12 +179,12 @@ def test_garbage_label_permutation(run, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("--replays", "0", "--replays (the bank's n_replays) must be an integer >= 1"),
-    ("--replays", "-1", "--replays (the bank's n_replays) must be an integer >= 1"),
-    ("--simclr-batch", "0", "--simclr-batch (the bank's simclr_batch) must be an integer >= 1"),
-    ("--probes", "0", "--probes (the bank's n_probe) must be an integer >= 1"),
+    ("--replays", "0", "error: --replays (the bank's n_replays) must be an integer >= 1"),
+    ("--replays", "-1", "error: --replays (the bank's n_replays) must be an integer >= 1"),
+    ("--simclr-batch", "0", "error: --simclr-batch (the bank's simclr_batch) must be an integer >= 1"),
+    ("--probes", "0", "error: --probes (the bank's n_probe) must be an integer >= 1"),
     ("--bank-seed", "-1", "'--bank-seed': -1 is not in the range 0<=x<="),
-])
+])  # "error: " + the message: the option is named once, as typed
 def test_bad_bank_values(run, monkeypatch, capsys, option, value, message):
     for fresh in (False, True):  # refused whether a bank exists or would be built
         if fresh:

@@ -37,8 +37,8 @@ NATURAL_GROUPS = {("simclr", 2): "simclr", ("supervised", 1): "supervised", ("no
                   ("normalize", 1): "normalize"}
 
 
-OPTION_NAMES = {"n_probe": "probes", "n_replays": "replays", "seed": "bank-seed",
-                "simclr_batch": "simclr-batch"}  # the command-line option of each BankSpec field
+OPTION_NAMES = {"n_probe": "--probes", "n_replays": "--replays", "seed": "--bank-seed",
+                "simclr_batch": "--simclr-batch"}  # the command-line option of each BankSpec field
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class BankSpec:
             v = getattr(self, f.name)
             low = 0 if f.name == "seed" else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"--{OPTION_NAMES[f.name]} (the bank's {f.name}) must be an integer "
+                raise ValueError(f"{OPTION_NAMES[f.name]} (the bank's {f.name}) must be an integer "
                                  f">= {low}, got {v!r}")
 
     @classmethod
@@ -214,10 +214,6 @@ def load_bank(path: str | Path) -> Bank:
                         f["images"][:] if "images" in f else None)
     except (OSError, KeyError) as e:
         raise UserError(f"corrupt bank {path}: {e}") from None
-
-
-OPTION_NAMES = {"n_probe": "--probes", "n_replays": "--replays", "seed": "--bank-seed",
-                "simclr_batch": "--simclr-batch"}  # the command-line option of each setting
 
 
 def _option_diff(key: str, asked: int, have: int, n_train: int) -> str:
