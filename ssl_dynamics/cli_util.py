@@ -24,7 +24,7 @@ EXIT_INTERRUPTED = 130
 def run_cli(group: click.Group, resume_hint: str) -> None:
     """Call a click group; user-fixable failures become `error: <message>` and exit 2."""
     try:
-        group.main(standalone_mode=False)
+        _run_group(group)
     except UserError as e:
         _fail(str(e))
     except WorkFailed as e:
@@ -56,6 +56,15 @@ def run_cli(group: click.Group, resume_hint: str) -> None:
             _fail(f"no space left on the device{where}; free some space and rerun the same "
                   f"command: finished work is kept")
         _fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+
+
+def _run_group(group: click.Group) -> None:
+    from .artifacts import remove_unused_folders
+
+    try:
+        group.main(standalone_mode=False)
+    finally:  # a refused command leaves no empty output folder behind
+        remove_unused_folders()
 
 
 OUT_OF_MEMORY = ("out of memory: the work does not fit this machine's memory; use a smaller "

@@ -67,6 +67,31 @@ def test_a_refused_command_records_nothing(tiny_rt, tmp_path):
     assert not (run / "inspect" / "work.json").exists()
 
 
+def test_a_refused_command_leaves_no_new_work_folder(tiny_rt, tmp_path):
+    new = tmp_path / "new" / "work"
+    one_line_exit_2("all", tiny_rt, "--work", new, "--replays", "0")
+    assert not (tmp_path / "new").exists()  # the folders it made for --work are gone
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    one_line_exit_2("all", tiny_rt, "--work", kept, "--replays", "0")
+    assert kept.is_dir()  # a folder that was there before is left alone
+
+
+def test_only_created_folders_without_files_are_removed(tmp_path):
+    empty, used, before = tmp_path / "a" / "b", tmp_path / "used" / "x", tmp_path / "before"
+    before.mkdir()
+    for folder in (empty, used, before):
+        art.check_writable(folder)
+    (used / "sub").mkdir()
+    (used / "sub" / "file").write_text("kept")
+    (tmp_path / "a" / "b" / "c").mkdir()  # an empty subfolder goes with its empty parent
+    art.remove_unused_folders()
+    assert not (tmp_path / "a").exists() and before.is_dir()
+    assert (used / "sub" / "file").read_text() == "kept"
+    art.remove_unused_folders()  # the record is emptied: a second call does nothing
+    assert before.is_dir()
+
+
 def test_rt_fills_the_h5_archive_the_analyses_read(tiny_rt, tmp_path):
     """A work folder holding rt.h5 (no rt.zarr): `inspect rt` adds to that archive instead of
     evaluating every checkpoint again into a new rt.zarr."""

@@ -125,12 +125,50 @@ def check_writable(folder: Path) -> None:
     if (link := broken_link(folder)) is not None:
         raise UserError(f"cannot create files in {folder}: {link}")
     try:
+        first_new = _first_missing(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        if first_new is not None:
+            _CREATED.append(first_new)
         fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:  # read-only, no permission, or a pseudo-filesystem (/proc)
         raise UserError(f"cannot create files in {folder} ({e.strerror})") from None
+
+
+# Folders `check_writable` created in this process: a command refused after choosing its
+# output folder leaves none behind (`remove_unused_folders`, called as each command ends).
+_CREATED: list[Path] = []
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost of `folder` and its parents that does not exist yet (mkdir creates it)."""
+    missing = None
+    for p in (folder, *folder.parents):
+        if p.exists() or p.is_symlink():
+            break
+        missing = p
+    return missing
+
+
+def remove_unused_folders() -> None:
+    """Remove the folders `check_writable` created in this process that hold no file (their
+    empty subfolders with them). A folder with any file in it, at any depth, is kept whole,
+    and rmdir refuses a folder that is not empty, so nothing written is ever removed."""
+    while _CREATED:
+        top = _CREATED.pop()
+        if not top.is_dir() or top.is_symlink() or any(not p.is_dir() for p in top.rglob("*")):
+            continue
+        for sub in sorted(top.rglob("*"), key=lambda p: -len(p.parts)):  # deepest first
+            _rmdir_quietly(sub)
+        _rmdir_quietly(top)
+
+
+def _rmdir_quietly(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # written to meanwhile, or gone already: keep it
+        pass
 
 
 def is_writable(folder: Path) -> bool:
