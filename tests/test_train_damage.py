@@ -68,6 +68,7 @@ def test_a_deleted_setup_json_is_never_replaced_by_other_settings(run, monkeypat
     paths.setup_json("supervised").unlink()
     code, out, _ = call(["status", run], monkeypatch, capsys)
     assert code == 0 and "supervised: damaged: seed folders but no setup.json" in out
+    assert "; 1 damaged setup not in the table (below)" in out  # the summary counts it too
     refused(["run", "--out", run, *SMOKE, "--set", "supervised.lr=0.5"], run, monkeypatch, capsys,
             "setup.json is missing, and supervised's checkpoints were made with a different config (lr differs)")
     # the same settings: setup.json is written again, as it was, and the seed is complete

@@ -235,16 +235,20 @@ def status_cmd(run_dir, works):
             (f"  {r.damage}" if r.damage else "")
         click.echo(f"{r.setup:<20} {r.seed:>4}  {r.condition:<9} {last:>5}/{r.epochs:<5}{more}")
     counts = {k: sum(r.condition == k for r in rows) for k in ("complete", "partial", "missing", "damaged")}
-    click.echo(", ".join(f"{v} {k}" for k, v in counts.items() if v or k != "damaged"))
     paths = RunPaths(run_dir)
-    for name in paths.unconfigured():
+    listed, unconfigured = {r.setup for r in rows}, paths.unconfigured()
+    gone = sorted(set(meta.get("setups") or []) - listed - set(unconfigured))
+    unlisted = len(unconfigured) + len(gone)  # setups whose seeds the table cannot show
+    click.echo(", ".join(f"{v} {k}" for k, v in counts.items() if v or k != "damaged")
+               + (f"; {unlisted} damaged setup{'s' if unlisted > 1 else ''} not in the table (below)"
+                  if unlisted else ""))
+    for name in unconfigured:
         click.echo(f"{name}: damaged: seed folders but no setup.json, so its seeds are not listed; "
                    f"`train run` with the setup's settings restores it from the checkpoints")
-    listed = {r.setup for r in rows}
     for name in sorted(set(paths.setups()) - listed):
         click.echo(f"checkpoints/{name}: not a setup of this run (its setup.json names another "
                    f"setup: a copy?); ignored")
-    for name in sorted(set(meta.get("setups") or []) - listed - set(paths.unconfigured())):
+    for name in gone:
         click.echo(f"{name}: damaged: run.json lists it, but its folder checkpoints/{name} is gone")
     for w in works:
         if not Path(w).is_dir():
