@@ -95,7 +95,7 @@ def test_examples_end_to_end_upgrades_an_old_store(run):
     with xr.open_dataset(run / "inspect" / "analysis.h5", group="examples/random_labels",
                          engine="h5netcdf") as ds:
         assert ds.correctness.dims == ("probe",) and np.array_equal(ds.probe, data["random_labels"].probe_indices)
-    invoke("report", run)
+    assert "no analysis outputs yet" not in invoke("report", run)
     page = (run / "inspect" / "report" / "index.html").read_text()
     for title in ["Per-example difficulty", "Data maps", "Forgetting events", "Hardest probe images: SimCLR",
                   "Easiest probe images: Random labels + aug.", "Cross-setup agreement"]:

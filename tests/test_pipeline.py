@@ -90,7 +90,7 @@ def test_report_on_an_empty_inspect_dir(run, tmp_path):
     shutil.copytree(run / "checkpoints", local / "checkpoints")
     for f in ("run.json", "random_labels.npy"):
         shutil.copy(run / f, local / f)
-    assert "report:" in invoke("report", local)
+    assert "(no analysis outputs yet: run `inspect all` first)" in invoke("report", local)
     assert "No analysis outputs yet" in (local / "inspect" / "report" / "index.html").read_text()
 
 

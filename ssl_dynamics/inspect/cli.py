@@ -96,7 +96,8 @@ def report_cmd(run_dir, work):
         page = build_report(ws)
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # UserError, OSError: run_cli's
         raise UserError(f"cannot build the report of {ws.dir}: {type(e).__name__}: {e}") from None
-    click.echo(f"report: {page}")
+    empty = not any(any(d.glob("*")) for d in (ws.dir / "figures", ws.dir / "tables") if d.is_dir())
+    click.echo(f"report: {page}" + (" (no analysis outputs yet: run `inspect all` first)" if empty else ""))
 
 
 @cli.command("all")
