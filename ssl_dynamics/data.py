@@ -7,7 +7,7 @@ part of the contract: it is fixed and its checksum is the dataset's identity.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,16 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     classes: tuple[str, ...]
+    # Where each training image comes from (not part of the identity): its index in the
+    # dataset's whole training split (differs from its position under train_subset), and
+    # for an image folder its file, relative to the folder. None: the position itself / no file.
+    train_source: np.ndarray | None = None
+    train_files: tuple[str, ...] | None = None
+
+    def source_index(self) -> np.ndarray:
+        """Int64 [N]: each training image's index in the whole training split."""
+        return (np.arange(len(self.train_y), dtype=np.int64) if self.train_source is None
+                else np.asarray(self.train_source, dtype=np.int64))
 
     @property
     def n_classes(self) -> int:
@@ -75,43 +85,70 @@ def load_cifar10(root: str | Path, download: bool = True) -> Dataset:
 
 def _cifar_missing(root: Path, tried: bool) -> str:
     why = "it could not be downloaded" if tried else "downloading is off"
+    folder = (root / "train").is_dir() and (root / "test").is_dir()
     return (f"CIFAR-10 not found in {root}/cifar-10-batches-py and {why}: "
-            f"put cifar-10-python.tar.gz (unpacked) there, or pass --data-root to where it is")
+            f"put cifar-10-python.tar.gz (unpacked) there, or pass --data-root to where it is"
+            + (f" (or, for the images in {root}/train and {root}/test, --dataset imagefolder:{root})"
+               if folder else ""))
 
 
-def load_imagefolder(path: str | Path, size: int = 32) -> Dataset:
-    """`train/<class>/*` and `test/<class>/*`; classes sorted by name, files by name."""
-    from PIL import Image
-
+def load_imagefolder(path: str | Path, size: int = 32, train_subset: int = 0,
+                     subset_seed: int = 0) -> Dataset:
+    """`train/<class>/*` and `test/<class>/*`; classes sorted by name, files by name; files
+    whose names start with a dot (.DS_Store, editor swap files) are not images and are left
+    out. With `train_subset`, only the subset's training images are decoded."""
     path = Path(path)
     if not (path / "train").is_dir() or not (path / "test").is_dir():
         raise UserError(f"image folder {path} must contain train/<class>/ and test/<class>/")
-    classes = tuple(sorted(p.name for p in (path / "train").iterdir() if p.is_dir()))
+    classes = tuple(sorted(p.name for p in (path / "train").iterdir()
+                           if p.is_dir() and not p.name.startswith(".")))
     if not classes:
         raise UserError(f"image folder {path}/train has no class folders")
+    test_classes = {p.name for p in (path / "test").iterdir() if p.is_dir() and not p.name.startswith(".")}
+    if test_classes != set(classes):
+        only_train, only_test = sorted(set(classes) - test_classes), sorted(test_classes - set(classes))
+        raise UserError(f"image folder {path}: train/ and test/ must have the same class folders"
+                        + (f"; only in train/: {', '.join(only_train)}" if only_train else "")
+                        + (f"; only in test/: {', '.join(only_test)}" if only_test else ""))
+    train_files, train_y = _list_split(path, "train", classes)
+    test_files, test_y = _list_split(path, "test", classes)
+    keep = np.arange(len(train_files))
+    if train_subset and train_subset < len(train_files):
+        keep = stratified_subset(train_y, train_subset, subset_seed).numpy()
+    return Dataset(f"imagefolder:{path.name}", _decode(path, [train_files[i] for i in keep], size),
+                   train_y[keep], _decode(path, test_files, size), test_y, classes,
+                   train_source=keep if len(keep) < len(train_files) else None,
+                   train_files=tuple(train_files[i] for i in keep))
 
-    def split(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = [], []
-        for y, cls in enumerate(classes):
-            folder = path / name / cls
-            files = sorted(folder.iterdir()) if folder.is_dir() else []
-            for f in files:
-                try:
-                    with Image.open(f) as im:
-                        im = im.convert("RGB")
-                        if im.size != (size, size):
-                            im = im.resize((size, size), Image.BILINEAR)
-                        images.append(np.asarray(im, dtype=np.uint8))
-                except OSError:
-                    raise UserError(f"cannot read image {f}") from None
-                labels.append(y)
-        if not images:
-            raise UserError(f"image folder {path}/{name} has no images")
-        return _to_uint8_nchw(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
 
-    train_x, train_y = split("train")
-    test_x, test_y = split("test")
-    return Dataset(f"imagefolder:{path.name}", train_x, train_y, test_x, test_y, classes)
+def _list_split(path: Path, name: str, classes: tuple[str, ...]) -> tuple[list[str], torch.Tensor]:
+    """(files relative to `path`, labels) of one split, in class order, then by name."""
+    files, labels = [], []
+    for y, cls in enumerate(classes):
+        found = sorted(f.name for f in (path / name / cls).iterdir()
+                       if not f.name.startswith(".") and not f.is_dir())
+        files += [f"{name}/{cls}/{f}" for f in found]
+        labels += [y] * len(found)
+    if not files:
+        raise UserError(f"image folder {path}/{name} has no images")
+    return files, torch.tensor(labels, dtype=torch.int64)
+
+
+def _decode(path: Path, files: list[str], size: int) -> torch.Tensor:
+    """uint8 [N, 3, size, size] of the files (RGB, resized bilinearly when needed)."""
+    from PIL import Image
+
+    images = []
+    for f in files:
+        try:
+            with Image.open(path / f) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                images.append(np.asarray(im, dtype=np.uint8))
+        except OSError:
+            raise UserError(f"cannot read image {path / f}") from None
+    return _to_uint8_nchw(np.stack(images))
 
 
 DIGITS_TEST_FRACTION = 0.2  # 1,797 digits -> 1,438 train / 359 test (round(359.4))
@@ -181,18 +218,21 @@ def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 def load_dataset(name: str, data_root: str | Path = "data", train_subset: int = 0,
                  subset_seed: int = 0, download: bool = True) -> Dataset:
     """Load by name: cifar10, digits, synthetic, imagefolder:<path>."""
-    if name == "cifar10":
+    if name.startswith("imagefolder:"):  # subsets itself: only the chosen images are decoded
+        ds = load_imagefolder(name[len("imagefolder:"):], train_subset=train_subset,
+                              subset_seed=subset_seed)
+        subset = ds.train_source is not None
+    elif name == "cifar10":
         ds = load_cifar10(data_root, download=download)
     elif name == "digits":
         ds = load_digits()
     elif name == "synthetic":
         ds = make_synthetic()
-    elif name.startswith("imagefolder:"):
-        ds = load_imagefolder(name[len("imagefolder:"):])
     else:
         raise UserError(f"unknown dataset {name!r}: use cifar10, digits, synthetic or imagefolder:<path>")
-    if train_subset and train_subset < len(ds.train_y):
-        idx = stratified_subset(ds.train_y, train_subset, subset_seed)
-        ds = Dataset(f"{ds.name}[{train_subset}@{subset_seed}]", ds.train_x[idx], ds.train_y[idx],
-                     ds.test_x, ds.test_y, ds.classes)
-    return ds
+    if not name.startswith("imagefolder:"):
+        subset = bool(train_subset) and train_subset < len(ds.train_y)
+        if subset:
+            idx = stratified_subset(ds.train_y, train_subset, subset_seed)
+            ds = replace(ds, train_x=ds.train_x[idx], train_y=ds.train_y[idx], train_source=idx.numpy())
+    return replace(ds, name=f"{ds.name}[{train_subset}@{subset_seed}]") if subset else ds

@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -50,11 +52,72 @@ def test_imagefolder_layout(tmp_path):
         load_imagefolder(tmp_path / "train")
 
 
+def _folder(root, classes=("a", "b", "c"), n_train=(5, 3, 4), n_test=2, seed=0):
+    rng = np.random.default_rng(seed)
+    for split, counts in (("train", n_train), ("test", (n_test,) * len(classes))):
+        for cls, n in zip(classes, counts):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    root / split / cls / f"{i:04d}.png")
+
+
+def test_imagefolder_class_folders_of_train_and_test_must_agree(tmp_path):
+    _folder(tmp_path)
+    (tmp_path / "test" / "c").rename(tmp_path / "test" / "cc")  # a misnamed test folder
+    with pytest.raises(UserError, match=r"same class folders; only in train/: c; only in test/: cc"):
+        load_imagefolder(tmp_path)
+    shutil.rmtree(tmp_path / "test" / "cc")  # one missing from test/ (its images were dropped)
+    with pytest.raises(UserError, match=r"only in train/: c$"):
+        load_imagefolder(tmp_path)
+
+
+def test_imagefolder_leaves_out_hidden_files_and_folders(tmp_path):
+    _folder(tmp_path)
+    before = load_imagefolder(tmp_path)
+    (tmp_path / "train" / "a" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")  # not an image
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()  # not a class
+    (tmp_path / "test" / ".ipynb_checkpoints").mkdir()
+    after = load_imagefolder(tmp_path)
+    assert after.classes == ("a", "b", "c") and after.identity() == before.identity()
+
+
+def test_imagefolder_subset_decodes_only_its_images_and_knows_their_files(tmp_path):
+    _folder(tmp_path)
+    full = load_imagefolder(tmp_path)
+    assert full.train_source is None and full.train_files[5] == "train/b/0000.png"
+    assert np.array_equal(full.source_index(), np.arange(12))
+    idx = stratified_subset(full.train_y, 6, seed=1)
+    sub = load_dataset(f"imagefolder:{tmp_path}", train_subset=6, subset_seed=1)
+    # the slow way: everything decoded, then the subset taken
+    assert torch.equal(sub.train_x, full.train_x[idx]) and torch.equal(sub.train_y, full.train_y[idx])
+    assert torch.equal(sub.test_x, full.test_x) and sub.name == f"imagefolder:{tmp_path.name}[6@1]"
+    assert np.array_equal(sub.source_index(), idx.numpy())
+    assert sub.train_files == tuple(full.train_files[i] for i in idx)
+    for j, f in enumerate(sub.train_files):  # each file holds the image at its position
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f)), sub.train_x[j].permute(1, 2, 0).numpy())
+    unused = next(f for f in full.train_files if f not in sub.train_files)
+    (tmp_path / unused).write_bytes(b"not an image")  # never decoded: not in the subset
+    assert load_dataset(f"imagefolder:{tmp_path}", train_subset=6, subset_seed=1).identity() == sub.identity()
+
+
+def test_source_index_of_a_subset_points_into_the_whole_split():
+    full, sub = load_dataset("digits"), load_dataset("digits", train_subset=100, subset_seed=3)
+    idx = stratified_subset(full.train_y, 100, seed=3).numpy()
+    assert np.array_equal(sub.source_index(), idx) and sub.train_files is None
+    assert torch.equal(full.train_x[sub.source_index()], sub.train_x)
+    assert np.array_equal(full.source_index(), np.arange(len(full.train_y)))
+
+
 def test_cifar_missing_gives_one_line_with_the_place(tmp_path):
     with pytest.raises(UserError) as e:
         load_cifar10(tmp_path, download=False)
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path) in msg and "cifar-10-batches-py" in msg
+    assert "imagefolder" not in msg
+    _folder(tmp_path)  # an image folder where CIFAR-10's batches were looked for
+    with pytest.raises(UserError, match=f"--dataset imagefolder:{tmp_path}\\)$"):
+        load_cifar10(tmp_path, download=False)
 
 
 def test_unknown_dataset():

@@ -452,7 +452,7 @@ def test_a_rerun_without_preset_continues_with_the_runs_own_settings(run, monkey
     assert code == 0, err
     assert f"{run} continues with the settings it was made with (--preset smoke, supervised, seeds 0, " \
         "data synthetic)" in out
-    assert "training supervised x seeds 0 " in out and "done: 1/1 runs complete" in out, out
+    assert "training supervised x seed 0 " in out and "done: 1/1 runs complete" in out, out
     assert snapshot(run) == before
     # more seeds or epochs on top of the recorded settings; a setup it lacks comes from its preset
     code, out, err = call(["run", "--out", run, "--seeds", "0-1", "--no-progress", "--deterministic"],
@@ -498,7 +498,7 @@ def test_a_rerun_without_preset_says_what_it_starts_and_points_longer_runs_to_ex
                            "--no-progress"], monkeypatch, capsys)
     assert code == 0, err
     code, out, err = call(["run", "--out", run, "--no-progress"], monkeypatch, capsys)
-    assert "2 of its 4 runs are not started yet (e.g. simclr seed 0): --setup/--seeds choose" in out, out
+    assert "2 of its 4 runs are not started yet (e.g. simclr seed 0), and --setup / --seeds choose which to train" in out, out
 
 
 def _rewrite_header(path: Path, edit) -> None:

@@ -238,7 +238,14 @@ class Run:
             c = replace(c, dataset=dataset)
         if data_root:
             c = replace(c, data_root=str(data_root))
-        ds = load_dataset(c.dataset, c.data_root, c.train_subset, c.subset_seed, download=False)
+        try:
+            ds = load_dataset(c.dataset, c.data_root, c.train_subset, c.subset_seed, download=False)
+        except UserError as e:
+            if dataset or data_root:
+                raise
+            where = c.dataset if c.dataset.startswith("imagefolder:") else f"{c.dataset} in {c.data_root}"
+            raise UserError(f"{e} ({where}: where run.json says the data was when {self.root.name} "
+                            f"was trained; point --dataset or --data-root at where it is now)") from None
         if ds.identity()["sha256"] != self.dataset_sha256:
             raise UserError(f"the dataset {c.dataset} found here differs from the one {self.root} "
                             f"was trained on (sha256 mismatch); point --data-root or --dataset at "

@@ -77,7 +77,7 @@ def train_request(cfg, device, precision, channels_last, deterministic, checkpoi
 def grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments, out=None):
     """(RunConfig, chosen setups) from the grid options. `preset_name` None (no --preset): an
     existing run directory `out` continues with the settings it records, else the thesis's."""
-    from .prepare import recorded_config
+    from .prepare import absolute_locations, recorded_config
 
     cfg, trained = recorded_config(out, split_names(setups), click.echo) if preset_name is None else (None, None)
     cfg = cfg or preset(preset_name or "thesis")
@@ -88,7 +88,7 @@ def grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignme
         extra.insert(0, f"data_root={data_root}")
     if epochs is not None:
         extra.insert(0, f"epochs={epochs}")
-    cfg = override(cfg, extra)
+    cfg = absolute_locations(override(cfg, extra))  # phase two may run from another folder
     if seeds is not None:
         cfg = replace(cfg, seeds=parse_seeds(seeds))
     chosen = split_names(setups) or trained or list(cfg.setups)  # an empty value is refused, never "all"
@@ -101,6 +101,11 @@ def grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignme
                    f"preset's settings and this command's --set (the run records no --set for "
                    f"setups it did not have)")
     return cfg, chosen
+
+
+def seed_words(seeds) -> str:
+    """'seed 0' / 'seeds 0-3'."""
+    return f"seed{'s' if len(seeds) > 1 else ''} {ranges(list(seeds))}"
 
 
 @cli.command("run")
@@ -138,13 +143,13 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
         from .workers import run_on_devices
 
         devs = resolve_devices(devices)
-        click.echo(f"training {', '.join(chosen)} x seeds {ranges(list(cfg.seeds))} on {', '.join(devs)} into {out}")
+        click.echo(f"training {', '.join(chosen)} x {seed_words(cfg.seeds)} on {', '.join(devs)} into {out}")
         status = run_on_devices(out, cfg, chosen, devs, request, **kw)
     else:
         from .grid import train_grid
 
         opts = request.resolve(backbone=cfg.backbone)
-        click.echo(f"training {', '.join(chosen)} x seeds {ranges(list(cfg.seeds))} on {opts.device} "
+        click.echo(f"training {', '.join(chosen)} x {seed_words(cfg.seeds)} on {opts.device} "
                    f"({'bf16' if opts.bf16 else 'fp32'}"
                    + (f", {opts.pack} seeds per pack" if opts.pack > 1 else "") + f") into {out}")
         status = train_grid(out, cfg, chosen, opts, **kw)

@@ -38,6 +38,15 @@ def dataset_kind(name: str) -> str:
     return name.split(":", 1)[0]
 
 
+def absolute_locations(cfg: RunConfig) -> RunConfig:
+    """The config with its data locations (data_root, the path of imagefolder:<path>) made
+    absolute, so that run.json names the data wherever phase two later runs from."""
+    dataset = cfg.dataset
+    if dataset.startswith("imagefolder:"):
+        dataset = "imagefolder:" + str(Path(dataset[len("imagefolder:"):]).expanduser().absolute())
+    return replace(cfg, dataset=dataset, data_root=str(Path(cfg.data_root).expanduser().absolute()))
+
+
 def package_versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -119,6 +128,10 @@ def _value(v) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+SAME_SETTINGS = ("use another --out, or the run's own settings (without --preset and --set, "
+                 "`train run --out` continues a run with the settings it records)")
+
+
 def made_with(recorded: dict, asked: str) -> str:
     """' (the run was made with --preset NAME)' from run.json's `recorded` config when NAME
     is not the `asked` preset (the settings a rerun must repeat), else ''."""
@@ -171,7 +184,7 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
                                 f"give the data it was made with (--data-root / --dataset), or start "
                                 f"a new run with another --out")
             raise UserError(f"{paths.root} was made with a different config ({differ(diffs, have, want)})"
-                            f"{made_with(recorded, cfg.preset)}; use another --out or the same settings")
+                            f"{made_with(recorded, cfg.preset)}; {SAME_SETTINGS}")
         if diffs:
             replace_.append("run")
     if dataset is not None and cfg.train_subset > len(dataset.train_y) and \
@@ -201,7 +214,7 @@ def check_run(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset: D
                                     f"{made_with(recorded, cfg.preset)}; "
                                     + (f"`train extend {paths.root} --setup {name} --to {want['epochs']}` "
                                        f"trains its seeds further" if longer else
-                                       "use another --out or the same settings"))
+                                       SAME_SETTINGS))
                 replace_.append(name)
     return replace_
 
@@ -257,7 +270,7 @@ def recorded_config(out, asked: list[str] | None = None,
                f"{', '.join(setups) or 'no setup left'}, seeds {ranges(list(cfg.seeds))}, data {cfg.dataset}"
                + (f" in {cfg.data_root}" if cfg.dataset == "cifar10" else "") + ")"
                + (f"; {len(fresh)} of its {len(runs)} runs are not started yet (e.g. {fresh[0][0]} seed "
-                  f"{fresh[0][1]}): --setup/--seeds choose" if fresh else "")
+                  f"{fresh[0][1]}), and --setup / --seeds choose which to train" if fresh else "")
                + "; --preset starts from a preset's settings instead")
     return replace(cfg, setups={**base, **setups}), list(setups)
 
