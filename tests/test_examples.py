@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from _util import make_old_style, private_copy, rt
 from ssl_dynamics import artifacts as art
+from ssl_dynamics.data import make_synthetic, stratified_subset
 from ssl_dynamics.deps import need
 from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect import example_measures as em
@@ -52,9 +53,16 @@ def test_examples_end_to_end_upgrades_an_old_store(run):
     assert all(p.read_bytes() == b for p, b in chunks.items())
     tables, figures = run / "inspect" / "tables", run / "inspect" / "figures"
     df = pd.read_parquet(tables / "examples.parquet")
-    assert list(df.columns) == list(TABLE_COLUMNS) + ["rt_ref1", "rt_ref2"]
+    # no source_file: synthetic images have no files
+    assert list(df.columns) == [c for c in TABLE_COLUMNS if c != "source_file"] + ["rt_ref1", "rt_ref2"]
     assert len(df) == 4 * 24 and df.groupby("setup").size().to_dict() == {s: 24 for s in SETUPS}
-    ints = ["probe", "dataset_index", "label", "target", "n_seeds", "n_missing_checkpoints", "hardness_rank"]
+    # the run trained on 48 of the 256 synthetic images: source_index finds each in the whole split
+    whole = make_synthetic()
+    subset = stratified_subset(whole.train_y, 48, 0).numpy()
+    assert np.array_equal(df.source_index, subset[df.dataset_index])
+    with h5py.File(run / "inspect" / "bank.h5", "r") as f:
+        assert np.array_equal(whole.train_x.numpy()[f["probe_source"][:]], f["images"][:])
+    ints = ["probe", "dataset_index", "source_index", "label", "target", "n_seeds", "n_missing_checkpoints", "hardness_rank"]
     assert all(df[c].dtype == np.int64 for c in ints)
     assert all(df[c].dtype == np.float64 for c in ("first_learned_median", "confidence", "rt_ref1"))
     csv = pd.read_csv(tables / "examples.csv")
@@ -140,12 +148,15 @@ def test_probe_images_from_bank_else_dataset_else_no_grids(run, tmp_path, monkey
     data = load_rt(ws.store)
     with h5py.File(ws.bank, "r") as f:
         stored = f["images"][:]
-    images, note = probe_images(ws, data)
-    assert note is None and np.array_equal(images, stored) and images.dtype == np.uint8
-    with h5py.File(ws.bank, "a") as f:  # a bank made before the images were kept
-        del f["images"]
-    images, note = probe_images(ws, data)
-    assert note is None and np.array_equal(images, stored)  # the dataset, checksum-checked
+        source = f["probe_source"][:]
+    got = probe_images(ws, data)
+    assert got.note is None and np.array_equal(got.images, stored) and got.images.dtype == np.uint8
+    assert set(got.sources) == {"source_index"} and np.array_equal(got.sources["source_index"], source)
+    with h5py.File(ws.bank, "a") as f:  # a bank made before the images and sources were kept
+        del f["images"], f["probe_source"]
+    got = probe_images(ws, data)  # the dataset, checksum-checked
+    assert got.note is None and np.array_equal(got.images, stored)
+    assert np.array_equal(got.sources["source_index"], source)
 
     def gone(*_a, **_k):
         raise UserError("the dataset is not here")
@@ -154,6 +165,8 @@ def test_probe_images_from_bank_else_dataset_else_no_grids(run, tmp_path, monkey
     res = examples_for_workspace(ws, Outputs(ws.dir), opts=ExampleOptions(progress=False), **QUIET)
     assert any("no probe images" in n and "not here" in n for n in res["notes"])
     assert not any("hardest" in f for f in res["figures"]) and len(res["figures"]) == 3
+    # a subset run whose sources nobody records: no column, rather than a wrong one
+    assert "source_index" not in pd.read_parquet(res["table"]).columns
 
 
 def test_archive_store_is_read_not_upgraded(run, tmp_path):

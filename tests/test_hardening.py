@@ -115,7 +115,8 @@ def test_a_run_of_other_settings_is_refused_before_its_dataset_is_loaded(run, tm
                                     tmp_path / "none", "--no-progress"], run, monkeypatch, capsys,
                    "was made with a different config (dataset: synthetic in the run, cifar10 asked; train_subset: "
                    "32 in the run, 0 asked; width: 4 in the run, 64 asked) (the run was made with --preset smoke); "
-                   "use another --out or the same settings")
+                   "use another --out, or the run's own settings (without --preset and --set, `train run --out` "
+                   "continues a run with the settings it records)")
 
 
 def test_extend_with_no_setup_named_is_refused(run, monkeypatch, capsys):
@@ -460,6 +461,46 @@ def test_moved_dataset_is_found_by_its_checksum(tmp_path, monkeypatch, capsys):
     code, err = call(train_cli.main, ["extend", out, "--setup", "supervised", "--to", "4", "--device", "cpu",
                                       "--no-progress", "--dataset", "synthetic"], monkeypatch, capsys)
     assert code == 2 and "was made from other data (dataset: imagefolder:" in err, err
+
+
+def test_an_image_folder_run_records_where_its_data_and_each_probe_image_are(tmp_path, monkeypatch, capsys):
+    import h5py
+    import pandas as pd
+    from PIL import Image
+
+    from ssl_dynamics.data import load_imagefolder
+
+    make_imagefolder(tmp_path / "images")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)  # a relative path is recorded as the absolute one
+    out = tmp_path / "run"
+    args = ["run", "--out", out, "--preset", "smoke", "--dataset", "imagefolder:images", "--setup", "supervised",
+            "--seeds", "0", "--epochs", "1", "--set", "batch_size=8", "--set", "train_subset=20", "--no-progress"]
+    assert call(train_cli.main, args, monkeypatch, capsys)[0] == 0
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["dataset"] == f"imagefolder:{tmp_path / 'images'}" and config["data_root"] == str(tmp_path / "data")
+    monkeypatch.chdir(tmp_path / "elsewhere")  # phase two from another folder finds the data
+    for cmd in (["rt", out, "--probes", "8", "--replays", "2"], ["examples", out]):
+        code, err = call(inspect_cli.main, [*cmd, "--no-progress"], monkeypatch, capsys)
+        assert code == 0, err
+    df = pd.read_parquet(out / "inspect" / "tables" / "examples.parquet")
+    whole = load_imagefolder(tmp_path / "images")
+    with h5py.File(out / "inspect" / "bank.h5", "r") as f:
+        probes = f["images"][:]
+    assert len(df) == 8 and (df.source_index != df.dataset_index).any()  # a subset: they differ
+    for row in df.itertuples():  # each row names the file that holds its image, and its class
+        assert whole.train_files[row.source_index] == row.source_file
+        assert row.source_file.split("/")[1] == row.class_name
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "images" / row.source_file)),
+                              probes[row.probe].transpose(1, 2, 0))
+    # a run that recorded a relative path: the refusal says where the path came from
+    meta = json.loads((out / "run.json").read_text())
+    meta["config"]["dataset"] = "imagefolder:images"
+    (out / "run.json").write_text(json.dumps(meta))
+    shutil.rmtree(out / "inspect")
+    code, err = call(inspect_cli.main, ["rt", out, "--no-progress"], monkeypatch, capsys)
+    assert code == 2 and "image folder images must contain" in err and \
+        "where run.json says the data was when run was trained; point --dataset" in err, err
 
 
 def test_added_seeds_grow_the_store_without_re_evaluating(run, monkeypatch, capsys):

@@ -12,7 +12,7 @@ import zarr
 from _util import make_old_style, rt
 from ssl_dynamics.inspect import storedims
 from ssl_dynamics.inspect.outputs import Outputs
-from ssl_dynamics.inspect.rtdata import export_h5, load_rt
+from ssl_dynamics.inspect.rtdata import export_h5, load_rt, open_store
 from ssl_dynamics.inspect.store import RtStore
 
 
@@ -46,7 +46,31 @@ def test_xarray_view_matches_the_reader_for_zarr_and_h5(tiny_rt, tmp_path):
                 assert ds.attrs["seeds"] == [0, 1]
             with xr.open_dataset(h5, group=s, engine="h5netcdf") as ds:
                 _same_as_reader(ds, d)
+                # the attributes the Zarr store has, as plain values (not JSON text)
+                assert ds.attrs["precision"] == "fp32" and list(ds.attrs["seeds"]) == [0, 1]
+                assert list(ds.attrs["epochs"]) == d.epochs.tolist()
     assert load_rt(h5)["simclr"].correct.shape == data["simclr"].correct.shape
+    with open_store(path) as zs, open_store(h5) as hs:  # the reader gets them back whole
+        for s in data:
+            assert hs.attrs(s) == zs.attrs(s) and isinstance(hs.attrs(s)["setup_config"], dict)
+
+
+def test_an_h5_archive_made_with_json_attributes_still_reads(tiny_rt, tmp_path):
+    import h5py
+
+    path = tiny_rt / "inspect" / "rt.zarr"
+    h5 = tmp_path / "rt.h5"
+    export_h5(RtStore(path, writable=False), h5)
+    with open_store(path) as zs:
+        want = {s: zs.attrs(s) for s in zs.setups()}
+    with h5py.File(h5, "a") as f:  # the older encoding: every setup attribute as JSON text
+        del f.attrs["attrs_encoding"]
+        for s in want:
+            for k, v in want[s].items():
+                f[s].attrs[k] = json.dumps(v)
+    with open_store(h5) as hs:
+        assert {s: hs.attrs(s) for s in want} == want
+    assert load_rt(h5)["simclr"].seeds.tolist() == [0, 1]
 
 
 def _chunk_files(store):

@@ -9,6 +9,10 @@ shard evaluates the very same pixels.
       attrs: schema_version, n_probe (K), n_replays (M), seed, simclr_batch, dataset_sha256,
              fingerprint (sha256 of the groups' fingerprints)
       probe_indices [K], labels [K], images uint8 [K, 3, H, W] (the probe images)
+      probe_source [K]   each probe's index in the dataset's whole training split (it differs
+                         from probe_indices, the index in the run's training set, only when
+                         the run trained on a train_subset); banks made before it lack it
+      probe_files [K]    image folders only: each probe's file, relative to the folder
       <group>/views  float32 [M_kind, K, V, 3, H, W]   V views per image
       <group>/params/<name> [M_kind, K*V]              the drawn augmentation parameters
       <group>.attrs: fingerprint, kind, views_per_image
@@ -116,8 +120,13 @@ def bank_bytes(spec: BankSpec, keys: list[ViewKey], image_shape: tuple[int, ...]
 
 
 def build_bank(path: str | Path, train_x: torch.Tensor, train_y: torch.Tensor, keys: list[ViewKey],
-               dataset_sha256: str, spec: BankSpec = BankSpec()) -> Bank:
-    """Build and atomically write the bank for the given (kind, views per image) pairs."""
+               dataset_sha256: str, spec: BankSpec = BankSpec(), source: np.ndarray | None = None,
+               files: tuple[str, ...] | None = None) -> Bank:
+    """Build and atomically write the bank for the given (kind, views per image) pairs.
+    `source` / `files`: each training image's index in the whole training split / its file
+    (`Dataset.source_index()`, `Dataset.train_files`), recorded for the probes."""
+    import h5py
+
     idx = choose_probes(len(train_x), spec.n_probe, spec.seed)
     spec = BankSpec(len(idx), spec.n_replays, spec.seed, spec.simclr_batch)
     images = train_x[torch.from_numpy(idx)]
@@ -128,6 +137,10 @@ def build_bank(path: str | Path, train_x: torch.Tensor, train_y: torch.Tensor, k
         f.create_dataset("probe_indices", data=idx)
         f.create_dataset("labels", data=labels)
         f.create_dataset("images", data=images.numpy())
+        f.create_dataset("probe_source", data=(idx if source is None else np.asarray(source)[idx]).astype(np.int64))
+        if files is not None:
+            f.create_dataset("probe_files", data=np.array([files[i] for i in idx], dtype=object),
+                             dtype=h5py.string_dtype())
         for key in sorted(set(keys)):
             v, params = replay_views(key, images, spec.n_replays, spec.seed)
             g = f.create_group(group_name(key))
@@ -192,6 +205,23 @@ def read_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         with h5py.File(path, "r") as f:
             return f["probe_indices"][:], (f["images"][:] if "images" in f else None)
+    except (OSError, KeyError) as e:
+        raise UserError(f"corrupt bank {path}: {e}") from None
+
+
+def read_sources(path: str | Path) -> dict[str, np.ndarray]:
+    """{"source_index": int64 [K], "source_file": str [K] (image folders)} of the probes, as
+    far as the bank records them ({} for a bank made before they were kept)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            out = {}
+            if "probe_source" in f:
+                out["source_index"] = f["probe_source"][:].astype(np.int64)
+            if "probe_files" in f:
+                out["source_file"] = np.array(f["probe_files"].asstr()[:], dtype=object)
+            return out
     except (OSError, KeyError) as e:
         raise UserError(f"corrupt bank {path}: {e}") from None
 

@@ -42,13 +42,14 @@ from .plots import compress_ints
 from .rtdata import SetupRt
 
 TABLE = "examples"
-ID_COLUMNS = ("setup", "probe", "dataset_index", "label", "target", "class_name")
+ID_COLUMNS = ("setup", "probe", "dataset_index", "source_index", "source_file", "label", "target",
+              "class_name")  # source_*: where the bank (or the dataset) says each image comes from
 MEASURE_COLUMNS = ("first_learned_median", "never_learned_share", "forgetting_mean",
                    "forgetting_seed_std", "unforgettable_share", "never_correct_share",
                    "confidence", "confidence_seed_std", "variability", "correctness",
                    "n_seeds", "n_missing_checkpoints")
 TABLE_COLUMNS = ID_COLUMNS + MEASURE_COLUMNS + ("hardness_rank",)
-INT_COLUMNS = {"probe", "dataset_index", "label", "target", "n_seeds", "n_missing_checkpoints",
+INT_COLUMNS = {"probe", "dataset_index", "source_index", "label", "target", "n_seeds", "n_missing_checkpoints",
                "hardness_rank"}
 RT_COLUMN = "rt_ref{}"  # r_t at the epoch aligned to reference epoch {}
 PARQUET_KEY = b"ssl_dynamics"  # Parquet schema metadata: how the table was made (JSON)
@@ -66,9 +67,12 @@ class ExampleOptions:
 
 def run_examples(data: dict[str, SetupRt], out: Outputs, opts: ExampleOptions = ExampleOptions(),
                  images: np.ndarray | None = None, class_names: Sequence[str] | None = None,
-                 image_note: str | None = None, store_state: str | None = None) -> dict:
+                 image_note: str | None = None, store_state: str | None = None,
+                 sources: dict[str, np.ndarray] | None = None) -> dict:
     """Every output listed in the module docstring. ``images``: uint8 [K, 3, H, W] probe
     images in the store's probe order (None: no image grids; ``image_note`` says why).
+    ``sources``: table columns [K] that say where each probe image comes from
+    (``source_index``, ``source_file``; `export.probe_images`).
     ``store_state`` is recorded in the Parquet metadata (see `rtdata.store_state`).
     Returns ``{"tables", "figures", "notes", "table"}``."""
     if not data:
@@ -90,7 +94,7 @@ def run_examples(data: dict[str, SetupRt], out: Outputs, opts: ExampleOptions = 
     aligned_epochs = {s: [int(data[s].epochs[e]) for e in aligned[s]] for s in data}
     note = _table_note(ref_setup, ref_epochs, aligned_epochs, opts.start_epoch)
     note += f" {_empty_note(data, empty, opts.start_epoch)}" if empty else ""
-    frame = examples_frame(data, columns, class_names)
+    frame = examples_frame(data, columns, class_names, sources)
     meta = {"note": note, "ref_setup": ref_setup, "ref_epochs": ref_epochs,
             "aligned_epochs": aligned_epochs, "options": asdict(opts), "store_state": store_state}
     table = write_frame(out, frame, meta)
@@ -190,7 +194,8 @@ def _table_note(ref_setup: str, ref_epochs: list[int], aligned: dict[str, list[i
             f"setup aligned to {ref_setup} epoch t by mean r_t (eq. 4.4): {where}.")
 
 
-def examples_frame(data: dict[str, SetupRt], columns: dict[str, dict], class_names=None):
+def examples_frame(data: dict[str, SetupRt], columns: dict[str, dict], class_names=None,
+                   sources: dict[str, np.ndarray] | None = None):
     """The per-example table as a pandas DataFrame (identifying columns first)."""
     pd = need("pandas", "the per-example table")
     names = [str(c) for c in class_names or []]
@@ -199,7 +204,8 @@ def examples_frame(data: dict[str, SetupRt], columns: dict[str, dict], class_nam
         k = len(d.probe_indices)
         labels = np.asarray(d.labels, dtype=np.int64)
         cols = {"setup": [s] * k, "probe": np.arange(k, dtype=np.int64),
-                "dataset_index": np.asarray(d.probe_indices, dtype=np.int64), "label": labels,
+                "dataset_index": np.asarray(d.probe_indices, dtype=np.int64),
+                **{c: np.asarray(v) for c, v in (sources or {}).items()}, "label": labels,
                 "target": np.asarray(d.targets, dtype=np.int64),
                 "class_name": [names[y] if 0 <= y < len(names) else f"class {y}" for y in labels]}
         cols.update({c: _column(pd, c, v) for c, v in columns[s].items()})

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from . import bank as bank_mod
 from . import storedims
 from .examples import TABLE, ExampleOptions, read_meta, run_examples
 from .outputs import OWN_FILES, Outputs
-from .rtdata import SetupRt, load_rt, open_store, store_state
+from .rtdata import SetupRt, load_rt, open_store, portable_attrs, store_state
 from .store import RtStore, work_path
 from .workspace import STORE_NAMES, Workspace
 
@@ -49,25 +49,42 @@ def store_for_analysis(ws: Workspace, store: str | Path | None, echo=print) -> P
     return path
 
 
-def probe_images(ws: Workspace, data: dict[str, SetupRt], data_opts: dict | None = None):
-    """(uint8 [K, 3, H, W] probe images in the store's order, None) or (None, why not).
+@dataclass(frozen=True)
+class ProbeInputs:
+    """What phase two knows of the store's probe images, in the store's probe order."""
+    images: np.ndarray | None  # uint8 [K, 3, H, W]; None: not found (`note` says why)
+    note: str | None
+    sources: dict[str, np.ndarray]  # source_index [K], source_file [K] as far as known
 
-    From the bank when it stored them (newer banks), else from the run's dataset
-    (checksum-checked)."""
-    idx = next(iter(data.values())).probe_indices
+
+def probe_images(ws: Workspace, data: dict[str, SetupRt], data_opts: dict | None = None) -> ProbeInputs:
+    """The probe images and where they come from: from the bank when it stored them (newer
+    banks), else from the run's dataset (checksum-checked)."""
+    idx = np.asarray(next(iter(data.values())).probe_indices, dtype=np.int64)
+    images, sources = None, {}
     bank = ws.existing_bank()
     if bank is not None:
-        have, images = bank_mod.read_images(bank)
-        if images is not None and np.array_equal(have, idx):
-            return images, None
-    data_opts = data_opts or {}
+        have, stored = bank_mod.read_images(bank)
+        if np.array_equal(have, idx):
+            images, sources = stored, bank_mod.read_sources(bank)
+    whole = "[" not in str(ws.run.meta["dataset"].get("name"))  # no train_subset was taken
+    if not sources and whole and not ws.run.cfg.dataset.startswith("imagefolder:"):
+        sources = {"source_index": idx}  # the run's training set is the whole split
+    if images is not None and sources:
+        return ProbeInputs(images, None, sources)
     try:
-        ds = ws.run.load_dataset(data_opts.get("dataset"), data_opts.get("data_root"))
+        ds = ws.run.load_dataset((data_opts or {}).get("dataset"), (data_opts or {}).get("data_root"))
     except UserError as e:
-        return None, f"the bank does not store them and the dataset cannot be loaded: {e}"
+        why = f"the bank does not store them and the dataset cannot be loaded: {e}"
+        return ProbeInputs(images, None if images is not None else why, sources)
     if len(idx) and int(np.max(idx)) >= len(ds.train_x):
-        return None, "the store's probe indices do not fit the run's dataset"
-    return ds.train_x.numpy()[np.asarray(idx, dtype=np.int64)], None
+        return ProbeInputs(images, None if images is not None else
+                           "the store's probe indices do not fit the run's dataset", sources)
+    if not sources:
+        sources = {"source_index": ds.source_index()[idx]}
+        if ds.train_files is not None:
+            sources["source_file"] = np.array([ds.train_files[i] for i in idx], dtype=object)
+    return ProbeInputs(ds.train_x.numpy()[idx] if images is None else images, None, sources)
 
 
 def examples_for_workspace(ws: Workspace, out: Outputs, setups: list[str] | None = None,
@@ -83,11 +100,13 @@ def examples_for_workspace(ws: Workspace, out: Outputs, setups: list[str] | None
     state = store_state(path)
     if data is None:
         data = load_rt(path, setups)
+        out.note_store(path, data)
     elif not _still_holds(path, data):
         state = None
-    images, note = probe_images(ws, data, data_opts)
+    probes = probe_images(ws, data, data_opts)
     try:
-        return run_examples(data, out, opts, images, ws.run.classes, note, state)
+        return run_examples(data, out, opts, probes.images, ws.run.classes, probes.note, state,
+                            probes.sources)
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -180,7 +199,7 @@ def export_netcdf(store: Path, target: Path, progress: bool = True) -> Path:
     with open_store(store) as st, art.atomic_path(target) as tmp:
         idx, labels = st.probes()
         root = xr.Dataset({"probe_indices": ("probe", idx), "labels": ("probe", labels)},
-                          coords={"probe": idx}, attrs=_nc_attrs(st.root_attrs()))
+                          coords={"probe": idx}, attrs=portable_attrs(st.root_attrs()))
         root.to_netcdf(tmp, mode="w", engine="h5netcdf")
         setups = st.setups()
         pbar = bar(len(setups), "netCDF export", "setup", progress)
@@ -198,7 +217,7 @@ def _setup_dataset(xr, data: dict, attrs: dict, idx, labels):
     variables = {name: (storedims.ARRAY_DIMS[name], data[name]) for name in storedims.ARRAY_DIMS}
     ds = xr.Dataset(variables, coords={**{d: coords[d] for d in storedims.FULL_DIMS},
                                        "label": ("probe", coords["label"])},
-                    attrs=_nc_attrs(attrs))
+                    attrs=portable_attrs(attrs))
     for name in ("correct", "p_true"):
         ds[name].attrs["valid_where"] = MISSING_NOTE
     chunks = (1, 1, *data["correct"].shape[2:])
@@ -214,21 +233,6 @@ MISSING_NOTE = ("done == 1: a checkpoint missing from the run has done = 0, corr
                 "p_true = NaN; use correct.where(done == 1)")
 
 
-def _nc_attrs(attrs: dict) -> dict:
-    """netCDF attributes: numbers and strings as they are, anything else as JSON text
-    (numpy scalars, as HDF5 attributes come back, as the Python values they hold)."""
-    plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in attrs.items()}
-    return {k: v if isinstance(v, (str, int, float)) and not isinstance(v, bool)
-            else json.dumps(v, default=_json_value) for k, v in plain.items()}
-
-
-def _json_value(v):
-    """numpy arrays and scalars inside attribute values (HDF5 returns them) as JSON."""
-    if isinstance(v, (np.ndarray, np.generic)):
-        return v.tolist()
-    if isinstance(v, bytes):
-        return v.decode()
-    raise TypeError(f"attribute value of type {type(v).__name__} has no JSON form")
 
 
 def _work_table_meta(ws: Workspace, table: Path, echo) -> dict:

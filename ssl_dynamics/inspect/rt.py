@@ -202,7 +202,7 @@ def ensure_bank(ws: Workspace, path: Path, spec: bank_mod.BankSpec, exists: bool
         echo(f"building the bank: {min(spec.n_probe, ws.run.n_train)} images{capped} x {spec.n_replays} "
              f"replays of each augmentation -> {path}")
         return bank_mod.build_bank(path, dataset.train_x, dataset.train_y, keys, ws.run.dataset_sha256,
-                                   spec), True
+                                   spec, dataset.source_index(), dataset.train_files), True
 
 
 def evaluate_tasks(run: art.Run, store: RtStore, bank: bank_mod.Bank, tasks: list[Task],

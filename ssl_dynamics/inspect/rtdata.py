@@ -53,6 +53,11 @@ class SetupRt:
         return self.epochs[self.valid.any(axis=0)]
 
 
+def absent_seeds(d: SetupRt) -> list[int]:
+    """Seed numbers of `d` without any evaluated checkpoint (left out of every mean)."""
+    return [int(x) for x in np.asarray(d.seeds)[~np.asarray(d.valid, dtype=bool).any(axis=1)]]
+
+
 def _setup_rt(setup: str, data: dict[str, np.ndarray], attrs: dict[str, Any],
               probe_indices: np.ndarray, labels: np.ndarray) -> SetupRt:
     correct, p_true = data["correct"], data["p_true"]
@@ -89,6 +94,7 @@ def _write_h5(store: RtStore, target: Path, h5py) -> None:
             for name, values in (("probe_indices", idx), ("labels", labels)):
                 h5dims.attach(f.create_dataset(name, data=values), f, ("probe",))
             f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs[ATTRS_ENCODING[0]] = ATTRS_ENCODING[1]
             f.attrs["bank_fingerprint"] = str(store.group.attrs.get("bank_fingerprint"))
             if "bank_spec" in store.group.attrs:
                 f.attrs["bank_spec"] = json.dumps(dict(store.group.attrs["bank_spec"]), sort_keys=True)
@@ -121,8 +127,50 @@ def _export_setup(g, data: dict[str, np.ndarray], attrs: dict[str, Any], idx, la
         h5dims.add_coordinate(g, "sha256_byte", np.arange(storedims.SHA_BYTES))
         h5dims.attach(g.create_dataset(storedims.SHA_ARRAY, data=sha256), g,
                       storedims.RECORD_DIMS[storedims.SHA_ARRAY])
+    g.attrs.update(portable_attrs(attrs))
+
+
+# Root attribute of .h5 archives whose setup attributes are plain HDF5 values
+# (`portable_attrs`); archives without it hold every setup attribute as JSON text.
+ATTRS_ENCODING = ("attrs_encoding", "plain")
+
+
+def portable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Attributes as HDF5 and netCDF hold them, so that readers of any export see the values
+    the Zarr store has: numbers and strings as they are, flat lists of numbers as arrays,
+    anything else (dicts such as setup_config, booleans) as JSON text."""
+    out = {}
     for k, v in attrs.items():
-        g.attrs[k] = json.dumps(v)
+        v = v.item() if isinstance(v, np.generic) else v
+        arr = np.asarray(v) if isinstance(v, (list, tuple, np.ndarray)) else None
+        if isinstance(v, (str, int, float)) and not isinstance(v, bool):
+            out[k] = v
+        elif arr is not None and arr.ndim == 1 and arr.size and arr.dtype.kind in "iuf":
+            out[k] = arr.astype(np.int64 if arr.dtype.kind in "iu" else np.float64)
+        else:
+            out[k] = json.dumps(v, default=_json_value)
+    return out
+
+
+def _json_value(v):
+    """numpy arrays and scalars inside attribute values (HDF5 returns them) as JSON."""
+    if isinstance(v, (np.ndarray, np.generic)):
+        return v.tolist()
+    if isinstance(v, bytes):
+        return v.decode()
+    raise TypeError(f"attribute value of type {type(v).__name__} has no JSON form")
+
+
+def _from_h5(v: Any) -> Any:
+    """A setup attribute as `portable_attrs` wrote it, back as the Zarr store holds it."""
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, bytes):
+        v = v.decode()
+    is_json = isinstance(v, str) and (v[:1] in ("{", "[", '"') or v in ("true", "false", "null"))
+    return json.loads(v) if is_json else v
 
 
 def is_rt_archive(path: Path) -> bool:
@@ -200,7 +248,10 @@ class H5Store:
 
     def attrs(self, setup: str) -> dict[str, Any]:
         with self._reading():
-            return {k: json.loads(v) for k, v in self.file[setup].attrs.items()}
+            raw = self.file[setup].attrs
+            if self.file.attrs.get(ATTRS_ENCODING[0]) == ATTRS_ENCODING[1]:
+                return {k: _from_h5(v) for k, v in raw.items()}
+            return {k: json.loads(v) for k, v in raw.items()}  # an archive made before
 
     def probes(self) -> tuple[np.ndarray, np.ndarray]:
         with self._reading():
