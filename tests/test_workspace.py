@@ -92,6 +92,32 @@ def test_only_created_folders_without_files_are_removed(tmp_path):
     assert before.is_dir()
 
 
+def test_the_report_says_which_store_each_analysis_read(tiny_rt, tmp_path):
+    run = private_copy(tiny_rt, tmp_path)
+    other = tmp_path / "other"
+    for args in (["dynamics", run], ["classes", run],
+                 ["rt", run, "--store", other / "rt.zarr", "--bank", other / "bank.h5", "--probes", "16", "--simclr-batch", "8"]):
+        r = CliRunner().invoke(cli, [str(a) for a in args] + ["--no-progress"] * (args[0] == "rt"))
+        assert r.exit_code == 0, r.output
+    page = run / "inspect" / "report" / "index.html"
+    assert "note:" not in CliRunner().invoke(cli, ["report", str(run)]).output
+    one = f"r_t of dynamics, classes: {(run / 'inspect' / 'rt.zarr').resolve()} (24 probe images x 3 replays)."
+    assert one in page.read_text()
+    r = CliRunner().invoke(cli, ["classes", str(run), "--store", str(other / "rt.zarr")])
+    assert r.exit_code == 0 and "note: other analyses in" in r.output and "read another r_t store" in r.output
+    CliRunner().invoke(cli, ["report", str(run)])
+    text = page.read_text()
+    assert "These analyses read 2 different r_t stores" in text
+    assert f"<b>dynamics</b>: {(run / 'inspect' / 'rt.zarr').resolve()} (24 probe images" in text
+    assert f"<b>classes</b>: {(other / 'rt.zarr').resolve()} (16 probe images x 10 replays)" in text
+    r = CliRunner().invoke(cli, ["classes", str(run)])  # back to one store: one line again
+    CliRunner().invoke(cli, ["report", str(run)])
+    assert one in page.read_text() and "different r_t stores" not in page.read_text()
+    sources = json.loads((run / "inspect" / "sources.json").read_text())
+    live = set(json.loads((run / "inspect" / "outputs.json").read_text()).values())
+    assert live <= set(sources) and len(set(sources) - live) == 1  # pruned as each command starts
+
+
 def test_rt_fills_the_h5_archive_the_analyses_read(tiny_rt, tmp_path):
     """A work folder holding rt.h5 (no rt.zarr): `inspect rt` adds to that archive instead of
     evaluating every checkpoint again into a new rt.zarr."""

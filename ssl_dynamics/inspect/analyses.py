@@ -9,12 +9,17 @@ from .rtdata import SetupRt, load_rt
 from .workspace import Workspace
 
 
-def store_data(ws: Workspace, setups: list[str] | None, store: str | Path | None = None) -> dict[str, SetupRt]:
+def store_data(ws: Workspace, setups: list[str] | None, store: str | Path | None = None,
+               out: Outputs | None = None) -> dict[str, SetupRt]:
     """The r_t of `setups` (default: every setup in the store); a name the run does not have
-    is refused as such, before the store is read."""
+    is refused as such, before the store is read. `out` records which store was read."""
     if setups:
         ws.run.select(setups)
-    return load_rt(ws.store_for_reading(store), setups)
+    path = ws.store_for_reading(store)
+    data = load_rt(path, setups)
+    if out is not None:
+        out.note_store(path, data)
+    return data
 
 
 def analysis_steps(ws: Workspace, out: Outputs, setups: list[str], ref_epochs, echo,
@@ -34,7 +39,7 @@ def analysis_steps(ws: Workspace, out: Outputs, setups: list[str], ref_epochs, e
 
     def data() -> dict[str, SetupRt]:
         if "rt" not in loaded:
-            loaded["rt"] = store_data(ws, setups, store)
+            loaded["rt"] = store_data(ws, setups, store, out)
         return loaded["rt"]
 
     def examples() -> dict:

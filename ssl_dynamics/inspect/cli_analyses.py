@@ -15,8 +15,9 @@ def _analysis(run_dir, work, store, setups, fn):
     from .outputs import Outputs
 
     ws = workspace(run_dir, work)
+    out = Outputs(ws.dir)
     with user_errors():
-        show(fn(store_data(ws, split_names(setups), store), Outputs(ws.dir), ws))
+        show(fn(store_data(ws, split_names(setups), store, out), out, ws))
 
 
 @click.command("dynamics", short_help="Sorted r_t curves and the epoch-aligned comparison (Figs 4.1, 4.2).")

@@ -49,7 +49,10 @@ LOCK_NAME = "analysis.h5.lock"  # one per work folder: every write of these outp
 RECORD_NAME = "outputs.json"  # name of a table or figure -> the write session that made it
 STALE_DIR = "stale"  # outputs of an analysis that failed in `inspect all`, kept aside
 # Files of the work folder itself that only these writers write (their temporaries may go)
-OWN_FILES = ("analysis.h5", RECORD_NAME, "skipped.json", "steps.json", "work.json")
+SOURCES_NAME = "sources.json"  # write session -> the r_t store its analyses read (`note_store`)
+OWN_FILES = ("analysis.h5", RECORD_NAME, SOURCES_NAME, "skipped.json", "steps.json", "work.json")
+# The analyses that read the r_t store (the others read checkpoints and the dataset)
+STORE_STEPS = ("dynamics", "binomial", "heterogeneity", "classes", "examples")
 # What each analysis of `inspect all` writes: table and figure names (fnmatch patterns) and
 # its analysis.h5 group. The first name is written whenever the analysis succeeds: it dates
 # the others (an output that another run of the analysis wrote is stale, `stale_outputs`).
@@ -86,6 +89,7 @@ class Outputs:
         self.hashes: dict[str, str | None] = {}
         self.group_digests: dict[str, str | None] = {}
         self._started = False
+        self._source: dict | None = None  # the r_t store this session's analyses read
 
     def lock(self):
         """The work folder's lock (re-entrant within this process)."""
@@ -101,6 +105,7 @@ class Outputs:
 
         bind_folder(self.root)
         self.tidy()
+        self._write_source()
 
     def tidy(self) -> int:
         """Remove the temporary files killed writes of these outputs left (analysis.h5,
@@ -224,6 +229,34 @@ class Outputs:
                 except OSError:
                     self.hashes[name] = None
 
+    def note_store(self, path: str | Path, data: dict) -> None:
+        """Note that this session's analyses read the r_t store at `path` (`data`: its
+        `SetupRt`s as read), so that the report can say which store each analysis used.
+        Recorded in sources.json with this session's first output (a refused analysis
+        records nothing)."""
+        first = next(iter(data.values()), None)
+        shape = {} if first is None else {"probes": int(first.correct.shape[3]),
+                                          "replays": int(first.correct.shape[2])}
+        self._source = {"store": str(Path(path).resolve()), **shape}
+        others = sorted({src["store"] for src in stores_of_outputs(self.root).values()}
+                        - {self._source["store"]})
+        if others:
+            self.echo(f"note: other analyses in {self.root} read another r_t store ({', '.join(others)}); "
+                      f"the report says which read which")
+        if self._started:
+            with self.lock():
+                self._write_source()
+
+    def _write_source(self) -> None:
+        """sources.json: this session's store, beside those of sessions whose outputs
+        remain. Under the lock."""
+        if self._source is None:
+            return
+        live = set(read_record(self.root).values())
+        record = {k: v for k, v in _read_dict(self.root / SOURCES_NAME).items() if k in live}
+        record[self.session] = self._source
+        art.write_json_atomic(self.root / SOURCES_NAME, record)
+
     def _record(self, name: str, paths: list[Path]) -> None:
         """Note the files, and that this session made `<tables|figures>/<name>` (in
         outputs.json). Under the lock."""
@@ -258,11 +291,29 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
 def read_record(root: Path) -> dict[str, str]:
     """outputs.json: "tables/<name>" or "figures/<name>" -> the session that wrote it ({}
     when missing or unreadable: nothing is known)."""
+    return _read_dict(Path(root) / RECORD_NAME)
+
+
+def _read_dict(path: Path) -> dict:
     try:
-        doc = json.loads((Path(root) / RECORD_NAME).read_text())
+        doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def stores_of_outputs(root: Path) -> dict[str, dict]:
+    """Step -> the r_t store ({"store": path, "probes": K, "replays": M}) that the latest run
+    of each store-reading analysis (STORE_STEPS) in the work folder read; steps without
+    outputs, or whose run recorded no store (made before stores were recorded), are left out."""
+    record, sources = read_record(root), _read_dict(Path(root) / SOURCES_NAME)
+    out = {}
+    for step in STORE_STEPS:
+        first = STEP_OUTPUTS[step][0][0]
+        session = record.get(f"tables/{first}") or record.get(f"figures/{first}")
+        if isinstance(sources.get(session), dict) and sources[session].get("store"):
+            out[step] = sources[session]
+    return out
 
 
 def stale_outputs(root: Path, names: Iterable[str]) -> set[str]:

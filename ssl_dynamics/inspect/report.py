@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import artifacts as art
 from .binomial_rows import ordinal, spread_step
-from .outputs import STEP_OUTPUTS, matches, stale_outputs, work_lock
+from .outputs import STEP_OUTPUTS, matches, stale_outputs, stores_of_outputs, work_lock
 from .workspace import Workspace
 
 # (name, title, what it shows) in reading order; figures and tables share the namespace.
@@ -334,6 +334,31 @@ def expand_sections(setups: list[str]) -> list[tuple[str, str, str]]:
     return out
 
 
+def _stores_html(work: Path, skipped: list[dict]) -> str:
+    """Which r_t store the analyses on this page read: one line, or a warning when they
+    read different stores (e.g. `inspect dynamics --store OTHER` into the same work folder)."""
+    failed = {s.get("analysis") for s in skipped if isinstance(s, dict)}
+    used = {step: src for step, src in stores_of_outputs(work).items() if step not in failed}
+    if not used:
+        return ""
+
+    def describe_store(src: dict) -> str:
+        size = (f" ({src['probes']} probe images x {src['replays']} replays)"
+                if "probes" in src and "replays" in src else "")
+        return f"{src['store']}{size}"
+
+    by_store: dict[str, list[str]] = {}
+    for step, src in used.items():
+        by_store.setdefault(describe_store(src), []).append(step)
+    if len(by_store) == 1:
+        return f"<p class=what>r_t of {', '.join(used)}: {html.escape(next(iter(by_store)))}.</p>"
+    items = "".join(f"<li><b>{html.escape(', '.join(steps))}</b>: {html.escape(where)}</li>"
+                    for where, steps in by_store.items())
+    return (f"<div class=skipped><p>These analyses read {len(by_store)} different r_t stores, so "
+            f"their numbers are not comparable; rerun them with one <code>--store</code>, or give "
+            f"each store its own <code>--work</code> folder:</p><ul>{items}</ul></div>")
+
+
 def _skipped_html(skipped: list[dict]) -> str:
     if not skipped:
         return ""
@@ -397,7 +422,7 @@ def build_report(ws: Workspace, skipped: list[dict] | None = None) -> Path:
     parts = [f"<h1>Learning dynamics report: {html.escape(run.root.name)}</h1>",
              f"<p>{html.escape(which)}; seeds: {len(run.cfg.seeds)}; dataset: "
              f"{html.escape(str(ds.get('name')))} ({ds['n_train']} train images).</p>",
-             _skipped_html(skipped)]
+             _skipped_html(skipped), _stores_html(ws.dir, skipped)]
     shown = [p for p in (_section(n, t, w, figures, tables, hidden) for n, t, w in sections) if p]
     parts += shown or ["<p>No analysis outputs yet: run <code>inspect all</code>.</p>"]
     setups_cfg = {s: sc.to_dict() for s, sc in run.cfg.setups.items()}
