@@ -395,6 +395,14 @@ def test_table_counts_replaced_channels_and_records_the_settings(tmp_path, monke
         assert part in note, note
 
 
+def test_zero_steps_says_the_images_are_not_optimized(tmp_path, monkeypatch):
+    ws = _fake_workspace(tmp_path, monkeypatch, {"supervised": Network(_model(), 10)})
+    said = [n for n in _run(ws, tmp_path / "out", ["supervised"], steps=0)["notes"] if "--steps 0" in n]
+    assert said == ["fig5_4: --steps 0: the images are the random starting points, not optimized "
+                    "(the thesis ran 1,000 steps)"]
+    assert not any("--steps" in n for n in _run(ws, tmp_path / "out2", ["supervised"], steps=1)["notes"])
+
+
 def test_progress_bar_ends_full_when_a_block_has_no_live_channel(tmp_path, monkeypatch):
     """A block whose channels never fire runs no ascent step; the bar still counts its steps,
     so it ends at its total instead of short of it."""

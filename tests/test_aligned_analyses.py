@@ -124,3 +124,23 @@ def test_the_reference_keeps_its_own_epoch_on_a_plateau(tmp_path):
     res = run_dynamics(data, Outputs(tmp_path), ref_setup="simclr", ref_epochs=(2,))
     (row,) = res["tables"]["aligned_epochs"]
     assert (row["ref_epoch"], row["simclr_epoch"], row["supervised_epoch"]) == (2, 2, 2)
+
+
+def test_a_seed_without_any_evaluated_checkpoint_is_named_by_every_rt_analysis(tmp_path):
+    """`inspect rt --allow-missing` while seed 4 was still training: the analyses leave it
+    out and say so (the panel titles alone showed one seed fewer)."""
+    from ssl_dynamics.inspect.binomial import run_binomial
+    from ssl_dynamics.inspect.classes import run_classes
+    from ssl_dynamics.inspect.dynamics import run_dynamics
+
+    lost = tuple((4, e) for e in range(5))
+    data = {"simclr": setup("simclr", [0.1, 0.5, 0.9]),
+            "supervised": setup("supervised", [0.1, 0.2, 0.5, 0.7, 0.9], invalid=lost)}
+    want = "supervised: seed 4 has no evaluated checkpoint and is left out"
+    res = run_dynamics(data, Outputs(tmp_path / "d"), ref_setup="simclr", ref_epochs=(1, 2))
+    assert want in res["notes"], res["notes"]
+    res = run_binomial(data, Outputs(tmp_path / "b"), p0s=(0.5,), draws=20, null_sims=20)
+    assert want in res["notes"], res["notes"]
+    res = run_classes(data, Outputs(tmp_path / "c"), [str(i) for i in range(10)])
+    assert want in res["notes"], res["notes"]
+    assert not any("simclr: seed" in n for n in res["notes"])

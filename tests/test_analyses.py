@@ -557,12 +557,12 @@ def test_missing_checkpoint_changes_n_and_is_reported(tmp_run, monkeypatch):
     assert chi[0.5]["p_hat0"] == pytest.approx(0.55)  # the missing seed's ones are left out
     mae = {r["p0"]: r for r in res["tables"]["table4_2_mae"]}
     assert mae[0.5]["n_seeds"] == 3
-    assert any("3 at epochs 10" in n for n in res["notes"])
+    assert any("3 at epoch 10" in n for n in res["notes"])
     with h5py.File(out.analysis, "r") as f:
         assert f["binomial/supervised/chisq_p0_0.5/f_obs"].shape == (4,)  # counts 0..3
         assert list(f["binomial/supervised/n_seeds"][()]) == [4, 4, 4, 3, 4, 4]
     dyn = run_dynamics(data, out, "supervised", (7, 10))
-    assert any("3 at epochs 10" in n for n in dyn["notes"])
+    assert any("3 at epoch 10" in n for n in dyn["notes"])
 
 
 def test_single_seed_and_single_setup_do_not_crash(tmp_run):
@@ -596,7 +596,11 @@ def test_plot_helpers():
     assert setup_label("simclr") == "SimCLR" and setup_label("other") == "other"
     assert seed_count_note("s", np.array([5, 5, 5]), [1, 2, 3]) is None
     note = seed_count_note("s", np.array([5, 4, 0, 4]), [1, 2, 3, 4])
-    assert "epochs 3 not evaluated" in note and "4 at epochs 2, 4" in note
+    assert note == "s: epoch 3 not evaluated; 5 seeds at most epochs, 4 at epochs 2, 4"
+    note = seed_count_note("s", np.array([1, 1, 0, 0]), [1, 2, 3, 4], absent=[1, 2, 3])
+    assert note == "s: seeds 1-3 have no evaluated checkpoint and are left out; epochs 3-4 not evaluated"
+    assert seed_count_note("s", np.array([1, 1]), [1, 2], absent=[7]) == \
+        "s: seed 7 has no evaluated checkpoint and is left out"
 
 
 def test_fig45_shows_each_setups_table42_epochs_and_never_the_init(full):

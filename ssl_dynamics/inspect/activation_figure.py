@@ -92,6 +92,9 @@ def run_activations(ws: Workspace, out: Outputs, setups: list[str], epoch: int |
     # every setup's checkpoint before the first ascent: a bad one is refused at once
     chosen = {s: _checkpoint(ws, s, epoch, seed) for s in setups}
     cells, rows, arrays, notes = {}, [], {}, []
+    if steps == 0:
+        notes.append("fig5_4: --steps 0: the images are the random starting points, not optimized "
+                     "(the thesis ran 1,000 steps)")
     steps_bar = bar(len(setups) * len(BLOCKS) * steps, "activation maximization", "step", progress)
     for s in setups:
         path, e, sd, how = chosen[s]

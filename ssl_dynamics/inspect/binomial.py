@@ -39,7 +39,7 @@ from .binomial_rows import (STREAM_TILDE_NOISE, chi_entry, mae_entry, missing_ro
 from .first_second import first_second
 from .outputs import Outputs
 from .plots import seed_count_note
-from .rtdata import SetupRt
+from .rtdata import SetupRt, absent_seeds
 
 DEFAULT_P0S = (0.25, 0.5, 0.75)
 # p0s="range": each setup's own levels, this far from its lowest to its highest mean
@@ -105,7 +105,7 @@ def _setup_tables(s, d, p0s, draws, seed, sims, include_init, notes, arrays, lab
     valid = np.asarray(d.valid, dtype=bool)
     epochs = np.asarray(d.epochs)
     n_seeds = st.seeds_per_epoch(valid)
-    notes += [n for n in [seed_count_note(s, n_seeds, epochs)] if n]
+    notes += [n for n in [seed_count_note(s, n_seeds, epochs, absent_seeds(d))] if n]
     r, r0 = st.r_t(d.correct, valid), st.r_tilde(d.correct, 0, valid)
     p_tilde, p_all = st.epoch_means(r0), st.epoch_means(r)
     cand = st.searchable(epochs, include_init)

@@ -77,8 +77,12 @@ def _noise_panels(data, p0s, infos, sorted_values, label, filled: bool):
             if filled:
                 ax.fill_between(x, values, info["noise"], color=p0_color(j), alpha=0.2, lw=0, step="mid")
         ax.set_title(setup_label(s))
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(title="epoch t / $\\hat p_0(t)$", loc="lower right")
+        if ax.get_legend_handles_labels()[0]:  # sorted curves rise to the right: upper left is free
+            ax.legend(title="epoch t / $\\hat p_0(t)$", loc="upper left", fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no accuracy level p0 = {', '.join(f'{p:g}' for p in p0s)} reached\n"
+                    f"(inspect binomial --p0 range uses the setup's own)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=9, color="#555555")
     return fig, axes
 
 

@@ -17,7 +17,7 @@ from ..errors import UserError
 from . import stats as st
 from .outputs import Outputs
 from .plots import class_colors, new_figure, seed_count_note, seeds_tag, setup_label
-from .rtdata import SetupRt
+from .rtdata import SetupRt, absent_seeds
 
 REACH_LEVEL = 0.5  # table column: first epoch with class mean r_t >= this
 
@@ -49,7 +49,7 @@ def _setup_classes(s: str, d: SetupRt, names: list[str], notes: list[str]) -> tu
     if not ev.size:
         raise UserError(f"setup {s} has no evaluated checkpoint")
     n_seeds = st.seeds_per_epoch(valid)
-    notes += [n for n in [seed_count_note(s, n_seeds, epochs)] if n]
+    notes += [n for n in [seed_count_note(s, n_seeds, epochs, absent_seeds(d))] if n]
     labels = np.asarray(d.labels).astype(np.int64)
     cm = st.per_class_mean(st.r_t(d.correct, valid), labels, len(names))  # [E, C]
     n_img = np.bincount(labels, minlength=len(names))
@@ -119,6 +119,11 @@ def _fig_classes(data, curves, names, out: Outputs):
         ax.set_xlabel("epoch t")
         ax.set_ylabel("class mean  $E_{x \\sim D_y}[r_t(x)]$")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(title="class", loc="lower right", ncol=2, fontsize=7)
+    handles = {}  # one legend for all panels, beside them: inside, it covered the curves
+    for ax in axes:
+        handles.update(zip(*reversed(ax.get_legend_handles_labels())))
+    if handles:
+        fig.legend(list(handles.values()), list(handles), title="class", loc="outside right center",
+                   fontsize=8, ncol=1 if len(handles) <= 16 else 2)
     fig.suptitle("Mean $r_t$ of the probe images of each class by epoch (Fig. 5.3)")
     return out.save_figure(fig, "fig5_3_class_rt")

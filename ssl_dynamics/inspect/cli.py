@@ -148,7 +148,8 @@ cli.add_command(_submit)
 
 
 def main() -> None:
-    run_cli(cli, "evaluated checkpoints are in the store; rerun the same command to resume")
+    run_cli(cli, "what was finished is kept (evaluated checkpoints, written outputs); rerun the same "
+                 "command to resume")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from . import stats as st
 from .outputs import Outputs
 from .plots import (EPOCH_CMAP, compress_ints, new_figure, rank_x, rate_axis, seed_count_note,
                     seeds_tag, setup_color, setup_label)
-from .rtdata import SetupRt
+from .rtdata import SetupRt, absent_seeds
 
 DEFAULT_REF_EPOCHS = (1, 5, 10, 25, 50, 200)
 # Fig. 4.1: the thesis draws every epoch (200, 50, 20 and 500 curves per panel), read as a
@@ -223,7 +223,7 @@ def run_dynamics(data: dict[str, SetupRt], out: Outputs, ref_setup: str | None =
     al = reference_alignment(data, ref_setup, ref_epochs, include_init, r)
     ref_setup, ref_idx, aligned_idx, means, notes = al.ref_setup, al.ref_idx, al.aligned, al.means, al.notes
     n_seeds = {s: st.seeds_per_epoch(np.asarray(d.valid, dtype=bool)) for s, d in data.items()}
-    notes += [n for s in data if (n := seed_count_note(s, n_seeds[s], data[s].epochs))]
+    notes += [n for s in data if (n := seed_count_note(s, n_seeds[s], data[s].epochs, absent_seeds(data[s])))]
     rows = _aligned_rows(data, means, ref_setup, ref_idx, aligned_idx, notes)
     figures = [_fig_sorted(data, r, n_seeds, out, curve_epochs, notes),
                _fig_aligned(data, r, means, n_seeds, ref_setup, ref_idx, aligned_idx, out)]

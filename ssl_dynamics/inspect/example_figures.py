@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from .outputs import Outputs
-from .plots import new_figure, setup_color, setup_label
+from .plots import new_figure, plural, setup_color, setup_label
 
 CORRECTNESS_CMAP = "RdYlBu"  # red: rarely correct, blue: almost always (data-map convention)
 AGREEMENT_CMAP = "RdBu_r"  # rank correlation -1..1, white at 0
@@ -22,6 +22,8 @@ MAX_BARS = 20  # forgetting counts up to this are grouped bars; more (long runs)
 
 def cartography(data, columns: dict[str, dict], out: Outputs):
     """Data map per setup: variability (x) vs confidence (y), colour = correctness."""
+    from matplotlib.ticker import MaxNLocator
+
     setups = list(data)
     plt, fig, axes = new_figure(len(setups), panel_size=(4.4, 3.8), max_cols=2)
     sc = None
@@ -34,7 +36,8 @@ def cartography(data, columns: dict[str, dict], out: Outputs):
         sc = ax.scatter(x[keep], y[keep], c=z[keep], cmap=CORRECTNESS_CMAP, vmin=0, vmax=1,
                         s=9, linewidths=0, alpha=0.85)
         n = int(np.max(c["n_seeds"])) if len(c["n_seeds"]) else 0
-        ax.set_title(f"{setup_label(s)} ({keep.size} images, N = {n} seeds)", fontsize=10)
+        ax.set_title(f"{setup_label(s)} ({keep.size} images, N = {n} {plural(n, 'seed')})", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # small ranges have long tick labels
         ax.set_xlabel("variability  (std of $p_{true}$ over epochs)")
         ax.set_ylabel("confidence  (mean $p_{true}$)")
         ax.set_ylim(-0.03, 1.03)

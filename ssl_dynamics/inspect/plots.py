@@ -136,17 +136,23 @@ def compress_ints(values: Iterable[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
-def seed_count_note(setup: str, n_seeds: np.ndarray, epochs: Sequence[int]) -> str | None:
-    """A sentence when the number of evaluated seeds varies over epochs, else None.
+def seed_count_note(setup: str, n_seeds: np.ndarray, epochs: Sequence[int],
+                    absent: Sequence[int] = ()) -> str | None:
+    """A sentence when the number of evaluated seeds varies over epochs, or when some seeds
+    (`absent`: their numbers) have no evaluated epoch at all, else None.
 
     ``n_seeds`` [E] counts valid seeds per epoch index, ``epochs`` the epoch numbers.
     """
     n = np.asarray(n_seeds)
     ep = np.asarray(epochs)
     parts = []
+    if len(absent):
+        parts.append(f"{plural(len(absent), 'seed')} {compress_ints(absent)} "
+                     f"{'has' if len(absent) == 1 else 'have'} no evaluated checkpoint and "
+                     f"{'is' if len(absent) == 1 else 'are'} left out")
     missing = ep[n == 0]
     if missing.size:
-        parts.append(f"epochs {compress_ints(missing)} not evaluated")
+        parts.append(f"{plural(missing.size, 'epoch')} {compress_ints(missing)} not evaluated")
     ok = n > 0
     if ok.any():
         full = int(n[ok].max())
@@ -155,11 +161,17 @@ def seed_count_note(setup: str, n_seeds: np.ndarray, epochs: Sequence[int]) -> s
             by_count = {}
             for e, c in zip(ep[short], n[short]):
                 by_count.setdefault(int(c), []).append(int(e))
-            desc = "; ".join(f"{c} at epochs {compress_ints(es)}" for c, es in sorted(by_count.items()))
+            desc = "; ".join(f"{c} at {plural(len(es), 'epoch')} {compress_ints(es)}"
+                             for c, es in sorted(by_count.items()))
             parts.append(f"{full} seeds at most epochs, {desc}")
     if not parts:
         return None
     return f"{setup}: " + "; ".join(parts)
+
+
+def plural(n: int, word: str) -> str:
+    """'epoch' for one, 'epochs' for more (the noun only: callers put the numbers)."""
+    return word if n == 1 else f"{word}s"
 
 
 def seeds_tag(n_seeds: np.ndarray) -> str:
@@ -169,7 +181,7 @@ def seeds_tag(n_seeds: np.ndarray) -> str:
     if not n.size:
         return "N = 0 seeds"
     lo, hi = int(n.min()), int(n.max())
-    return f"N = {hi} seeds" if lo == hi else f"N = {lo}-{hi} seeds"
+    return f"N = {hi} {plural(hi, 'seed')}" if lo == hi else f"N = {lo}-{hi} seeds"
 
 
 def fmt_p(p: float) -> str:
