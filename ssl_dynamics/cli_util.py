@@ -59,12 +59,15 @@ def run_cli(group: click.Group, resume_hint: str) -> None:
 
 
 def _run_group(group: click.Group) -> None:
-    from .artifacts import remove_unused_folders
+    from .artifacts import created_folders, remove_unused_folders
 
+    mark = created_folders()
     try:
         group.main(standalone_mode=False)
-    finally:  # a refused command leaves no empty output folder behind
-        remove_unused_folders()
+    except BaseException as e:  # a refused command leaves no empty output folder behind
+        if not (isinstance(e, SystemExit) and e.code in (None, 0)):
+            remove_unused_folders(since=mark)
+        raise
 
 
 OUT_OF_MEMORY = ("out of memory: the work does not fit this machine's memory; use a smaller "

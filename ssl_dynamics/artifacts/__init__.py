@@ -5,7 +5,7 @@ package: paths (`RunPaths`), atomic writes and locks (`atomic`), checkpoints and
 checked `load_network` (`checkpoint`), and the validated readers of run.json, setup.json
 and manifests (`run`).
 """
-from .atomic import (atomic_path, broken_link, check_space, check_writable, format_bytes, file_lock, h5_atomic,
+from .atomic import (atomic_path, broken_link, check_space, check_writable, created_folders, format_bytes, file_lock, h5_atomic,
                      is_no_space, is_writable, new_folder,
                      read_json, remove_stale_temps, remove_unused_folders, sha256_bytes, sha256_file,
                      write_bytes_atomic, write_json_atomic, _UMASK)  # noqa: F401
@@ -20,7 +20,7 @@ from .run import (Run, SeedStatus, check_run_json_values, grid_status, load_run_
                   seed_status)
 
 __all__ = [
-    "atomic_path", "broken_link", "check_space", "check_writable", "format_bytes", "file_lock", "h5_atomic", "is_no_space", "is_writable", "new_folder", "read_json",
+    "atomic_path", "broken_link", "check_space", "check_writable", "created_folders", "format_bytes", "file_lock", "h5_atomic", "is_no_space", "is_writable", "new_folder", "read_json",
     "remove_stale_temps", "remove_unused_folders", "sha256_bytes", "sha256_file", "write_bytes_atomic",
     "write_json_atomic", "CHECKPOINT_DTYPES", "CHECKPOINT_FORMAT", "check_header", "header_meta", "load_checkpoint",
     "load_network", "load_weights", "network_shapes", "load_resume", "resume_epoch", "read_checkpoint_bytes", "manifest_sha256", "model_state", "parse_checkpoint",

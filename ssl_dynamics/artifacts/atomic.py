@@ -151,17 +151,24 @@ def _first_missing(folder: Path) -> Path | None:
     return missing
 
 
-def remove_unused_folders() -> None:
-    """Remove the folders `check_writable` created in this process that hold no file (their
-    empty subfolders with them). A folder with any file in it, at any depth, is kept whole,
-    and rmdir refuses a folder that is not empty, so nothing written is ever removed."""
-    while _CREATED:
+def remove_unused_folders(since: int = 0) -> None:
+    """Remove the folders `check_writable` created in this process (those recorded after the
+    first `since`) that hold no file, their empty subfolders with them. A folder with any
+    file in it, at any depth, is kept whole, and rmdir refuses a folder that is not empty,
+    so nothing written is ever removed."""
+    while len(_CREATED) > since:
         top = _CREATED.pop()
         if not top.is_dir() or top.is_symlink() or any(not p.is_dir() for p in top.rglob("*")):
             continue
         for sub in sorted(top.rglob("*"), key=lambda p: -len(p.parts)):  # deepest first
             _rmdir_quietly(sub)
         _rmdir_quietly(top)
+
+
+def created_folders() -> int:
+    """How many folders `check_writable` has created in this process so far (a mark for
+    `remove_unused_folders`)."""
+    return len(_CREATED)
 
 
 def _rmdir_quietly(folder: Path) -> None:
