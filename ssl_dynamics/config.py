@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from .errors import UserError
@@ -317,3 +319,15 @@ def upgrade_setup_dict(d: Any, schema_version: Any) -> Any:
 def canonical_json(d: Any) -> str:
     """A stable text form used to compare configs and stored in file attributes."""
     return json.dumps(d, sort_keys=True, separators=(",", ":"))
+
+
+def absolute_locations(cfg: RunConfig) -> RunConfig:
+    """The config with its data locations (data_root, the path of imagefolder:<path>) made
+    absolute (and ~ expanded), so that run.json names the data wherever phase two runs from."""
+    def absolute(path: str) -> str:  # normpath: "a/../b" is b; symbolic links stay as given
+        return os.path.normpath(Path(path).expanduser().absolute())
+
+    dataset = cfg.dataset
+    if dataset.startswith("imagefolder:"):
+        dataset = "imagefolder:" + absolute(dataset[len("imagefolder:"):])
+    return replace(cfg, dataset=dataset, data_root=absolute(cfg.data_root))

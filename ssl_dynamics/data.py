@@ -15,6 +15,10 @@ import torch
 
 from .errors import UserError
 
+class DataNotFound(UserError):
+    """The dataset is not where the run (or the command line) says it is."""
+
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 
@@ -69,11 +73,11 @@ def load_cifar10(root: str | Path, download: bool = True) -> Dataset:
         train = CIFAR10(str(root), train=True, download=False)
     except RuntimeError:
         if not download:
-            raise UserError(_cifar_missing(root, tried=False)) from None
+            raise DataNotFound(_cifar_missing(root, tried=False)) from None
         try:
             train = CIFAR10(str(root), train=True, download=True)
         except Exception:  # no network, proxy errors, partial downloads: one message
-            raise UserError(_cifar_missing(root, tried=True)) from None
+            raise DataNotFound(_cifar_missing(root, tried=True)) from None
     test = CIFAR10(str(root), train=False, download=False)
     return Dataset(
         name="cifar10",
@@ -93,40 +97,54 @@ def _cifar_missing(root: Path, tried: bool) -> str:
 
 
 def load_imagefolder(path: str | Path, size: int = 32, train_subset: int = 0,
-                     subset_seed: int = 0) -> Dataset:
+                     subset_seed: int = 0, legacy: bool = False) -> Dataset:
     """`train/<class>/*` and `test/<class>/*`; classes sorted by name, files by name; files
-    whose names start with a dot (.DS_Store, editor swap files) are not images and are left
-    out. With `train_subset`, only the subset's training images are decoded."""
+    and folders whose names start with a dot (.DS_Store, .ipynb_checkpoints) are left out.
+    With `train_subset`, only the subset's training images are decoded.
+
+    `legacy`: the listing of runs made before these rules (hidden folders were classes,
+    every entry of a class folder an image, test/ could lack classes), which `load_dataset`
+    falls back to for a run whose recorded checksum only that listing matches."""
     path = Path(path)
     if not (path / "train").is_dir() or not (path / "test").is_dir():
-        raise UserError(f"image folder {path} must contain train/<class>/ and test/<class>/")
+        raise DataNotFound(f"image folder {path} must contain train/<class>/ and test/<class>/")
     classes = tuple(sorted(p.name for p in (path / "train").iterdir()
-                           if p.is_dir() and not p.name.startswith(".")))
+                           if p.is_dir() and (legacy or not p.name.startswith("."))))
     if not classes:
         raise UserError(f"image folder {path}/train has no class folders")
     test_classes = {p.name for p in (path / "test").iterdir() if p.is_dir() and not p.name.startswith(".")}
-    if test_classes != set(classes):
+    if test_classes != set(classes) and not legacy:
         only_train, only_test = sorted(set(classes) - test_classes), sorted(test_classes - set(classes))
         raise UserError(f"image folder {path}: train/ and test/ must have the same class folders"
                         + (f"; only in train/: {', '.join(only_train)}" if only_train else "")
                         + (f"; only in test/: {', '.join(only_test)}" if only_test else ""))
-    train_files, train_y = _list_split(path, "train", classes)
-    test_files, test_y = _list_split(path, "test", classes)
+    train_files, train_y = _list_split(path, "train", classes, legacy)
+    test_files, test_y = _list_split(path, "test", classes, legacy)
     keep = np.arange(len(train_files))
     if train_subset and train_subset < len(train_files):
         keep = stratified_subset(train_y, train_subset, subset_seed).numpy()
     return Dataset(f"imagefolder:{path.name}", _decode(path, [train_files[i] for i in keep], size),
                    train_y[keep], _decode(path, test_files, size), test_y, classes,
                    train_source=keep if len(keep) < len(train_files) else None,
-                   train_files=tuple(train_files[i] for i in keep))
+                   train_files=tuple(_printable(train_files[i]) for i in keep))
 
 
-def _list_split(path: Path, name: str, classes: tuple[str, ...]) -> tuple[list[str], torch.Tensor]:
+def _printable(name: str) -> str:
+    """A file name as text that every writer takes: bytes that are not UTF-8 (os gives them
+    as surrogates) become backslash escapes, e.g. caf\\xe9.png."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _list_split(path: Path, name: str, classes: tuple[str, ...],
+                legacy: bool = False) -> tuple[list[str], torch.Tensor]:
     """(files relative to `path`, labels) of one split, in class order, then by name."""
     files, labels = [], []
     for y, cls in enumerate(classes):
-        found = sorted(f.name for f in (path / name / cls).iterdir()
-                       if not f.name.startswith(".") and not f.is_dir())
+        folder = path / name / cls
+        if legacy:
+            found = sorted(f.name for f in folder.iterdir()) if folder.is_dir() else []
+        else:
+            found = sorted(f.name for f in folder.iterdir() if not f.name.startswith(".") and not f.is_dir())
         files += [f"{name}/{cls}/{f}" for f in found]
         labels += [y] * len(found)
     if not files:
@@ -216,11 +234,12 @@ def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 
 def load_dataset(name: str, data_root: str | Path = "data", train_subset: int = 0,
-                 subset_seed: int = 0, download: bool = True) -> Dataset:
-    """Load by name: cifar10, digits, synthetic, imagefolder:<path>."""
+                 subset_seed: int = 0, download: bool = True, expect_sha256: str | None = None) -> Dataset:
+    """Load by name: cifar10, digits, synthetic, imagefolder:<path>. `expect_sha256`: the
+    checksum a run recorded; an image folder that only the older listing rules give it
+    for is loaded with them (`load_imagefolder(legacy=True)`)."""
     if name.startswith("imagefolder:"):  # subsets itself: only the chosen images are decoded
-        ds = load_imagefolder(name[len("imagefolder:"):], train_subset=train_subset,
-                              subset_seed=subset_seed)
+        ds = _imagefolder_of_run(name[len("imagefolder:"):], train_subset, subset_seed, expect_sha256)
         subset = ds.train_source is not None
     elif name == "cifar10":
         ds = load_cifar10(data_root, download=download)
@@ -236,3 +255,25 @@ def load_dataset(name: str, data_root: str | Path = "data", train_subset: int = 
             idx = stratified_subset(ds.train_y, train_subset, subset_seed)
             ds = replace(ds, train_x=ds.train_x[idx], train_y=ds.train_y[idx], train_source=idx.numpy())
     return replace(ds, name=f"{ds.name}[{train_subset}@{subset_seed}]") if subset else ds
+
+
+def _imagefolder_of_run(path: str, train_subset: int, subset_seed: int,
+                        expect_sha256: str | None) -> Dataset:
+    """The image folder under today's rules, or under the older ones when only those give
+    the checksum the run recorded (a run trained before hidden folders were left out)."""
+    try:
+        ds, refused = load_imagefolder(path, train_subset=train_subset, subset_seed=subset_seed), None
+    except DataNotFound:
+        raise
+    except UserError as e:
+        ds, refused = None, e
+    if expect_sha256 and (ds is None or ds.identity()["sha256"] != expect_sha256):
+        try:
+            old = load_imagefolder(path, train_subset=train_subset, subset_seed=subset_seed, legacy=True)
+        except UserError:
+            old = None
+        if old is not None and old.identity()["sha256"] == expect_sha256:
+            return old
+    if ds is None:
+        raise refused
+    return ds

@@ -160,3 +160,38 @@ def test_identity_covers_every_split_and_the_digits_split_is_pinned():
     assert (len(ds.train_y), len(ds.test_y)) == (1438, 359)
     assert ds.train_y[:12].tolist() == [0, 1, 3, 4, 5, 6, 7, 8, 9, 0, 1, 4]
     assert ds.identity()["sha256"] == load_digits().identity()["sha256"]
+
+
+def test_a_file_name_that_is_not_utf8_is_kept_as_printable_text(tmp_path):
+    import os
+
+    _folder(tmp_path, classes=("a",), n_train=(1,), n_test=1)
+    raw = os.path.join(os.fsencode(tmp_path / "train" / "a"), b"caf\xe9.png")  # Latin-1 bytes
+    with open(raw, "wb") as f:
+        Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(f, format="png")
+    ds = load_imagefolder(tmp_path)
+    assert ds.train_files == ("train/a/0000.png", "train/a/caf\\xe9.png")
+    assert (ds.train_x[1] == 7).all()  # decoded from the real file
+    "".join(ds.train_files).encode("utf-8")  # any writer (HDF5, Parquet) takes them
+
+
+def test_a_run_made_under_the_older_listing_rules_still_finds_its_data(tmp_path):
+    """Before hidden folders were left out they were classes, and test/ could lack a class:
+    a run trained then recorded that dataset's checksum, and loading it with that checksum
+    falls back to those rules (anything else keeps today's)."""
+    _folder(tmp_path)
+    hidden = tmp_path / "train" / ".extra"
+    hidden.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(hidden / "0.png")  # a class then
+    old = load_imagefolder(tmp_path, legacy=True)
+    assert old.classes == (".extra", "a", "b", "c") and len(old.train_y) == 13
+    new = load_dataset(f"imagefolder:{tmp_path}")
+    assert new.classes == ("a", "b", "c")
+    sha = old.identity()["sha256"]
+    assert load_dataset(f"imagefolder:{tmp_path}", expect_sha256=sha).identity()["sha256"] == sha
+    assert load_dataset(f"imagefolder:{tmp_path}", expect_sha256="0" * 64).classes == ("a", "b", "c")
+    shutil.rmtree(tmp_path / "test" / "c")  # test/ lacks a class: refused unless a run needs it
+    with pytest.raises(UserError, match="only in train/: c"):
+        load_dataset(f"imagefolder:{tmp_path}")
+    sha = load_imagefolder(tmp_path, legacy=True).identity()["sha256"]
+    assert load_dataset(f"imagefolder:{tmp_path}", expect_sha256=sha).identity()["sha256"] == sha

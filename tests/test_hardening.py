@@ -493,6 +493,20 @@ def test_an_image_folder_run_records_where_its_data_and_each_probe_image_are(tmp
         assert row.source_file.split("/")[1] == row.class_name
         assert np.array_equal(np.asarray(Image.open(tmp_path / "images" / row.source_file)),
                               probes[row.probe].transpose(1, 2, 0))
+    # an unreadable image is named as such, without blaming the data's location
+    victim = tmp_path / "images" / df.source_file.iloc[0]
+    kept = victim.read_bytes()
+    victim.write_bytes(b"not an image")
+    code, err = call(inspect_cli.main, ["rt", out, "--no-progress", "--bank", tmp_path / "b2.h5",
+                                      "--store", tmp_path / "s2.zarr"],
+                     monkeypatch, capsys)
+    assert code == 2 and "cannot read image" in err and "run.json" not in err, err
+    victim.write_bytes(kept)
+    # `train extend` records a path given relative to another folder as the same absolute one
+    code, err = call(train_cli.main, ["extend", out, "--setup", "supervised", "--to", "2", "--device", "cpu",
+                                      "--no-progress", "--dataset", "imagefolder:../images"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads((out / "run.json").read_text())["config"]["dataset"] == f"imagefolder:{tmp_path / 'images'}"
     # a run that recorded a relative path: the refusal says where the path came from
     meta = json.loads((out / "run.json").read_text())
     meta["config"]["dataset"] = "imagefolder:images"

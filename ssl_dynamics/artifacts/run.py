@@ -231,16 +231,20 @@ class Run:
         `dataset` / `data_root` say where it is now when the run moved from its machine
         (e.g. imagefolder:<new path>); the checksum decides whether it is the same data.
         """
-        from ..data import load_dataset
+        from ..config import absolute_locations
+        from ..data import DataNotFound, load_dataset
 
         c = self.cfg
         if dataset:
             c = replace(c, dataset=dataset)
         if data_root:
             c = replace(c, data_root=str(data_root))
+        if dataset or data_root:  # ~ expanded, as `train run` records it
+            c = absolute_locations(c)
         try:
-            ds = load_dataset(c.dataset, c.data_root, c.train_subset, c.subset_seed, download=False)
-        except UserError as e:
+            ds = load_dataset(c.dataset, c.data_root, c.train_subset, c.subset_seed, download=False,
+                              expect_sha256=self.dataset_sha256)
+        except DataNotFound as e:
             if dataset or data_root:
                 raise
             where = c.dataset if c.dataset.startswith("imagefolder:") else f"{c.dataset} in {c.data_root}"

@@ -77,7 +77,8 @@ def train_request(cfg, device, precision, channels_last, deterministic, checkpoi
 def grid_config(preset_name, setups, seeds, epochs, dataset, data_root, assignments, out=None):
     """(RunConfig, chosen setups) from the grid options. `preset_name` None (no --preset): an
     existing run directory `out` continues with the settings it records, else the thesis's."""
-    from .prepare import absolute_locations, recorded_config
+    from ..config import absolute_locations
+    from .prepare import recorded_config
 
     cfg, trained = recorded_config(out, split_names(setups), click.echo) if preset_name is None else (None, None)
     cfg = cfg or preset(preset_name or "thesis")

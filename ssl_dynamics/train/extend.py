@@ -18,7 +18,7 @@ import click
 
 from ..artifacts import load_run_config
 from ..cli_util import split_names
-from ..config import parse_seeds
+from ..config import absolute_locations, parse_seeds
 from ..errors import UserError
 from .grid import refuse_damaged, train_grid
 from .cli_options import how_options
@@ -57,6 +57,8 @@ def extend_grid(root: str | Path, setups: list[str], until: int, opts: TrainOpti
         cfg = replace(cfg, data_root=str(data_root))
     if dataset:
         cfg = replace(cfg, dataset=dataset)
+    if data_root or dataset:  # recorded as absolute paths (`train run` does the same)
+        cfg = absolute_locations(cfg)
     return train_grid(root, cfg, setups, opts, check_disk=check_disk, download=False, echo=echo,
                       progress=progress, until={s: until for s in setups})
 

@@ -117,7 +117,7 @@ def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions
         raise UserError(f"output directory {root} is not writable ({base} is read-only)") from None
     check_run(art.RunPaths(root), cfg, setups, None)  # what needs no data: before loading it
     dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.train_subset, cfg.subset_seed,
-                           download=download)
+                           download=download, expect_sha256=recorded_dataset_sha(art.RunPaths(root)))
     for name in setups:
         if cfg.setups[name].objective == "classify" and cfg.setups[name].head_dim < dataset.n_classes:
             raise UserError(f"setup {name}: head_dim {cfg.setups[name].head_dim} is smaller than "
@@ -165,13 +165,24 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
+def recorded_dataset_sha(paths: art.RunPaths) -> str | None:
+    """The dataset checksum run.json records (None for a new or unreadable run: `check_run`
+    judges those)."""
+    try:
+        sha = art.read_json(paths.run_json, dict).get("dataset", {}).get("sha256")
+    except (OSError, UserError, AttributeError):
+        return None
+    return sha if isinstance(sha, str) else None
+
+
 def open_prepared(root: str | Path, cfg: RunConfig, setups: list[str]) -> tuple[art.RunPaths, Dataset]:
     """The paths and dataset of a run directory another process prepared (`prepare_run`) for
     this config: what a device worker or a cluster job opens. Reads only."""
     paths = art.RunPaths(root)
     if not paths.run_json.exists():
         raise UserError(f"{root} has no run.json: it was not prepared for training (or was moved)")
-    dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.train_subset, cfg.subset_seed, download=False)
+    dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.train_subset, cfg.subset_seed, download=False,
+                           expect_sha256=recorded_dataset_sha(paths))
     if check_run(paths, cfg, setups, dataset):
         raise UserError(f"{root} was changed since this work was planned: its config differs")
     return paths, dataset

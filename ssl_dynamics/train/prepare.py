@@ -21,7 +21,7 @@ import torch
 from .. import __version__
 from .. import artifacts as art
 from ..cluster.records import ranges
-from ..config import (SCHEMA_VERSION, RunConfig, SetupConfig, canonical_json, canonical_order, preset,
+from ..config import (SCHEMA_VERSION, RunConfig, absolute_locations, SetupConfig, canonical_json, canonical_order, preset,
                       setup_from_dict)
 from ..data import Dataset
 from ..errors import UserError
@@ -38,13 +38,15 @@ def dataset_kind(name: str) -> str:
     return name.split(":", 1)[0]
 
 
-def absolute_locations(cfg: RunConfig) -> RunConfig:
-    """The config with its data locations (data_root, the path of imagefolder:<path>) made
-    absolute, so that run.json names the data wherever phase two later runs from."""
-    dataset = cfg.dataset
-    if dataset.startswith("imagefolder:"):
-        dataset = "imagefolder:" + str(Path(dataset[len("imagefolder:"):]).expanduser().absolute())
-    return replace(cfg, dataset=dataset, data_root=str(Path(cfg.data_root).expanduser().absolute()))
+def _same_places_kept(recorded, config: dict) -> dict:
+    """`config` with the recorded spelling of a data location that names the same place
+    (a run made with a relative path keeps its run.json unchanged by a rerun from there)."""
+    if not isinstance(recorded, dict):
+        return config
+    same = {k: recorded[k] for k in ("data_root", "dataset")
+            if isinstance(recorded.get(k), str) and recorded[k] != config[k]
+            and absolute_locations(replace(RunConfig(), **{k: recorded[k]})).to_dict()[k] == config[k]}
+    return {**config, **same}
 
 
 def package_versions() -> dict[str, str]:
@@ -364,7 +366,8 @@ def _run_record(paths: art.RunPaths, cfg: RunConfig, setups: list[str], dataset:
     run_json = art.read_json(paths.run_json, dict) if paths.run_json.exists() else {}
     run_json.update({
         "schema_version": SCHEMA_VERSION,
-        "config": {k: v for k, v in cfg.to_dict().items() if k not in ("setups", "seeds")},
+        "config": _same_places_kept(run_json.get("config"),
+                                    {k: v for k, v in cfg.to_dict().items() if k not in ("setups", "seeds")}),
         "seeds": sorted(set(run_json.get("seeds", [])) | set(cfg.seeds)),
         "setups": sorted(set(run_json.get("setups", [])) | set(setups)),
         "dataset": dataset.identity(),
