@@ -220,3 +220,24 @@ def test_analysis_h5_groups_of_the_analyses_open_with_named_dims(tmp_path):
         with xr.open_dataset(out.analysis, group="classes/simclr", engine="h5netcdf") as ds:
             assert ds.class_mean_r_t.dims == ("epoch", "class")
             assert ds["class"].values.tolist() == CLASSES
+
+
+def test_archive_attributes_come_back_as_they_were_written(tmp_path):
+    """Every value a setup's attributes may hold reads back with its value and type, whatever
+    it looks like (a string that reads as JSON, a big int, a one-element or empty list)."""
+    import h5py
+
+    from ssl_dynamics.inspect.rtdata import _from_h5, portable_attrs
+
+    values = {"precision": "fp32", "null_word": "null", "digits": "12", "list_text": "[1,2]",
+              "quoted": '"hi"', "broken": "{oops", "nested": [[1, 2], [3]], "mixed": [1, 2.5],
+              "bools": [True, 2], "big": 2**70, "one": [0], "none_yet": [], "config": {"x": 1},
+              "int": 3, "float": 2.5, "flag": True, "floats": [1.0, 2.0], "nothing": None,
+              "seeds": [0, 1, 2]}
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.attrs.update(portable_attrs(values))
+        assert f.attrs["seeds"].dtype == np.int64 and f.attrs["precision"] == "fp32"  # plain values
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        back = {k: _from_h5(v) for k, v in f.attrs.items()}
+    for k, v in values.items():
+        assert back[k] == v and type(back[k]) is type(v), (k, v, back[k])

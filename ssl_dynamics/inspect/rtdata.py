@@ -137,19 +137,38 @@ ATTRS_ENCODING = ("attrs_encoding", "plain")
 
 def portable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     """Attributes as HDF5 and netCDF hold them, so that readers of any export see the values
-    the Zarr store has: numbers and strings as they are, flat lists of numbers as arrays,
-    anything else (dicts such as setup_config, booleans) as JSON text."""
-    out = {}
-    for k, v in attrs.items():
-        v = v.item() if isinstance(v, np.generic) else v
-        arr = np.asarray(v) if isinstance(v, (list, tuple, np.ndarray)) else None
-        if isinstance(v, (str, int, float)) and not isinstance(v, bool):
-            out[k] = v
-        elif arr is not None and arr.ndim == 1 and arr.size and arr.dtype.kind in "iuf":
-            out[k] = arr.astype(np.int64 if arr.dtype.kind in "iu" else np.float64)
-        else:
-            out[k] = json.dumps(v, default=_json_value)
-    return out
+    the Zarr store has: numbers and strings as they are, flat lists of only ints (int64) or
+    only floats as arrays, anything else (dicts such as setup_config, booleans, nested or
+    mixed lists, a string that reads as JSON) as JSON text. `_from_h5` reverses it."""
+    return {k: _portable(v) for k, v in attrs.items()}
+
+
+INT64 = (-2**63, 2**63 - 1)  # what an HDF5 integer attribute holds; larger ints go as JSON
+
+
+def _portable(v: Any) -> Any:
+    v = v.item() if isinstance(v, np.generic) else v
+    v = v.tolist() if isinstance(v, np.ndarray) else v
+    if isinstance(v, str):
+        return json.dumps(v) if _reads_as_json(v) else v
+    if isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool) and INT64[0] <= v <= INT64[1]):
+        return v
+    if isinstance(v, (list, tuple)) and v:
+        if all(type(x) is int and INT64[0] <= x <= INT64[1] for x in v):
+            return np.asarray(v, dtype=np.int64)
+        if all(type(x) is float for x in v):
+            return np.asarray(v, dtype=np.float64)
+    return json.dumps(v, default=_json_value)
+
+
+def _reads_as_json(v: str) -> bool:
+    """Whether a string attribute is JSON text (`_portable` encodes a string that would
+    read as JSON, such as "null" or "12", as JSON itself, so every string comes back whole)."""
+    try:
+        json.loads(v)
+        return True
+    except ValueError:
+        return False
 
 
 def _json_value(v):
@@ -169,8 +188,7 @@ def _from_h5(v: Any) -> Any:
         return v.item()
     if isinstance(v, bytes):
         v = v.decode()
-    is_json = isinstance(v, str) and (v[:1] in ("{", "[", '"') or v in ("true", "false", "null"))
-    return json.loads(v) if is_json else v
+    return json.loads(v) if isinstance(v, str) and _reads_as_json(v) else v
 
 
 def is_rt_archive(path: Path) -> bool:
