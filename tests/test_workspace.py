@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -78,6 +79,9 @@ def test_a_refused_command_leaves_no_new_work_folder(tiny_rt, tmp_path):
 
 
 def test_only_created_folders_without_files_are_removed(tmp_path):
+    earlier = tmp_path / "earlier"
+    art.check_writable(earlier)  # made by an earlier command of this process: not ours
+    mark = art.created_folders()
     empty, used, before = tmp_path / "a" / "b", tmp_path / "used" / "x", tmp_path / "before"
     before.mkdir()
     for folder in (empty, used, before):
@@ -85,11 +89,36 @@ def test_only_created_folders_without_files_are_removed(tmp_path):
     (used / "sub").mkdir()
     (used / "sub" / "file").write_text("kept")
     (tmp_path / "a" / "b" / "c").mkdir()  # an empty subfolder goes with its empty parent
-    art.remove_unused_folders()
-    assert not (tmp_path / "a").exists() and before.is_dir()
+    art.remove_unused_folders(since=mark)
+    assert not (tmp_path / "a").exists() and before.is_dir() and earlier.is_dir()
     assert (used / "sub" / "file").read_text() == "kept"
-    art.remove_unused_folders()  # the record is emptied: a second call does nothing
-    assert before.is_dir()
+    assert art.created_folders() == mark  # the record is emptied down to the mark
+
+
+def test_a_command_that_succeeds_keeps_the_folder_it_made(tmp_path, monkeypatch):
+    import click
+
+    from ssl_dynamics.cli_util import run_cli
+
+    @click.group()
+    def group():
+        pass
+
+    @group.command()
+    @click.argument("where")
+    @click.option("--fail", is_flag=True)
+    def make(where, fail):
+        art.check_writable(Path(where))
+        if fail:
+            raise UserError("refused")
+
+    for fail, kept in ((False, True), (True, False)):
+        target = tmp_path / f"made-{fail}"
+        monkeypatch.setattr(sys, "argv", ["prog", "make", str(target)] + ["--fail"] * fail)
+        with pytest.raises(SystemExit) as e:
+            run_cli(group, "rerun")
+            raise SystemExit(0)
+        assert (e.value.code == 0) is kept and target.is_dir() is kept
 
 
 def test_the_report_says_which_store_each_analysis_read(tiny_rt, tmp_path):
@@ -101,14 +130,14 @@ def test_the_report_says_which_store_each_analysis_read(tiny_rt, tmp_path):
         assert r.exit_code == 0, r.output
     page = run / "inspect" / "report" / "index.html"
     assert "note:" not in CliRunner().invoke(cli, ["report", str(run)]).output
-    one = f"r_t of dynamics, classes: {(run / 'inspect' / 'rt.zarr').resolve()} (24 probe images x 3 replays)."
+    one = "r_t of dynamics, classes: rt.zarr (24 probe images x 3 replays)."  # the work folder's own
     assert one in page.read_text()
     r = CliRunner().invoke(cli, ["classes", str(run), "--store", str(other / "rt.zarr")])
     assert r.exit_code == 0 and "note: other analyses in" in r.output and "read another r_t store" in r.output
     CliRunner().invoke(cli, ["report", str(run)])
     text = page.read_text()
     assert "These analyses read 2 different r_t stores" in text
-    assert f"<b>dynamics</b>: {(run / 'inspect' / 'rt.zarr').resolve()} (24 probe images" in text
+    assert "<b>dynamics</b>: rt.zarr (24 probe images" in text
     assert f"<b>classes</b>: {(other / 'rt.zarr').resolve()} (16 probe images x 10 replays)" in text
     r = CliRunner().invoke(cli, ["classes", str(run)])  # back to one store: one line again
     CliRunner().invoke(cli, ["report", str(run)])
@@ -116,6 +145,15 @@ def test_the_report_says_which_store_each_analysis_read(tiny_rt, tmp_path):
     sources = json.loads((run / "inspect" / "sources.json").read_text())
     live = set(json.loads((run / "inspect" / "outputs.json").read_text()).values())
     assert live <= set(sources) and len(set(sources) - live) == 1  # pruned as each command starts
+    # the same evaluations through its .h5 export are the same store, not a second one
+    from ssl_dynamics.inspect.rtdata import export_h5
+    from ssl_dynamics.inspect.store import RtStore
+
+    export_h5(RtStore(run / "inspect" / "rt.zarr", writable=False), tmp_path / "same.h5")
+    r = CliRunner().invoke(cli, ["classes", str(run), "--store", str(tmp_path / "same.h5")])
+    assert r.exit_code == 0 and "read another r_t store" not in r.output, r.output
+    CliRunner().invoke(cli, ["report", str(run)])
+    assert "different r_t stores" not in page.read_text()
 
 
 def test_rt_fills_the_h5_archive_the_analyses_read(tiny_rt, tmp_path):

@@ -191,8 +191,8 @@ def run_binomial(data: dict[str, SetupRt], out: Outputs, p0s: Sequence[float] = 
     r_all = {s: per[s]["r"] for s in data}
     spread = {s: per[s]["spread"] for s in data if any(per[s]["spread"])}
     figures = [figs.fig_counts(data, p0s, {s: per[s]["chi_fig"] for s in data}, out),
-               figs.fig_sorted_tilde(data, p0s, {s: per[s]["chi_fig"] for s in data}, out),
-               figs.fig_noise(data, p0s, {s: per[s]["mae_fig"] for s in data}, r_all, out)]
+               figs.fig_sorted_tilde(data, p0s, {s: per[s]["chi_fig"] for s in data}, out, mode == "range"),
+               figs.fig_noise(data, p0s, {s: per[s]["mae_fig"] for s in data}, r_all, out, mode == "range")]
     if spread:
         figures.append(figs.fig_spread(spread, out))
         for s, items in spread.items():

@@ -61,7 +61,7 @@ def fig_counts(data, p0s, chi_fig, out):
     return out.save_figure(fig, "fig4_3_binomial_counts")
 
 
-def _noise_panels(data, p0s, infos, sorted_values, label, filled: bool):
+def _noise_panels(data, p0s, infos, sorted_values, label, filled: bool, own_range: bool = False):
     """One panel per setup: per reached level, sorted values (solid) vs sorted noise (dashed)."""
     setups = list(data)
     plt, fig, axes = new_figure(len(setups), panel_size=(4.6, 3.5), max_cols=2)
@@ -80,16 +80,18 @@ def _noise_panels(data, p0s, infos, sorted_values, label, filled: bool):
         if ax.get_legend_handles_labels()[0]:  # sorted curves rise to the right: upper left is free
             ax.legend(title="epoch t / $\\hat p_0(t)$", loc="upper left", fontsize=8)
         else:
-            ax.text(0.5, 0.5, f"no accuracy level p0 = {', '.join(f'{p:g}' for p in p0s)} reached\n"
-                    f"(inspect binomial --p0 range uses the setup's own)", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=9, color="#555555")
+            why = ("no accuracy level reached: its mean accuracy does not change" if own_range else
+                   f"no accuracy level p0 = {', '.join(f'{p:g}' for p in p0s)} reached\n"
+                   f"(--p0 range takes levels from the setup's own range)")
+            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, fontsize=9,
+                    color="#555555")
     return fig, axes
 
 
-def fig_sorted_tilde(data, p0s, chi_fig, out):
+def fig_sorted_tilde(data, p0s, chi_fig, out, own_range: bool = False):
     """Fig. 4.3 as the thesis drew it: sorted r̃_t (thick) vs sorted binomial noise (dashed)."""
     fig, axes = _noise_panels(data, p0s, chi_fig, lambda s, i: np.sort(i["r_tilde"]),
-                              lambda i: f"{i['epoch']} / {i['p_hat']:.3f} (N={i['n']})", False)
+                              lambda i: f"{i['epoch']} / {i['p_hat']:.3f} (N={i['n']})", False, own_range)
     for ax in axes:
         rate_axis(ax, RTILDE_LABEL)
         ax.set_xlabel("augmented images sorted by $\\tilde r_t$ (rank / K)")
@@ -98,10 +100,12 @@ def fig_sorted_tilde(data, p0s, chi_fig, out):
     return out.save_figure(fig, "fig4_3_sorted_rtilde")
 
 
-def fig_noise(data, p0s, mae_fig, r_all, out):
-    """Fig. 4.4: sorted r_t (thick) vs sorted binomial noise (dashed), area between filled."""
+def fig_noise(data, p0s, mae_fig, r_all, out, own_range: bool = False):
+    """Fig. 4.4: sorted r_t (thick) vs sorted binomial noise (dashed), area between filled.
+    `own_range`: the levels are fractions of each setup's range (`--p0 range`)."""
     fig, axes = _noise_panels(data, p0s, mae_fig, lambda s, i: np.sort(r_all[s][i["t"]]),
-                              lambda i: f"{i['epoch']} / {i['p_hat']:.3f}  (MAE {i['mae']:.3f})", True)
+                              lambda i: f"{i['epoch']} / {i['p_hat']:.3f}  (MAE {i['mae']:.3f})", True,
+                              own_range)
     for ax in axes:
         rate_axis(ax)
     fig.suptitle("Sorted $r_t$ (solid) vs sorted binomial noise Binom(N, $\\hat p_0$)/N (dashed), "

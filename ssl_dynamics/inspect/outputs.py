@@ -234,12 +234,18 @@ class Outputs:
         `SetupRt`s as read), so that the report can say which store each analysis used.
         Recorded in sources.json with this session's first output (a refused analysis
         records nothing)."""
+        from .rtdata import open_store
+
         first = next(iter(data.values()), None)
         shape = {} if first is None else {"probes": int(first.correct.shape[3]),
                                           "replays": int(first.correct.shape[2])}
-        self._source = {"store": str(Path(path).resolve()), **shape}
-        others = sorted({src["store"] for src in stores_of_outputs(self.root).values()}
-                        - {self._source["store"]})
+        with open_store(path) as st:  # the same evaluations keep their id when copied or exported
+            store_id = st.root_attrs().get("store_id")
+        self._source = {"store": str(Path(path).resolve()), **shape,
+                        **({"store_id": str(store_id)} if store_id else {})}
+        mine = store_key(self._source)
+        others = sorted({src["store"] for src in stores_of_outputs(self.root).values()
+                         if store_key(src) != mine})
         if others:
             self.echo(f"note: other analyses in {self.root} read another r_t store ({', '.join(others)}); "
                       f"the report says which read which")
@@ -300,6 +306,12 @@ def _read_dict(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def store_key(source: dict) -> str:
+    """What makes two recorded stores the same evaluations: the store's id (kept when a store
+    is exported or its run moved), else its path (stores made before ids)."""
+    return str(source.get("store_id") or source.get("store"))
 
 
 def stores_of_outputs(root: Path) -> dict[str, dict]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import artifacts as art
 from .binomial_rows import ordinal, spread_step
-from .outputs import STEP_OUTPUTS, matches, stale_outputs, stores_of_outputs, work_lock
+from .outputs import STEP_OUTPUTS, matches, stale_outputs, store_key, stores_of_outputs, work_lock
 from .workspace import Workspace
 
 # (name, title, what it shows) in reading order; figures and tables share the namespace.
@@ -343,17 +343,23 @@ def _stores_html(work: Path, skipped: list[dict]) -> str:
         return ""
 
     def describe_store(src: dict) -> str:
+        where = Path(src["store"])
+        if work.resolve() in where.parents:  # the work folder's own store: as the folder moves
+            where = where.relative_to(work.resolve())
         size = (f" ({src['probes']} probe images x {src['replays']} replays)"
                 if "probes" in src and "replays" in src else "")
-        return f"{src['store']}{size}"
+        return f"{where}{size}"
 
     by_store: dict[str, list[str]] = {}
+    described: dict[str, str] = {}
     for step, src in used.items():
-        by_store.setdefault(describe_store(src), []).append(step)
+        by_store.setdefault(store_key(src), []).append(step)
+        described.setdefault(store_key(src), describe_store(src))
     if len(by_store) == 1:
-        return f"<p class=what>r_t of {', '.join(used)}: {html.escape(next(iter(by_store)))}.</p>"
-    items = "".join(f"<li><b>{html.escape(', '.join(steps))}</b>: {html.escape(where)}</li>"
-                    for where, steps in by_store.items())
+        return (f"<p class=what>r_t of {', '.join(used)}: "
+                f"{html.escape(described[next(iter(by_store))])}.</p>")
+    items = "".join(f"<li><b>{html.escape(', '.join(steps))}</b>: {html.escape(described[key])}</li>"
+                    for key, steps in by_store.items())
     return (f"<div class=skipped><p>These analyses read {len(by_store)} different r_t stores, so "
             f"their numbers are not comparable; rerun them with one <code>--store</code>, or give "
             f"each store its own <code>--work</code> folder:</p><ul>{items}</ul></div>")
