@@ -29,7 +29,7 @@ install:  ## (re)install now
 	rm -f $(STAMP)
 	$(MAKE) $(STAMP)
 
-test: $(STAMP)  ## the test suite (CPU, about nine minutes on 2 cores)
+test: $(STAMP)  ## the test suite (CPU, about eleven minutes on 2 cores)
 	$(PYTHON) -m pytest -q tests
 
 train-all:  ## the thesis grid: 4 setups x 30 seeds into $(RUN) (GPU box; resumes after a kill; DEVICES=all: every GPU)
