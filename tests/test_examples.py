@@ -208,6 +208,11 @@ def test_export_netcdf_and_parquet(run, tmp_path):
     assert "computing" in invoke("export", run, "--to", "parquet")
     r = CliRunner().invoke(cli, ["export", str(run), "--to", "netcdf", "--out", str(run / "inspect" / "rt.zarr")])
     assert r.exit_code != 0 and "the r_t store itself" in str(r.exception)
+    # a table of some setups only is not the store's table: the export makes the whole one
+    invoke("examples", run, "--setup", "supervised", "--no-progress")
+    assert set(pd.read_parquet(run / "inspect" / "tables" / "examples.parquet").setup) == {"supervised"}
+    assert "computing" in invoke("export", run, "--to", "parquet", "--out", target, "--force")
+    assert set(pd.read_parquet(target).setup) == set(SETUPS)
 
 
 def test_export_of_an_h5_archive_leaves_no_temp_and_the_users_table_alone(run, tmp_path):

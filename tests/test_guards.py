@@ -315,3 +315,29 @@ def test_a_negative_epoch_is_refused_not_silently_skipped(tiny_rt, tmp_path):
     run = private_copy(tiny_rt, tmp_path)
     with pytest.raises(UserError, match=r"epoch\(s\) -1 not in this run"):
         rt(run, epochs=[-1])
+
+
+def test_a_store_made_before_bank_settings_were_recorded_accepts_the_same_bank(tiny_rt, tmp_path):
+    """Such a store is judged on what it shows: a deterministic setup (random_labels: no
+    augmentation) holds one replay, not M, and that is no sign of another bank."""
+    import warnings
+
+    import zarr
+    from _util import private_copy
+
+    from conftest import TINY_BANK
+    from ssl_dynamics.inspect import bank as bank_mod
+    from ssl_dynamics.inspect.rt_plan import check_new_bank
+
+    run = private_copy(tiny_rt, tmp_path)
+    store = run / "inspect" / "rt.zarr"
+    root = zarr.open_group(str(store), mode="r+")
+    del root.attrs["bank_spec"]
+    assert root["random_labels/correct"].shape[2] == 1 and root["supervised/correct"].shape[2] == 3
+    with warnings.catch_warnings():  # zarr: consolidated metadata is not in the v3 spec yet
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(store))
+    ws_run = art.Run.open(run)
+    check_new_bank(ws_run, store, tmp_path / "new.h5", bank_mod.BankSpec(**TINY_BANK))
+    with pytest.raises(UserError, match="made from another bank"):
+        check_new_bank(ws_run, store, tmp_path / "new.h5", bank_mod.BankSpec(**{**TINY_BANK, "n_replays": 4}))
