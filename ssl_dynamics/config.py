@@ -321,13 +321,21 @@ def canonical_json(d: Any) -> str:
     return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
 
-def absolute_locations(cfg: RunConfig) -> RunConfig:
-    """The config with its data locations (data_root, the path of imagefolder:<path>) made
-    absolute (and ~ expanded), so that run.json names the data wherever phase two runs from."""
-    def absolute(path: str) -> str:  # normpath: "a/../b" is b; symbolic links stay as given
+LOCATION_FIELDS = ("data_root", "dataset")  # where the data lies: may differ between machines
+
+
+def absolute_location(field: str, value: str) -> str:
+    """A data location (`data_root`, or the path of `dataset` imagefolder:<path>) made
+    absolute, ~ expanded and normalized ("a/../b" is b; symbolic links stay as given)."""
+    def absolute(path: str) -> str:
         return os.path.normpath(Path(path).expanduser().absolute())
 
-    dataset = cfg.dataset
-    if dataset.startswith("imagefolder:"):
-        dataset = "imagefolder:" + absolute(dataset[len("imagefolder:"):])
-    return replace(cfg, dataset=dataset, data_root=absolute(cfg.data_root))
+    if field == "dataset":
+        return f"imagefolder:{absolute(value[len('imagefolder:'):])}" if value.startswith("imagefolder:") else value
+    return absolute(value)
+
+
+def absolute_locations(cfg: RunConfig) -> RunConfig:
+    """The config with its data locations made absolute (`absolute_location`), so that
+    run.json names the data wherever phase two runs from."""
+    return replace(cfg, **{f: absolute_location(f, getattr(cfg, f)) for f in LOCATION_FIELDS})

@@ -6,6 +6,7 @@ part of the contract: it is fixed and its checksum is the dataset's identity.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,12 +49,16 @@ class Dataset:
 
     def identity(self) -> dict:
         """Name, sizes and a checksum of pixels and labels: what phase two checks against."""
+        return {"name": self.name, "n_train": int(len(self.train_y)),
+                "n_test": int(len(self.test_y)), "shape": list(self.train_x.shape[1:]),
+                "sha256": self._sha256}
+
+    @functools.cached_property
+    def _sha256(self) -> str:  # hashed once per dataset (hundreds of MB for CIFAR-10)
         h = hashlib.sha256()
         for t in (self.train_x, self.train_y, self.test_x, self.test_y):
             h.update(np.ascontiguousarray(t.numpy()).tobytes())
-        return {"name": self.name, "n_train": int(len(self.train_y)),
-                "n_test": int(len(self.test_y)), "shape": list(self.train_x.shape[1:]),
-                "sha256": h.hexdigest()}
+        return h.hexdigest()
 
 
 def _to_uint8_nchw(arr: np.ndarray) -> torch.Tensor:
@@ -240,21 +245,19 @@ def load_dataset(name: str, data_root: str | Path = "data", train_subset: int = 
     for is loaded with them (`load_imagefolder(legacy=True)`)."""
     if name.startswith("imagefolder:"):  # subsets itself: only the chosen images are decoded
         ds = _imagefolder_of_run(name[len("imagefolder:"):], train_subset, subset_seed, expect_sha256)
-        subset = ds.train_source is not None
-    elif name == "cifar10":
-        ds = load_cifar10(data_root, download=download)
-    elif name == "digits":
-        ds = load_digits()
-    elif name == "synthetic":
-        ds = make_synthetic()
     else:
-        raise UserError(f"unknown dataset {name!r}: use cifar10, digits, synthetic or imagefolder:<path>")
-    if not name.startswith("imagefolder:"):
-        subset = bool(train_subset) and train_subset < len(ds.train_y)
-        if subset:
+        if name == "cifar10":
+            ds = load_cifar10(data_root, download=download)
+        elif name == "digits":
+            ds = load_digits()
+        elif name == "synthetic":
+            ds = make_synthetic()
+        else:
+            raise UserError(f"unknown dataset {name!r}: use cifar10, digits, synthetic or imagefolder:<path>")
+        if train_subset and train_subset < len(ds.train_y):
             idx = stratified_subset(ds.train_y, train_subset, subset_seed)
             ds = replace(ds, train_x=ds.train_x[idx], train_y=ds.train_y[idx], train_source=idx.numpy())
-    return replace(ds, name=f"{ds.name}[{train_subset}@{subset_seed}]") if subset else ds
+    return ds if ds.train_source is None else replace(ds, name=f"{ds.name}[{train_subset}@{subset_seed}]")
 
 
 def _imagefolder_of_run(path: str, train_subset: int, subset_seed: int,

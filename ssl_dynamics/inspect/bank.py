@@ -197,31 +197,20 @@ def read_fingerprint(path: str | Path) -> str:
         raise UserError(f"corrupt bank {path}: {e}") from None
 
 
-def read_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(probe indices, probe images uint8 [K, 3, H, W] or None for a bank made before they
-    were kept) without reading the views."""
+def read_probes(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    """(probe indices, probe images uint8 [K, 3, H, W] or None, sources) without reading the
+    views; sources: {"source_index": int64 [K], "source_file": str [K] (image folders)} as far
+    as the bank records them (banks made before the images or the sources were kept lack them)."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            return f["probe_indices"][:], (f["images"][:] if "images" in f else None)
-    except (OSError, KeyError) as e:
-        raise UserError(f"corrupt bank {path}: {e}") from None
-
-
-def read_sources(path: str | Path) -> dict[str, np.ndarray]:
-    """{"source_index": int64 [K], "source_file": str [K] (image folders)} of the probes, as
-    far as the bank records them ({} for a bank made before they were kept)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            out = {}
+            sources = {}
             if "probe_source" in f:
-                out["source_index"] = f["probe_source"][:].astype(np.int64)
+                sources["source_index"] = f["probe_source"][:].astype(np.int64)
             if "probe_files" in f:
-                out["source_file"] = np.array(f["probe_files"].asstr()[:], dtype=object)
-            return out
+                sources["source_file"] = np.array(f["probe_files"].asstr()[:], dtype=object)
+            return f["probe_indices"][:], (f["images"][:] if "images" in f else None), sources
     except (OSError, KeyError) as e:
         raise UserError(f"corrupt bank {path}: {e}") from None
 

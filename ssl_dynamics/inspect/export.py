@@ -64,9 +64,9 @@ def probe_images(ws: Workspace, data: dict[str, SetupRt], data_opts: dict | None
     images, sources = None, {}
     bank = ws.existing_bank()
     if bank is not None:
-        have, stored = bank_mod.read_images(bank)
+        have, stored, recorded = bank_mod.read_probes(bank)
         if np.array_equal(have, idx):
-            images, sources = stored, bank_mod.read_sources(bank)
+            images, sources = stored, recorded
     whole = "[" not in str(ws.run.meta["dataset"].get("name"))  # no train_subset was taken
     if not sources and whole and not ws.run.cfg.dataset.startswith("imagefolder:"):
         sources = {"source_index": idx}  # the run's training set is the whole split

@@ -21,7 +21,7 @@ import torch
 from .. import __version__
 from .. import artifacts as art
 from ..cluster.records import ranges
-from ..config import (SCHEMA_VERSION, RunConfig, absolute_locations, SetupConfig, canonical_json, canonical_order, preset,
+from ..config import (LOCATION_FIELDS, SCHEMA_VERSION, RunConfig, absolute_location, SetupConfig, canonical_json, canonical_order, preset,
                       setup_from_dict)
 from ..data import Dataset
 from ..errors import UserError
@@ -43,9 +43,8 @@ def _same_places_kept(recorded, config: dict) -> dict:
     (a run made with a relative path keeps its run.json unchanged by a rerun from there)."""
     if not isinstance(recorded, dict):
         return config
-    same = {k: recorded[k] for k in ("data_root", "dataset")
-            if isinstance(recorded.get(k), str) and recorded[k] != config[k]
-            and absolute_locations(replace(RunConfig(), **{k: recorded[k]})).to_dict()[k] == config[k]}
+    same = {k: recorded[k] for k in LOCATION_FIELDS
+            if isinstance(recorded.get(k), str) and absolute_location(k, recorded[k]) == config[k]}
     return {**config, **same}
 
 
