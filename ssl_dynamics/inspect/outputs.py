@@ -321,11 +321,17 @@ def stores_of_outputs(root: Path) -> dict[str, dict]:
     record, sources = read_record(root), _read_dict(Path(root) / SOURCES_NAME)
     out = {}
     for step in STORE_STEPS:
-        first = STEP_OUTPUTS[step][0][0]
-        session = record.get(f"tables/{first}") or record.get(f"figures/{first}")
+        session = _anchor_session(record, step)
         if isinstance(sources.get(session), dict) and sources[session].get("store"):
             out[step] = sources[session]
     return out
+
+
+def _anchor_session(record: dict[str, str], step: str) -> str | None:
+    """The session that made the latest outputs of `step`: the one that wrote its first
+    output (STEP_OUTPUTS), which every successful run of it writes."""
+    first = STEP_OUTPUTS[step][0][0]
+    return record.get(f"tables/{first}") or record.get(f"figures/{first}")
 
 
 def stale_outputs(root: Path, names: Iterable[str]) -> set[str]:
@@ -335,8 +341,8 @@ def stale_outputs(root: Path, names: Iterable[str]) -> set[str]:
     are not called stale."""
     record = read_record(root)
     stale = set()
-    for patterns, _ in STEP_OUTPUTS.values():
-        anchor = record.get(f"tables/{patterns[0]}") or record.get(f"figures/{patterns[0]}")
+    for step, (patterns, _) in STEP_OUTPUTS.items():
+        anchor = _anchor_session(record, step)
         if anchor is None:
             continue
         for name in (n for n in names if matches(n, patterns)):
