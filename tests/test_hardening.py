@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _util import private_copy, quiet, rt
+from _util import main_result, private_copy, quiet, rt
 from ssl_dynamics import artifacts as art
 from ssl_dynamics.config import override, preset
 from ssl_dynamics.inspect import cli as inspect_cli
@@ -461,6 +461,25 @@ def test_moved_dataset_is_found_by_its_checksum(tmp_path, monkeypatch, capsys):
     code, err = call(train_cli.main, ["extend", out, "--setup", "supervised", "--to", "4", "--device", "cpu",
                                       "--no-progress", "--dataset", "synthetic"], monkeypatch, capsys)
     assert code == 2 and "was made from other data (dataset: imagefolder:" in err, err
+
+
+def test_a_refused_dataset_is_the_only_line_train_run_prints(tmp_path, monkeypatch, capsys):
+    """`training ...` is announced only once the checks passed, with --device and with --devices."""
+    for how in (["--device", "cpu"], ["--devices", "cpu,cpu"]):
+        code, out, err = main_result(train_cli.main, [
+            "run", "--out", tmp_path / "run", "--preset", "smoke", "--dataset", f"imagefolder:{tmp_path / 'none'}",
+            "--no-progress", *how], monkeypatch, capsys)
+        assert code == 2 and out == "" and err.count("\n") == 1 and "none" in err, (out, err)
+    make_imagefolder(tmp_path / "images")
+    code, out, err = main_result(train_cli.main, [
+        "run", "--out", tmp_path / "run", "--preset", "smoke", "--dataset", f"imagefolder:{tmp_path / 'images'}",
+        "--setup", "supervised", "--seeds", "0", "--epochs", "1", "--set", "batch_size=8", "--no-progress",
+        "--device", "cpu"], monkeypatch, capsys)
+    assert code == 0 and "\ntraining supervised x seed 0 on cpu (fp32) into " in out, (out, err)
+    code, out, err = main_result(train_cli.main, [
+        "extend", tmp_path / "run", "--setup", "supervised", "--to", "2", "--device", "cpu", "--no-progress",
+        "--dataset", f"imagefolder:{tmp_path / 'none'}"], monkeypatch, capsys)
+    assert code == 2 and "extending" not in out and err.count("\n") == 1, (out, err)
 
 
 def test_an_image_folder_run_records_where_its_data_and_each_probe_image_are(tmp_path, monkeypatch, capsys):

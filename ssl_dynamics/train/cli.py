@@ -144,16 +144,16 @@ def run_cmd(setups, seeds, epochs, out, preset_name, dataset, data_root, assignm
         from .workers import run_on_devices
 
         devs = resolve_devices(devices)
-        click.echo(f"training {', '.join(chosen)} x {seed_words(cfg.seeds)} on {', '.join(devs)} into {out}")
-        status = run_on_devices(out, cfg, chosen, devs, request, **kw)
+        status = run_on_devices(out, cfg, chosen, devs, request, **kw, announce=(
+            f"training {', '.join(chosen)} x {seed_words(cfg.seeds)} on {', '.join(devs)} into {out}"))
     else:
         from .grid import train_grid
 
         opts = request.resolve(backbone=cfg.backbone)
-        click.echo(f"training {', '.join(chosen)} x {seed_words(cfg.seeds)} on {opts.device} "
-                   f"({'bf16' if opts.bf16 else 'fp32'}"
-                   + (f", {opts.pack} seeds per pack" if opts.pack > 1 else "") + f") into {out}")
-        status = train_grid(out, cfg, chosen, opts, **kw)
+        status = train_grid(out, cfg, chosen, opts, **kw, announce=(
+            f"training {', '.join(chosen)} x {seed_words(cfg.seeds)} on {opts.device} "
+            f"({'bf16' if opts.bf16 else 'fp32'}" + (f", {opts.pack} seeds per pack" if opts.pack > 1 else "")
+            + f") into {out}"))
     from .grid import refuse_damaged
 
     done = sum(s.condition == "complete" for s in status)

@@ -30,8 +30,9 @@ THESIS_EXTENSIONS = {"supervised": 200, "random_labels": 30}  # thesis section 5
 def extend_grid(root: str | Path, setups: list[str], until: int, opts: TrainOptions,
                 seeds: tuple[int, ...] | None = None, data_root: str | None = None,
                 check_disk: bool = True, echo=print, progress: bool = True,
-                dataset: str | None = None):
-    """Train `seeds` (default: all of the run's) of `setups` up to epoch `until`."""
+                dataset: str | None = None, announce: str | None = None):
+    """Train `seeds` (default: all of the run's) of `setups` up to epoch `until`; `announce` is
+    echoed once the checks passed."""
     cfg, _ = load_run_config(root)
     for s in setups:
         if s not in cfg.setups:
@@ -60,7 +61,7 @@ def extend_grid(root: str | Path, setups: list[str], until: int, opts: TrainOpti
     if data_root or dataset:  # recorded as absolute paths (`train run` does the same)
         cfg = absolute_locations(cfg)
     return train_grid(root, cfg, setups, opts, check_disk=check_disk, download=False, echo=echo,
-                      progress=progress, until={s: until for s in setups})
+                      progress=progress, until={s: until for s in setups}, announce=announce)
 
 
 def recorded_checkpoint_dtype(root: str | Path, setup: str, seeds) -> str:
@@ -117,10 +118,10 @@ def extend_cmd(run_dir, setups, until, seeds, data_root, dataset, device, precis
         dtype = checkpoint_dtype or recorded_checkpoint_dtype(run_dir, s, chosen or cfg.seeds)
         opts = TrainRequest(device, precision, channels_last, deterministic, checkpoint_dtype, compile_,
                             compile_mode, pack).resolve(backbone=cfg.backbone)
-        click.echo(f"extending {s} to epoch {to} on {opts.device} ({'bf16' if opts.bf16 else 'fp32'}"
-                   + (f", {opts.pack} seeds per pack" if opts.pack > 1 else "")
-                   + (f", {checkpoint_dtype} checkpoints)" if checkpoint_dtype else
-                      f", each seed's checkpoint dtype: {dtype} for the first)"))
+        announce = (f"extending {s} to epoch {to} on {opts.device} ({'bf16' if opts.bf16 else 'fp32'}"
+                    + (f", {opts.pack} seeds per pack" if opts.pack > 1 else "")
+                    + (f", {checkpoint_dtype} checkpoints)" if checkpoint_dtype else
+                       f", each seed's checkpoint dtype: {dtype} for the first)"))
         status += extend_grid(run_dir, [s], to, opts, chosen, data_root, check_disk=not ignore_disk_check,
-                              echo=click.echo, progress=not no_progress, dataset=dataset)
+                              echo=click.echo, progress=not no_progress, dataset=dataset, announce=announce)
     refuse_damaged([st for st in status if chosen is None or st.seed in chosen], run_dir)

@@ -190,10 +190,13 @@ def open_prepared(root: str | Path, cfg: RunConfig, setups: list[str]) -> tuple[
 
 def train_grid(root: str | Path, cfg: RunConfig, setups: list[str], opts: TrainOptions,
                check_disk: bool = True, download: bool = True, echo=print, progress: bool = True,
-               until: dict[str, int] | None = None) -> list[art.SeedStatus]:
-    """Train every (setup, seed) that is not complete (or short of `until[setup]` epochs)."""
+               until: dict[str, int] | None = None, announce: str | None = None) -> list[art.SeedStatus]:
+    """Train every (setup, seed) that is not complete (or short of `until[setup]` epochs).
+    `announce` is echoed once the checks passed (a refusal is then the only line)."""
     root = Path(root)
     dataset, jobs = check_grid(root, cfg, setups, opts, check_disk, download, echo, until)
+    if announce:
+        echo(announce)
     paths = prepare_run(root, cfg, setups, dataset, echo)
     train_runs(paths, cfg, dataset, jobs, opts, echo, progress)
     return art.grid_status(root, only(cfg, setups), sizes=True)  # once, for refuse_damaged

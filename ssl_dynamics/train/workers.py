@@ -58,11 +58,14 @@ class WorkerSpec:
 
 def run_on_devices(root: str | Path, cfg: RunConfig, setups: list[str], devices: list[str],
                    request: TrainRequest, check_disk: bool = True, download: bool = True,
-                   echo=print, progress: bool = True) -> list[art.SeedStatus]:
-    """Train the grid with one worker per device; the grid's status afterwards."""
+                   echo=print, progress: bool = True, announce: str | None = None) -> list[art.SeedStatus]:
+    """Train the grid with one worker per device; the grid's status afterwards. `announce`
+    is echoed once the checks passed."""
     root = Path(root)
     dataset, jobs = check_grid(root, cfg, setups, request.resolve(devices[0], cfg.backbone),
                                check_disk, download, echo)
+    if announce:
+        echo(announce)
     paths = prepare_run(root, cfg, setups, dataset, echo)
     if jobs:
         folder = art.new_folder(paths.logs)
