@@ -185,10 +185,20 @@ def test_done_flags_read_from_the_chunk_files_equal_zarrs_reading(tmp_path):
         (tmp_path / "s.zarr" / "supervised" / "done" / "c" / "0" / stray).write_bytes(
             (tmp_path / "s.zarr" / "supervised" / "done" / "c" / "0" / "0").read_bytes())
     assert (tmp_path / "s.zarr" / "supervised" / "done" / "c" / "1" / "2").is_file()
+    for name in ("done", "p_true"):  # chunk files beyond the array's shape (a store cut short)
+        c = tmp_path / "s.zarr" / "supervised" / name / "c"
+        chunk = c / "0" / "0"  # checkpoint (0, 0)'s chunk: c/0/0, then /0 per further axis
+        while chunk.is_dir():
+            chunk = chunk / "0"
+        for cell in ("5", "0"), ("0", "9"):
+            stray = c.joinpath(*cell, *chunk.relative_to(c / "0" / "0").parts)
+            stray.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(chunk, stray)
     reader = RtStore(tmp_path / "s.zarr", writable=False)
     want = reader.group["supervised/done"][:].astype(bool)
     assert want.tolist() == [[True, False, False], [False, True, False]]
     assert np.array_equal(reader._done_flags("supervised"), want)
+    assert np.array_equal(reader.done("supervised"), want)
     assert np.array_equal(reader.read("supervised")["done"].astype(bool), want)
 
 
