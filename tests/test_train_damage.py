@@ -66,8 +66,9 @@ def test_a_deleted_setup_json_is_never_replaced_by_other_settings(run, monkeypat
     paths = art.RunPaths(run)
     original = paths.setup_json("supervised").read_bytes()
     paths.setup_json("supervised").unlink()
-    code, out, _ = call(["status", run], monkeypatch, capsys)
-    assert code == 0 and "supervised: damaged: seed folders but no setup.json" in out
+    code, out, err = call(["status", run], monkeypatch, capsys)
+    assert code == 2 and "supervised: damaged: seed folders but no setup.json" in out
+    assert err == "error: 1 setup(s) damaged (their lines above say how to recover)\n", err
     assert "; 1 damaged setup not in the table (below)" in out  # the summary counts it too
     refused(["run", "--out", run, *SMOKE, "--set", "supervised.lr=0.5"], run, monkeypatch, capsys,
             "setup.json is missing, and supervised's checkpoints were made with a different config (lr differs)")
@@ -128,8 +129,8 @@ def test_status_names_a_committed_checkpoint_that_is_gone(run, monkeypatch, caps
     paths.checkpoint("supervised", 0, 2).write_bytes(b"")  # emptied (e.g. a failed copy)
     st = art.grid_status(run)[0]
     assert (st.state, st.condition, st.lost) == ("complete", "damaged", (1, 2))
-    code, out, _ = call(["status", run], monkeypatch, capsys)
-    assert code == 0
+    code, out, err = call(["status", run], monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: 1 run(s) damaged: restore their files") and err.count("\n") == 1
     assert "damaged" in out and "2 committed checkpoint(s) missing or truncated (epoch 1, 2)" in out
     assert "0 complete, 0 partial, 0 missing, 1 damaged" in out
 
@@ -166,7 +167,7 @@ def test_a_truncated_checkpoint_is_damaged_and_train_run_says_so(run, monkeypatc
 def test_status_names_checkpoints_without_a_manifest(run, monkeypatch, capsys):
     art.RunPaths(run).manifest("supervised", 0).unlink()
     code, out, _ = call(["status", run], monkeypatch, capsys)
-    assert code == 0 and "no manifest.json, checkpoints up to epoch 2 on disk" in out
+    assert code == 2 and "no manifest.json, checkpoints up to epoch 2 on disk" in out
     assert art.grid_status(run)[0].condition == "damaged"
 
 
@@ -407,7 +408,8 @@ def test_status_names_setup_folders_gone_or_copied(run, monkeypatch, capsys):
     assert "1 complete, 0 partial, 0 missing" in out
     shutil.rmtree(paths.setup_dir("supervised"))
     code, out, err = call(["status", run], monkeypatch, capsys)
-    assert code == 0 and "supervised: damaged: run.json lists it, but its folder" in out
+    assert code == 2 and "supervised: damaged: run.json lists it, but its folder" in out
+    assert "1 setup(s) damaged" in err, err
 
 
 @pytest.mark.parametrize("inside", ["checkpoints/supervised/seed-00", "checkpoints", "inspect"])
@@ -420,9 +422,13 @@ def test_out_inside_a_run_or_a_work_folder_is_refused(run, tmp_path, monkeypatch
 
 
 def test_the_start_line_shows_seed_ranges_and_the_device_syntax_is_checked_first(tmp_path, monkeypatch, capsys):
+    from ssl_dynamics.train.cli import seed_words
+
+    assert seed_words(tuple(range(100000))) == "seeds 0-99999" and seed_words((3,)) == "seed 3"
+    assert seed_words((0, 1, 2, 5)) == "seeds 0-2,5"
     code, out, err = call(["run", "--out", tmp_path / "r", *SMOKE[:6], "--setup", "supervised",
                            "--seeds", "0-99999", "--epochs", "100000", "--no-progress"], monkeypatch, capsys)
-    assert code == 2 and "x seeds 0-99999 on" in out and len(out) < 2000
+    assert code == 2 and "training" not in out and len(out) < 2000 and "not enough disk space" in err, (out, err)
     code, _, err = call(["run", "--out", tmp_path / "r", *SMOKE, "--device", "cuda:abc"], monkeypatch, capsys)
     assert code == 2 and "unknown device 'cuda:abc'" in err
 
@@ -529,7 +535,7 @@ def test_a_header_with_malformed_offsets_is_damage_not_a_traceback(run, monkeypa
                 if k != "__metadata__")
     _rewrite_header(ckpt, lambda h: h[name].update(data_offsets=None))
     code, out, _ = call(["status", run], monkeypatch, capsys)
-    assert code == 0 and "1 committed checkpoint(s) missing or truncated (epoch 2)" in out, out
+    assert code == 2 and "1 committed checkpoint(s) missing or truncated (epoch 2)" in out, out
     # only the final status of a command reads headers; planning stats the files alone
     st = art.grid_status(run)[0]
     assert st.condition == "complete" and art.grid_status(run, sizes=True)[0].lost == (2,)

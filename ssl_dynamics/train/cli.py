@@ -226,7 +226,8 @@ def _summary(run_dir) -> list:
 def status_cmd(run_dir, works):
     """Which (setup, seed) runs of RUN_DIR are complete, partial, missing or damaged (its
     manifest names checkpoints that are gone, or checkpoints lie there without a manifest);
-    known jobs (train submit's, and inspect submit rt's in RUN_DIR/inspect or each --work DIR)."""
+    known jobs (train submit's, and inspect submit rt's in RUN_DIR/inspect or each --work DIR).
+    Exits 2 when anything is damaged, after the table."""
     from ..artifacts import RunPaths, grid_status, load_run_config
     from ..cluster.records import status_lines
 
@@ -265,6 +266,12 @@ def status_cmd(run_dir, works):
         click.echo(f"\n{'submission':<24} {'exec':<5} {'job id':>12}  {'state':<18} work")
         for line in jobs:
             click.echo(line)
+    parts = [f"{counts['damaged']} run(s) damaged: restore their files from a copy, or delete each such "
+             f"seed's folder and rerun `train run` to train it again"] if counts["damaged"] else []
+    if unlisted:
+        parts.append(f"{unlisted} setup(s) damaged (their lines above say how to recover)")
+    if parts:  # after the table, so scripts can tell (`train run` exits 2 on these too)
+        raise UserError("; ".join(parts))
 
 
 from .extend import extend_cmd  # noqa: E402  (a command of its own module)
