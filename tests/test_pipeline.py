@@ -92,6 +92,9 @@ def test_report_on_an_empty_inspect_dir(run, tmp_path):
         shutil.copy(run / f, local / f)
     assert "(no analysis outputs yet: run `inspect all` first)" in invoke("report", local)
     assert "No analysis outputs yet" in (local / "inspect" / "report" / "index.html").read_text()
+    r = CliRunner().invoke(cli, ["report", str(local), "--work", str(tmp_path / "none")])
+    assert "--work" in str(r.exception) and "no such folder" in str(r.exception), r.output
+    assert not (tmp_path / "none").exists()  # a mistyped --work makes no empty report
 
 
 def test_analysis_errors_are_one_line(run, tmp_path):

@@ -90,6 +90,8 @@ def report_cmd(run_dir, work):
     from .outputs import Outputs
     from .report import build_report
 
+    if work is not None and not Path(work).is_dir():  # a report of nothing: no new folder for it
+        raise UserError(f"--work {work}: no such folder (its analyses write it; the report reads it)")
     ws = workspace(run_dir, work)
     Outputs(ws.dir).tidy()
     try:
