@@ -72,6 +72,50 @@ def test_export_never_overwrites_without_force_nor_the_runs_files(run, tmp_path,
     assert export(ws, "netcdf", progress=False, **QUIET) == ws.dir / "rt.nc"
 
 
+def test_export_never_overwrites_another_runs_work_folders_or_stores_files(run, tiny_rt, tmp_path):
+    """--force replaces an earlier export, never a file the toolkit reads or writes in any
+    run directory, work folder or store, whichever run it belongs to."""
+    other = private_copy(tiny_rt, tmp_path / "other")
+    ows = open_workspace(other, **QUIET)
+    (ows.dir / "tables").mkdir(exist_ok=True)
+    (ows.dir / "tables" / "examples.parquet").write_text("another work folder's table")
+    h5_store = tmp_path / "archive" / "rt.h5"
+    h5_store.parent.mkdir()
+    from ssl_dynamics.inspect.rtdata import export_h5
+
+    export_h5(RtStore(ows.store, writable=False), h5_store)
+    ckpt = art.RunPaths(other).checkpoint("simclr", 0, 1)
+    targets = {other / "run.json": "a file of the run directory",
+               other / "random_labels.npy": "a file of the run directory",
+               ckpt: "a file of the run directory",
+               art.RunPaths(other).manifest("simclr", 0): "a file of the run directory",
+               ows.bank: "a file of the work folder",
+               ows.dir / "analysis.h5": "a file of the work folder",
+               ows.dir / "work.json": "a file of the work folder",
+               ows.dir / "rt.h5": "a file of the work folder",
+               ows.store / "zarr.json": "inside the Zarr store",
+               ows.store / "simclr" / "done" / "zarr.json": "inside the Zarr store",
+               ows.dir / "tables" / "examples.parquet": "which its analyses write",
+               h5_store: r"an r_t store \(.h5\)"}
+    moved_bank = tmp_path / "archive" / "my-bank.h5"  # a bank outside any work folder
+    shutil.copy(ows.bank, moved_bank)
+    targets[moved_bank] = "a bank"
+    for target in targets:
+        if not target.exists():
+            target.write_text("a file of the other run")
+    kept = {p: sha(p) for p in targets}
+    ws = open_workspace(run, **QUIET)
+    for target, message in targets.items():
+        for to in ("netcdf", "parquet"):
+            with pytest.raises(UserError, match=message):
+                export(ws, to, target, progress=False, force=True, **QUIET)
+    assert all(sha(p) == h for p, h in kept.items())
+    # an earlier export is replaced, a netCDF copy of a store included
+    nc = tmp_path / "archive" / "rt.nc"
+    assert export(ws, "netcdf", nc, progress=False, **QUIET) == nc
+    assert export(ws, "netcdf", nc, progress=False, force=True, **QUIET) == nc
+
+
 def test_export_refuses_the_analyses_folders_devices_and_missing_folders(run, tmp_path):
     """tables/, figures/ and report/ are the analyses' (their writers hold the work lock and
     tidy the others' temporary files); a device or pipe is never replaced, even with

@@ -136,7 +136,8 @@ def examples_cmd(run_dir, work, store, setups, dataset, data_root, no_progress, 
 @click.option("--out", "target", default=None, metavar="PATH", callback=not_empty,
               help="Output file (default WORK/rt.nc, or WORK/tables/examples.parquet).")
 @click.option("--force", is_flag=True,
-              help="Replace an existing --out file (never the run's files, the bank or an r_t store).")
+              help="Replace an existing --out file (an earlier export; never a file of any run directory, "
+                   "work folder, bank or r_t store).")
 def export_cmd(run_dir, work, store, dataset, data_root, no_progress, to, target, force):
     """Portable copies for readers without the toolkit (xarray, pandas, netCDF tools)."""
     from .export import export

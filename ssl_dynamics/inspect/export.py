@@ -2,8 +2,9 @@
 portable copies (netCDF of the r_t store, Parquet of the table) for people without the toolkit.
 
 Only the work folder (or --out) is ever written. An existing --out is replaced only with
-`force`, and never when it is a file of the run (checkpoints/, run.json, the label
-permutation), the bank, the r_t store or the work folder's own records (analysis.h5, ...).
+`force`, and never when it is a file of a run (checkpoints/, run.json, the label
+permutation), a bank, an r_t store or a work folder's own records (analysis.h5, ...), of
+this run or any other.
 A Zarr store made before named dimensions existed is upgraded in place when it belongs to the
 work folder (or was named with --store) and can be written; an archive's store on read-only
 media is read as it is.
@@ -29,7 +30,7 @@ from .examples import TABLE, ExampleOptions, read_meta, run_examples
 from .outputs import OWN_FILES, Outputs
 from .rtdata import SetupRt, load_rt, open_store, portable_attrs, store_state
 from .store import RtStore, work_path
-from .workspace import STORE_NAMES, Workspace
+from .workspace import IDENTITY_FILE, STORE_NAMES, Workspace
 
 FORMATS = ("netcdf", "parquet")
 NETCDF_LEVEL = 4  # zlib level: most of the gain of 9 at a fraction of the time
@@ -181,6 +182,8 @@ def _check_target(ws: Workspace, target: Path, store: Path, force: bool, own: bo
     if where in {paths.run_json.resolve(), paths.random_labels.resolve()} \
             or paths.checkpoints.resolve() in where.parents:
         raise UserError(f"--out {target} is a file of the run directory; choose another path")
+    if (role := toolkit_file(where, own)) is not None:  # another run's, work folder's or store's
+        raise UserError(f"--out {target} is {role}; choose another path")
     if target.is_dir():
         raise UserError(f"--out {target} is a folder; give a file name")
     if target.exists() and not force:
@@ -188,6 +191,47 @@ def _check_target(ws: Workspace, target: Path, store: Path, force: bool, own: bo
     if not own and not target.parent.is_dir():  # a typo in the path is not a new folder
         raise UserError(f"--out {target}: its folder {target.parent} does not exist; create it first")
     art.check_writable(target.parent)
+
+
+RUN_FILES = ("run.json", "random_labels.npy")  # a run directory's own files at its top
+RUN_FOLDERS = ("checkpoints", "jobs")  # and its folders of checkpoints and job records
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def toolkit_file(where: Path, own: bool = False) -> str | None:
+    """What `where` (resolved) is to any run, work folder or store, whichever it belongs to
+    ("a file of the run directory D", ...), or None: a file the toolkit reads or writes there
+    is never an export's target. `own`: the export's default path, in a work folder's tables/."""
+    for above in where.parents:
+        if (above / "zarr.json").is_file():
+            return f"inside the Zarr store {above}"
+        if (above / "run.json").is_file() and (where.parent == above and where.name in RUN_FILES or any(
+                above / f in where.parents for f in RUN_FOLDERS)):
+            return f"a file of the run directory {above}"
+        if (above / IDENTITY_FILE).is_file():  # a work folder: its records, bank, stores, outputs
+            if where.parent == above and (where.name in (*OWN_FILES, "bank.h5", *STORE_NAMES)
+                                          or where.name.endswith(".lock")):
+                return f"a file of the work folder {above}"
+            if not own and Outputs(above).sweeps(where):
+                return f"in the tables/, figures/ or report/ of the work folder {above}, which its analyses write"
+    try:
+        with open(where, "rb") as f:
+            hdf5 = f.read(len(HDF5_MAGIC)) == HDF5_MAGIC
+    except OSError:  # not there (a new file), or unreadable: check_writable says
+        return None
+    if hdf5:
+        import h5py
+
+        try:
+            with h5py.File(where, "r") as f:
+                keys = set(f.attrs)
+        except (OSError, ValueError):
+            return None
+        if {"fingerprint", "dataset_sha256"} <= keys:
+            return "a bank"
+        if "bank_fingerprint" in keys and "_NCProperties" not in keys:  # an .h5 store, not a netCDF export
+            return "an r_t store (.h5)"
+    return None
 
 
 def export_netcdf(store: Path, target: Path, progress: bool = True) -> Path:
