@@ -218,7 +218,8 @@ def test_bad_analysis_options(run, monkeypatch, capsys):
     expect_refusal(inspect_cli.main, ["submit", "rt", run, "--executor", "local", "--bank-seed", str(2**64)],
                    run, monkeypatch, capsys, f"'--bank-seed': {2**64} is not in the range")
     # mistakes a first-time user makes: refused at once, in one line, before any work
-    for args, message in [(["all", "--steps", "-5"], "'--steps': -5 is not in the range x>=0"),
+    for args, message in [(["all", "--steps", "-5"], "'--steps': -5 is not in the range 0<=x<=1000000"),
+                          (["activations", "--steps", str(2**64)], f"'--steps': {2**64} is not in the range"),
                           (["rt", "--epochs", ","], "--epochs ',': give at least one integer"),
                           (["dynamics", "--epochs", ""], "--epochs '': give at least one integer"),
                           (["binomial", "--p0", ""], "--p0 '': give at least one number in (0, 1]"),

@@ -15,7 +15,7 @@ from ..devices import resolve_device
 from . import cli_analyses
 from ..errors import UserError
 from .cli_options import (BANK, DATA, DEVICE, EPOCH_ALL, NO_PROGRESS, NO_VERIFY, PRECISION, RUN_DIR, SETUP,
-                          SHRINKAGE, STORE, WORK, options, show, workspace)
+                          SHRINKAGE, STEPS, STORE, WORK, options, show, workspace)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
@@ -106,7 +106,7 @@ def report_cmd(run_dir, work):
 @options(RUN_DIR, WORK, STORE, SETUP, EPOCH_ALL, DEVICE, PRECISION, *DATA, NO_VERIFY, NO_PROGRESS, *BANK)
 @click.option("--ref-epochs", default=None,
               help="Reference epochs of `dynamics`, `heterogeneity` and `examples` (a list; default: the thesis's that exist).")
-@click.option("--steps", type=click.IntRange(0), default=1000, show_default=True,
+@click.option("--steps", type=STEPS, default=1000, show_default=True,
               help="Activation-maximization iterations.")
 @click.option("--allow-missing", is_flag=True, help="Evaluate what exists when checkpoints are missing.")
 @click.option("--shrinkage", type=SHRINKAGE, default=0.0, show_default=True, help="KL covariance shrinkage (see embed).")

@@ -7,7 +7,7 @@ from ..cli_util import parse_int_list, parse_levels, split_names, user_errors
 from ..devices import resolve_device
 from ..errors import UserError
 from .cli_options import (DATA, DEVICE, EPOCH, NO_PROGRESS, NO_VERIFY, RNG_SEED, RUN_DIR, SETUP, SHRINKAGE,
-                          STORE, TSNE_SEED, WORK, not_empty, options, show, workspace)
+                          STEPS, STORE, TSNE_SEED, WORK, not_empty, options, show, workspace)
 from .example_measures import HARDNESS_DIRECTION as HARDNESS
 
 def _analysis(run_dir, work, store, setups, fn):
@@ -196,7 +196,7 @@ def embed_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verif
 @click.command("activations", short_help="Activation maximization, sigmoid-normalized (Fig 5.4).")
 @options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, NO_VERIFY, NO_PROGRESS)
 @click.option("--seed", type=int, default=None, help="Model seed (default: the first).")
-@click.option("--steps", type=click.IntRange(0), default=1000, show_default=True, help="Gradient-ascent iterations.")
+@click.option("--steps", type=STEPS, default=1000, show_default=True, help="Gradient-ascent iterations.")
 @click.option("--channels", type=click.IntRange(1), default=36, show_default=True, help="Channels per (setup, block).")
 @click.option("--channel-seed", type=RNG_SEED, default=0, show_default=True, help="Seed of the channel order and starts.")
 def activations_cmd(run_dir, work, setups, epoch, device, no_verify, no_progress, seed, steps,

@@ -33,6 +33,9 @@ RNG_SEED = click.IntRange(0, 2**63 - 1)
 TSNE_SEED = click.IntRange(0, 2**32 - 1)  # scikit-learn's random_state is a 32-bit seed
 # Shrinkage weight of a covariance towards a scaled identity: a convex combination.
 SHRINKAGE = click.FloatRange(0.0, 1.0)
+# gradient-ascent iterations: the thesis ran 1,000; a million is hours per image on a GPU,
+# and larger counts overflow the per-step records
+STEPS = click.IntRange(0, 1_000_000)
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
 DATA = [click.option("--dataset", default=None, help="Where the run's dataset is now, e.g. "
                                                      "imagefolder:<new path> (its checksum must match)."),
