@@ -2,6 +2,7 @@
 precisions in one store, take a checkpoint for another, score SimCLR on a short batch, let
 shards overlap, or start writing before a check that can fail."""
 import hashlib
+import json
 import os
 import shutil
 from types import SimpleNamespace
@@ -439,3 +440,30 @@ def test_a_work_folder_starts_from_an_archives_newer_work_store(run, tmp_path):
     assert load_rt(inspect / "rt.h5.work.zarr")["supervised"].valid.all()
     assert rt(run, work=tmp_path / "w", setups=["supervised"])["evaluated"] == 0
     assert load_rt(tmp_path / "w" / "rt.zarr")["supervised"].valid.all()
+
+
+def test_analyses_and_the_report_say_when_the_store_is_behind_the_run(run, monkeypatch, capsys):
+    """A checkpoint the store lacks (a seed added, a kill before `inspect rt` finished) or
+    holds from before it was retrained: each analysis notes it, and so does the report."""
+    from ssl_dynamics.inspect.rt_plan import store_behind
+
+    ws = open_workspace(run, **QUIET)
+    assert store_behind(ws.run, ws.store, ["simclr", "supervised"]) is None
+    code, out, _ = main_result(inspect_cli.main, ["classes", run], monkeypatch, capsys)
+    assert code == 0 and "r_t store" not in out, out
+    RtStore(ws.store).forget("simclr", 1, 2)  # seed row 1 is seed 1
+    manifest = art.RunPaths(run).manifest("supervised", 0)
+    record = art.read_json(manifest)
+    record["checkpoints"]["1"] = "0" * 64  # as if epoch 1 had been trained again
+    manifest.write_text(json.dumps(record))
+    want = ("the r_t store lacks 1 checkpoint(s) the run has (simclr seed 1 epochs 2) and holds 1 "
+            "checkpoint(s) from before they changed (retrained or replaced); `inspect rt` evaluates them")
+    assert store_behind(ws.run, ws.store, ["simclr", "supervised"]) == want
+    assert store_behind(ws.run, ws.store, ["random_labels"]) is None
+    code, out, _ = main_result(inspect_cli.main, ["classes", run, "--setup", "simclr,supervised"],
+                               monkeypatch, capsys)
+    assert code == 0 and f"note: {want}\n" in out, out
+    code, out, _ = main_result(inspect_cli.main, ["report", run], monkeypatch, capsys)
+    page = (ws.dir / "report" / "index.html").read_text()
+    assert code == 0 and "The r_t store lacks 1 checkpoint(s) the run has (simclr seed 1 epochs 2)" in page
+    assert "the run has 2 seeds (each analysis says how many it read)" in page

@@ -12,13 +12,18 @@ from .workspace import Workspace
 def store_data(ws: Workspace, setups: list[str] | None, store: str | Path | None = None,
                out: Outputs | None = None) -> dict[str, SetupRt]:
     """The r_t of `setups` (default: every setup in the store); a name the run does not have
-    is refused as such, before the store is read. `out` records which store was read."""
+    is refused as such, before the store is read. `out` records which store was read and
+    says when the store lacks checkpoints the run has (or holds changed ones)."""
+    from .rt_plan import store_behind
+
     if setups:
         ws.run.select(setups)
     path = ws.store_for_reading(store)
     data = load_rt(path, setups)
     if out is not None:
         out.note_store(path, data)
+        if (behind := store_behind(ws.run, path, list(data))) is not None:
+            out.echo(f"note: {behind}")
     return data
 
 

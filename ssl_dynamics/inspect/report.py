@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from .. import artifacts as art
+from ..errors import UserError
 from .binomial_rows import ordinal, spread_step
 from .outputs import STEP_OUTPUTS, matches, stale_outputs, store_key, stores_of_outputs, work_lock
 from .workspace import Workspace
@@ -334,13 +335,31 @@ def expand_sections(setups: list[str]) -> list[tuple[str, str, str]]:
     return out
 
 
-def _stores_html(work: Path, skipped: list[dict]) -> str:
+def _stores_html(work: Path, skipped: list[dict], run, setups: list[str]) -> str:
     """Which r_t store the analyses on this page read: one line, or a warning when they
-    read different stores (e.g. `inspect dynamics --store OTHER` into the same work folder)."""
+    read different stores (e.g. `inspect dynamics --store OTHER` into the same work folder);
+    and a warning for each such store that lacks checkpoints the run has now (`setups`')."""
+    from .rt_plan import store_behind
+
     failed = {s.get("analysis") for s in skipped if isinstance(s, dict)}
     used = {step: src for step, src in stores_of_outputs(work).items() if step not in failed}
     if not used:
         return ""
+    behind = []
+    for where in dict.fromkeys(Path(src["store"]) for src in used.values()):
+        try:
+            note = store_behind(run, where, setups) if where.exists() else None
+        except UserError:  # a damaged store or manifest: the analyses say so
+            note = None
+        if note:
+            behind.append(f"<div class=skipped><p>{html.escape(note[0].upper() + note[1:])}. The "
+                          f"analyses on this page show the store as it was when they ran: rerun them "
+                          f"after it (<code>inspect all</code> does both).</p></div>")
+    return _store_lines(work, used) + "".join(behind)
+
+
+def _store_lines(work: Path, used: dict[str, dict]) -> str:
+    """The store line (or the warning about several stores) of `_stores_html`."""
 
     def describe_store(src: dict) -> str:
         where = Path(src["store"])
@@ -426,9 +445,10 @@ def build_report(ws: Workspace, skipped: list[dict] | None = None) -> Path:
     which = (f"Setups in these outputs: {', '.join(present)} (the run has {', '.join(run.cfg.setups)})"
              if present else f"Setups of the run: {', '.join(run.cfg.setups)}")
     parts = [f"<h1>Learning dynamics report: {html.escape(run.root.name)}</h1>",
-             f"<p>{html.escape(which)}; seeds: {len(run.cfg.seeds)}; dataset: "
-             f"{html.escape(str(ds.get('name')))} ({ds['n_train']} train images).</p>",
-             _skipped_html(skipped), _stores_html(ws.dir, skipped)]
+             f"<p>{html.escape(which)}; the run has {len(run.cfg.seeds)} seeds (each analysis says "
+             f"how many it read); dataset: {html.escape(str(ds.get('name')))} ({ds['n_train']} train "
+             f"images).</p>",
+             _skipped_html(skipped), _stores_html(ws.dir, skipped, run, present or list(run.cfg.setups))]
     shown = [p for p in (_section(n, t, w, figures, tables, hidden) for n, t, w in sections) if p]
     parts += shown or ["<p>No analysis outputs yet: run <code>inspect all</code>.</p>"]
     setups_cfg = {s: sc.to_dict() for s, sc in run.cfg.setups.items()}

@@ -332,6 +332,23 @@ def describe_redo(tasks: list[Task]) -> str | None:
             f"from the store's record: retrained or replaced), evaluating again: {describe_missing(redo)}")
 
 
+def store_behind(run: art.Run, store_path: Path, setups: list[str]) -> str | None:
+    """One line saying which committed checkpoints of `setups` (their planned epochs, as
+    `inspect rt` evaluates) the store lacks, or holds from an older checkpoint; None when it
+    is up to date. For analyses that read the store without evaluating (read only)."""
+    tasks = pending_tasks(run, Path(store_path), [s for s in setups if s in run.cfg.setups], Selection())
+    if not tasks:
+        return None
+    new: dict[str, dict[int, list[int]]] = {}
+    for t in tasks:
+        if not t.redo:
+            new.setdefault(t.setup, {}).setdefault(t.seed, []).append(t.epoch)
+    changed = sum(t.redo for t in tasks)
+    parts = ([f"lacks {len(tasks) - changed} checkpoint(s) the run has ({describe_missing(new)})"] if new else []) \
+        + ([f"holds {changed} checkpoint(s) from before they changed (retrained or replaced)"] if changed else [])
+    return f"the r_t store {' and '.join(parts)}; `inspect rt` evaluates them"
+
+
 def check_precision(store_path: Path, setups: list[str], precision: str) -> None:
     """Refuse adding results of another precision to a setup of the store (read only).
     Stores written before the precision was recorded have none: accepted."""
