@@ -181,14 +181,21 @@ def test_flipped_tensor_bytes_are_refused_and_earlier_work_kept(run):
     assert rt(run, setups=["simclr"], verify=False, **QUIET)["evaluated"] > 0
 
 
-def test_truncated_weights_are_refused_without_verify(run):
+def test_truncated_weights_are_refused_before_any_work_with_or_without_verify(run):
+    """The header is intact, but the file is shorter than it implies (a copy cut short):
+    refused while planning, before the bank or the store is written, without a --no-verify
+    hint (no option reads it); the loader's own check (`tensors_of`) stays for a file cut
+    short after planning."""
     p = art.RunPaths(run).checkpoint("simclr", 0, 1)
-    p.write_bytes(p.read_bytes()[:-100])  # the header is intact: the loader finds the gap
-    with pytest.raises(UserError, match="corrupt checkpoint .*simclr/seed-00/epoch-0001.safetensors: "
-                                        "tensor .* runs past the end of the file"):
-        rt(run, setups=["simclr"], device="cpu", verify=False, **BANK, **QUIET)
-    d = load_rt(run / "inspect" / "rt.zarr")["simclr"]
-    assert d.valid[0, 0] and not d.valid[0, 1]
+    whole = p.read_bytes()
+    p.write_bytes(whole[:-100])
+    for verify in (True, False):
+        with pytest.raises(UserError, match="corrupt checkpoint .*simclr/seed-00/epoch-0001.safetensors: "
+                                            f"it is {len(whole) - 100} bytes where its header implies "
+                                            f"{len(whole)} .cut short or appended to.; restore it from a "
+                                            "copy, or delete the seed's folder and train it again$"):
+            rt(run, setups=["simclr"], device="cpu", verify=verify, **BANK, **QUIET)
+        assert not (run / "inspect" / "rt.zarr").exists() and not (run / "inspect" / "bank.h5").exists()
 
 
 def test_buffers_come_back_only_after_their_weights_were_copied(run, monkeypatch):

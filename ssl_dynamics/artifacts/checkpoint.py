@@ -22,7 +22,8 @@ from ..config import SCHEMA_VERSION, canonical_json
 from ..errors import UserError
 from .atomic import read_json, sha256_bytes, write_bytes_atomic
 from .paths import EPOCH_RE
-from .tensorfile import HEADER_LIMIT, Buffers, expected_size, header_of, read_file, safetensors_bytes, tensors_of
+from .tensorfile import (HEADER_LIMIT, Buffers, expected_size, header_of, implied_size, read_file, safetensors_bytes,
+                         tensors_of)
 
 CHECKPOINT_FORMAT = "ssl-dynamics-checkpoint/1"  # written into every checkpoint's metadata
 CHECKPOINT_DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # weights' storage type on disk
@@ -80,7 +81,10 @@ def check_header(path: str | Path, shapes: dict[str, tuple[int, ...]]) -> dict:
     """Read only a checkpoint's header: its meta, refusing bad metadata and tensors that
     differ from `shapes` (name -> shape of the network it must load into)."""
     path = Path(path)
-    header = _header(path)
+    header, start = _header(path)
+    size, have = implied_size(header, start), path.stat().st_size
+    if size is not None and size != have:  # cut short by a failed copy, say: found before any work
+        raise UserError(f"corrupt checkpoint {path}: {size_mismatch(have, size)}")
     meta = _meta(header.get("__metadata__", {}), path)
     have = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
     check_shapes(have, shapes, path)
@@ -90,7 +94,7 @@ def check_header(path: str | Path, shapes: dict[str, tuple[int, ...]]) -> dict:
 def header_meta(path: str | Path) -> tuple[dict, int]:
     """(meta, schema version) of a checkpoint, reading only its header."""
     path = Path(path)
-    metadata = _header(path).get("__metadata__", {})
+    metadata = _header(path)[0].get("__metadata__", {})
     try:
         version = int(metadata.get("schema_version", 1))
     except (TypeError, ValueError):
@@ -98,15 +102,21 @@ def header_meta(path: str | Path) -> tuple[dict, int]:
     return _meta(metadata, path), version
 
 
-def _header(path: Path) -> dict:
-    """The safetensors header (a UserError for a missing, short or malformed file)."""
+def _header(path: Path) -> tuple[dict, int]:
+    """(the safetensors header, where the data begins); a UserError for a missing, short or
+    malformed file."""
     if not path.is_file():
         raise UserError(f"missing checkpoint {path}")
     with open(path, "rb") as f:
         head = f.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        header, _ = header_of(head + f.read(min(n, HEADER_LIMIT)), path)  # refuses a short read
-    return header
+        return header_of(head + f.read(min(n, HEADER_LIMIT)), path)  # refuses a short read
+
+
+def size_mismatch(have: int, size: int) -> str:
+    """Why a checkpoint of `have` bytes whose header implies `size` is refused, and what to do."""
+    return (f"it is {have} bytes where its header implies {size} (cut short or appended to); "
+            f"restore it from a copy, or delete the seed's folder and train it again")
 
 
 def read_checkpoint_bytes(path: str | Path, buffers: Buffers | None = None) -> torch.Tensor:
@@ -145,10 +155,10 @@ def verified_bytes(path: str | Path, verify: bool = True, buffers: Buffers | Non
     try:
         if verify and sha256_bytes(data) != manifest_sha256(path):
             size = expected_size(path)
-            what = (f"it is {len(data)} bytes where its header implies {size} (cut short or "
-                    f"appended to)" if size is not None and size != len(data) else
-                    "its sha256 differs from the one its manifest recorded (changed after training)")
-            raise UserError(f"corrupt checkpoint {path}: {what}; restore it from a copy, or delete "
+            if size is not None and size != len(data):  # no option reads a file cut short
+                raise UserError(f"corrupt checkpoint {path}: {size_mismatch(len(data), size)}")
+            raise UserError(f"corrupt checkpoint {path}: its sha256 differs from the one its manifest "
+                            f"recorded (changed after training); restore it from a copy, or delete "
                             f"the seed's folder and train it again (--no-verify reads a file that "
                             f"was changed on purpose)")
     except BaseException:

@@ -141,6 +141,12 @@ def expected_size(path: Path) -> int | None:
         header, start = header_of(data, path)
     except UserError:
         return None
+    return implied_size(header, start)
+
+
+def implied_size(header: dict, start: int) -> int | None:
+    """The file size a parsed safetensors header implies (`start`: where its data section
+    begins); None when an entry has no valid offsets."""
     ends = []
     for name, spec in header.items():
         if name == "__metadata__":
