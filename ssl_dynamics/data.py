@@ -150,6 +150,9 @@ def _list_split(path: Path, name: str, classes: tuple[str, ...],
             found = sorted(f.name for f in folder.iterdir()) if folder.is_dir() else []
         else:
             found = sorted(f.name for f in folder.iterdir() if not f.name.startswith(".") and not f.is_dir())
+            if not found:  # a class no image can teach or test: a mistake, not an 11th class
+                raise UserError(f"image folder {path}: {name}/{cls} has no images; remove the folder "
+                                f"or add its images")
         files += [f"{name}/{cls}/{f}" for f in found]
         labels += [y] * len(found)
     if not files:

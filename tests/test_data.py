@@ -72,6 +72,22 @@ def test_imagefolder_class_folders_of_train_and_test_must_agree(tmp_path):
         load_imagefolder(tmp_path)
 
 
+def test_imagefolder_refuses_a_class_folder_without_images(tmp_path):
+    """An empty class folder is a mistake, named as such (it became an 11th class of no images)."""
+    _folder(tmp_path)
+    for split in ("train", "test"):
+        (tmp_path / split / "empty").mkdir()
+    (tmp_path / "test" / "empty" / "0000.png").write_bytes((tmp_path / "test" / "a" / "0000.png").read_bytes())
+    with pytest.raises(UserError, match=r"image folder .*: train/empty has no images; remove the folder or add"):
+        load_imagefolder(tmp_path)
+    (tmp_path / "train" / "empty" / ".DS_Store").write_bytes(b"")  # a hidden file is no image
+    with pytest.raises(UserError, match=r"train/empty has no images"):
+        load_imagefolder(tmp_path)
+    shutil.move(tmp_path / "test" / "empty" / "0000.png", tmp_path / "train" / "empty" / "0000.png")
+    with pytest.raises(UserError, match=r"test/empty has no images"):
+        load_imagefolder(tmp_path)
+
+
 def test_imagefolder_leaves_out_hidden_files_and_folders(tmp_path):
     _folder(tmp_path)
     before = load_imagefolder(tmp_path)
