@@ -322,7 +322,12 @@ def test_shared_filesystem_check(tmp_path):
 def test_option_values():
     assert [copts.parse_time(t) for t in ("4h", "90m", "2d", "45", "1-00:00:00", "04:00:00", "30:00")] == \
         [240, 90, 2880, 45, 1440, 240, 30]
-    assert [copts.parse_mem(m) for m in ("32G", "4000", "1t", "32GB")] == ["32G", "4000M", "1T", "32G"]
+    assert [copts.parse_mem(m) for m in ("32G", "4000", "1t", "32GB", "12M", "1024")] == \
+        ["32G", "4000M", "1T", "32G", "12M", "1024M"]
+    with pytest.raises(UserError, match=r"--mem '12' reads as 12 megabytes .*: give the unit, e.g. 12G"):
+        copts.parse_mem("12")  # a forgotten G would start every job out of memory
+    with pytest.raises(UserError, match="reads as 1023 megabytes"):
+        copts.parse_mem("1023")
     for bad in ("", "4 hours", "0m", "1:2:3:4", "4:70", "2:00:61", "1-24"):
         with pytest.raises(UserError, match="--time"):
             copts.parse_time(bad)

@@ -73,11 +73,18 @@ def parse_time(text: str) -> int:
     return math.ceil(minutes)
 
 
+# a bare amount is in megabytes (SLURM's default); one below a gigabyte is a forgotten G
+UNITLESS_MEM_MIN = 1024
+
+
 def parse_mem(text: str) -> str:
     """SLURM's --mem value: an integer with K, M (the default), G or T."""
     m = MEM_RE.fullmatch(text.strip())
     if not m or int(m.group(1)) < 1:
         raise UserError(f"--mem {text!r}: use a whole amount with a unit, e.g. 32G or 4000M")
+    if m.group(2) is None and int(m.group(1)) < UNITLESS_MEM_MIN:
+        raise UserError(f"--mem {text!r} reads as {int(m.group(1))} megabytes (SLURM's unit when none is "
+                        f"given): give the unit, e.g. {int(m.group(1))}G, or {int(m.group(1))}M if meant")
     return f"{int(m.group(1))}{(m.group(2) or 'M').upper()}"
 
 
