@@ -357,6 +357,24 @@ def test_dry_run_shows_the_script_and_writes_nothing(tmp_path, monkeypatch, caps
     assert not out.exists()
 
 
+def test_a_dry_run_on_a_local_folder_warns_and_shows_the_script(tmp_path, reference, monkeypatch, capsys):
+    """A path other nodes do not see refuses a submission (test_bad_input_...), but a dry run
+    submits nothing: it says so in a warning and still shows the script, writing nothing."""
+    out = tmp_path / "run"
+    code, stdout, err = main_in_process(monkeypatch, capsys, "train", "submit", *GRID, *SLURM, "--dry-run",
+                                        "--out", str(out))
+    assert code == 0, err
+    assert f"warning: run directory {out} is under /tmp, which other nodes" in stdout
+    assert "a submission without --dry-run is refused" in stdout and "#SBATCH --partition=gpu" in stdout
+    assert not out.exists()
+    before = sorted(reference.rglob("*"))
+    code, stdout, err = main_in_process(monkeypatch, capsys, "inspect", "submit", "rt", str(reference), *SLURM,
+                                        "--work", str(tmp_path / "w"), "--dry-run")
+    assert code == 0, err
+    assert "warning: run directory" in stdout and "#SBATCH --partition=gpu" in stdout
+    assert sorted(reference.rglob("*")) == before and not (tmp_path / "w").exists()
+
+
 def test_jobs_default_to_the_pack_they_train(tmp_path, monkeypatch, capsys, shared_tmp):
     """With a GPU per job, `--pack auto` trains packs of 4: each job gets 4 runs of one setup
     (a lone run would be paired with a throw-away copy); an explicit --pack sets it too."""

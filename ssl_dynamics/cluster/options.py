@@ -82,7 +82,7 @@ def parse_mem(text: str) -> str:
     m = MEM_RE.fullmatch(text.strip())
     if not m or int(m.group(1)) < 1:
         raise UserError(f"--mem {text!r}: use a whole amount with a unit, e.g. 32G or 4000M")
-    if m.group(2) is None and int(m.group(1)) < UNITLESS_MEM_MIN:
+    if not m.group(2) and int(m.group(1)) < UNITLESS_MEM_MIN:
         raise UserError(f"--mem {text!r} reads as {int(m.group(1))} megabytes (SLURM's unit when none is "
                         f"given): give the unit, e.g. {int(m.group(1))}G, or {int(m.group(1))}M if meant")
     return f"{int(m.group(1))}{(m.group(2) or 'M').upper()}"
@@ -160,10 +160,10 @@ def check_shared(path: str | Path, what: str) -> None:
                         f"SLURM jobs need it on a shared filesystem (docs/cluster.md)")
 
 
-def check_environment(opts: ClusterOptions, shared: dict[str, Path]) -> None:
+def check_environment(opts: ClusterOptions, shared: dict[str, Path], echo=print) -> None:
     """Everything about the machine a submission needs, before anything is written."""
     require_submitit()
-    check_paths(opts, shared)
+    check_paths(opts, shared, echo)
     if opts.executor == "slurm":
         if not opts.dry_run:
             require_slurm()
@@ -179,8 +179,14 @@ def check_environment(opts: ClusterOptions, shared: dict[str, Path]) -> None:
         raise UserError(f"--gpus-per-job {opts.gpus_per_job}: this machine has {have} GPU(s)")
 
 
-def check_paths(opts: ClusterOptions, shared: dict[str, Path]) -> None:
-    """SLURM jobs run on other nodes: every path they use must be on a shared filesystem."""
+def check_paths(opts: ClusterOptions, shared: dict[str, Path], echo=print) -> None:
+    """SLURM jobs run on other nodes: every path they use must be on a shared filesystem
+    (a dry run, which submits nothing, says so and goes on to show the script)."""
     if opts.executor == "slurm":
         for what, path in shared.items():
-            check_shared(path, what)
+            try:
+                check_shared(path, what)
+            except UserError as e:
+                if not opts.dry_run:
+                    raise
+                echo(f"warning: {e}; a submission without --dry-run is refused")

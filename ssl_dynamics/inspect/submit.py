@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from .. import artifacts as art
 from ..cluster import executor as ex
 from ..cluster.options import ClusterOptions, check_environment, check_paths
 from ..cluster.records import active_work, describe
@@ -33,11 +34,12 @@ def submit_rt(run_dir: str | Path, work: str | Path | None, shards: int, select:
     if store and Path(store).suffix != ".zarr":
         raise UserError(f"--store {store}: jobs share the store, so it must be a .zarr folder")
     given = {"run directory": Path(run_dir), "work folder": work, "r_t store": store}
-    check_environment(cluster, {k: Path(v) for k, v in given.items() if v})
+    check_environment(cluster, {k: Path(v) for k, v in given.items() if v}, echo)
+    mark = art.created_folders()  # a dry run leaves no empty work folder behind
     ws = open_workspace(run_dir, work, echo=echo)
     resolve_group(group, "cpu", ws.run.cfg.backbone)  # refuses bad values before any write
     store_path = Path(store).absolute() if store else ws.store.absolute()
-    check_paths(cluster, {"work folder": ws.dir, "r_t store": store_path})
+    check_paths(cluster, {"work folder": ws.dir, "r_t store": store_path}, echo)
     # every shard's checkpoints are checked here (shard 0/1 is the whole grid), before any write
     plan = check_rt(ws, replace(select, shard=(0, 1)), bank, store_path, "bf16" if bf16 else "fp32")
     jobs_dir = ws.dir.absolute() / "jobs"
@@ -46,7 +48,9 @@ def submit_rt(run_dir: str | Path, work: str | Path | None, shards: int, select:
     if cluster.dry_run:
         planned = [{"shard": f"{i}/{shards}", "store": str(store_path), **mine} for i in range(shards)
                    if f"{i}/{shards}" not in busy]
-        return _dry_run(cluster, jobs_dir, planned, echo)
+        _dry_run(cluster, jobs_dir, planned, echo)
+        art.remove_unused_folders(since=mark)
+        return None
     open_rt(ws, plan, data, echo)  # the bank and the store's arrays, made once, here
     todo, planned = [], []
     for i in range(shards):

@@ -43,7 +43,7 @@ def submit_grid(root: str | Path, cfg: RunConfig, setups: list[str], request: Tr
                         f"smaller pack after the full ones; give {pack * (runs_per_job // pack)}, "
                         f"another multiple, or at most {pack}")
     root = Path(root).absolute()  # jobs may start in another working directory
-    check_environment(cluster, {"run directory": root})
+    check_environment(cluster, {"run directory": root}, echo)
     dataset, jobs = check_grid(root, cfg, setups, TrainOptions(checkpoint_dtype=request.checkpoint_dtype),
                                check_disk, download, echo)
     jobs_dir = art.RunPaths(root).jobs
