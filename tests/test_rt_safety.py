@@ -208,6 +208,11 @@ def test_store_path_that_is_the_bank_or_another_h5_is_refused(run, tmp_path):
         rt(run, foreign, setups=["supervised"])
     assert sha(bank) == h and sha(foreign) == h
     assert not (run / "inspect" / "bank.h5.work.zarr").exists() and not (tmp_path / "other.h5.work.zarr").exists()
+    for store, bank in ((tmp_path / "no" / "such" / "rt.zarr", None), (tmp_path / "rt.zarr", tmp_path / "nope" / "b.h5")):
+        option, missing = ("--bank", tmp_path / "nope") if bank else ("--store", tmp_path / "no" / "such")
+        with pytest.raises(UserError, match=f"{option} .*: its folder {missing} does not exist; create it first"):
+            rt(run, store, setups=["supervised"], bank_path=bank)
+    assert not (tmp_path / "no").exists() and not (tmp_path / "nope").exists() and not (tmp_path / "rt.zarr").exists()
 
 
 # --------------------------------------------------------------------------- 3. precision

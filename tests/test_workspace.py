@@ -124,6 +124,7 @@ def test_a_command_that_succeeds_keeps_the_folder_it_made(tmp_path, monkeypatch)
 def test_the_report_says_which_store_each_analysis_read(tiny_rt, tmp_path):
     run = private_copy(tiny_rt, tmp_path)
     other = tmp_path / "other"
+    other.mkdir()
     for args in (["dynamics", run], ["classes", run],
                  ["rt", run, "--store", other / "rt.zarr", "--bank", other / "bank.h5", "--probes", "16", "--simclr-batch", "8"]):
         r = CliRunner().invoke(cli, [str(a) for a in args] + ["--no-progress"] * (args[0] == "rt"))

@@ -116,10 +116,14 @@ def check_store_path(store_path: Path, bank_path: Path, features: Path | None = 
     """Refuse a store path that would replace or write into something other than an r_t
     store: the bank, the representation cache, an existing .h5 that is not an archive of
     `inspect rt` (analysis.h5, anything else), or an existing Zarr folder of something else;
-    and a store or bank path through a broken symbolic link (refused before the bank is built)."""
+    a store or bank path through a broken symbolic link, or in a folder that does not exist
+    (refused before the bank is built)."""
     for option, path in (("--store", store_path), ("--store", work_path(store_path)), ("--bank", bank_path)):
         if (link := art.broken_link(path)) is not None:
             raise UserError(f"{option} {path}: {link}; remove it or choose another path")
+    for option, path in (("--store", store_path), ("--bank", bank_path)):
+        if not path.parent.is_dir():  # a typo in the path is not a new folder (as `export --out`)
+            raise UserError(f"{option} {path}: its folder {path.parent} does not exist; create it first")
     if store_path.resolve() == bank_path.resolve():
         raise UserError(f"--store {store_path} is the bank; choose another path for the r_t store")
     if store_path.suffix in (".h5", ".hdf5") and store_path.exists() and not is_rt_archive(store_path):
