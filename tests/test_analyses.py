@@ -254,6 +254,21 @@ def test_a_setup_without_an_epoch_after_the_init_is_named(tmp_run, monkeypatch):
     assert run_dynamics(data, Outputs(tmp_run), "simclr", (1,), include_init=True)["aligned"]["supervised"] == [0]
 
 
+def test_a_setup_never_evaluated_is_refused_with_the_fix(tmp_run, monkeypatch):
+    """dynamics, binomial and classes each name the setup and the two ways out."""
+    no_figures(monkeypatch)
+    data = {"simclr": counts_setup("simclr", [0, 3, 6], epochs=[0, 1, 2]),
+            "random_labels": counts_setup("random_labels", [1, 5, 9], epochs=[0, 1, 2],
+                                          valid=np.zeros((1, 3), bool))}
+    want = (r"^setup random_labels has no evaluated checkpoint in the r_t store: `inspect rt --setup "
+            r"random_labels` evaluates it, or leave it out with --setup$")
+    for analysis in (lambda: run_dynamics(data, Outputs(tmp_run), "simclr", (1,)),
+                     lambda: run_binomial(data, Outputs(tmp_run), (0.5,), null_sims=10),
+                     lambda: run_classes(data, Outputs(tmp_run), [str(c) for c in range(10)])):
+        with pytest.raises(UserError, match=want):
+            analysis()
+
+
 def test_reference_epochs_repeated_once_and_epoch_0_only_with_include_init(tmp_run, monkeypatch):
     no_figures(monkeypatch)
     data = {"simclr": counts_setup("simclr", [0, 3, 6], epochs=[0, 1, 2]),

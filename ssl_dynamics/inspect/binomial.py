@@ -39,7 +39,7 @@ from .binomial_rows import (STREAM_TILDE_NOISE, chi_entry, mae_entry, missing_ro
 from .first_second import first_second
 from .outputs import Outputs
 from .plots import seed_count_note
-from .rtdata import SetupRt, absent_seeds
+from .rtdata import SetupRt, absent_seeds, require_evaluated
 
 DEFAULT_P0S = (0.25, 0.5, 0.75)
 # p0s="range": each setup's own levels, this far from its lowest to its highest mean
@@ -168,9 +168,8 @@ def run_binomial(data: dict[str, SetupRt], out: Outputs, p0s: Sequence[float] = 
         raise UserError("no setups to analyse")
     p0s = check_args(p0s, draws, seed, null_sims)
     notes, arrays, per, labelled, coords = [], {}, {}, {}, {}
+    require_evaluated(data)
     for s, d in data.items():
-        if not np.asarray(d.valid).any():
-            raise UserError(f"setup {s} has no evaluated checkpoint")
         per[s] = _setup_tables(s, d, p0s, int(draws), int(seed), int(null_sims), include_init,
                                notes, arrays, labelled, coords)
     levels, mode = "", "range" if p0s == "range" else "fixed"

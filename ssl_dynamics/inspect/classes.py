@@ -17,7 +17,7 @@ from ..errors import UserError
 from . import stats as st
 from .outputs import Outputs
 from .plots import class_colors, new_figure, seed_count_note, seeds_tag, setup_label
-from .rtdata import SetupRt, absent_seeds
+from .rtdata import SetupRt, absent_seeds, require_evaluated
 
 REACH_LEVEL = 0.5  # table column: first epoch with class mean r_t >= this
 
@@ -46,8 +46,7 @@ def _setup_classes(s: str, d: SetupRt, names: list[str], notes: list[str]) -> tu
     """Rows, figure curves and arrays of one setup."""
     valid, epochs = np.asarray(d.valid, dtype=bool), np.asarray(d.epochs)
     ev = np.flatnonzero(valid.any(axis=0))
-    if not ev.size:
-        raise UserError(f"setup {s} has no evaluated checkpoint")
+    require_evaluated({s: d})
     n_seeds = st.seeds_per_epoch(valid)
     notes += [n for n in [seed_count_note(s, n_seeds, epochs, absent_seeds(d))] if n]
     labels = np.asarray(d.labels).astype(np.int64)

@@ -26,7 +26,7 @@ from . import stats as st
 from .outputs import Outputs
 from .plots import (EPOCH_CMAP, compress_ints, new_figure, rank_x, rate_axis, seed_count_note,
                     seeds_tag, setup_color, setup_label)
-from .rtdata import SetupRt, absent_seeds
+from .rtdata import SetupRt, absent_seeds, require_evaluated
 
 DEFAULT_REF_EPOCHS = (1, 5, 10, 25, 50, 200)
 # Fig. 4.1: the thesis draws every epoch (200, 50, 20 and 500 curves per panel), read as a
@@ -190,9 +190,7 @@ def reference_alignment(data: dict[str, SetupRt], ref_setup: str | None = None,
     if not data:
         raise UserError("no setups to analyse")
     notes: list[str] = []
-    for s in data:
-        if not evaluated_indices(data[s]).size:
-            raise UserError(f"setup {s} has no evaluated checkpoint")
+    require_evaluated(data)
     ref_setup = resolve_reference(data, ref_setup)
     if ref_epochs is None:
         ref_epochs, note = default_ref_epochs(data[ref_setup], include_init)

@@ -58,6 +58,14 @@ def absent_seeds(d: SetupRt) -> list[int]:
     return [int(x) for x in np.asarray(d.seeds)[~np.asarray(d.valid, dtype=bool).any(axis=1)]]
 
 
+def require_evaluated(data: dict[str, SetupRt]) -> None:
+    """Refuse a setup of the store without any evaluated checkpoint, saying how to fix it."""
+    for s, d in data.items():
+        if not np.asarray(d.valid).any():
+            raise UserError(f"setup {s} has no evaluated checkpoint in the r_t store: `inspect rt --setup "
+                            f"{s}` evaluates it, or leave it out with --setup")
+
+
 def _setup_rt(setup: str, data: dict[str, np.ndarray], attrs: dict[str, Any],
               probe_indices: np.ndarray, labels: np.ndarray) -> SetupRt:
     correct, p_true = data["correct"], data["p_true"]
