@@ -159,6 +159,18 @@ def test_missing_checkpoints_are_named_then_skipped(run):
     assert d.valid.sum(axis=0).tolist() == [2, 2, 1]
 
 
+def test_checkpoints_without_their_manifest_are_named_as_such(run):
+    paths = art.RunPaths(run)
+    paths.manifest("supervised", 1).unlink()  # its files are there, but uncommitted
+    with pytest.raises(UserError, match=r"supervised seed 1 epochs 0-2; supervised seed 1: checkpoints "
+                                        r"without manifest.json, which commits them .*--allow-missing"):
+        rt(run, setups=["supervised"], device="cpu", **BANK, **QUIET)
+    paths.checkpoint("supervised", 0, 2).unlink()  # a file gone is missing, not unlisted
+    with pytest.raises(UserError, match=r"supervised seed 0 epochs 2; supervised seed 1 epochs 0-2; supervised "
+                                        r"seed 1: checkpoints without"):
+        rt(run, setups=["supervised"], device="cpu", **BANK, **QUIET)
+
+
 def test_corrupt_checkpoint_named(run):
     p = art.RunPaths(run).checkpoint("simclr", 0, 1)
     p.write_bytes(p.read_bytes()[:64])
@@ -267,7 +279,8 @@ def test_foreign_checkpoint_refused(run):
 def test_refusals(run, tmp_path):
     with pytest.raises(UserError, match="not a run directory"):
         rt(tmp_path / "nowhere", **QUIET)
-    with pytest.raises(UserError, match=r"epoch\(s\) 7 not in this run .*simclr: 0-2"):
+    with pytest.raises(UserError, match=r"epoch\(s\) 7 not in this run's planned epochs .*simclr: 0-2.*; "
+                                        r"`inspect rt` evaluates those only \(epochs `train extend` added"):
         rt(run, epochs=[1, 7], device="cpu", **BANK, **QUIET)
     with pytest.raises(UserError, match="not in this run"):
         rt(run, setups=["byol"], **QUIET)

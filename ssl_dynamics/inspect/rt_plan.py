@@ -154,14 +154,20 @@ def check_selection(run: art.Run, select: Selection) -> tuple[list[str], dict]:
     missing = {s: m for s in setups
                if (m := find_missing(run.paths, s, run.cfg.setups[s].epochs, run.cfg.seeds))}
     if missing and not select.allow_missing:
+        unlisted = [f"{s} seed {seed}" for s, seeds in missing.items() for seed in seeds
+                    if not run.paths.manifest(s, seed).exists() and run.paths.epochs(s, seed)]
+        why = (f"; {', '.join(unlisted[:3])}{' ...' if len(unlisted) > 3 else ''}: checkpoints without "
+               f"manifest.json, which commits them (`train status` says more)" if unlisted else "")
         raise UserError(f"missing checkpoints (no file, or not in its seed's manifest): "
-                        f"{describe_missing(missing)} (--allow-missing evaluates what exists)")
+                        f"{describe_missing(missing)}{why} (--allow-missing evaluates what exists)")
     if select.epochs is not None:
         top = max(run.cfg.setups[s].epochs for s in setups)
         bad = [e for e in select.epochs if e < 0 or e > top]
         if bad:
             have = ", ".join(f"{s}: 0-{run.cfg.setups[s].epochs}" for s in setups)
-            raise UserError(f"epoch(s) {compress_ints(bad)} not in this run (it has {have})")
+            raise UserError(f"epoch(s) {compress_ints(bad)} not in this run's planned epochs ({have}); "
+                            f"`inspect rt` evaluates those only (epochs `train extend` added are read "
+                            f"by `probe`, `embed` and `activations`)")
     return setups, missing
 
 
