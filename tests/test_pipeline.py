@@ -83,6 +83,12 @@ def test_inspect_all_and_report(run, tmp_path):
     again = json.loads((local / "inspect" / "tables" / "tableB_1_probe.json").read_text())["rows"]
     init = [next(r for r in rows if r["model"] == "random_init") for rows in (probe, again)]
     assert init[0] == init[1] and init[0]["epoch_choice"] == "initialization: supervised's epoch 0, normalized input"
+    # a seed without the epoch asked for is named, not silently left out of the mean
+    (local / "checkpoints" / "supervised" / "seed-02" / "epoch-0003.safetensors").unlink()
+    out = invoke("probe", local, "--device", "cpu", "--setup", "supervised", "--epoch", "3")
+    assert "supervised: seed 2 has no checkpoint at epoch 3 and is left out (2 of 3 seeds averaged)" in out, out
+    rows = json.loads((local / "inspect" / "tables" / "tableB_1_probe.json").read_text())["rows"]
+    assert rows[0]["model"] == "supervised" and rows[0]["seeds"] == 2 and out.count("left out") == 1
 
 
 def test_report_on_an_empty_inspect_dir(run, tmp_path):

@@ -14,6 +14,7 @@ from .embed_figures import draw_kl, draw_tsne
 from .features import RAW_INPUT, FeatureCache, resolve_epoch
 from .kl import class_gaussians, kl_matrix
 from .outputs import Outputs
+from .plots import compress_ints
 from .probe import raw_pixel_features, train_linear_probe
 
 # Table B.1 of the thesis (one seed each), printed beside ours for comparison.
@@ -91,14 +92,24 @@ def run_probe(cache: FeatureCache, out: Outputs, setups: list[str], epoch: int |
     ds = cache.dataset
     common = dict(y_tr=ds.train_y.numpy(), y_te=ds.test_y.numpy(), n_classes=ds.n_classes,
                   seed=seed, device=device)
-    rows, arrays = [], {}
+    rows, arrays, left_out = [], {}, []
+
+    def seeds_at(setup: str, e: int) -> list[int]:  # noting the run's seeds without epoch e
+        have = _seeds_or_fail(cache, setup, e)
+        if gone := [sd for sd in cache.cfg.seeds if sd not in have]:
+            left_out.append(f"{setup}: seed{'s' if len(gone) > 1 else ''} {compress_ints(gone)} "
+                            f"{'have' if len(gone) > 1 else 'has'} no checkpoint at epoch {e} and "
+                            f"{'are' if len(gone) > 1 else 'is'} left out ({len(have)} of "
+                            f"{len(cache.cfg.seeds)} seeds averaged)")
+        return have
+
     for s in setups:
         e, how = resolve_epoch(cache.run, s, epoch)
-        feats = [cache.get(s, sd, e) for sd in _seeds_or_fail(cache, s, e)]
+        feats = [cache.get(s, sd, e) for sd in seeds_at(s, e)]
         row, arr = _probe_row(s, feats, e, how, **common)
         rows.append(row), arrays.update(arr)
     base, input_kind = random_init_source(cache)
-    feats = [cache.get(base, sd, 0) for sd in _seeds_or_fail(cache, base, 0)]
+    feats = [cache.get(base, sd, 0) for sd in seeds_at(base, 0)]
     init_how = f"initialization: {base}'s epoch 0, {input_kind} input"
     for name, f, e, how in (("random_init", feats, 0, init_how),
                             ("raw_pixels", [(raw_pixel_features(ds.train_x.numpy()),
@@ -112,7 +123,7 @@ def run_probe(cache: FeatureCache, out: Outputs, setups: list[str], epoch: int |
             "epoch_choice says why each row used its epoch.")
     out.write_table("tableB_1_probe", rows, note)
     out.write_arrays("probe", arrays, {"note": note})
-    return {"tables": {"tableB_1_probe": rows}, "notes": [note], "figures": []}
+    return {"tables": {"tableB_1_probe": rows}, "notes": [note, *left_out], "figures": []}
 
 
 def _one_model(cache: FeatureCache, setup: str, epoch: int | None, seed: int | None):
