@@ -459,7 +459,7 @@ def test_extend_keeps_the_runs_checkpoint_dtype_and_records_how_it_trained(tmp_p
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["extend", str(tmp_path), "--to", "2", *base])
     assert r.exit_code == 0, r.output
-    assert "each seed's checkpoint dtype: bf16" in r.output
+    assert "each seed keeps its checkpoint dtype: bf16)" in r.output, r.output
     paths = art.RunPaths(tmp_path)
     assert weights(paths.checkpoint("supervised", 0, 2))["backbone.stem.0.weight"].dtype == torch.bfloat16
     m = art.read_json(paths.manifest("supervised", 0))
@@ -469,11 +469,11 @@ def test_extend_keeps_the_runs_checkpoint_dtype_and_records_how_it_trained(tmp_p
     lines = [json.loads(line) for line in paths.metrics("supervised", 0).read_text().splitlines()]
     assert [line["trained_with"]["checkpoint_dtype"] for line in lines] == ["bf16", "bf16"]
     # a run that predates the record: the dtype is read off its newest checkpoint
-    from ssl_dynamics.train.extend import recorded_checkpoint_dtype
+    from ssl_dynamics.train.loop import checkpoint_dtypes
 
     del m["trained_with"]
     art.write_json_atomic(paths.manifest("supervised", 0), m)
-    assert recorded_checkpoint_dtype(tmp_path, "supervised", (0,)) == "bf16"
+    assert checkpoint_dtypes(paths, "supervised", (0,)) == checkpoint_dtypes(paths, "supervised") == {0: "bf16"}
     r = CliRunner().invoke(cli, ["extend", str(tmp_path), "--to", "3", "--checkpoint-dtype", "fp32", *base])
     assert r.exit_code == 0, r.output
     assert weights(paths.checkpoint("supervised", 0, 3))["backbone.stem.0.weight"].dtype == torch.float32
@@ -490,9 +490,22 @@ def test_extend_keeps_each_seeds_own_checkpoint_dtype(tmp_path):
     r = CliRunner().invoke(cli, ["extend", str(tmp_path), "--setup", "supervised", "--to", "2",
                                  "--device", "cpu", "--no-progress"])
     assert r.exit_code == 0, r.output
+    assert "each seed keeps its checkpoint dtype: bf16 (seed 0); fp32 (seed 1))" in r.output, r.output
     paths = art.RunPaths(tmp_path)
     for seed, want in ((0, torch.bfloat16), (1, torch.float32)):
         assert weights(paths.checkpoint("supervised", seed, 2))["head.weight"].dtype == want
+
+
+def test_a_seed_added_later_takes_its_setups_checkpoint_dtype(tmp_path):
+    """An archive stays one dtype: seeds added without --checkpoint-dtype are stored as the
+    setup's seeds are (bf16 here), an explicit dtype still wins."""
+    base = [*SMOKE, "--setup", "supervised", "--epochs", "1"]
+    for seeds, extra in (("0", ["--checkpoint-dtype", "bf16"]), ("0-1", []), ("0-2", ["--checkpoint-dtype", "fp32"])):
+        r = CliRunner().invoke(cli, ["run", "--out", str(tmp_path), *base, "--seeds", seeds, *extra])
+        assert r.exit_code == 0, r.output
+    paths = art.RunPaths(tmp_path)
+    for seed, want in ((0, torch.bfloat16), (1, torch.bfloat16), (2, torch.float32)):
+        assert weights(paths.checkpoint("supervised", seed, 1))["head.weight"].dtype == want, seed
 
 
 def test_extend_refuses_a_schedule_that_depends_on_the_run_length(tmp_path):

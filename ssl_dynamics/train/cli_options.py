@@ -14,7 +14,8 @@ def how_options():
         click.option("--deterministic", is_flag=True, help="Deterministic kernels (bit-reproducible resumes)."),
         click.option("--checkpoint-dtype", type=click.Choice(["fp32", "bf16"]), default=None,
                      help="Storage type of the saved weights: bf16 halves the archive (resume.pt keeps "
-                          "fp32). Default: what each seed's checkpoints use so far, fp32 for a new seed."),
+                          "fp32). Default: what each seed's checkpoints use so far; a new seed takes its "
+                          "setup's seeds' dtype (fp32 for the first)."),
         click.option("--compile", "compile_", is_flag=True,
                      help="torch.compile the network (opt-in; pays compilation in the first epoch)."),
         click.option("--compile-mode", type=click.Choice(["default", "reduce-overhead", "max-autotune"]),

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import click
 
-from ..artifacts import load_run_config
+from ..artifacts import RunPaths, load_run_config
 from ..cli_util import split_names
+from ..cluster.records import ranges
 from ..config import absolute_locations, parse_seeds
 from ..errors import UserError
 from .grid import refuse_damaged, train_grid
 from .cli_options import how_options
-from .loop import TrainOptions, TrainRequest
+from .loop import TrainOptions, TrainRequest, checkpoint_dtypes
 
 THESIS_EXTENSIONS = {"supervised": 200, "random_labels": 30}  # thesis section 5.1
 
@@ -64,19 +65,6 @@ def extend_grid(root: str | Path, setups: list[str], until: int, opts: TrainOpti
                       progress=progress, until={s: until for s in setups}, announce=announce)
 
 
-def recorded_checkpoint_dtype(root: str | Path, setup: str, seeds) -> str:
-    """The storage type of a setup's checkpoints: that of its first seed with a manifest
-    (`loop.seed_checkpoint_dtype`), fp32 when none has one."""
-    from .. import artifacts as art
-    from .loop import seed_checkpoint_dtype
-
-    paths = art.RunPaths(root)
-    for seed in seeds:
-        if paths.manifest(setup, seed).exists():
-            return seed_checkpoint_dtype(paths, setup, seed, art.read_manifest(paths.manifest(setup, seed)))
-    return "fp32"
-
-
 @click.command("extend")
 @click.argument("run_dir")
 @click.option("--setup", "setups", multiple=True, required=True,
@@ -114,14 +102,18 @@ def extend_cmd(run_dir, setups, until, seeds, data_root, dataset, device, precis
     status = []  # every setup is extended before a damaged seed of any is refused
     for s in setups:
         to = THESIS_EXTENSIONS[s] if until is None else until
-        # None: each seed keeps its own checkpoints' dtype (`loop.open_seed`); shown as the first's
-        dtype = checkpoint_dtype or recorded_checkpoint_dtype(run_dir, s, chosen or cfg.seeds)
+        # None: each seed keeps its own checkpoints' dtype (`loop.open_seed`)
+        kept = checkpoint_dtypes(RunPaths(run_dir), s, chosen or cfg.seeds)
+        kinds = {d: [sd for sd, k in kept.items() if k == d] for d in sorted(set(kept.values()))}
+        dtype = (f", {checkpoint_dtype} checkpoints)" if checkpoint_dtype else
+                 f", each seed keeps its checkpoint dtype: {', '.join(kinds) or 'fp32'})" if len(kinds) < 2 else
+                 ", each seed keeps its checkpoint dtype: " + "; ".join(
+                     f"{d} (seed{'s' if len(v) > 1 else ''} {ranges(v)})" for d, v in kinds.items()) + ")")
         opts = TrainRequest(device, precision, channels_last, deterministic, checkpoint_dtype, compile_,
                             compile_mode, pack).resolve(backbone=cfg.backbone)
         announce = (f"extending {s} to epoch {to} on {opts.device} ({'bf16' if opts.bf16 else 'fp32'}"
                     + (f", {opts.pack} seeds per pack" if opts.pack > 1 else "")
-                    + (f", {checkpoint_dtype} checkpoints)" if checkpoint_dtype else
-                       f", each seed's checkpoint dtype: {dtype} for the first)"))
+                    + dtype)
         status += extend_grid(run_dir, [s], to, opts, chosen, data_root, check_disk=not ignore_disk_check,
                               echo=click.echo, progress=not no_progress, dataset=dataset, announce=announce)
     refuse_damaged([st for st in status if chosen is None or st.seed in chosen], run_dir)

@@ -107,8 +107,9 @@ def open_seed(paths: art.RunPaths, run: RunConfig, setup: SetupConfig, seed: int
     if opts.channels_last:
         model.to(memory_format=torch.channels_last)
     _move_optimizer_state(optimizer, torch.device(opts.device))
-    dtype = opts.checkpoint_dtype or (seed_checkpoint_dtype(paths, setup.name, seed, manifest)
-                                       if start is not None else "fp32")
+    # a seed keeps its checkpoints' dtype; a new seed takes its setup's (an archive stays one dtype)
+    dtype = opts.checkpoint_dtype or (seed_checkpoint_dtype(paths, setup.name, seed, manifest) if start is not None
+                                      else next(iter(checkpoint_dtypes(paths, setup.name).values()), "fp32"))
     state = SeedState(setup, seed, model, optimizer, manifest, start, dtype)
     if start is None:
         state.epoch = 0
@@ -122,6 +123,18 @@ def aim(state: SeedState, until: int | None) -> None:
     if until is not None and until > state.setup.epochs:
         before = state.manifest.get("extend_target")
         state.manifest["extend_target"] = max(until, before if isinstance(before, int) else 0)
+
+
+def checkpoint_dtypes(paths: art.RunPaths, setup: str, seeds=None) -> dict[int, str]:
+    """seed -> storage type of its checkpoints (`seed_checkpoint_dtype`), for the seeds of
+    `seeds` (default: the setup's seed folders) that have a manifest with checkpoints."""
+    out = {}
+    for seed in paths.seeds(setup) if seeds is None else seeds:
+        if paths.manifest(setup, seed).exists():
+            manifest = art.read_manifest(paths.manifest(setup, seed))
+            if manifest["checkpoints"]:
+                out[seed] = seed_checkpoint_dtype(paths, setup, seed, manifest)
+    return out
 
 
 def seed_checkpoint_dtype(paths: art.RunPaths, setup: str, seed: int, manifest: dict) -> str:
