@@ -707,6 +707,22 @@ def test_exit_statuses_in_help_are_those_of_the_docs():
             assert status in text, out
 
 
+def test_each_analysis_help_says_what_it_reads_and_every_output_it_writes():
+    from click.testing import CliRunner
+
+    from ssl_dynamics.inspect.outputs import STEP_OUTPUTS
+
+    said = {}
+    for name in ("dynamics", "binomial", "heterogeneity", "classes", "examples", "probe", "embed", "activations"):
+        said[name] = " ".join(CliRunner().invoke(inspect_cli.cli, [name, "--help"]).output.split())
+        reads = "run `inspect rt` first" if name in ("dynamics", "binomial", "heterogeneity", "classes",
+                                                       "examples") else "Reads the checkpoints themselves"
+        assert reads in said[name], said[name]
+    steps = {**{n: n for n in said}, "tsne": "embed", "kl": "embed"}
+    for step, (names, group) in STEP_OUTPUTS.items():
+        assert all(n in said[steps[step]] for n in names) and f"{group}" in said[steps[step]], step
+
+
 def test_notes_for_settings_that_train_but_mislead(tmp_path, monkeypatch, capsys):
     """A 10-way head on a 3-class image folder, a width a timm backbone ignores, bf16 on the
     CPU: each trains, and each is said once before training."""

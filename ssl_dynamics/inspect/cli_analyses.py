@@ -10,6 +10,20 @@ from .cli_options import (DATA, DEVICE, EPOCH, NO_PROGRESS, NO_VERIFY, RNG_SEED,
                           STEPS, STORE, TSNE_SEED, WORK, not_empty, options, show, workspace)
 from .example_measures import HARDNESS_DIRECTION as HARDNESS
 
+READS_STORE = "Reads the r_t store: run `inspect rt` first (`inspect all` does both)."
+READS_CHECKPOINTS = "Reads the checkpoints themselves (their representations are cached in WORK/features.zarr)."
+
+
+def writes(reads: str, *steps: str) -> str:
+    """A command's epilog: what it reads, and the outputs STEP_OUTPUTS names for its steps."""
+    from .outputs import STEP_OUTPUTS
+
+    names = [n for step in steps for n in STEP_OUTPUTS[step][0]]
+    return (f"{reads} Writes into WORK (default RUN_DIR/inspect) the tables (tables/*.json, .csv) and "
+            f"figures (figures/*.png, .pdf) named {', '.join(names)}, and the arrays in analysis.h5 "
+            f"(group{'s' if len(steps) > 1 else ''} {', '.join(STEP_OUTPUTS[st][1] for st in steps)}).")
+
+
 def _analysis(run_dir, work, store, setups, fn):
     from .analyses import store_data
     from .outputs import Outputs
@@ -20,7 +34,7 @@ def _analysis(run_dir, work, store, setups, fn):
         show(fn(store_data(ws, split_names(setups), store, out), out, ws))
 
 
-@click.command("dynamics", short_help="Sorted r_t curves and the epoch-aligned comparison (Figs 4.1, 4.2).")
+@click.command("dynamics", epilog=writes(READS_STORE, "dynamics"), short_help="Sorted r_t curves and the epoch-aligned comparison (Figs 4.1, 4.2).")
 @options(RUN_DIR, WORK, STORE, SETUP)
 @click.option("--epochs", default=None,
               help="Epoch numbers of the reference setup to align the others to (a list, e.g. "
@@ -54,7 +68,7 @@ def _curves(text: str) -> str | int:
     return n
 
 
-@click.command("binomial")
+@click.command("binomial", epilog=writes(READS_STORE, "binomial"))
 @options(RUN_DIR, WORK, STORE, SETUP)
 @click.option("--draws", default=10, show_default=True, help="Binomial noise draws for the MAE.")
 @click.option("--seed", type=RNG_SEED, default=0, show_default=True, help="Seed of the binomial draws and the nulls.")
@@ -74,7 +88,7 @@ def binomial_cmd(run_dir, work, store, setups, draws, seed, null_sims, include_i
         d, out, p0s, draws=draws, seed=seed, null_sims=null_sims, include_init=include_init))
 
 
-@click.command("heterogeneity")
+@click.command("heterogeneity", epilog=writes(READS_STORE, "heterogeneity"))
 @options(RUN_DIR, WORK, STORE, SETUP)
 @click.option("--epochs", default=None, help="Reference epochs (a list; default as `dynamics`).")
 @click.option("--reference", default=None, help="Reference setup A (default: simclr, else the first).")
@@ -89,7 +103,7 @@ def heterogeneity_cmd(run_dir, work, store, setups, epochs, reference, include_i
         d, out, ref_setup=reference, ref_epochs=ref_epochs, include_init=include_init))
 
 
-@click.command("classes", short_help="Per-class r_t dynamics (Fig 5.3).")
+@click.command("classes", epilog=writes(READS_STORE, "classes"), short_help="Per-class r_t dynamics (Fig 5.3).")
 @options(RUN_DIR, WORK, STORE, SETUP)
 def classes_cmd(run_dir, work, store, setups):
     """Per-class r_t dynamics (Fig. 5.3)."""
@@ -98,7 +112,7 @@ def classes_cmd(run_dir, work, store, setups):
     _analysis(run_dir, work, store, setups, lambda d, out, ws: run_classes(d, out, ws.run.classes))
 
 
-@click.command("examples")
+@click.command("examples", epilog=writes(READS_STORE, "examples"))
 @options(RUN_DIR, WORK, STORE, SETUP, *DATA, NO_PROGRESS)
 @click.option("--start-epoch", default=1, show_default=True,
               help="First epoch the measures use (0 includes the initialization, whose "
@@ -161,7 +175,7 @@ def _representations(run_dir, work, setups, device, dataset, data_root, no_verif
         show(fn(cache, Outputs(ws.dir), names, dev))
 
 
-@click.command("probe")
+@click.command("probe", epilog=writes(READS_CHECKPOINTS, "probe"))
 @options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, *DATA, NO_VERIFY)
 @click.option("--seed", type=RNG_SEED, default=0, show_default=True, help="Seed of the probe's init and shuffling.")
 def probe_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verify, seed):
@@ -172,7 +186,7 @@ def probe_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verif
                      lambda c, out, names, dev: run_probe(c, out, names, epoch, seed, dev))
 
 
-@click.command("embed", short_help="t-SNE and KL between class Gaussians (Figs 5.1, 5.2).")
+@click.command("embed", epilog=writes(READS_CHECKPOINTS, "tsne", "kl"), short_help="t-SNE and KL between class Gaussians (Figs 5.1, 5.2).")
 @options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, *DATA, NO_VERIFY)
 @click.option("--seed", type=int, default=None, help="Model seed to embed (default: the first).")
 @click.option("--tsne-seed", type=TSNE_SEED, default=0, show_default=True, help="Seed of t-SNE and its 25% subset.")
@@ -193,7 +207,7 @@ def embed_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verif
                                                           shrinkage, tsne_method))
 
 
-@click.command("activations", short_help="Activation maximization, sigmoid-normalized (Fig 5.4).")
+@click.command("activations", epilog=writes(READS_CHECKPOINTS, "activations"), short_help="Activation maximization, sigmoid-normalized (Fig 5.4).")
 @options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, NO_VERIFY, NO_PROGRESS)
 @click.option("--seed", type=int, default=None, help="Model seed (default: the first).")
 @click.option("--steps", type=STEPS, default=1000, show_default=True, help="Gradient-ascent iterations.")
