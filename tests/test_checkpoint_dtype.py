@@ -133,8 +133,8 @@ def test_load_weights_accepts_huge_finite_weights(tmp_path):
 @pytest.mark.parametrize("pack", [1, 2])
 def test_a_resume_without_the_option_keeps_the_seeds_dtype(tmp_path, pack):
     """A seed begun with bf16 checkpoints and resumed without --checkpoint-dtype stays bf16
-    (it used to switch to fp32 midway); a seed that is new takes fp32, and an explicit
-    dtype is what the user asked for."""
+    (it used to switch to fp32 midway); a seed that is new takes its setup's dtype (bf16
+    here: an archive stays one dtype; test_train has an explicit dtype winning)."""
     cfg = tiny(seeds=(0, 1))
     plain = replace(BF16, checkpoint_dtype=None, pack=pack, channels_last=pack > 1)
     train_grid(tmp_path, replace(cfg, seeds=(0,)), ["supervised"], replace(plain, checkpoint_dtype="bf16"),
@@ -147,6 +147,6 @@ def test_a_resume_without_the_option_keeps_the_seeds_dtype(tmp_path, pack):
                 for e in range(4)]
 
     assert dtypes(0) == [torch.bfloat16] * 4
-    assert dtypes(1) == [torch.float32] * 4
-    for seed, want in ((0, "bf16"), (1, "fp32")):
+    assert dtypes(1) == [torch.bfloat16] * 4
+    for seed, want in ((0, "bf16"), (1, "bf16")):
         assert art.read_json(paths.manifest("supervised", seed))["trained_with"]["checkpoint_dtype"] == want
