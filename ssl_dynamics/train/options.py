@@ -19,7 +19,8 @@ class TrainOptions:
     channels_last: bool = False  # NHWC memory format (faster convs on tensor cores)
     deterministic: bool = False  # torch.use_deterministic_algorithms + no cudnn autotune
     # storage type of the saved weights: fp32 | bf16 | None: as the seed's checkpoints so far
-    # (fp32 for a new seed), so that resuming without the option never mixes two in one seed
+    # (a new seed: as its setup's seeds, fp32 for the first), so that resuming without the
+    # option never mixes two in one seed, nor adding seeds two in one setup
     checkpoint_dtype: str | None = None
     compile: bool = False  # torch.compile the network (opt-in; first epoch pays compilation)
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
