@@ -86,6 +86,33 @@ def test_disk_check_counts_bf16_files(tmp_path, monkeypatch):
     assert art.RunPaths(tmp_path).checkpoint("simclr", 0, 2).exists()
 
 
+def test_disk_check_counts_the_dtype_a_bf16_setup_goes_on_with(tmp_path, monkeypatch):
+    """Without --checkpoint-dtype, a setup whose seeds record bf16 goes on in bf16 (resumed
+    seeds keep it, new ones take it): the disk check counts bf16 files, not fp32 ones; a
+    setup of two dtypes is counted at fp32 (an upper bound)."""
+    import shutil
+
+    cfg = tiny(epochs=2, seeds=(0,))
+    train_grid(tmp_path, cfg, ["simclr"], BF16, progress=False, echo=quiet, until={"simclr": 1})
+    todo = [("simclr", 0, 1, 2), ("simclr", 1, -1, 2)]
+    free = (disk_estimate(cfg, todo, "fp32") + disk_estimate(cfg, todo, "bf16")) // 2
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(free, 0, free))
+    grown = replace(cfg, seeds=(0, 1))
+    with pytest.raises(UserError, match="not enough disk space"):  # asked for fp32
+        train_grid(tmp_path, grown, ["simclr"], replace(BF16, checkpoint_dtype="fp32"), progress=False, echo=quiet)
+    train_grid(tmp_path, grown, ["simclr"], replace(BF16, checkpoint_dtype=None), progress=False, echo=quiet)
+    assert art.RunPaths(tmp_path).checkpoint("simclr", 1, 2).exists()
+    from ssl_dynamics.train.grid import recorded_dtype
+
+    paths = art.RunPaths(tmp_path)
+    assert recorded_dtype(paths, "simclr") == "bf16" and recorded_dtype(paths, "supervised") == "fp32"
+    m = art.read_json(paths.manifest("simclr", 1))
+    m["trained_with"]["checkpoint_dtype"] = "fp32"
+    art.write_json_atomic(paths.manifest("simclr", 1), m)
+    assert recorded_dtype(paths, "simclr") == "fp32"
+
+
 # ---- load_weights: the loader of inspect rt, every check of load_network without a network ----
 
 def _saved(tmp_path, edit=None):

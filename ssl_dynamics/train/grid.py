@@ -90,6 +90,18 @@ def only(cfg: RunConfig, setups: list[str]) -> RunConfig:
     return replace(cfg, setups={s: cfg.setups[s] for s in setups})
 
 
+def recorded_dtype(paths: art.RunPaths, setup: str) -> str:
+    """The checkpoint dtype a setup's seeds go on with when none is asked for (`open_seed`):
+    the one their manifests record when they all record the same, else fp32 (an upper bound
+    for the disk check: seeds of two dtypes, or seeds that predate the record)."""
+    kinds = set()
+    for seed in paths.seeds(setup):
+        if paths.manifest(setup, seed).exists():
+            how = art.read_manifest(paths.manifest(setup, seed)).get("trained_with")
+            kinds.add(how.get("checkpoint_dtype") if isinstance(how, dict) else None)
+    return kinds.pop() if len(kinds) == 1 and kinds <= {"fp32", "bf16"} else "fp32"
+
+
 def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions, check_disk: bool,
                download: bool, echo, until: dict[str, int] | None = None) -> tuple[Dataset, list[Job]]:
     """Every check that needs no write: setups, dataset, run directory, disk space."""
@@ -139,8 +151,8 @@ def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions
     check_run(art.RunPaths(root), cfg, setups, dataset)
     jobs = plan(root, cfg, setups, until)
     check_manifests(art.RunPaths(root), [(j.setup, j.seed) for j in jobs])
-    # a seed that keeps bf16 checkpoints without the option is counted at fp32: an upper bound
-    need = disk_estimate(cfg, [(j.setup, j.seed, j.done, j.until) for j in jobs], opts.checkpoint_dtype or "fp32")
+    need = disk_estimate(cfg, [(j.setup, j.seed, j.done, j.until) for j in jobs],
+                         {s: opts.checkpoint_dtype or recorded_dtype(art.RunPaths(root), s) for s in setups})
     free = shutil.disk_usage(base).free
     echo(f"checkpoints to write: {art.format_bytes(need)} (free: {art.format_bytes(free)}) in {root}")
     if check_disk and need > free:

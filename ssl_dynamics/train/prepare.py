@@ -403,13 +403,14 @@ def checkpoint_bytes(cfg: RunConfig, sc: SetupConfig, dtype: str = "fp32") -> tu
     return ckpt, resume
 
 
-def disk_estimate(cfg: RunConfig, todo: list[tuple[str, int, int, int]], dtype: str = "fp32") -> int:
-    """Bytes the remaining checkpoints need: todo = (setup, seed, last done epoch or -1, until)."""
+def disk_estimate(cfg: RunConfig, todo: list[tuple[str, int, int, int]], dtype: str | dict[str, str] = "fp32") -> int:
+    """Bytes the remaining checkpoints need: todo = (setup, seed, last done epoch or -1, until);
+    `dtype`: the checkpoints' storage type, or one per setup."""
     sizes: dict[str, tuple[int, int]] = {}
     total = 0
     for name, _seed, done, until in todo:
         if name not in sizes:
-            sizes[name] = checkpoint_bytes(cfg, cfg.setups[name], dtype)
+            sizes[name] = checkpoint_bytes(cfg, cfg.setups[name], dtype if isinstance(dtype, str) else dtype[name])
         ckpt, resume = sizes[name]
         total += (until - done) * ckpt + (resume if done < 0 else 0)
     return total
