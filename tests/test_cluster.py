@@ -328,6 +328,9 @@ def test_option_values():
         copts.parse_mem("12")  # a forgotten G would start every job out of memory
     with pytest.raises(UserError, match="reads as 1023 megabytes"):
         copts.parse_mem("1023")
+    for text in ("500B", "2048b"):
+        with pytest.raises(UserError, match="SLURM takes no bytes"):
+            copts.parse_mem(text)
     for bad in ("", "4 hours", "0m", "1:2:3:4", "4:70", "2:00:61", "1-24"):
         with pytest.raises(UserError, match="--time"):
             copts.parse_time(bad)
@@ -372,6 +375,7 @@ def test_a_dry_run_on_a_local_folder_warns_and_shows_the_script(tmp_path, refere
                                         "--work", str(tmp_path / "w"), "--dry-run")
     assert code == 0, err
     assert "warning: run directory" in stdout and "#SBATCH --partition=gpu" in stdout
+    assert stdout.count(f"warning: work folder {tmp_path / 'w'} is under /tmp") == 1, stdout  # checked twice, said once
     assert sorted(reference.rglob("*")) == before and not (tmp_path / "w").exists()
 
 

@@ -97,12 +97,15 @@ def test_export_never_overwrites_another_runs_work_folders_or_stores_files(run, 
                ows.store / "zarr.json": "inside the Zarr store",
                ows.store / "simclr" / "done" / "zarr.json": "inside the Zarr store",
                ows.dir / "tables" / "examples.parquet": "which its analyses write",
-               h5_store: r"an r_t store \(.h5\)"}
+               h5_store: r"an r_t store \(.h5\)",
+               ows.dir / "jobs" / "20260101-rt" / "record.json": "a job record of the work folder",
+               other / "logs" / "worker-0.log": "a file of the run directory"}
     moved_bank = tmp_path / "archive" / "my-bank.h5"  # a bank outside any work folder
     shutil.copy(ows.bank, moved_bank)
     targets[moved_bank] = "a bank"
     for target in targets:
         if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text("a file of the other run")
     kept = {p: sha(p) for p in targets}
     ws = open_workspace(run, **QUIET)
@@ -472,3 +475,6 @@ def test_analyses_and_the_report_say_when_the_store_is_behind_the_run(run, monke
     page = (ws.dir / "report" / "index.html").read_text()
     assert code == 0 and "The r_t store lacks 1 checkpoint(s) the run has (simclr seed 1 epochs 2)" in page
     assert "the run has 2 seeds (each analysis says how many it read)" in page
+    manifest.write_text("{}")  # a damaged manifest: the analyses still read the store, without the note
+    code, out, err = main_result(inspect_cli.main, ["classes", run], monkeypatch, capsys)
+    assert code == 0 and "r_t store lacks" not in out, (out, err)

@@ -469,11 +469,13 @@ def test_extend_keeps_the_runs_checkpoint_dtype_and_records_how_it_trained(tmp_p
     lines = [json.loads(line) for line in paths.metrics("supervised", 0).read_text().splitlines()]
     assert [line["trained_with"]["checkpoint_dtype"] for line in lines] == ["bf16", "bf16"]
     # a run that predates the record: the dtype is read off its newest checkpoint
-    from ssl_dynamics.train.loop import checkpoint_dtypes
+    from ssl_dynamics.train.loop import checkpoint_dtypes, seed_checkpoint_dtype
 
+    assert checkpoint_dtypes(paths, "supervised", (0,)) == checkpoint_dtypes(paths, "supervised") == {0: "bf16"}
     del m["trained_with"]
     art.write_json_atomic(paths.manifest("supervised", 0), m)
-    assert checkpoint_dtypes(paths, "supervised", (0,)) == checkpoint_dtypes(paths, "supervised") == {0: "bf16"}
+    assert checkpoint_dtypes(paths, "supervised") == {}  # the manifests alone say nothing
+    assert seed_checkpoint_dtype(paths, "supervised", 0, m) == "bf16"  # the seed's own resume reads it
     r = CliRunner().invoke(cli, ["extend", str(tmp_path), "--to", "3", "--checkpoint-dtype", "fp32", *base])
     assert r.exit_code == 0, r.output
     assert weights(paths.checkpoint("supervised", 0, 3))["backbone.stem.0.weight"].dtype == torch.float32

@@ -82,6 +82,8 @@ def parse_mem(text: str) -> str:
     m = MEM_RE.fullmatch(text.strip())
     if not m or int(m.group(1)) < 1:
         raise UserError(f"--mem {text!r}: use a whole amount with a unit, e.g. 32G or 4000M")
+    if not m.group(2) and text.strip()[-1:].upper() == "B":  # bytes: not a unit SLURM takes
+        raise UserError(f"--mem {text!r}: give K, M, G or T (e.g. 32G); SLURM takes no bytes")
     if not m.group(2) and int(m.group(1)) < UNITLESS_MEM_MIN:
         raise UserError(f"--mem {text!r} reads as {int(m.group(1))} megabytes (SLURM's unit when none is "
                         f"given): give the unit, e.g. {int(m.group(1))}G, or {int(m.group(1))}M if meant")

@@ -12,6 +12,7 @@ from .example_measures import HARDNESS_DIRECTION as HARDNESS
 
 READS_STORE = "Reads the r_t store: run `inspect rt` first (`inspect all` does both)."
 READS_CHECKPOINTS = "Reads the checkpoints themselves (their representations are cached in WORK/features.zarr)."
+READS_NETWORKS = "Reads the checkpoints themselves."
 
 
 def writes(reads: str, *steps: str) -> str:
@@ -21,7 +22,8 @@ def writes(reads: str, *steps: str) -> str:
     names = [n for step in steps for n in STEP_OUTPUTS[step][0]]
     return (f"{reads} Writes into WORK (default RUN_DIR/inspect) the tables (tables/*.json, .csv) and "
             f"figures (figures/*.png, .pdf) named {', '.join(names)}, and the arrays in analysis.h5 "
-            f"(group{'s' if len(steps) > 1 else ''} {', '.join(STEP_OUTPUTS[st][1] for st in steps)}).")
+            f"(group{'s' if len(steps) > 1 else ''} {', '.join(STEP_OUTPUTS[st][1] for st in steps)})"
+            + ("; the per-example table also as tables/examples.parquet." if "examples" in steps else "."))
 
 
 def _analysis(run_dir, work, store, setups, fn):
@@ -207,7 +209,7 @@ def embed_cmd(run_dir, work, setups, epoch, device, dataset, data_root, no_verif
                                                           shrinkage, tsne_method))
 
 
-@click.command("activations", epilog=writes(READS_CHECKPOINTS, "activations"), short_help="Activation maximization, sigmoid-normalized (Fig 5.4).")
+@click.command("activations", epilog=writes(READS_NETWORKS, "activations"), short_help="Activation maximization, sigmoid-normalized (Fig 5.4).")
 @options(RUN_DIR, WORK, SETUP, EPOCH, DEVICE, NO_VERIFY, NO_PROGRESS)
 @click.option("--seed", type=int, default=None, help="Model seed (default: the first).")
 @click.option("--steps", type=STEPS, default=1000, show_default=True, help="Gradient-ascent iterations.")

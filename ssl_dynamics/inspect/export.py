@@ -194,7 +194,7 @@ def _check_target(ws: Workspace, target: Path, store: Path, force: bool, own: bo
 
 
 RUN_FILES = ("run.json", "random_labels.npy")  # a run directory's own files at its top
-RUN_FOLDERS = ("checkpoints", "jobs")  # and its folders of checkpoints and job records
+RUN_FOLDERS = ("checkpoints", "jobs", "logs")  # and its checkpoints, job records and worker logs
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
@@ -212,6 +212,8 @@ def toolkit_file(where: Path, own: bool = False) -> str | None:
             if where.parent == above and (where.name in (*OWN_FILES, "bank.h5", *STORE_NAMES)
                                           or where.name.endswith(".lock")):
                 return f"a file of the work folder {above}"
+            if above / "jobs" in where.parents:  # `inspect submit rt`'s records and logs
+                return f"a job record of the work folder {above}"
             if not own and Outputs(above).sweeps(where):
                 return f"in the tables/, figures/ or report/ of the work folder {above}, which its analyses write"
     try:

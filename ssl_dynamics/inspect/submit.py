@@ -33,13 +33,20 @@ def submit_rt(run_dir: str | Path, work: str | Path | None, shards: int, select:
         raise UserError("--shards must be at least 1")
     if store and Path(store).suffix != ".zarr":
         raise UserError(f"--store {store}: jobs share the store, so it must be a .zarr folder")
+    said: set[str] = set()
+
+    def once(line: str) -> None:  # a path checked twice (as given, then as resolved) warns once
+        if line not in said:
+            said.add(line)
+            echo(line)
+
     given = {"run directory": Path(run_dir), "work folder": work, "r_t store": store}
-    check_environment(cluster, {k: Path(v) for k, v in given.items() if v}, echo)
+    check_environment(cluster, {k: Path(v) for k, v in given.items() if v}, once)
     mark = art.created_folders()  # a dry run leaves no empty work folder behind
     ws = open_workspace(run_dir, work, echo=echo)
     resolve_group(group, "cpu", ws.run.cfg.backbone)  # refuses bad values before any write
     store_path = Path(store).absolute() if store else ws.store.absolute()
-    check_paths(cluster, {"work folder": ws.dir, "r_t store": store_path}, echo)
+    check_paths(cluster, {"work folder": ws.dir, "r_t store": store_path}, once)
     # every shard's checkpoints are checked here (shard 0/1 is the whole grid), before any write
     plan = check_rt(ws, replace(select, shard=(0, 1)), bank, store_path, "bf16" if bf16 else "fp32")
     jobs_dir = ws.dir.absolute() / "jobs"

@@ -103,7 +103,10 @@ def extend_cmd(run_dir, setups, until, seeds, data_root, dataset, device, precis
     for s in setups:
         to = THESIS_EXTENSIONS[s] if until is None else until
         # None: each seed keeps its own checkpoints' dtype (`loop.open_seed`)
-        kept = checkpoint_dtypes(RunPaths(run_dir), s, chosen or cfg.seeds)
+        paths = RunPaths(run_dir)
+        recorded = checkpoint_dtypes(paths, s)  # a seed not begun takes the setup's (`open_seed`)
+        kept = {sd: recorded.get(sd) or (next(iter(recorded.values()), "fp32") if not paths.manifest(s, sd).exists()
+                                         else "as stored") for sd in chosen or cfg.seeds}
         kinds = {d: [sd for sd, k in kept.items() if k == d] for d in sorted(set(kept.values()))}
         dtype = (f", {checkpoint_dtype} checkpoints)" if checkpoint_dtype else
                  f", each seed keeps its checkpoint dtype: {', '.join(kinds) or 'fp32'})" if len(kinds) < 2 else

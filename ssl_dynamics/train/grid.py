@@ -27,7 +27,7 @@ from ..config import RunConfig
 from ..data import Dataset, load_dataset
 from ..errors import UserError
 from ..progress import bar
-from .loop import Diverged, TrainOptions, batches_per_epoch, train_seed
+from .loop import Diverged, TrainOptions, batches_per_epoch, checkpoint_dtypes, train_seed
 from .pack import train_pack
 from .prepare import check_manifests, check_run, check_unchanged, disk_estimate, prepare_run
 
@@ -94,12 +94,10 @@ def recorded_dtype(paths: art.RunPaths, setup: str) -> str:
     """The checkpoint dtype a setup's seeds go on with when none is asked for (`open_seed`):
     the one their manifests record when they all record the same, else fp32 (an upper bound
     for the disk check: seeds of two dtypes, or seeds that predate the record)."""
-    kinds = set()
-    for seed in paths.seeds(setup):
-        if paths.manifest(setup, seed).exists():
-            how = art.read_manifest(paths.manifest(setup, seed)).get("trained_with")
-            kinds.add(how.get("checkpoint_dtype") if isinstance(how, dict) else None)
-    return kinds.pop() if len(kinds) == 1 and kinds <= {"fp32", "bf16"} else "fp32"
+    have = [seed for seed in paths.seeds(setup) if paths.manifest(setup, seed).exists()]
+    recorded = checkpoint_dtypes(paths, setup, have)
+    kinds = set(recorded.values())
+    return kinds.pop() if len(kinds) == 1 and len(recorded) == len(have) else "fp32"
 
 
 def check_grid(root: Path, cfg: RunConfig, setups: list[str], opts: TrainOptions, check_disk: bool,

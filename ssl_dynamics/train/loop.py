@@ -126,14 +126,17 @@ def aim(state: SeedState, until: int | None) -> None:
 
 
 def checkpoint_dtypes(paths: art.RunPaths, setup: str, seeds=None) -> dict[int, str]:
-    """seed -> storage type of its checkpoints (`seed_checkpoint_dtype`), for the seeds of
-    `seeds` (default: the setup's seed folders) that have a manifest with checkpoints."""
+    """seed -> storage type of its checkpoints as its manifest records it, for the seeds of
+    `seeds` (default: the setup's seed folders) whose readable manifest records one (read
+    from the manifests alone: no checkpoint is opened, a damaged manifest is passed over)."""
     out = {}
     for seed in paths.seeds(setup) if seeds is None else seeds:
-        if paths.manifest(setup, seed).exists():
-            manifest = art.read_manifest(paths.manifest(setup, seed))
-            if manifest["checkpoints"]:
-                out[seed] = seed_checkpoint_dtype(paths, setup, seed, manifest)
+        try:
+            how = art.read_manifest(paths.manifest(setup, seed)).get("trained_with")
+        except (UserError, OSError):  # none yet, or damaged: its own run says so
+            continue
+        if isinstance(how, dict) and how.get("checkpoint_dtype") in art.CHECKPOINT_DTYPES:
+            out[seed] = how["checkpoint_dtype"]
     return out
 
 
