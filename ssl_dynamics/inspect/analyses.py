@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UserError
 from .outputs import Outputs
 from .rtdata import SetupRt, load_rt
 from .workspace import Workspace
@@ -23,11 +22,7 @@ def store_data(ws: Workspace, setups: list[str] | None, store: str | Path | None
     data = load_rt(path, setups)
     if out is not None:
         out.note_store(path, data)
-        try:
-            behind = store_behind(ws.run, path, list(data))
-        except (UserError, OSError):  # a damaged manifest or seed folder: the store is read as it is
-            behind = None
-        if behind is not None:
+        if (behind := store_behind(ws.run, path, list(data))) is not None:
             out.echo(f"note: {behind}")
     return data
 

@@ -23,7 +23,6 @@ import json
 from pathlib import Path
 
 from .. import artifacts as art
-from ..errors import UserError
 from .binomial_rows import ordinal, spread_step
 from .outputs import STEP_OUTPUTS, matches, stale_outputs, store_key, stores_of_outputs, work_lock
 from .workspace import Workspace
@@ -347,11 +346,7 @@ def _stores_html(work: Path, skipped: list[dict], run, setups: list[str]) -> str
         return ""
     behind = []
     for where in dict.fromkeys(Path(src["store"]) for src in used.values()):
-        try:
-            note = store_behind(run, where, setups) if where.exists() else None
-        except UserError:  # a damaged store or manifest: the analyses say so
-            note = None
-        if note:
+        if note := store_behind(run, where, setups) if where.exists() else None:
             behind.append(f"<div class=skipped><p>{html.escape(note[0].upper() + note[1:])}. The "
                           f"analyses on this page show the store as it was when they ran: rerun them "
                           f"after it (<code>inspect all</code> does both).</p></div>")

@@ -341,8 +341,12 @@ def describe_redo(tasks: list[Task]) -> str | None:
 def store_behind(run: art.Run, store_path: Path, setups: list[str]) -> str | None:
     """One line saying which committed checkpoints of `setups` (their planned epochs, as
     `inspect rt` evaluates) the store lacks, or holds from an older checkpoint; None when it
-    is up to date. For analyses that read the store without evaluating (read only)."""
-    tasks = pending_tasks(run, Path(store_path), [s for s in setups if s in run.cfg.setups], Selection())
+    is up to date, or when the run's manifests or the store cannot be read (what reads
+    them says so). For analyses that read the store without evaluating (read only)."""
+    try:
+        tasks = pending_tasks(run, Path(store_path), [s for s in setups if s in run.cfg.setups], Selection())
+    except (UserError, OSError):
+        return None
     if not tasks:
         return None
     new: dict[str, dict[int, list[int]]] = {}

@@ -132,20 +132,26 @@ def checkpoint_dtypes(paths: art.RunPaths, setup: str, seeds=None) -> dict[int, 
     out = {}
     for seed in paths.seeds(setup) if seeds is None else seeds:
         try:
-            how = art.read_manifest(paths.manifest(setup, seed)).get("trained_with")
+            dtype = recorded_checkpoint_dtype(art.read_manifest(paths.manifest(setup, seed)))
         except (UserError, OSError):  # none yet, or damaged: its own run says so
             continue
-        if isinstance(how, dict) and how.get("checkpoint_dtype") in art.CHECKPOINT_DTYPES:
-            out[seed] = how["checkpoint_dtype"]
+        if dtype is not None:
+            out[seed] = dtype
     return out
+
+
+def recorded_checkpoint_dtype(manifest: dict) -> str | None:
+    """The checkpoint dtype a seed's manifest records (None: made before it was recorded)."""
+    how = manifest.get("trained_with")
+    return how["checkpoint_dtype"] if isinstance(how, dict) and how.get("checkpoint_dtype") in \
+        art.CHECKPOINT_DTYPES else None
 
 
 def seed_checkpoint_dtype(paths: art.RunPaths, setup: str, seed: int, manifest: dict) -> str:
     """The storage type of a seed's checkpoints: as its manifest records it, or, for seeds
     that predate the record, as its newest checkpoint holds its weights (fp32 when none)."""
-    how = manifest.get("trained_with")
-    if isinstance(how, dict) and how.get("checkpoint_dtype") in art.CHECKPOINT_DTYPES:
-        return how["checkpoint_dtype"]
+    if (recorded := recorded_checkpoint_dtype(manifest)) is not None:
+        return recorded
     if not manifest["checkpoints"]:
         return "fp32"
     state, _ = art.load_checkpoint(paths.checkpoint(setup, seed, max(map(int, manifest["checkpoints"]))))
