@@ -100,8 +100,9 @@ def examples_for_workspace(ws: Workspace, out: Outputs, setups: list[str] | None
     path = store_for_analysis(ws, store, echo)
     state = store_state(path)
     if data is None:
+        read_state = store_state(path, setups or None)
         data = load_rt(path, setups)
-        out.note_store(path, data)
+        out.note_store(path, data, read_state)
     elif not _still_holds(path, data):
         state = None
     probes = probe_images(ws, data, data_opts)

@@ -229,11 +229,12 @@ class Outputs:
                 except OSError:
                     self.hashes[name] = None
 
-    def note_store(self, path: str | Path, data: dict) -> None:
+    def note_store(self, path: str | Path, data: dict, state: str | None = None) -> None:
         """Note that this session's analyses read the r_t store at `path` (`data`: its
-        `SetupRt`s as read), so that the report can say which store each analysis used.
-        Recorded in sources.json with this session's first output (a refused analysis
-        records nothing)."""
+        `SetupRt`s as read; `state`: `rtdata.store_state` of their setups, taken before
+        reading), so that the report can say which store each analysis used, and whether
+        the store changed after. Recorded in sources.json with this session's first output
+        (a refused analysis records nothing)."""
         from .rtdata import open_store
 
         first = next(iter(data.values()), None)
@@ -241,8 +242,11 @@ class Outputs:
                                           "replays": int(first.correct.shape[2])}
         with open_store(path) as st:  # the same evaluations keep their id when copied or exported
             store_id = st.root_attrs().get("store_id")
+        read = {} if state is None else {
+            "setups": list(data), "state": state,
+            "evaluated": sum(int(np.count_nonzero(d.valid)) for d in data.values())}
         self._source = {"store": str(Path(path).resolve()), **shape,
-                        **({"store_id": str(store_id)} if store_id else {})}
+                        **({"store_id": str(store_id)} if store_id else {}), **read}
         mine = store_key(self._source)
         others = sorted({src["store"] for src in stores_of_outputs(self.root).values()
                          if store_key(src) != mine})

@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from .. import artifacts as art
+from ..errors import UserError
 from .binomial_rows import ordinal, spread_step
 from .outputs import STEP_OUTPUTS, matches, stale_outputs, store_key, stores_of_outputs, work_lock
 from .workspace import Workspace
@@ -350,19 +351,55 @@ def _stores_html(work: Path, skipped: list[dict], run, setups: list[str]) -> str
             behind.append(f"<div class=skipped><p>{html.escape(note[0].upper() + note[1:])}. The "
                           f"analyses on this page show the store as it was when they ran: rerun them "
                           f"after it (<code>inspect all</code> does both).</p></div>")
-    return _store_lines(work, used) + "".join(behind)
+    return _store_lines(work, used) + _changed_html(work, used) + "".join(behind)
+
+
+def _changed_html(work: Path, used: dict[str, dict]) -> str:
+    """A warning naming the analyses that read their r_t store before it last changed
+    (checkpoints evaluated since, or again): their sources.json state differs from the
+    store's now. Sessions that recorded no state, and stores gone or unreadable, are
+    passed over (the store line says where each was)."""
+    from .rtdata import evaluated_count, store_state
+
+    older: dict[tuple[str, int, int], list[str]] = {}
+    for step, src in used.items():
+        setups = src.get("setups")
+        if not src.get("state") or not isinstance(setups, list):
+            continue
+        try:
+            if store_state(src["store"], setups) == src["state"]:
+                continue
+            now = evaluated_count(src["store"], setups)
+        except (UserError, OSError, KeyError, ValueError):
+            continue
+        older.setdefault((src["store"], int(src.get("evaluated", -1)), now), []).append(step)
+    items = []
+    for (where, then, now), steps in older.items():
+        since = (f"it held {then} evaluated checkpoints then and holds {now} now" if then != now
+                 else "checkpoints were evaluated again since")
+        items.append(f"<li><b>{html.escape(', '.join(steps))}</b> read {html.escape(_shown(work, where))} "
+                     f"before it changed: {since}</li>")
+    if not items:
+        return ""
+    return (f"<div class=skipped><p>These analyses show an older state of their r_t store than "
+            f"it holds now; rerun them (<code>inspect all</code> reruns what changed):</p>"
+            f"<ul>{''.join(items)}</ul></div>")
+
+
+def _shown(work: Path, where: str | Path) -> str:
+    """A store's path as the report shows it: the work folder's own relative to it (as
+    the folder moves), another as recorded."""
+    where = Path(where)
+    return str(where.relative_to(work.resolve()) if work.resolve() in where.parents else where)
 
 
 def _store_lines(work: Path, used: dict[str, dict]) -> str:
     """The store line (or the warning about several stores) of `_stores_html`."""
 
     def describe_store(src: dict) -> str:
-        where = Path(src["store"])
-        if work.resolve() in where.parents:  # the work folder's own store: as the folder moves
-            where = where.relative_to(work.resolve())
         size = (f" ({src['probes']} probe images x {src['replays']} replays)"
                 if "probes" in src and "replays" in src else "")
-        return f"{where}{size}"
+        return f"{_shown(work, src['store'])}{size}"
 
     by_store: dict[str, list[str]] = {}
     described: dict[str, str] = {}
