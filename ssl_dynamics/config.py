@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -278,14 +279,28 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(seeds)))
 
 
+def check_schema(version: Any, source: str) -> int:
+    """The schema a stored file (`source`, as messages name it) was written under: 1 when it
+    records none. Refused: one that is not a positive integer (an int, or its digits as
+    checkpoint metadata stores them), and one newer than this toolkit's, whose layout this
+    version could misread."""
+    if version is None:
+        return 1
+    if isinstance(version, str) and version.isascii() and version.isdigit():
+        version = int(version)
+    if not isinstance(version, numbers.Integral) or isinstance(version, bool) or version < 1:
+        raise UserError(f"corrupt {source}: schema_version {version!r} is not a positive integer")
+    if version > SCHEMA_VERSION:
+        raise UserError(f"{source} was written under schema {version}, by a newer version of the "
+                        f"toolkit than this one (schema {SCHEMA_VERSION}); upgrade ssl_dynamics")
+    return int(version)
+
+
 def setup_from_dict(d: Any, source: str = "setup config") -> SetupConfig:
     """A SetupConfig from its stored form (extra keys like schema_version ignored), checked."""
     if not isinstance(d, dict):
         raise UserError(f"corrupt {source}: expected a JSON object")
-    version = d.get("schema_version", 1)
-    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
-        raise UserError(f"{source} was written under schema {version}, by a newer version of the "
-                        f"toolkit than this one (schema {SCHEMA_VERSION}); upgrade ssl_dynamics")
+    version = check_schema(d.get("schema_version"), source)
     d = upgrade_setup_dict(d, version)
     known = {f.name for f in fields(SetupConfig)}
     try:

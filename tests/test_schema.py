@@ -1,14 +1,16 @@
 """random_labels trains on ToTensor alone (augment "none", schema 2), and runs stored under
 schema 1, whose "none" normalized, keep their meaning ("normalize")."""
 import json
+import re
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from ssl_dynamics import augment as aug
-from ssl_dynamics.config import (SCHEMA_VERSION, override, preset, setup_from_dict, thesis_setups,
-                                 upgrade_setup_dict)
+from ssl_dynamics.config import (SCHEMA_VERSION, check_schema, override, preset, setup_from_dict,
+                                 thesis_setups, upgrade_setup_dict)
 from ssl_dynamics.errors import UserError
 from ssl_dynamics.inspect.features import eval_transform
 from ssl_dynamics.inspect.rt_plan import check_meta
@@ -104,3 +106,85 @@ def test_bank_groups_of_schema_1_read_as_normalize(tmp_path):
         assert _group_key("old", f["old"], _schema(f)) == ("normalize", 1)
         assert _group_key("new", f["new"], 2) == ("none", 1)
         assert _group_key("supervised", f["old"], 1)[0] == "normalize"  # the attribute wins over the name
+
+
+@pytest.mark.parametrize("stored, read", [(None, 1), (1, 1), (2, 2), ("2", 2), (np.int64(2), 2)])
+def test_check_schema_reads_what_the_toolkit_stores(stored, read):
+    """run.json and setup.json store an int, checkpoint metadata its digits, HDF5 a numpy int."""
+    assert check_schema(stored, "x") == read and type(check_schema(stored, "x")) is int
+
+
+@pytest.mark.parametrize("stored, says", [(SCHEMA_VERSION + 1, "by a newer version of the toolkit"),
+                                          (str(SCHEMA_VERSION + 1), "by a newer version of the toolkit"),
+                                          ("x", "'x' is not a positive integer"), (0, "0 is not"),
+                                          (True, "True is not"), (2.0, "2.0 is not"), ("²", "'²' is not"),
+                                          ("-1", "'-1' is not")])
+def test_check_schema_refuses_a_newer_or_a_malformed_schema(stored, says):
+    with pytest.raises(UserError, match=re.escape(says)):
+        check_schema(stored, "bank b.h5")
+
+
+NEWER = SCHEMA_VERSION + 1
+
+
+@pytest.fixture
+def evaluated(tiny_rt, tmp_path):
+    from _util import private_copy
+
+    return private_copy(tiny_rt, tmp_path)
+
+
+def _cli(args, monkeypatch, capsys) -> tuple[int, str]:
+    from _util import main_result
+    from ssl_dynamics.inspect import cli as inspect_cli
+
+    code, out, err = main_result(inspect_cli.main, args, monkeypatch, capsys, "inspect")
+    return code, out + err
+
+
+def test_a_bank_store_or_archive_of_a_newer_toolkit_is_refused_not_misread(evaluated, monkeypatch, capsys):
+    """A newer layout may mean other things by the same arrays: reading it is refused with
+    one line saying to upgrade, and nothing is written into it."""
+    import h5py
+    import zarr
+
+    from ssl_dynamics.inspect.rtdata import export_h5
+    from ssl_dynamics.inspect.store import RtStore
+
+    inspect = evaluated / "inspect"
+    export_h5(RtStore(inspect / "rt.zarr", writable=False), evaluated / "rt.h5")
+    with h5py.File(evaluated / "rt.h5", "a") as f:
+        f.attrs["schema_version"] = NEWER
+    code, text = _cli(["dynamics", evaluated, "--store", evaluated / "rt.h5"], monkeypatch, capsys)
+    assert code == 2 and f"r_t archive {evaluated / 'rt.h5'} was written under schema {NEWER}" in text, text
+    assert "upgrade ssl_dynamics" in text and "Traceback" not in text
+
+    zarr.open_group(str(inspect / "rt.zarr"), mode="a").attrs["schema_version"] = NEWER
+    before = sorted(p.name for p in (inspect / "rt.zarr").rglob("*"))
+    for args in (["classes", evaluated], ["rt", evaluated, "--setup", "simclr"]):
+        code, text = _cli(args, monkeypatch, capsys)
+        assert code == 2 and f"r_t store {inspect / 'rt.zarr'} was written under schema {NEWER}" in text, text
+    assert sorted(p.name for p in (inspect / "rt.zarr").rglob("*")) == before
+
+    with h5py.File(inspect / "bank.h5", "a") as f:
+        f.attrs["schema_version"] = NEWER
+    code, text = _cli(["rt", evaluated, "--store", evaluated / "other.zarr"], monkeypatch, capsys)
+    assert code == 2 and f"bank {inspect / 'bank.h5'} was written under schema {NEWER}" in text, text
+    assert not (evaluated / "other.zarr").exists()
+
+
+def test_a_checkpoint_of_a_newer_toolkit_is_refused_at_its_header(tiny_run, tmp_path):
+    from ssl_dynamics import artifacts as art
+    from ssl_dynamics.config import canonical_json
+
+    path = art.RunPaths(tiny_run).checkpoint("supervised", 0, 1)
+    state, meta = art.load_checkpoint(path)
+    for version, says in ((str(NEWER), f"written under schema {NEWER}, by a newer version"),
+                          ("two", "schema_version 'two' is not a positive integer")):
+        copy = tmp_path / f"{version}.safetensors"
+        copy.write_bytes(art.safetensors_bytes(state, {"format": art.CHECKPOINT_FORMAT, "schema_version": version,
+                                                      "meta": canonical_json(meta)}))
+        for read in (art.header_meta, art.load_checkpoint):
+            with pytest.raises(UserError, match=says):
+                read(copy)
+    assert art.header_meta(path)[1] == SCHEMA_VERSION

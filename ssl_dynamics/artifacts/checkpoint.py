@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..config import SCHEMA_VERSION, canonical_json
+from ..config import SCHEMA_VERSION, canonical_json, check_schema
 from ..errors import UserError
 from .atomic import read_json, sha256_bytes, write_bytes_atomic
 from .paths import EPOCH_RE
@@ -60,6 +60,7 @@ def _meta(metadata: dict, path: Path) -> dict:
     """The `meta` object of a header's `__metadata__`, or UserError naming what is wrong."""
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"corrupt checkpoint {path}: not a {CHECKPOINT_FORMAT} file")
+    check_schema(metadata.get("schema_version"), f"checkpoint {path}")
     try:
         meta = json.loads(metadata.get("meta", "{}"))
     except (json.JSONDecodeError, TypeError):
@@ -95,11 +96,7 @@ def header_meta(path: str | Path) -> tuple[dict, int]:
     """(meta, schema version) of a checkpoint, reading only its header."""
     path = Path(path)
     metadata = _header(path)[0].get("__metadata__", {})
-    try:
-        version = int(metadata.get("schema_version", 1))
-    except (TypeError, ValueError):
-        raise UserError(f"corrupt checkpoint {path}: its schema_version is not a number") from None
-    return _meta(metadata, path), version
+    return _meta(metadata, path), check_schema(metadata.get("schema_version"), f"checkpoint {path}")
 
 
 def _header(path: Path) -> tuple[dict, int]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import SCHEMA_VERSION, RunConfig, canonical_order, setup_from_dict, validate_run_fields
+from ..config import RunConfig, check_schema, canonical_order, setup_from_dict, validate_run_fields
 from ..errors import UserError
 from .atomic import read_json, sha256_file
 from .paths import RunPaths
@@ -59,12 +59,9 @@ def load_run_config(root: str | Path) -> tuple[RunConfig, dict]:
 def check_run_json_values(meta: dict, path: Path) -> None:
     """Refuse values of run.json that phase two would misread: a schema from a newer
     toolkit, a dataset size or checksum that cannot be, class names that are not names."""
-    version = meta.get("schema_version", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise UserError(f"corrupt {path}: schema_version {version!r} is not a positive integer")
-    if version > SCHEMA_VERSION:
-        raise UserError(f"{path} was written under schema {version}, by a newer version of the "
-                        f"toolkit than this one (schema {SCHEMA_VERSION}); upgrade ssl_dynamics")
+    if not isinstance(meta.get("schema_version", 1), int):  # run.json stores an int, never digits
+        raise UserError(f"corrupt {path}: schema_version {meta['schema_version']!r} is not a positive integer")
+    check_schema(meta.get("schema_version"), str(path))
     n = meta["dataset"].get("n_train")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise UserError(f"corrupt {path}: dataset n_train {n!r} is not a positive integer")

@@ -32,7 +32,7 @@ import torch
 
 from .. import artifacts as art
 from ..augment import DETERMINISTIC, make_generator
-from ..config import SCHEMA_VERSION, upgrade_augment
+from ..config import SCHEMA_VERSION, check_schema, upgrade_augment
 from ..errors import UserError
 from ..objectives import make_views
 
@@ -170,7 +170,7 @@ def _group_key(name: str, g, schema_version: int) -> ViewKey:
 
 
 def _schema(f) -> int:
-    return int(f.attrs.get("schema_version", 1))
+    return check_schema(f.attrs.get("schema_version"), f"bank {f.filename}")
 
 
 def read_spec(path: str | Path) -> tuple[BankSpec, str, list[ViewKey]]:
@@ -179,8 +179,9 @@ def read_spec(path: str | Path) -> tuple[BankSpec, str, list[ViewKey]]:
 
     try:
         with h5py.File(path, "r") as f:
+            schema = _schema(f)  # first: a newer bank's layout is not this version's to judge
             spec = BankSpec(**{fl.name: int(f.attrs[fl.name]) for fl in fields(BankSpec)})
-            keys = [_group_key(n, f[n], _schema(f)) for n in f if isinstance(f[n], h5py.Group)]
+            keys = [_group_key(n, f[n], schema) for n in f if isinstance(f[n], h5py.Group)]
             return spec, str(f.attrs["dataset_sha256"]), keys
     except (OSError, KeyError, ValueError) as e:
         raise UserError(f"corrupt bank {path}: {e}") from None

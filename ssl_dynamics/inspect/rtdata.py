@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import artifacts as art
 from ..artifacts.atomic import fsync_dir
-from ..config import SCHEMA_VERSION, canonical_order
+from ..config import SCHEMA_VERSION, canonical_order, check_schema
 from ..errors import UserError
 from . import h5dims, storedims
 from .store import RtStore, reading, work_path
@@ -258,6 +258,13 @@ class H5Store:
         self.path = path
         with self._reading():
             self.file = h5py.File(path, "r")
+        try:
+            with self._reading():
+                version = self.file.attrs.get("schema_version")
+            check_schema(version, f"r_t archive {path}")
+        except BaseException:
+            self.file.close()
+            raise
 
     def _reading(self):
         return reading(self.path, "its contents", (OSError, KeyError, ValueError), kind="archive")

@@ -49,7 +49,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import artifacts as art
-from ..config import SCHEMA_VERSION, canonical_json, canonical_order, upgrade_setup_dict
+from ..config import SCHEMA_VERSION, canonical_json, canonical_order, check_schema, upgrade_setup_dict
 from ..errors import UserError
 from . import storedims as dims
 
@@ -197,10 +197,13 @@ class RtStore:
             raise UserError(f"no r_t store at {self.path}: run `inspect rt` first")
         try:
             # never the consolidated copy: it is stale between a resize and the next consolidation
-            return zarr.open_group(str(self.path), mode="a" if self.writable else "r",
-                                   use_consolidated=False)
+            group = zarr.open_group(str(self.path), mode="a" if self.writable else "r",
+                                    use_consolidated=False)
         except Exception as e:
             raise UserError(f"cannot open r_t store {self.path}: {e}") from None
+        # neither read nor extended: a newer layout may mean other things by the same arrays
+        check_schema(group.attrs.get("schema_version"), f"r_t store {self.path}")
+        return group
 
     @property
     def group(self):
