@@ -286,6 +286,8 @@ def check_schema(version: Any, source: str) -> int:
     version could misread."""
     if version is None:
         return 1
+    if getattr(version, "ndim", None) == 0 and hasattr(version, "item"):  # a numpy scalar (HDF5)
+        version = version.item()
     if isinstance(version, str) and version.isascii() and version.isdigit():
         version = int(version)
     if not isinstance(version, numbers.Integral) or isinstance(version, bool) or version < 1:

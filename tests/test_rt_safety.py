@@ -480,10 +480,14 @@ def test_analyses_and_the_report_say_when_the_store_is_behind_the_run(run, monke
     assert code == 0 and "r_t store lacks" not in out, (out, err)
 
 
-def test_the_report_names_analyses_that_read_an_older_state_of_the_store(run, monkeypatch, capsys):
+def test_the_report_names_analyses_that_read_an_older_state_of_the_store(run, tmp_path, monkeypatch, capsys):
     """An analysis run before `inspect rt` changed the store (checkpoints evaluated since, or
     again) shows numbers the store no longer holds: the report names it, and only it (an
-    analysis of other setups still matches); sessions that recorded no state are passed over."""
+    analysis of other setups still matches),
+    in a copied run its own store, and not the original's; sessions of older versions
+    (no snapshot) are passed over, and a damaged record does not stop the report."""
+    from ssl_dynamics.inspect.rt_plan import evaluation_snapshot
+
     ws = open_workspace(run, **QUIET)
     for args in (["classes", run], ["dynamics", run, "--setup", "supervised"]):
         assert main_result(inspect_cli.main, args, monkeypatch, capsys)[0] == 0
@@ -491,24 +495,39 @@ def test_the_report_names_analyses_that_read_an_older_state_of_the_store(run, mo
     recorded = {tuple(s["setups"]): s for s in sources.values()}
     assert recorded[("supervised",)]["evaluated"] == 6  # 2 seeds x epochs 0-2
     assert recorded[("simclr", "supervised", "random_labels", "random_labels_aug")]["evaluated"] == 24
+    assert {s["in_work"] for s in sources.values()} == {"rt.zarr"}
+    assert evaluation_snapshot(ws.store, ["supervised"]) == (recorded[("supervised",)]["state"], 6)
 
-    def page() -> str:
-        code, _, _ = main_result(inspect_cli.main, ["report", run], monkeypatch, capsys)
+    def page(root=run) -> str:
+        code, _, _ = main_result(inspect_cli.main, ["report", root], monkeypatch, capsys)
         assert code == 0
-        return (ws.dir / "report" / "index.html").read_text()
+        return (root / "inspect" / "report" / "index.html").read_text()
 
     assert "older state of their r_t store" not in page()
+    copy = private_copy(run, tmp_path / "copy")
     RtStore(ws.store).forget("simclr", 1, 2)  # as if seed 1's epoch 2 were evaluated after
     text = page()
-    assert ("<li><b>classes</b> read rt.zarr before it changed: it held 24 evaluated checkpoints then "
-            "and holds 23 now</li>") in text, text
-    assert "<b>dynamics</b> read" not in text
+    assert "<li><b>classes</b>: rt.zarr held 24 evaluated checkpoints then and holds 23 now</li>" in text, text
+    assert "<b>dynamics</b>" not in text.split("older state of their r_t store")[1].split("</ul>")[0]
+    assert "older state of their r_t store" not in page(copy)  # the copy's own store is unchanged
+    RtStore(copy / "inspect" / "rt.zarr").forget("supervised", 0, 0)
+    text = page(copy)
+    assert "<li><b>dynamics</b>: rt.zarr held 6 evaluated checkpoints then and holds 5 now</li>" in text
+    assert "<li><b>classes</b>: rt.zarr held 24 evaluated checkpoints then and holds 23 now</li>" in text
+
     rt(run, **QUIET)  # evaluated again, to the same numbers: the store is as the analyses read it
     assert "older state of their r_t store" not in page()
     session = next(k for k, s in sources.items() if s["setups"] == ["supervised"])
     sources[session]["state"] = "0" * 64  # its checkpoints evaluated again since (the same count)
     (ws.dir / "sources.json").write_text(json.dumps(sources))
-    assert "<li><b>dynamics</b> read rt.zarr before it changed: checkpoints were evaluated again since" in page()
-    del sources[session]["state"]  # a session of an older toolkit: no state to compare
+    assert "<li><b>dynamics</b>: rt.zarr has had checkpoints evaluated again since</li>" in page()
+    sources[session]["store_id"] = "another"
+    (ws.dir / "sources.json").write_text(json.dumps(sources))
+    assert "<li><b>dynamics</b>: rt.zarr is another store now (evaluated anew since)</li>" in page()
+    sources[session]["evaluated"] = None  # a damaged record: no count, no traceback
+    sources[session].pop("store_id")
+    (ws.dir / "sources.json").write_text(json.dumps(sources))
+    assert "<li><b>dynamics</b>: rt.zarr has had checkpoints evaluated again since</li>" in page()
+    del sources[session]["state"]  # a session of an older toolkit: no snapshot to compare
     (ws.dir / "sources.json").write_text(json.dumps(sources))
     assert "older state of their r_t store" not in page()

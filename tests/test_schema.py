@@ -158,6 +158,15 @@ def test_a_bank_store_or_archive_of_a_newer_toolkit_is_refused_not_misread(evalu
     code, text = _cli(["dynamics", evaluated, "--store", evaluated / "rt.h5"], monkeypatch, capsys)
     assert code == 2 and f"r_t archive {evaluated / 'rt.h5'} was written under schema {NEWER}" in text, text
     assert "upgrade ssl_dynamics" in text and "Traceback" not in text
+    with h5py.File(evaluated / "rt.h5", "a") as f:  # a setup a newer toolkit added to an older archive
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f["simclr"].attrs["schema_version"] = NEWER
+    code, text = _cli(["dynamics", evaluated, "--store", evaluated / "rt.h5"], monkeypatch, capsys)
+    assert code == 2 and f"r_t archive {evaluated / 'rt.h5'}/simclr was written under schema {NEWER}" in text
+    with h5py.File(evaluated / "rt.h5", "a") as f:
+        f["simclr"].attrs["schema_version"] = np.int64(0)  # the message shows 0, not numpy's repr
+    code, text = _cli(["dynamics", evaluated, "--store", evaluated / "rt.h5"], monkeypatch, capsys)
+    assert code == 2 and "simclr: schema_version 0 is not a positive integer" in text, text
 
     zarr.open_group(str(inspect / "rt.zarr"), mode="a").attrs["schema_version"] = NEWER
     before = sorted(p.name for p in (inspect / "rt.zarr").rglob("*"))
@@ -165,11 +174,19 @@ def test_a_bank_store_or_archive_of_a_newer_toolkit_is_refused_not_misread(evalu
         code, text = _cli(args, monkeypatch, capsys)
         assert code == 2 and f"r_t store {inspect / 'rt.zarr'} was written under schema {NEWER}" in text, text
     assert sorted(p.name for p in (inspect / "rt.zarr").rglob("*")) == before
+    zarr.open_group(str(inspect / "rt.zarr"), mode="a").attrs["schema_version"] = SCHEMA_VERSION
+    zarr.open_group(str(inspect / "rt.zarr" / "simclr"), mode="a").attrs["schema_version"] = NEWER
+    for args in (["classes", evaluated], ["rt", evaluated, "--setup", "simclr"]):
+        code, text = _cli(args, monkeypatch, capsys)
+        assert code == 2 and f"r_t store {inspect / 'rt.zarr'}/simclr was written under schema {NEWER}" in text
+    zarr.open_group(str(inspect / "rt.zarr" / "simclr"), mode="a").attrs["schema_version"] = SCHEMA_VERSION
+    assert _cli(["classes", evaluated], monkeypatch, capsys)[0] == 0
 
     with h5py.File(inspect / "bank.h5", "a") as f:
         f.attrs["schema_version"] = NEWER
-    code, text = _cli(["rt", evaluated, "--store", evaluated / "other.zarr"], monkeypatch, capsys)
-    assert code == 2 and f"bank {inspect / 'bank.h5'} was written under schema {NEWER}" in text, text
+    for args in (["rt", evaluated, "--store", evaluated / "other.zarr"], ["examples", evaluated]):
+        code, text = _cli(args, monkeypatch, capsys)
+        assert code == 2 and f"bank {inspect / 'bank.h5'} was written under schema {NEWER}" in text, text
     assert not (evaluated / "other.zarr").exists()
 
 

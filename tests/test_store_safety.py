@@ -225,6 +225,39 @@ def test_done_flags_survive_a_checkpoint_forgotten_while_they_are_read(tmp_path,
     assert flags.tolist() == [[False, True, False], [False, True, True]]
 
 
+def test_sha_records_read_from_the_chunk_files_equal_zarrs_reading(tmp_path):
+    """The sha256 record is read from its chunk files (zstd, one per checkpoint) instead of
+    chunk by chunk: the same bytes as zarr's own reading, stray and out-of-shape files
+    ignored; a chunk that does not decode is left to zarr, which refuses it, and an array
+    stored another way is read by zarr."""
+    store = small_store(tmp_path / "s.zarr")
+    for s_, e_, digest in ((0, 0, "ab"), (0, 2, "01"), (1, 1, "fe")):
+        store.write("supervised", s_, e_, np.ones((2, 4, 1)), np.full((2, 4, 1), 0.5), digest * 32)
+    c = tmp_path / "s.zarr" / "supervised" / "sha256" / "c"
+    for stray in ("stray", "02", "\u0661", "1.0a1b.partial"):
+        (c / "0" / stray).mkdir()
+        shutil.copy(c / "0" / "0" / "0", c / "0" / stray / "0")
+    (c / "7" / "0").mkdir(parents=True)
+    shutil.copy(c / "0" / "0" / "0", c / "7" / "0" / "0")  # a seed row beyond the array
+    reader = RtStore(tmp_path / "s.zarr", writable=False)
+    want = reader.group["supervised/sha256"][:]
+    assert [bytes(want[s_, e_]).hex()[:4] for s_, e_ in ((0, 0), (0, 1), (0, 2), (1, 1))] == \
+        ["abab", "0000", "0101", "fefe"]
+    assert np.array_equal(reader.checkpoint_sha("supervised"), want)
+
+    (c / "1" / "1" / "0").write_bytes(b"not zstd")
+    with pytest.raises(UserError, match="r_t store"):
+        reader.checkpoint_sha("supervised")
+
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="a", use_consolidated=False)["supervised"]
+    del g["sha256"]
+    g.create_array("sha256", data=want, chunks=(1, 1, 32), compressors=zarr.codecs.GzipCodec(),
+                   **storedims.array_options("sha256"))
+    other = RtStore(tmp_path / "s.zarr", writable=False)
+    assert other._records_from_files("supervised", other.group["supervised/sha256"]) is None
+    assert np.array_equal(other.checkpoint_sha("supervised"), want)
+
+
 def test_an_unfinished_group_is_removed_but_a_committed_one_never(tmp_path):
     path = tmp_path / "s.zarr"
     small_store(path)

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Callable
 
 from .outputs import Outputs
-from .rtdata import SetupRt, load_rt, store_state
+from .rtdata import SetupRt, load_rt
 from .workspace import Workspace
 
 
@@ -14,15 +14,16 @@ def store_data(ws: Workspace, setups: list[str] | None, store: str | Path | None
     """The r_t of `setups` (default: every setup in the store); a name the run does not have
     is refused as such, before the store is read. `out` records which store was read (and
     its state) and says when the store lacks checkpoints the run has (or holds changed ones)."""
-    from .rt_plan import store_behind
+    from .rt_plan import evaluation_snapshot, store_behind
 
     if setups:
         ws.run.select(setups)
     path = ws.store_for_reading(store)
-    state = store_state(path, setups or None) if out is not None else None  # before reading
+    # before reading: a checkpoint evaluated meanwhile makes the record older, never newer
+    snapshot = evaluation_snapshot(path, setups or None) if out is not None else None
     data = load_rt(path, setups)
     if out is not None:
-        out.note_store(path, data, state)
+        out.note_store(path, data, snapshot, ws.run.root)
         if (behind := store_behind(ws.run, path, list(data))) is not None:
             out.echo(f"note: {behind}")
     return data

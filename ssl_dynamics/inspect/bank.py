@@ -193,6 +193,7 @@ def read_fingerprint(path: str | Path) -> str:
 
     try:
         with h5py.File(path, "r") as f:
+            _schema(f)
             return str(f.attrs["fingerprint"])
     except (OSError, KeyError) as e:
         raise UserError(f"corrupt bank {path}: {e}") from None
@@ -206,6 +207,7 @@ def read_probes(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict[s
 
     try:
         with h5py.File(path, "r") as f:
+            _schema(f)  # a newer bank may keep its images otherwise
             sources = {}
             if "probe_source" in f:
                 sources["source_index"] = f["probe_source"][:].astype(np.int64)

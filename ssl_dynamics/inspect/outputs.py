@@ -229,12 +229,15 @@ class Outputs:
                 except OSError:
                     self.hashes[name] = None
 
-    def note_store(self, path: str | Path, data: dict, state: str | None = None) -> None:
+    def note_store(self, path: str | Path, data: dict, snapshot: tuple[str, int] | None = None,
+                   run_root: str | Path | None = None) -> None:
         """Note that this session's analyses read the r_t store at `path` (`data`: its
-        `SetupRt`s as read; `state`: `rtdata.store_state` of their setups, taken before
-        reading), so that the report can say which store each analysis used, and whether
-        the store changed after. Recorded in sources.json with this session's first output
-        (a refused analysis records nothing)."""
+        `SetupRt`s as read; `snapshot`: `rt_plan.evaluation_snapshot` of their setups, taken
+        before reading), so that the report can say which store each analysis used, and
+        whether it changed after. A store inside the work folder (or the run, `run_root`) is
+        also recorded relative to it, to be found when the folder is moved or copied.
+        Recorded in sources.json with this session's first output (a refused analysis
+        records nothing)."""
         from .rtdata import open_store
 
         first = next(iter(data.values()), None)
@@ -242,10 +245,14 @@ class Outputs:
                                           "replays": int(first.correct.shape[2])}
         with open_store(path) as st:  # the same evaluations keep their id when copied or exported
             store_id = st.root_attrs().get("store_id")
-        read = {} if state is None else {
-            "setups": list(data), "state": state,
-            "evaluated": sum(int(np.count_nonzero(d.valid)) for d in data.values())}
-        self._source = {"store": str(Path(path).resolve()), **shape,
+        where = Path(path).resolve()
+        read = {} if snapshot is None else {"setups": list(data), "state": snapshot[0],
+                                            "evaluated": int(snapshot[1])}
+        for key, folder in (("in_work", self.root), ("in_run", run_root)):
+            if folder is not None and Path(folder).resolve() in where.parents:
+                read[key] = where.relative_to(Path(folder).resolve()).as_posix()
+                break
+        self._source = {"store": str(where), **shape,
                         **({"store_id": str(store_id)} if store_id else {}), **read}
         mine = store_key(self._source)
         others = sorted({src["store"] for src in stores_of_outputs(self.root).values()
@@ -326,9 +333,22 @@ def stores_of_outputs(root: Path) -> dict[str, dict]:
     out = {}
     for step in STORE_STEPS:
         session = _anchor_session(record, step)
-        if isinstance(sources.get(session), dict) and sources[session].get("store"):
+        if isinstance(sources.get(session), dict) and isinstance(sources[session].get("store"), str) \
+                and sources[session]["store"]:
             out[step] = sources[session]
     return out
+
+
+def located_store(src: dict, work: Path, run_root: Path | None = None) -> Path:
+    """Where a store recorded in sources.json is now: one recorded inside the work folder
+    (or the run) is looked for there, since the folder may have been moved or copied
+    (`Outputs.note_store`); any other at its recorded path."""
+    for key, folder in (("in_work", work), ("in_run", run_root)):
+        rel = src.get(key)
+        if folder is not None and isinstance(rel, str) and rel and not Path(rel).is_absolute() \
+                and ".." not in Path(rel).parts:
+            return Path(folder) / rel
+    return Path(src["store"])
 
 
 def _anchor_session(record: dict[str, str], step: str) -> str | None:

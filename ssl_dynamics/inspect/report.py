@@ -25,7 +25,8 @@ from pathlib import Path
 from .. import artifacts as art
 from ..errors import UserError
 from .binomial_rows import ordinal, spread_step
-from .outputs import STEP_OUTPUTS, matches, stale_outputs, store_key, stores_of_outputs, work_lock
+from .outputs import STEP_OUTPUTS, located_store, matches, stale_outputs, store_key, stores_of_outputs, work_lock
+from .rtdata import open_store
 from .workspace import Workspace
 
 # (name, title, what it shows) in reading order; figures and tables share the namespace.
@@ -338,74 +339,94 @@ def expand_sections(setups: list[str]) -> list[tuple[str, str, str]]:
 def _stores_html(work: Path, skipped: list[dict], run, setups: list[str]) -> str:
     """Which r_t store the analyses on this page read: one line, or a warning when they
     read different stores (e.g. `inspect dynamics --store OTHER` into the same work folder);
-    and a warning for each such store that lacks checkpoints the run has now (`setups`')."""
+    a warning naming the analyses that read their store before it last changed; and one for
+    each such store that lacks checkpoints the run has now (`setups`')."""
     from .rt_plan import store_behind
 
     failed = {s.get("analysis") for s in skipped if isinstance(s, dict)}
     used = {step: src for step, src in stores_of_outputs(work).items() if step not in failed}
     if not used:
         return ""
+    located = {step: located_store(src, work, run.root) for step, src in used.items()}
     behind = []
-    for where in dict.fromkeys(Path(src["store"]) for src in used.values()):
+    for where in dict.fromkeys(located.values()):
         if note := store_behind(run, where, setups) if where.exists() else None:
             behind.append(f"<div class=skipped><p>{html.escape(note[0].upper() + note[1:])}. The "
                           f"analyses on this page show the store as it was when they ran: rerun them "
                           f"after it (<code>inspect all</code> does both).</p></div>")
-    return _store_lines(work, used) + _changed_html(work, used) + "".join(behind)
+    return _store_lines(work, used, located) + _changed_html(work, used, located) + "".join(behind)
 
 
-def _changed_html(work: Path, used: dict[str, dict]) -> str:
+def _changed_html(work: Path, used: dict[str, dict], located: dict[str, Path]) -> str:
     """A warning naming the analyses that read their r_t store before it last changed
-    (checkpoints evaluated since, or again): their sources.json state differs from the
-    store's now. Sessions that recorded no state, and stores gone or unreadable, are
-    passed over (the store line says where each was)."""
-    from .rtdata import evaluated_count, store_state
+    (checkpoints evaluated since, or again; another store at its place): the evaluation
+    snapshot their session recorded (`Outputs.note_store`) differs from the store's now.
+    Sessions of older versions (no snapshot) are passed over; a store that cannot be read
+    now is named as not checked. One reading per store and setups."""
+    from .rt_plan import evaluation_snapshot
 
-    older: dict[tuple[str, int, int], list[str]] = {}
+    memo: dict[tuple[str, tuple[str, ...]], tuple[str, int, str | None] | None] = {}
+
+    def now(where: Path, setups: tuple[str, ...]) -> tuple[str, int, str | None] | None:
+        key = (str(where), setups)
+        if key not in memo:
+            try:
+                state, count = evaluation_snapshot(where, list(setups))
+                with open_store(where) as st:
+                    store_id = st.root_attrs().get("store_id")
+                memo[key] = (state, count, None if store_id is None else str(store_id))
+            except (UserError, OSError):
+                memo[key] = None
+        return memo[key]
+
+    older: dict[tuple[str, str], list[str]] = {}
     for step, src in used.items():
-        setups = src.get("setups")
-        if not src.get("state") or not isinstance(setups, list):
+        setups, state, then = src.get("setups"), src.get("state"), src.get("evaluated")
+        if not isinstance(state, str) or not isinstance(setups, list) or \
+                not all(isinstance(x, str) for x in setups):
             continue
-        try:
-            if store_state(src["store"], setups) == src["state"]:
-                continue
-            now = evaluated_count(src["store"], setups)
-        except (UserError, OSError, KeyError, ValueError):
+        where = located[step]
+        current = now(where, tuple(setups))
+        if current is None:
+            why = "could not be read to check whether it changed since"
+        elif current[0] == state:
             continue
-        older.setdefault((src["store"], int(src.get("evaluated", -1)), now), []).append(step)
-    items = []
-    for (where, then, now), steps in older.items():
-        since = (f"it held {then} evaluated checkpoints then and holds {now} now" if then != now
-                 else "checkpoints were evaluated again since")
-        items.append(f"<li><b>{html.escape(', '.join(steps))}</b> read {html.escape(_shown(work, where))} "
-                     f"before it changed: {since}</li>")
-    if not items:
+        elif src.get("store_id") and current[2] and current[2] != src["store_id"]:
+            why = "is another store now (evaluated anew since)"
+        elif isinstance(then, int) and not isinstance(then, bool) and then != current[1]:
+            why = f"held {then} evaluated checkpoints then and holds {current[1]} now"
+        else:
+            why = "has had checkpoints evaluated again since"
+        older.setdefault((_shown(work, where), why), []).append(step)
+    if not older:
         return ""
-    return (f"<div class=skipped><p>These analyses show an older state of their r_t store than "
-            f"it holds now; rerun them (<code>inspect all</code> reruns what changed):</p>"
-            f"<ul>{''.join(items)}</ul></div>")
+    items = "".join(f"<li><b>{html.escape(', '.join(steps))}</b>: {html.escape(where)} {html.escape(why)}</li>"
+                    for (where, why), steps in older.items())
+    return (f"<div class=skipped><p>These analyses may show an older state of their r_t store "
+            f"than it holds now; rerun them (<code>inspect all</code> reruns what changed):</p>"
+            f"<ul>{items}</ul></div>")
 
 
 def _shown(work: Path, where: str | Path) -> str:
     """A store's path as the report shows it: the work folder's own relative to it (as
-    the folder moves), another as recorded."""
-    where = Path(where)
-    return str(where.relative_to(work.resolve()) if work.resolve() in where.parents else where)
+    the folder moves), another as it is."""
+    where, work = Path(where).resolve(), work.resolve()
+    return str(where.relative_to(work) if work in where.parents else where)
 
 
-def _store_lines(work: Path, used: dict[str, dict]) -> str:
+def _store_lines(work: Path, used: dict[str, dict], located: dict[str, Path]) -> str:
     """The store line (or the warning about several stores) of `_stores_html`."""
 
-    def describe_store(src: dict) -> str:
+    def describe_store(step: str, src: dict) -> str:
         size = (f" ({src['probes']} probe images x {src['replays']} replays)"
                 if "probes" in src and "replays" in src else "")
-        return f"{_shown(work, src['store'])}{size}"
+        return f"{_shown(work, located[step])}{size}"
 
     by_store: dict[str, list[str]] = {}
     described: dict[str, str] = {}
     for step, src in used.items():
         by_store.setdefault(store_key(src), []).append(step)
-        described.setdefault(store_key(src), describe_store(src))
+        described.setdefault(store_key(src), describe_store(step, src))
     if len(by_store) == 1:
         return (f"<p class=what>r_t of {', '.join(used)}: "
                 f"{html.escape(described[next(iter(by_store))])}.</p>")

@@ -11,6 +11,8 @@ replaced since) is evaluated again.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import zlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -298,6 +300,23 @@ def evaluated(store, setup: str) -> dict[tuple[int, int], str]:
     record = store.checkpoint_sha(setup)
     return {(int(seeds[i]), int(e)): sha_hex(record[i, e]) if record is not None else ""
             for i, e in zip(*np.nonzero(flags))}
+
+
+def evaluation_snapshot(store_path: str | Path, setups: list[str] | None = None) -> tuple[str, int]:
+    """(fingerprint, count) of what analyses of `setups` (default: all) read from a store or
+    archive: which store it is, its bank, and each setup's precision and evaluated
+    checkpoints with the sha256 each was evaluated from, in one reading. Seeds added but not yet evaluated do
+    not change it (they are left out of every mean); a checkpoint evaluated since, or again
+    from another file, does. Read only; reads no chunk of the big arrays."""
+    h, n = hashlib.sha256(), 0
+    with open_store(store_path) as store:
+        root = store.root_attrs()
+        h.update(json.dumps([str(root.get("store_id")), str(root.get("bank_fingerprint"))]).encode())
+        for s in [s for s in store.setups() if setups is None or s in setups]:
+            cells = sorted(evaluated(store, s).items())
+            n += len(cells)
+            h.update(json.dumps([s, str(store.attrs(s).get("precision")), cells]).encode())
+    return h.hexdigest(), n
 
 
 def pending_tasks(run: art.Run, store_path: Path, setups: list[str], select) -> list[Task]:

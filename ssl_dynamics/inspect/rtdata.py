@@ -280,11 +280,15 @@ class H5Store:
             return dict(self.file.attrs)
 
     def attrs(self, setup: str) -> dict[str, Any]:
+        """A setup group's attributes (a newer schema's refused, as in `RtStore.attrs`)."""
         with self._reading():
             raw = self.file[setup].attrs
             if self.file.attrs.get(ATTRS_ENCODING[0]) == ATTRS_ENCODING[1]:
-                return {k: _from_h5(v) for k, v in raw.items()}
-            return {k: json.loads(v) for k, v in raw.items()}  # an archive made before
+                attrs = {k: _from_h5(v) for k, v in raw.items()}
+            else:
+                attrs = {k: json.loads(v) for k, v in raw.items()}  # an archive made before
+        check_schema(attrs.get("schema_version"), f"r_t archive {self.path}/{setup}")
+        return attrs
 
     def probes(self) -> tuple[np.ndarray, np.ndarray]:
         with self._reading():
@@ -352,20 +356,19 @@ def _check_dataset(store, path: Path, dataset_sha256: str) -> None:
                         f"this run's store with --store, or use another --work folder")
 
 
-def store_state(path: str | Path, setups: list[str] | None = None) -> str:
+def store_state(path: str | Path) -> str:
     """A fingerprint of what the store holds: its bank, probe set, setups, seeds, epochs,
     which checkpoints are evaluated and from which checkpoint files (a chunk changes only
     when its checkpoint was replaced and evaluated again, which changes its sha256 record),
     in which precision, and which store it is (`store_id`: a store deleted and evaluated
-    anew is another store). With `setups`, only theirs (what an analysis of them read).
-    Cheap: reads no chunk of the big arrays."""
+    anew is another store). Cheap: reads no chunk of the big arrays."""
     h = hashlib.sha256()
     with open_store(path) as store:
         root = store.root_attrs()
         h.update(json.dumps([str(root.get("bank_fingerprint")), str(root.get("store_id"))]).encode())
         for a in store.probes():
             h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
-        for s in [s for s in store.setups() if setups is None or s in setups]:
+        for s in store.setups():
             attrs = store.attrs(s)
             h.update(json.dumps([s, attrs.get("seeds"), attrs.get("epochs"), str(attrs.get("precision"))]).encode())
             h.update(np.ascontiguousarray(store.done(s), dtype=np.uint8).tobytes())
@@ -373,12 +376,6 @@ def store_state(path: str | Path, setups: list[str] | None = None) -> str:
             if record is not None and record.any():
                 h.update(record.tobytes())
     return h.hexdigest()
-
-
-def evaluated_count(path: str | Path, setups: list[str]) -> int:
-    """How many checkpoints of `setups` the store holds evaluated (read only; cheap)."""
-    with open_store(path) as store:
-        return sum(int(np.count_nonzero(store.done(s))) for s in store.setups() if s in setups)
 
 
 def _require(out: dict[str, SetupRt], path: Path, setups: list[str] | None,
