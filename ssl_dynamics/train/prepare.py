@@ -395,11 +395,16 @@ def checkpoint_bytes(cfg: RunConfig, sc: SetupConfig, dtype: str = "fp32") -> tu
 
     with torch.device("meta"):  # shapes and dtypes only: no memory, whatever the width
         net = build_network(cfg.backbone, sc.head_dim, cfg.width)
-    state = art.model_state(net, art.CHECKPOINT_DTYPES[dtype])
-    ckpt = sum(t.numel() * t.element_size() for t in state.values()) + METADATA_SLACK
+    def nbytes(state: dict) -> int:
+        return sum(t.numel() * t.element_size() for t in state.values())
+
+    ckpt = nbytes(art.model_state(net, art.CHECKPOINT_DTYPES[dtype])) + METADATA_SLACK
     params = sum(p.numel() * p.element_size() for p in net.parameters())
     moments = 2 if sc.optimizer == "adam" else 1  # Adam: exp_avg + exp_avg_sq; SGD: momentum
-    resume = moments * params + (ckpt if dtype != "fp32" else 0) + METADATA_SLACK
+    # a rounded checkpoint leaves the exact weights (and buffers) to resume.pt, in fp32: a
+    # second state dict, with its own pickling overhead (about 40 kB for ResNet-18's tensors)
+    exact = nbytes(art.model_state(net)) + METADATA_SLACK if dtype != "fp32" else 0
+    resume = moments * params + exact + METADATA_SLACK
     return ckpt, resume
 
 
