@@ -31,6 +31,9 @@ from ..errors import UserError
 # dataset's sha256 decides whether it is the same data, and run.json records the new place.
 RUN_IDENTITY = ("train_subset", "subset_seed", "backbone", "width", "label_seed")
 METADATA_SLACK = 64 * 1024  # bytes per checkpoint beyond the tensors: header, metadata
+# bytes torch.save adds to resume.pt per stored tensor (about 270 measured for ResNet-18's
+# state; doubled so that backbones with many small tensors are not underestimated)
+TENSOR_OVERHEAD = 512
 
 
 def dataset_kind(name: str) -> str:
@@ -399,18 +402,25 @@ def checkpoint_bytes(cfg: RunConfig, sc: SetupConfig, dtype: str = "fp32") -> tu
         return sum(t.numel() * t.element_size() for t in state.values())
 
     ckpt = nbytes(art.model_state(net, art.CHECKPOINT_DTYPES[dtype])) + METADATA_SLACK
-    params = sum(p.numel() * p.element_size() for p in net.parameters())
-    moments = 2 if sc.optimizer == "adam" else 1  # Adam: exp_avg + exp_avg_sq; SGD: momentum
-    # a rounded checkpoint leaves the exact weights (and buffers) to resume.pt, in fp32: a
-    # second state dict, with its own pickling overhead (about 40 kB for ResNet-18's tensors)
-    exact = nbytes(art.model_state(net)) + METADATA_SLACK if dtype != "fp32" else 0
-    resume = moments * params + exact + METADATA_SLACK
+    tensors = list(net.parameters())
+    params = sum(p.numel() * p.element_size() for p in tensors)
+    # the optimizer's state per parameter: Adam exp_avg + exp_avg_sq (and a `step` tensor);
+    # SGD its momentum buffer, none without momentum
+    moments = 2 if sc.optimizer == "adam" else (1 if sc.momentum else 0)
+    stored = len(tensors) * (moments + (sc.optimizer == "adam"))
+    resume = moments * params + stored * TENSOR_OVERHEAD + METADATA_SLACK
+    if dtype != "fp32":  # a rounded checkpoint leaves the exact weights and buffers to resume.pt
+        exact = art.model_state(net)
+        resume += nbytes(exact) + len(exact) * TENSOR_OVERHEAD
     return ckpt, resume
 
 
 def disk_estimate(cfg: RunConfig, todo: list[tuple[str, int, int, int]], dtype: str | dict[str, str] = "fp32") -> int:
     """Bytes the remaining checkpoints need: todo = (setup, seed, last done epoch or -1, until);
-    `dtype`: the checkpoints' storage type, or one per setup."""
+    `dtype`: the checkpoints' storage type, or one per setup; a new seed also writes a
+    resume.pt. Not counted: a begun seed's resume.pt growing by the exact weights when its
+    checkpoints switch to bf16, and the new resume.pt written beside the old one for a moment
+    (one per seed training at once)."""
     sizes: dict[str, tuple[int, int]] = {}
     total = 0
     for name, _seed, done, until in todo:
