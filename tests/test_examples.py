@@ -324,19 +324,19 @@ def test_non_finite_p_true_names_setup_seed_and_epoch(tmp_path):
 
 
 def test_the_table_is_stamped_with_the_store_state_before_reading(run, monkeypatch):
-    from ssl_dynamics.inspect import export as ex
+    from ssl_dynamics.inspect import analyses as an  # examples_for_workspace reads through it
     from ssl_dynamics.inspect.rtdata import store_state
 
     ws = open_workspace(run, **QUIET)
     before = store_state(ws.store)
-    real = ex.load_rt
+    real = an.load_rt
 
     def read_then_change(*args, **kwargs):  # `inspect rt` adds a checkpoint while we read
         data = real(*args, **kwargs)
         zarr.open_group(str(ws.store), mode="a", use_consolidated=False)["simclr/done"][0, 2] = 0
         return data
 
-    monkeypatch.setattr(ex, "load_rt", read_then_change)
+    monkeypatch.setattr(an, "load_rt", read_then_change)
     opts = ExampleOptions(progress=False)
     examples_for_workspace(ws, Outputs(ws.dir), ["supervised"], opts=opts, **QUIET)
     table = ws.dir / "tables" / "examples.parquet"

@@ -59,8 +59,6 @@ def load_run_config(root: str | Path) -> tuple[RunConfig, dict]:
 def check_run_json_values(meta: dict, path: Path) -> None:
     """Refuse values of run.json that phase two would misread: a schema from a newer
     toolkit, a dataset size or checksum that cannot be, class names that are not names."""
-    if not isinstance(meta.get("schema_version", 1), int):  # run.json stores an int, never digits
-        raise UserError(f"corrupt {path}: schema_version {meta['schema_version']!r} is not a positive integer")
     check_schema(meta.get("schema_version"), str(path))
     n = meta["dataset"].get("n_train")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:

@@ -14,18 +14,28 @@ def store_data(ws: Workspace, setups: list[str] | None, store: str | Path | None
     """The r_t of `setups` (default: every setup in the store); a name the run does not have
     is refused as such, before the store is read. `out` records which store was read (and
     its state) and says when the store lacks checkpoints the run has (or holds changed ones)."""
-    from .rt_plan import evaluation_snapshot, store_behind
+    from .rt_plan import store_behind
 
     if setups:
         ws.run.select(setups)
     path = ws.store_for_reading(store)
-    # before reading: a checkpoint evaluated meanwhile makes the record older, never newer
-    snapshot = evaluation_snapshot(path, setups or None) if out is not None else None
+    if out is None:
+        return load_rt(path, setups)
+    data = read_noted(ws, path, setups, out)
+    if (behind := store_behind(ws.run, path, list(data))) is not None:
+        out.echo(f"note: {behind}")
+    return data
+
+
+def read_noted(ws: Workspace, path: Path, setups: list[str] | None, out: Outputs) -> dict[str, SetupRt]:
+    """The r_t of `setups` (default: all) from the store at `path`, noted in `out`: which
+    store, and a snapshot of what it held, taken before reading (a checkpoint evaluated
+    meanwhile makes the record older, never newer)."""
+    from .rt_plan import evaluation_snapshot
+
+    snapshot = evaluation_snapshot(path, setups or None)
     data = load_rt(path, setups)
-    if out is not None:
-        out.note_store(path, data, snapshot, ws.run.root)
-        if (behind := store_behind(ws.run, path, list(data))) is not None:
-            out.echo(f"note: {behind}")
+    out.note_store(path, data, snapshot, ws.run.root)
     return data
 
 

@@ -27,9 +27,8 @@ from ..progress import bar
 from . import bank as bank_mod
 from . import storedims
 from .examples import TABLE, ExampleOptions, read_meta, run_examples
-from .rt_plan import evaluation_snapshot
 from .outputs import OWN_FILES, Outputs
-from .rtdata import SetupRt, load_rt, open_store, portable_attrs, store_state
+from .rtdata import SetupRt, open_store, portable_attrs, store_state
 from .store import RtStore, work_path
 from .workspace import IDENTITY_FILE, STORE_NAMES, Workspace
 
@@ -101,9 +100,9 @@ def examples_for_workspace(ws: Workspace, out: Outputs, setups: list[str] | None
     path = store_for_analysis(ws, store, echo)
     state = store_state(path)
     if data is None:
-        snapshot = evaluation_snapshot(path, setups or None)
-        data = load_rt(path, setups)
-        out.note_store(path, data, snapshot, ws.run.root)
+        from .analyses import read_noted
+
+        data = read_noted(ws, path, setups, out)
     elif not _still_holds(path, data):
         state = None
     probes = probe_images(ws, data, data_opts)

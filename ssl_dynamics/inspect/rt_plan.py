@@ -305,9 +305,9 @@ def evaluated(store, setup: str) -> dict[tuple[int, int], str]:
 def evaluation_snapshot(store_path: str | Path, setups: list[str] | None = None) -> tuple[str, int]:
     """(fingerprint, count) of what analyses of `setups` (default: all) read from a store or
     archive: which store it is, its bank, and each setup's precision and evaluated
-    checkpoints with the sha256 each was evaluated from, in one reading. Seeds added but not yet evaluated do
-    not change it (they are left out of every mean); a checkpoint evaluated since, or again
-    from another file, does. Read only; reads no chunk of the big arrays."""
+    checkpoints with the sha256 each was evaluated from, in one reading. Seeds added but not
+    yet evaluated do not change it (they are left out of every mean); a checkpoint evaluated
+    since, or again from another file, does. Read only; reads no chunk of the big arrays."""
     h, n = hashlib.sha256(), 0
     with open_store(store_path) as store:
         root = store.root_attrs()

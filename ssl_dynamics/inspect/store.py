@@ -467,8 +467,6 @@ class RtStore:
             flags = np.zeros(arr.shape, dtype=bool)
             by_content: dict[bytes, list[tuple[int, int]]] = {}
             for cell, path in files.items():
-                if cell[0] >= arr.shape[0] or cell[1] >= arr.shape[1]:
-                    continue  # beyond the array (not a chunk of it)
                 try:
                     with open(path, "rb") as f:
                         by_content.setdefault(f.read(), []).append(cell)
@@ -492,14 +490,14 @@ class RtStore:
             return np.zeros_like(flags)
         present = np.zeros_like(flags)
         for s, e in files:
-            if s < present.shape[0] and e < present.shape[1]:
-                present[s, e] = True
+            present[s, e] = True
         return flags & ~present
 
     def _checkpoint_chunks(self, setup: str, name: str, arr) -> dict[tuple[int, int], str] | None:
         """(seed row, epoch) -> chunk file of array `name` whose chunks hold one checkpoint
         each, under zarr 3's default keys (c/<s>/<e>/0/...): one listing per seed folder, not
-        one look-up per chunk. None for any other layout (sharded, other chunks or keys)."""
+        one look-up per chunk; files beyond the array's shape (a store cut short) are not its
+        chunks. None for any other layout (sharded, other chunks or keys)."""
         tail = (0,) * (arr.ndim - 2)
         if getattr(arr, "shards", None) is not None or tuple(arr.chunks[:2]) != (1, 1) or \
                 arr.metadata.encode_chunk_key((1, 2, *tail)) != "/".join(map(str, ("c", 1, 2, *tail))):
@@ -507,11 +505,11 @@ class RtStore:
         rows, out = self.path / setup / name / "c", {}
         try:
             for seed_dir in os.scandir(rows) if rows.is_dir() else ():
-                if not (_index_name(seed_dir.name) and seed_dir.is_dir()):
+                if not (_index_name(seed_dir.name) and int(seed_dir.name) < arr.shape[0] and seed_dir.is_dir()):
                     continue
                 for epoch_dir in os.scandir(seed_dir.path):
                     leaf = os.path.join(epoch_dir.path, *map(str, tail))
-                    if _index_name(epoch_dir.name) and os.path.isfile(leaf):
+                    if _index_name(epoch_dir.name) and int(epoch_dir.name) < arr.shape[1] and os.path.isfile(leaf):
                         out[int(seed_dir.name), int(epoch_dir.name)] = leaf
         except OSError as e:  # a stray file where a chunk folder belongs, no permission
             raise UserError(f"corrupt r_t store {self.path}: the chunks of {setup}/{name} cannot be "
@@ -549,8 +547,6 @@ class RtStore:
         zstd, width = Zstd(), int(np.prod(arr.shape[2:]))
         out = np.zeros(arr.shape, dtype=np.uint8)
         for (s, e), path in files.items():
-            if s >= arr.shape[0] or e >= arr.shape[1]:
-                continue  # beyond the array (not a chunk of it)
             try:
                 with open(path, "rb") as f:
                     raw = zstd.decode(f.read())
