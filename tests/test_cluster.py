@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from ssl_dynamics.cluster import options as copts
 from ssl_dynamics.cluster.cli import from_cli
 from ssl_dynamics.cluster.executor import sbatch_text
 from ssl_dynamics.errors import UserError
+from ssl_dynamics.inspect.rt_plan import shard_of
 from ssl_dynamics.inspect.store import RtStore
 from ssl_dynamics.train.cli import cli as train_cli
 
@@ -236,6 +238,9 @@ def test_inspect_submit_rt_three_shards_equals_one_process(tmp_path, reference):
     assert f"next: inspect all {reference} --work {tmp_path / 'three'}" in r.stdout  # what reads it
     record = art.read_json(next((tmp_path / "three" / "jobs").glob("*.json")))
     assert [j["work"]["shard"] for j in record["jobs"]] == ["0/3", "1/3", "2/3"]
+    # each job's planned count: its shard's share of every checkpoint (epochs 0..EPOCHS)
+    share = Counter(shard_of(s, seed, e, 3) for s in SETUPS for seed in (0, 1) for e in range(EPOCHS + 1))
+    assert [j["work"]["checkpoints"] for j in record["jobs"]] == [share[i] for i in range(3)]
     one = RtStore(tmp_path / "one" / "rt.zarr", writable=False)
     three = RtStore(tmp_path / "three" / "rt.zarr", writable=False)
     assert one.setups() == three.setups() == list(SETUPS)

@@ -480,6 +480,27 @@ def test_analyses_and_the_report_say_when_the_store_is_behind_the_run(run, monke
     assert code == 0 and "r_t store lacks" not in out, (out, err)
 
 
+def test_each_analysis_and_the_report_read_the_evaluated_checkpoints_once(run, monkeypatch, capsys):
+    """What a store holds evaluated is read once per analysis session for both its record
+    and its note that the store is behind (at thesis scale a reading takes about a second),
+    and once per store for the report's two warnings; `inspect examples` notes it too."""
+    from ssl_dynamics.inspect import rt_plan
+
+    reads = []
+    real = rt_plan.evaluated
+    monkeypatch.setattr(rt_plan, "evaluated", lambda store, setup: reads.append(setup) or real(store, setup))
+    RtStore(open_workspace(run, **QUIET).store).forget("simclr", 1, 2)
+    for args, setups in ((["classes", run, "--setup", "simclr,supervised"], ["simclr", "supervised"]),
+                         (["examples", run, "--setup", "simclr"], ["simclr"])):
+        reads.clear()
+        code, out, err = main_result(inspect_cli.main, args, monkeypatch, capsys)
+        assert code == 0 and "note: the r_t store lacks 1 checkpoint(s) the run has (simclr seed 1 epochs 2)" in out, (out, err)
+        assert sorted(reads) == setups, reads
+    reads.clear()
+    assert main_result(inspect_cli.main, ["report", run], monkeypatch, capsys)[0] == 0
+    assert sorted(reads) == sorted(RtStore(open_workspace(run, **QUIET).store, writable=False).setups()), reads
+
+
 def test_the_report_names_analyses_that_read_an_older_state_of_the_store(run, tmp_path, monkeypatch, capsys):
     """An analysis run before `inspect rt` changed the store (checkpoints evaluated since, or
     again) shows numbers the store no longer holds: the report names it, and only it (an

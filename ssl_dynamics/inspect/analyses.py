@@ -14,28 +14,25 @@ def store_data(ws: Workspace, setups: list[str] | None, store: str | Path | None
     """The r_t of `setups` (default: every setup in the store); a name the run does not have
     is refused as such, before the store is read. `out` records which store was read (and
     its state) and says when the store lacks checkpoints the run has (or holds changed ones)."""
-    from .rt_plan import store_behind
-
     if setups:
         ws.run.select(setups)
     path = ws.store_for_reading(store)
-    if out is None:
-        return load_rt(path, setups)
-    data = read_noted(ws, path, setups, out)
-    if (behind := store_behind(ws.run, path, list(data))) is not None:
-        out.echo(f"note: {behind}")
-    return data
+    return load_rt(path, setups) if out is None else read_noted(ws, path, setups, out)
 
 
 def read_noted(ws: Workspace, path: Path, setups: list[str] | None, out: Outputs) -> dict[str, SetupRt]:
     """The r_t of `setups` (default: all) from the store at `path`, noted in `out`: which
     store, and a snapshot of what it held, taken before reading (a checkpoint evaluated
-    meanwhile makes the record older, never newer)."""
-    from .rt_plan import evaluation_snapshot
+    meanwhile makes the record older, never newer); and a note when the store lacks
+    checkpoints the run has, or holds changed ones. The evaluated checkpoints are read once
+    for both."""
+    from .rt_plan import evaluations, store_behind
 
-    snapshot = evaluation_snapshot(path, setups or None)
+    held = evaluations(path, setups or None)
     data = load_rt(path, setups)
-    out.note_store(path, data, snapshot, ws.run.root)
+    out.note_store(path, data, held.snapshot(), ws.run.root)
+    if (behind := store_behind(ws.run, path, list(data), held)) is not None:
+        out.echo(f"note: {behind}")
     return data
 
 

@@ -21,13 +21,16 @@ import base64
 import html
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import artifacts as art
 from ..errors import UserError
 from .binomial_rows import ordinal, spread_step
 from .outputs import STEP_OUTPUTS, located_store, matches, stale_outputs, store_key, stores_of_outputs, work_lock
-from .rtdata import open_store
 from .workspace import Workspace
+
+if TYPE_CHECKING:
+    from .rt_plan import Evaluations
 
 # (name, title, what it shows) in reading order; figures and tables share the namespace.
 # "{setup}" in a name repeats the section for every setup of the run ({label}: its display name).
@@ -340,45 +343,38 @@ def _stores_html(work: Path, skipped: list[dict], run, setups: list[str]) -> str
     """Which r_t store the analyses on this page read: one line, or a warning when they
     read different stores (e.g. `inspect dynamics --store OTHER` into the same work folder);
     a warning naming the analyses that read their store before it last changed; and one for
-    each such store that lacks checkpoints the run has now (`setups`')."""
-    from .rt_plan import store_behind
+    each such store that lacks checkpoints the run has now (`setups`'). Each store's
+    evaluated checkpoints are read once for all of these."""
+    from .rt_plan import evaluations, store_behind
 
     failed = {s.get("analysis") for s in skipped if isinstance(s, dict)}
     used = {step: src for step, src in stores_of_outputs(work).items() if step not in failed}
     if not used:
         return ""
     located = {step: located_store(src, work, run.root) for step, src in used.items()}
-    behind = []
+    held: dict[Path, Evaluations | None] = {}
     for where in dict.fromkeys(located.values()):
-        if note := store_behind(run, where, setups) if where.exists() else None:
+        try:
+            held[where] = evaluations(where)
+        except (UserError, OSError):
+            held[where] = None
+    behind = []
+    for where, now in held.items():
+        if now is not None and (note := store_behind(run, where, setups, now)):
             behind.append(f"<div class=skipped><p>{html.escape(note[0].upper() + note[1:])}. The "
                           f"analyses on this page show the store as it was when they ran: rerun them "
                           f"after it (<code>inspect all</code> does both).</p></div>")
-    return _store_lines(work, used, located) + _changed_html(work, used, located) + "".join(behind)
+    return _store_lines(work, used, located) + _changed_html(work, used, located, held) + "".join(behind)
 
 
-def _changed_html(work: Path, used: dict[str, dict], located: dict[str, Path]) -> str:
+def _changed_html(work: Path, used: dict[str, dict], located: dict[str, Path],
+                  held: dict[Path, Evaluations | None]) -> str:
     """A warning naming the analyses that read their r_t store before it last changed
     (checkpoints evaluated since, or again; another store at its place): the evaluation
-    snapshot their session recorded (`Outputs.note_store`) differs from the store's now.
-    Sessions of older versions (no snapshot) are passed over; a store that cannot be read
-    now is named as not checked. One reading per store and setups."""
-    from .rt_plan import evaluation_snapshot
-
-    memo: dict[tuple[str, tuple[str, ...]], tuple[str, int, str | None] | None] = {}
-
-    def now(where: Path, setups: tuple[str, ...]) -> tuple[str, int, str | None] | None:
-        key = (str(where), setups)
-        if key not in memo:
-            try:
-                state, count = evaluation_snapshot(where, list(setups))
-                with open_store(where) as st:
-                    store_id = st.root_attrs().get("store_id")
-                memo[key] = (state, count, None if store_id is None else str(store_id))
-            except (UserError, OSError):
-                memo[key] = None
-        return memo[key]
-
+    snapshot their session recorded (`Outputs.note_store`) differs from the store's now
+    (`held`: each store's `Evaluations`, None where it could not be read). Sessions of older
+    versions (no snapshot) are passed over; a store that cannot be read now is named as not
+    checked."""
     older: dict[tuple[str, str], list[str]] = {}
     for step, src in used.items():
         setups, state, then = src.get("setups"), src.get("state"), src.get("evaluated")
@@ -386,12 +382,13 @@ def _changed_html(work: Path, used: dict[str, dict], located: dict[str, Path]) -
                 not all(isinstance(x, str) for x in setups):
             continue
         where = located[step]
-        current = now(where, tuple(setups))
+        now = held[where]
+        current = None if now is None else now.snapshot(setups)
         if current is None:
             why = "could not be read to check whether it changed since"
         elif current[0] == state:
             continue
-        elif src.get("store_id") and current[2] and current[2] != src["store_id"]:
+        elif src.get("store_id") and now.store_id and now.store_id != src["store_id"]:
             why = "is another store now (evaluated anew since)"
         elif isinstance(then, int) and not isinstance(then, bool) and then != current[1]:
             why = f"held {then} evaluated checkpoints then and holds {current[1]} now"

@@ -302,31 +302,64 @@ def evaluated(store, setup: str) -> dict[tuple[int, int], str]:
             for i, e in zip(*np.nonzero(flags))}
 
 
-def evaluation_snapshot(store_path: str | Path, setups: list[str] | None = None) -> tuple[str, int]:
-    """(fingerprint, count) of what analyses of `setups` (default: all) read from a store or
-    archive: which store it is, its bank, and each setup's precision and evaluated
-    checkpoints with the sha256 each was evaluated from, in one reading. Seeds added but not
-    yet evaluated do not change it (they are left out of every mean); a checkpoint evaluated
-    since, or again from another file, does. Read only; reads no chunk of the big arrays."""
-    h, n = hashlib.sha256(), 0
-    with open_store(store_path) as store:
+@dataclass(frozen=True)
+class Evaluations:
+    """What a store or archive holds evaluated, in one reading: its id and bank, and per
+    setup its precision and (seed, epoch) -> recorded sha256 ("" when not recorded) of each
+    evaluated checkpoint. Reads no chunk of the big arrays."""
+
+    store_id: str | None
+    bank_fingerprint: str | None
+    precision: dict[str, str | None]
+    cells: dict[str, dict[tuple[int, int], str]]
+
+    @classmethod
+    def read(cls, store, setups: list[str] | None = None) -> "Evaluations":
+        """Of an open store, for `setups` (default: all; those it lacks are left out)."""
         root = store.root_attrs()
-        h.update(json.dumps([str(root.get("store_id")), str(root.get("bank_fingerprint"))]).encode())
-        for s in [s for s in store.setups() if setups is None or s in setups]:
-            cells = sorted(evaluated(store, s).items())
-            n += len(cells)
-            h.update(json.dumps([s, str(store.attrs(s).get("precision")), cells]).encode())
-    return h.hexdigest(), n
+        names = [s for s in store.setups() if setups is None or s in setups]
+        return cls(None if root.get("store_id") is None else str(root["store_id"]),
+                   None if root.get("bank_fingerprint") is None else str(root["bank_fingerprint"]),
+                   {s: store.attrs(s).get("precision") for s in names},
+                   {s: evaluated(store, s) for s in names})
+
+    def snapshot(self, setups: list[str] | None = None) -> tuple[str, int]:
+        """(fingerprint, count) of what analyses of `setups` (default: all) read: which store
+        it is, its bank, and each setup's precision and evaluated checkpoints with the sha256
+        each was evaluated from. Seeds added but not yet evaluated do not change it (they are
+        left out of every mean); a checkpoint evaluated since, or again from another file,
+        does."""
+        h, n = hashlib.sha256(), 0
+        h.update(json.dumps([str(self.store_id), str(self.bank_fingerprint)]).encode())
+        for s, cells in self.cells.items():
+            if setups is None or s in setups:
+                n += len(cells)
+                h.update(json.dumps([s, str(self.precision[s]), sorted(cells.items())]).encode())
+        return h.hexdigest(), n
 
 
-def pending_tasks(run: art.Run, store_path: Path, setups: list[str], select) -> list[Task]:
+def evaluations(store_path: str | Path, setups: list[str] | None = None) -> Evaluations:
+    """`Evaluations` of the store or archive at `store_path` (read only; refused when there
+    is none)."""
+    with open_store(store_path) as store:
+        return Evaluations.read(store, setups)
+
+
+def evaluation_snapshot(store_path: str | Path, setups: list[str] | None = None) -> tuple[str, int]:
+    """`Evaluations.snapshot` of `setups` (default: all) of the store at `store_path`."""
+    return evaluations(store_path, setups).snapshot()
+
+
+def pending_tasks(run: art.Run, store_path: Path, setups: list[str], select,
+                  held: Evaluations | None = None) -> list[Task]:
     """The checkpoints of this shard that are committed and not in the store yet, or in it
     from another checkpoint than the manifest lists now (`redo`; read only). Chunks without
-    a record (stores made before checkpoints were recorded) are trusted as they are."""
-    done: dict[str, dict] = {}
-    with existing_store(store_path) as store:
-        for s in [s for s in setups if s in store.setups()] if store is not None else []:
-            done[s] = evaluated(store, s)
+    a record (stores made before checkpoints were recorded) are trusted as they are.
+    `held`: the store's `Evaluations`, when read already."""
+    if held is None:
+        with existing_store(store_path) as store:
+            held = Evaluations.read(store, setups) if store is not None else Evaluations(None, None, {}, {})
+    done = held.cells
     shard_i, shard_n = select.shard
     tasks = []
     for s in setups:
@@ -357,13 +390,16 @@ def describe_redo(tasks: list[Task]) -> str | None:
             f"from the store's record: retrained or replaced), evaluating again: {describe_missing(redo)}")
 
 
-def store_behind(run: art.Run, store_path: Path, setups: list[str]) -> str | None:
+def store_behind(run: art.Run, store_path: Path, setups: list[str],
+                 held: Evaluations | None = None) -> str | None:
     """One line saying which committed checkpoints of `setups` (their planned epochs, as
     `inspect rt` evaluates) the store lacks, or holds from an older checkpoint; None when it
     is up to date, or when the run's manifests or the store cannot be read (what reads
-    them says so). For analyses that read the store without evaluating (read only)."""
+    them says so). For analyses that read the store without evaluating (read only);
+    `held`: the store's `Evaluations`, when read already."""
     try:
-        tasks = pending_tasks(run, Path(store_path), [s for s in setups if s in run.cfg.setups], Selection())
+        tasks = pending_tasks(run, Path(store_path), [s for s in setups if s in run.cfg.setups],
+                              Selection(), held)
     except (UserError, OSError):
         return None
     if not tasks:

@@ -9,6 +9,7 @@ stay the same for one store (rerun with the same --shards).
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ..cluster.options import ClusterOptions, check_environment, check_paths
 from ..cluster.records import active_work, describe
 from ..errors import UserError
 from .rt import BankRequest, Selection, check_rt, open_rt
-from .rt_plan import pending_tasks
+from .rt_plan import pending_tasks, shard_of
 from .workspace import open_workspace
 
 
@@ -60,9 +61,11 @@ def submit_rt(run_dir: str | Path, work: str | Path | None, shards: int, select:
         return None
     open_rt(ws, plan, data, echo)  # the bank and the store's arrays, made once, here
     todo, planned = [], []
+    per_shard = Counter(shard_of(t.setup, t.seed, t.epoch, shards) for t in
+                        pending_tasks(ws.run, store_path, plan.setups, replace(select, shard=(0, 1))))
     for i in range(shards):
         key = f"{i}/{shards}"
-        n = len(pending_tasks(ws.run, store_path, plan.setups, replace(select, shard=(i, shards))))
+        n = per_shard[i]
         if n and key not in busy:
             todo.append(i)
             planned.append({"shard": key, "store": str(store_path), **mine, "checkpoints": n})
