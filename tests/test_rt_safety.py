@@ -507,7 +507,7 @@ def test_the_report_names_analyses_that_read_an_older_state_of_the_store(run, tm
     analysis of other setups still matches),
     in a copied run its own store, and not the original's; sessions of older versions
     (no snapshot) are passed over, and a damaged record does not stop the report."""
-    from ssl_dynamics.inspect.rt_plan import evaluation_snapshot
+    from ssl_dynamics.inspect.rt_plan import evaluations
 
     ws = open_workspace(run, **QUIET)
     for args in (["classes", run], ["dynamics", run, "--setup", "supervised"]):
@@ -517,7 +517,7 @@ def test_the_report_names_analyses_that_read_an_older_state_of_the_store(run, tm
     assert recorded[("supervised",)]["evaluated"] == 6  # 2 seeds x epochs 0-2
     assert recorded[("simclr", "supervised", "random_labels", "random_labels_aug")]["evaluated"] == 24
     assert {s["in_work"] for s in sources.values()} == {"rt.zarr"}
-    assert evaluation_snapshot(ws.store, ["supervised"]) == (recorded[("supervised",)]["state"], 6)
+    assert evaluations(ws.store, ["supervised"]).snapshot() == (recorded[("supervised",)]["state"], 6)
 
     def page(root=run) -> str:
         code, _, _ = main_result(inspect_cli.main, ["report", root], monkeypatch, capsys)

@@ -232,7 +232,7 @@ class Outputs:
     def note_store(self, path: str | Path, data: dict, snapshot: tuple[str, int] | None = None,
                    run_root: str | Path | None = None) -> None:
         """Note that this session's analyses read the r_t store at `path` (`data`: its
-        `SetupRt`s as read; `snapshot`: `rt_plan.evaluation_snapshot` of their setups, taken
+        `SetupRt`s as read; `snapshot`: `rt_plan.Evaluations.snapshot` of their setups, taken
         before reading), so that the report can say which store each analysis used, and
         whether it changed after. A store inside the work folder (or the run, `run_root`) is
         also recorded relative to it, to be found when the folder is moved or copied.

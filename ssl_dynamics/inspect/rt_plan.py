@@ -345,11 +345,6 @@ def evaluations(store_path: str | Path, setups: list[str] | None = None) -> Eval
         return Evaluations.read(store, setups)
 
 
-def evaluation_snapshot(store_path: str | Path, setups: list[str] | None = None) -> tuple[str, int]:
-    """`Evaluations.snapshot` of `setups` (default: all) of the store at `store_path`."""
-    return evaluations(store_path, setups).snapshot()
-
-
 def pending_tasks(run: art.Run, store_path: Path, setups: list[str], select,
                   held: Evaluations | None = None) -> list[Task]:
     """The checkpoints of this shard that are committed and not in the store yet, or in it
