@@ -24,6 +24,8 @@ from ssl_dynamics.inspect.activations import (
 )
 from ssl_dynamics.models import CifarResNet18, Network
 
+from _util import fake_activation_workspace, force_channels
+
 WIDTH = 4
 
 
@@ -144,6 +146,8 @@ def test_sigmoid_normalize_constant_and_nan_images():
     assert ((y[1] > 0) & (y[1] < 1)).all()
     assert torch.isnan(y[2]).all()
     assert (sigmoid_normalize(torch.ones(1, 1, 1)) == 0.5).all()
+    one_pixel = sigmoid_normalize(torch.tensor([2.0, float("nan")]).reshape(2, 1, 1, 1))
+    assert one_pixel[0].item() == 0.5 and torch.isnan(one_pixel[1]).all()  # a dead one-pixel image too
     with pytest.raises(ValueError):
         sigmoid_normalize(torch.zeros(4))
 
@@ -322,39 +326,6 @@ def test_seed_without_checkpoint_is_an_error_not_another_seed(tmp_path, monkeypa
 # ---------------------------------------------------------------- Fig. 5.4 end to end (tiny networks)
 
 
-def _force(model: CifarResNet18, block: int, dead=(), alive=()) -> CifarResNet18:
-    """Make channels of `block` never fire (dead) or always fire (alive) on any patch in [0, 1):
-    the last BN before the block's final ReLU decides."""
-    bn = model.stages[block - 1][-1].bn2
-    with torch.no_grad():
-        for c in dead:
-            bn.weight[c], bn.bias[c] = 0.0, -1e6
-        for c in alive:
-            bn.bias[c] = 1e3
-    return model
-
-
-def _fake_workspace(tmp_path, monkeypatch, nets: dict, epoch: int = 3):
-    """A run whose setups' checkpoints are `nets` (Network), at `epoch`, seed 0."""
-    import copy
-    from types import SimpleNamespace
-
-    from ssl_dynamics import artifacts as art
-    from ssl_dynamics.inspect import activation_figure
-
-    paths = art.RunPaths(tmp_path / "run")
-    files = {}
-    for setup, net in nets.items():
-        paths.seed_dir(setup, 0).mkdir(parents=True)
-        paths.checkpoint(setup, 0, epoch).touch()
-        files[paths.checkpoint(setup, 0, epoch)] = net
-    ws = SimpleNamespace(run=SimpleNamespace(cfg=SimpleNamespace(seeds=[0], backbone="resnet18_cifar"),
-                                             paths=paths))
-    monkeypatch.setattr(activation_figure, "resolve_epoch", lambda run, setup, e: (epoch, "asked for"))
-    monkeypatch.setattr(art, "load_network", lambda path, verify: (copy.deepcopy(files[path]), None))
-    return ws
-
-
 def _run(ws, out_dir, setups, **kw):
     from ssl_dynamics.inspect.activation_figure import run_activations
     from ssl_dynamics.inspect.outputs import Outputs
@@ -373,9 +344,9 @@ def test_table_counts_replaced_channels_and_records_the_settings(tmp_path, monke
     import h5py
 
     order = choose_channels(8, 8, seed=0 + 2)  # run_activations' order of block 2: channel_seed + block
-    one_dead = _force(_model(), 2, dead=[order[0]], alive=order[1:])
-    one_live = _force(_model(), 2, dead=[c for c in order if c != order[2]], alive=[order[2]])
-    ws = _fake_workspace(tmp_path, monkeypatch, {"supervised": Network(one_dead, 10),
+    one_dead = force_channels(_model(), 2, dead=[order[0]], alive=order[1:])
+    one_live = force_channels(_model(), 2, dead=[c for c in order if c != order[2]], alive=[order[2]])
+    ws = fake_activation_workspace(tmp_path, monkeypatch, {"supervised": Network(one_dead, 10),
                                                  "simclr": Network(one_live, 10)})
     res = _run(ws, tmp_path / "out", ["supervised", "simclr"], lr=0.5, l2=0.02, max_redraws=7, channel_seed=0)
     rows = {(r["setup"], r["block"]): r for r in res["tables"]["activations"]}
@@ -396,7 +367,7 @@ def test_table_counts_replaced_channels_and_records_the_settings(tmp_path, monke
 
 
 def test_zero_steps_says_the_images_are_not_optimized(tmp_path, monkeypatch):
-    ws = _fake_workspace(tmp_path, monkeypatch, {"supervised": Network(_model(), 10)})
+    ws = fake_activation_workspace(tmp_path, monkeypatch, {"supervised": Network(_model(), 10)})
     said = [n for n in _run(ws, tmp_path / "out", ["supervised"], steps=0)["notes"] if "--steps 0" in n]
     assert said == ["fig5_4: --steps 0: the images are the random starting points, not optimized "
                     "(the thesis ran 1,000 steps)"]
@@ -418,8 +389,8 @@ def test_progress_bar_ends_full_when_a_block_has_no_live_channel(tmp_path, monke
         return b
 
     monkeypatch.setattr(activation_figure, "bar", recording_bar)
-    everything_dead = _force(_model(), 2, dead=range(8))
-    ws = _fake_workspace(tmp_path, monkeypatch, {"supervised": Network(everything_dead, 10)})
+    everything_dead = force_channels(_model(), 2, dead=range(8))
+    ws = fake_activation_workspace(tmp_path, monkeypatch, {"supervised": Network(everything_dead, 10)})
     res = _run(ws, tmp_path / "out", ["supervised"], steps=3)
     rows = {r["block"]: r for r in res["tables"]["activations"]}
     assert rows[2]["channels"] == 0 and any(rows[b]["channels"] > 0 for b in rows)
@@ -433,7 +404,7 @@ def test_same_seed_same_output_and_the_spec_defaults(tmp_path, monkeypatch):
 
     from ssl_dynamics.inspect.activation_figure import run_activations
 
-    ws = _fake_workspace(tmp_path, monkeypatch, {"supervised": Network(_model(), 10)})
+    ws = fake_activation_workspace(tmp_path, monkeypatch, {"supervised": Network(_model(), 10)})
     tables = [_run(ws, tmp_path / d, ["supervised"], channel_seed=4)["tables"] for d in ("a", "b")]
     assert tables[0] == tables[1]
     with h5py.File(tmp_path / "a" / "analysis.h5", "r") as a, h5py.File(tmp_path / "b" / "analysis.h5", "r") as b:
@@ -452,7 +423,7 @@ def test_a_bad_setup_is_refused_before_any_ascent(tmp_path, monkeypatch):
     from ssl_dynamics.errors import UserError
     from ssl_dynamics.inspect import activation_figure
 
-    ws = _fake_workspace(tmp_path, monkeypatch, {"supervised": Network(_model(), 10)})
+    ws = fake_activation_workspace(tmp_path, monkeypatch, {"supervised": Network(_model(), 10)})
 
     def no_work(*args, **kwargs):
         raise AssertionError("ascent or load before every setup was checked")
@@ -469,11 +440,11 @@ def test_a_bad_setup_is_refused_before_any_ascent(tmp_path, monkeypatch):
 
 def test_live_channels_skip_dead_ones():
     order = [6, 1, 4, 0, 7, 2, 5, 3]
-    model = _force(_model(), 2, dead=[6, 4, 2], alive=[1, 0, 7, 5, 3])
+    model = force_channels(_model(), 2, dead=[6, 4, 2], alive=[1, 0, 7, 5, 3])
     assert live_channels(model, 2, order, 3, seed=0, max_redraws=3) == [1, 0, 7]
     assert live_channels(model, 2, order, 5, seed=0, max_redraws=3) == [1, 0, 7, 5, 3]
     assert live_channels(model, 2, order, 8, seed=0, max_redraws=3) == [1, 0, 7, 5, 3]  # spares run out
-    everything_dead = _force(_model(), 2, dead=range(8))
+    everything_dead = force_channels(_model(), 2, dead=range(8))
     assert live_channels(everything_dead, 2, order, 3, seed=0, max_redraws=2) == []
 
 
@@ -513,7 +484,7 @@ def test_figure_of_a_block_without_live_channels():
         warnings.simplefilter("error")
         assert sigmoid_normalize(torch.zeros(0, 3, 5, 5)).shape == (0, 3, 5, 5)
         assert sigmoid_normalize(torch.zeros(2, 3, 0, 0)).shape == (2, 3, 0, 0)
-        empty = maximize_activations(_force(_model(), 2, dead=range(8)), 2, [], steps=1, seed=0)
+        empty = maximize_activations(force_channels(_model(), 2, dead=range(8)), 2, [], steps=1, seed=0)
         cells = {("supervised", b): (empty if b == 2 else maximize_activations(_model(), b, [0], steps=1, seed=0),
                                      3 if b == 2 else 0, 3, 0) for b in BLOCKS}
         plt.close(draw_activations(cells, ["supervised"], 3))
@@ -667,7 +638,7 @@ def test_a_chosen_channel_that_does_not_fire_in_the_ascent_is_an_empty_slot(tmp_
         return res
 
     monkeypatch.setattr(activation_figure, "maximize_activations", first_fails)
-    ws = _fake_workspace(tmp_path, monkeypatch, {"supervised": Network(_model(), 10)})
+    ws = fake_activation_workspace(tmp_path, monkeypatch, {"supervised": Network(_model(), 10)})
     res = _run(ws, tmp_path / "out", ["supervised"])
     for row in res["tables"]["activations"]:
         assert (row["channels"], row["no_live_channel"]) == (2, 1), row

@@ -324,7 +324,7 @@ def sigmoid_normalize(x: torch.Tensor) -> torch.Tensor:
     mean = x.mean(dim=dims, keepdim=True)
     constant = x.amax(dim=dims, keepdim=True) == x.amin(dim=dims, keepdim=True)
     if x.shape[-3:].numel() == 1:  # one value per image: constant, and std would warn
-        return torch.full_like(x, 0.5)
+        return torch.where(x.isnan(), x, torch.full_like(x, 0.5))  # NaN stays NaN
     std = x.std(dim=dims, keepdim=True, unbiased=True)
     safe_std = torch.where(constant, torch.ones_like(std), std)
     z = torch.where(constant, torch.zeros_like(x), (x - mean) / safe_std)
