@@ -96,3 +96,39 @@ def kill_train_run_at(args: list[str], out, target, env=None) -> int:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     return proc.wait()
+
+
+def force_channels(model, block: int, dead=(), alive=()):
+    """Make channels of `block` of a CifarResNet18 never fire (dead) or always fire (alive) on
+    any patch in [0, 1): the last BN before the block's final ReLU decides."""
+    import torch
+
+    bn = model.stages[block - 1][-1].bn2
+    with torch.no_grad():
+        for c in dead:
+            bn.weight[c], bn.bias[c] = 0.0, -1e6
+        for c in alive:
+            bn.bias[c] = 1e3
+    return model
+
+
+def fake_activation_workspace(tmp_path, monkeypatch, nets: dict, epoch: int = 3):
+    """A run whose setups' checkpoints are `nets` (Network), at `epoch`, seed 0, for
+    `run_activations`: the epoch as asked for, each checkpoint loaded as a copy of its net."""
+    import copy
+    from types import SimpleNamespace
+
+    from ssl_dynamics import artifacts as art
+    from ssl_dynamics.inspect import activation_figure
+
+    paths = art.RunPaths(tmp_path / "run")
+    files = {}
+    for setup, net in nets.items():
+        paths.seed_dir(setup, 0).mkdir(parents=True)
+        paths.checkpoint(setup, 0, epoch).touch()
+        files[paths.checkpoint(setup, 0, epoch)] = net
+    ws = SimpleNamespace(run=SimpleNamespace(cfg=SimpleNamespace(seeds=[0], backbone="resnet18_cifar"),
+                                             paths=paths))
+    monkeypatch.setattr(activation_figure, "resolve_epoch", lambda run, setup, e: (epoch, "asked for"))
+    monkeypatch.setattr(art, "load_network", lambda path, verify: (copy.deepcopy(files[path]), None))
+    return ws
