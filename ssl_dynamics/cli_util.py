@@ -120,24 +120,32 @@ def split_names(values: tuple[str, ...] | None) -> list[str] | None:
 def parse_int_list(text: str | None, what: str) -> list[int] | None:
     if text is None:
         return None
+    items = [v.strip() for v in text.split(",")]
+    if not any(items):  # `--epochs ,` or '': not "all" by accident
+        raise UserError(f"{what} {text!r}: give at least one integer, e.g. 1,5,10 (or leave the option out)")
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        return [int(v) for v in _no_empty_item(items, text, what)]
     except ValueError:
         raise UserError(f"{what} {text!r}: use comma-separated integers, e.g. 1,5,10") from None
-    if not values:  # `--epochs ,` or '': not "all" by accident
-        raise UserError(f"{what} {text!r}: give at least one integer, e.g. 1,5,10 (or leave the option out)")
-    return values
+
+
+def _no_empty_item(items: list[str], text: str, what: str) -> list[str]:
+    """The items of a comma-separated list; an empty one among others (`1,,5`, `1,5,`) is
+    refused: a typo, not a value left out on purpose."""
+    if not all(items):
+        raise UserError(f"{what} {text!r} has an empty item; give each value once, e.g. 1,5,10")
+    return items
 
 
 def parse_levels(text: str | None) -> tuple[float, ...] | str | None:
     """`--p0 0.25,0.5,0.75` -> floats; `--p0 range` -> "range"; None when not given."""
     if text is None or text.strip() == "range":
         return None if text is None else "range"
-    try:
-        levels = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UserError(f"--p0 {text!r}: use comma-separated numbers in (0, 1], or 'range'") from None
-    if not levels:  # `--p0 ''` or `--p0 ,`: not the defaults by accident
+    items = [v.strip() for v in text.split(",")]
+    if not any(items):  # `--p0 ''` or `--p0 ,`: not the defaults by accident
         raise UserError(f"--p0 {text!r}: give at least one number in (0, 1], or 'range' (or leave "
                         f"the option out)")
-    return levels
+    try:
+        return tuple(float(v) for v in _no_empty_item(items, text, "--p0"))
+    except ValueError:
+        raise UserError(f"--p0 {text!r}: use comma-separated numbers in (0, 1], or 'range'") from None

@@ -833,3 +833,40 @@ def test_a_reused_buffer_is_large_enough_for_the_file():
     small = buffers.take(4)
     buffers.give(small)
     assert buffers.take(100).numel() >= 100
+
+
+def test_a_job_that_keeps_dying_is_resubmitted_max_resubmits_times_then_reported(tmp_path, monkeypatch):
+    """A job that ends without a result is submitted again at most `max_resubmits` times
+    (2 here: three submissions in all), then reported once as having died that many times."""
+    from types import SimpleNamespace
+
+    from ssl_dynamics.cluster import executor
+    from ssl_dynamics.cluster.options import ClusterOptions
+
+    monkeypatch.setattr(executor, "POLL_S", {"local": 0.0, "slurm": 0.0})
+    ids = iter(range(11, 20))
+
+    def dying(job_id):  # ended, no result, not cancelled
+        return SimpleNamespace(job_id=str(job_id), done=lambda: True, state="FAILED",
+                               paths=SimpleNamespace(result_pickle=tmp_path / "none.pkl"))
+
+    submitted = []
+    ex = SimpleNamespace(submit=lambda call: submitted.append(1) or dying(next(ids)))
+    record = {"folder": str(tmp_path), "jobs": [{"job_id": "10", "earlier_ids": []}]}
+    sub = executor.Submission("train", tmp_path, ClusterOptions(executor="local", max_resubmits=2),
+                              [lambda: None], [{"runs": [["simclr", 0]]}], ex, [dying(10)], record)
+    failures = executor.wait(sub, echo=lambda *_: None)
+    assert len(submitted) == 2 and sub.record["jobs"][0]["earlier_ids"] == ["10", "11"]
+    assert len(failures) == 1 and "job 12 (" in failures[0] and "died without a result 3 times" in failures[0]
+
+
+def test_a_corrupt_json_file_is_named_with_the_line_and_column_of_the_fault(tmp_path):
+    """One readable line: json's own message, then where (no "at at line")."""
+    from ssl_dynamics import artifacts as art
+    from ssl_dynamics.errors import UserError
+
+    path = tmp_path / "run.json"
+    path.write_text('{"a": "x')
+    with pytest.raises(UserError) as e:
+        art.read_json(path)
+    assert str(e.value) == f"corrupt JSON file {path}: Unterminated string starting at (line 1, column 7)"

@@ -228,6 +228,9 @@ def test_bad_analysis_options(run, monkeypatch, capsys):
                           (["export", "--to", "netcdf", "--out", ""], "'--out': an empty path"),
                           (["rt", "--bank", ""], "'--bank': an empty path"),
                           (["all", "--p0", ","], "--p0 ',': give at least one number in (0, 1]"),
+                          (["dynamics", "--epochs", "1,,5"], "--epochs '1,,5' has an empty item"),
+                          (["examples", "--ref-epochs", "1,5,"], "--ref-epochs '1,5,' has an empty item"),
+                          (["binomial", "--p0", "0.5,,0.75"], "--p0 '0.5,,0.75' has an empty item"),
                           (["examples", "--start-epoch", "99"], "--start-epoch 99 is past the last evaluated epoch"),
                           (["dynamics", "--setup", "foo"], "setup 'foo' is not in this run (it has supervised, "
                                                            "random_labels)")]:
