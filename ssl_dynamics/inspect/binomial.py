@@ -174,8 +174,9 @@ def run_binomial(data: dict[str, SetupRt], out: Outputs, p0s: Sequence[float] = 
                                notes, arrays, labelled, coords)
     levels, mode = "", "range" if p0s == "range" else "fixed"
     if p0s == "range":
-        levels = (" p0 levels chosen from each setup's own range (25/50/75% of the way from its "
-                  "lowest to its highest mean accuracy after the initialization), not the thesis's "
+        levels = (" p0 levels chosen from each setup's own range (25/50/75% of the way through "
+                  "the mean accuracies after the initialization that both its p_hat curves, one "
+                  "augmentation and all, pass through), not the thesis's "
                   "0.25/0.5/0.75: " + "; ".join(f"{s} {', '.join(f'{p:g}' for p in per[s]['p0s'])}"
                                               for s in data) + ".")
         notes.append(levels.strip())

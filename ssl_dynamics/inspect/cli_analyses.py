@@ -79,7 +79,8 @@ def _curves(text: str) -> str | int:
 @click.option("--include-init", is_flag=True, help="Let the p0 searches pick epoch 0.")
 @click.option("--p0", "levels", default=None,
               help="Accuracy levels p0 (a list; default 0.25,0.5,0.75 as the thesis), or 'range': "
-                   "each setup's own, 25/50/75% of its range (for short runs).")
+                   "each setup's own, 25/50/75% of the range both its p_hat curves (one augmentation, "
+                   "all) cover after the initialization (for short runs).")
 def binomial_cmd(run_dir, work, store, setups, draws, seed, null_sims, include_init, levels):
     """Tables 4.1 (chi-square) and 4.2 (MAE vs binomial noise), thesis-faithful and calibrated
     side by side; Fig. 4.3, 4.4, 4.5, B.1."""
