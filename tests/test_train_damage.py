@@ -186,8 +186,25 @@ def test_a_malformed_manifest_is_refused_with_its_name(run, monkeypatch, capsys,
     m = art.read_json(path)
     edit(m)
     path.write_text(json.dumps(m))
-    for args in (["status", run], ["run", "--out", run, *SMOKE]):
-        refused(args, run, monkeypatch, capsys, f"corrupt manifest {path}: {message}")
+    refused(["run", "--out", run, *SMOKE], run, monkeypatch, capsys, f"corrupt manifest {path}: {message}")
+    # status shows the whole table, the seed as damaged and why, then exits 2
+    code, out, err = call(["status", run], monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: 1 run(s) damaged: restore their files") and err.count("\n") == 1
+    row = next(line for line in out.splitlines() if line.startswith("supervised"))
+    assert row.split()[:4] == ["supervised", "0", "damaged", "-/2"] and \
+        row.endswith(f"corrupt manifest {path}: {message}"), out
+
+
+def test_status_shows_the_table_when_a_manifest_is_not_json(run, monkeypatch, capsys):
+    """A manifest cut short: its seed's row says so; the other seeds are listed as they are."""
+    path = art.RunPaths(run).manifest("supervised", 0)
+    path.write_text('{"checkpoints": {')
+    code, out, err = call(["status", run], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"corrupt JSON file {path}: Expecting property name enclosed in double quotes (line 1, column 18)" in out
+    assert "0 complete, 0 partial, 0 missing, 1 damaged" in out
+    with pytest.raises(UserError, match="corrupt JSON file"):  # training and phase two still refuse it
+        art.grid_status(run)
 
 
 def _resume_again(run: Path) -> art.RunPaths:

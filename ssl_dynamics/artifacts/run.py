@@ -98,15 +98,18 @@ class SeedStatus:
     lost: tuple[int, ...] = ()  # committed epochs whose checkpoint file is absent, empty or truncated
     unrecorded: int | None = None  # no manifest, yet checkpoints up to this epoch (> 0) on disk
     extend_target: int | None = None  # the farthest epoch a `train extend` of it was asked to reach
+    unreadable: str | None = None  # why its manifest.json cannot be read (`train status` only)
 
     @property
     def condition(self) -> str:
         """What `train status` shows: the state, or "damaged" when files and manifest disagree."""
-        return "damaged" if self.lost or self.unrecorded is not None else self.state
+        return "damaged" if self.lost or self.unrecorded is not None or self.unreadable else self.state
 
     @property
     def damage(self) -> str:
         """One phrase on what is damaged ("" when nothing is)."""
+        if self.unreadable:
+            return self.unreadable
         if self.unrecorded is not None:
             return f"no manifest.json, checkpoints up to epoch {self.unrecorded} on disk"
         if self.lost:
@@ -122,15 +125,23 @@ class SeedStatus:
         return self.extend_target is not None and (self.extended_to or self.epochs) < self.extend_target
 
 
-def seed_status(paths: RunPaths, setup: str, seed: int, epochs: int, sizes: bool = False) -> SeedStatus:
+def seed_status(paths: RunPaths, setup: str, seed: int, epochs: int, sizes: bool = False,
+                tolerate: bool = False) -> SeedStatus:
     """What the seed's manifest and files say. `sizes`: also read each committed
     checkpoint's header to find truncated files (about 0.2 ms a checkpoint, 5 s for the
-    thesis grid); without it only missing and empty ones count as lost."""
+    thesis grid); without it only missing and empty ones count as lost. A manifest that
+    cannot be read is refused, or with `tolerate` (a report of the whole grid) a damaged
+    seed saying why."""
     manifest = paths.manifest(setup, seed)
     if not manifest.exists():
         on_disk = [e for e in paths.epochs(setup, seed) if e > 0]  # as prepare.trained_epochs_on_disk
         return SeedStatus(setup, seed, "missing", None, epochs, unrecorded=max(on_disk, default=None))
-    m = read_manifest(manifest)
+    try:
+        m = read_manifest(manifest)
+    except UserError as e:
+        if not tolerate:
+            raise
+        return SeedStatus(setup, seed, "partial", None, epochs, unreadable=str(e))
     done = sorted(int(e) for e in m["checkpoints"])
     last = max(done) if done else None
     planned = [e for e in done if e <= epochs]
@@ -157,12 +168,13 @@ def _absent(path: Path, sizes: bool = False) -> bool:
     return size == 0 or (sizes and expected_size(path) != size)
 
 
-def grid_status(root: str | Path, cfg: RunConfig | None = None, sizes: bool = False) -> list[SeedStatus]:
-    """Every (setup, seed) of the run's grid (`cfg`'s); `sizes` as in `seed_status`."""
+def grid_status(root: str | Path, cfg: RunConfig | None = None, sizes: bool = False,
+                tolerate: bool = False) -> list[SeedStatus]:
+    """Every (setup, seed) of the run's grid (`cfg`'s); `sizes`, `tolerate` as in `seed_status`."""
     paths = RunPaths(root)
     if cfg is None:
         cfg, _ = load_run_config(root)
-    return [seed_status(paths, name, seed, sc.epochs, sizes)
+    return [seed_status(paths, name, seed, sc.epochs, sizes, tolerate)
             for name, sc in cfg.setups.items() for seed in cfg.seeds]
 
 

@@ -232,7 +232,7 @@ def status_cmd(run_dir, works):
     from ..cluster.records import status_lines
 
     cfg, meta = load_run_config(run_dir)  # read once: the table and the lines below
-    rows = grid_status(run_dir, cfg, sizes=True)
+    rows = grid_status(run_dir, cfg, sizes=True, tolerate=True)  # a damaged manifest is a row
     click.echo(f"{'setup':<20} {'seed':>4}  {'state':<9} {'epoch':>11}")
     for r in rows:
         last = "-" if r.last_epoch is None else str(r.last_epoch)
