@@ -246,6 +246,17 @@ def test_export_of_an_h5_archive_leaves_no_temp_and_the_users_table_alone(run, t
     r = CliRunner().invoke(cli, ["export", str(run), "--to", "parquet"])
     assert r.exit_code != 0 and "was made with other options" in str(r.exception)
     assert table.read_bytes() == mine
+    # the defaults' own reference epochs, given by name, are the default options: reused
+    chosen = read_meta(tmp_path / "d.parquet")["ref_epochs"]
+    invoke("examples", run, "--no-progress", "--ref-epochs", ",".join(map(str, chosen)))
+    assert read_meta(table)["options"]["ref_epochs"] is None
+    mine = table.read_bytes()
+    out = invoke("export", run, "--to", "parquet", "--no-progress")
+    assert "computing" not in out and table.read_bytes() == mine
+    invoke("examples", run, "--no-progress", "--ref-epochs", str(chosen[0]))  # others: the user's
+    assert read_meta(table)["options"]["ref_epochs"] == [chosen[0]]
+    r = CliRunner().invoke(cli, ["export", str(run), "--to", "parquet"])
+    assert r.exit_code != 0 and "was made with other options" in str(r.exception)
     # a lock file or the representation cache is never an export's target, --force or not
     for target in (run / "inspect" / "rt.zarr.lock", run / "inspect" / "features.zarr" / "x.nc"):
         r = CliRunner().invoke(cli, ["export", str(run), "--to", "netcdf", "--out", str(target), "--force"])
