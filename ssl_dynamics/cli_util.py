@@ -30,16 +30,14 @@ def run_cli(group: click.Group, resume_hint: str) -> None:
     except WorkFailed as e:
         _fail(str(e), EXIT_WORK_FAILED)
     except click.exceptions.Abort:
-        click.echo(f"interrupted: {resume_hint}", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _interrupted(resume_hint)
     except click.ClickException as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # `inspect` alone (click >= 8.2): the help, as help
             e.show()
             sys.exit(e.exit_code)
         _fail(_click_message(e))
     except KeyboardInterrupt:
-        click.echo(f"interrupted: {resume_hint}", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _interrupted(resume_hint)
     except MemoryError:
         _fail(OUT_OF_MEMORY)
     except RuntimeError as e:  # torch's allocators raise RuntimeError, not MemoryError
@@ -90,7 +88,18 @@ def _click_message(e: click.ClickException) -> str:
     return e.format_message()
 
 
+def _interrupted(resume_hint: str) -> None:
+    from .progress import close_bars
+
+    close_bars()
+    click.echo(f"interrupted: {resume_hint}", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def _fail(message: str, status: int = EXIT_USER_ERROR) -> None:
+    from .progress import close_bars
+
+    close_bars()
     click.echo(f"error: {' '.join(message.split())}", err=True)
     sys.exit(status)
 

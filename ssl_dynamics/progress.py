@@ -21,3 +21,12 @@ def bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True,
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled or total == 0, leave=leave,
                 position=position, dynamic_ncols=True,
                 mininterval=TERMINAL_INTERVAL_S if interactive else LOG_INTERVAL_S)
+
+
+def close_bars() -> None:
+    """Close every open bar (as it stands), so that a message printed next starts on a line of
+    its own and no bar redraws after it (an error raised midway leaves its bars open)."""
+    import tqdm.std
+
+    for b in list(tqdm.std.tqdm._instances):
+        b.close()

@@ -870,3 +870,34 @@ def test_a_corrupt_json_file_is_named_with_the_line_and_column_of_the_fault(tmp_
     with pytest.raises(UserError) as e:
         art.read_json(path)
     assert str(e.value) == f"corrupt JSON file {path}: Unterminated string starting at (line 1, column 7)"
+
+
+@pytest.mark.parametrize("raised, last", [("user", "error: the store is damaged"),
+                                          ("interrupt", "interrupted: rerun to resume")])
+def test_an_error_midway_prints_on_its_own_line_after_the_bars(raised, last, monkeypatch, capsys):
+    """A command that fails (or is interrupted) while a progress bar is open: the bar is
+    closed as it stood first, so the message is a line of its own and the last one."""
+    import sys
+
+    import click
+
+    from ssl_dynamics.cli_util import run_cli
+    from ssl_dynamics.errors import UserError
+    from ssl_dynamics.progress import bar
+
+    @click.group()
+    def group():
+        pass
+
+    @group.command("go")
+    def go():
+        b = bar(4, "netCDF export", "setup")
+        b.update(1)
+        raise UserError("the store is damaged") if raised == "user" else KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "argv", ["prog", "go"])
+    with pytest.raises(SystemExit) as e:
+        run_cli(group, "rerun to resume")
+    assert e.value.code == (2 if raised == "user" else 130)
+    err = capsys.readouterr().err
+    assert err.endswith(f"\n{last}\n") and "netCDF export" in err and err.count(last) == 1, repr(err)
