@@ -192,6 +192,37 @@ def test_partial_results_and_missing_digests_are_not_recorded(tmp_path):
     assert not sess.record.current("classes", "stamp")  # nothing vouched for a missing digest
 
 
+def test_a_step_computed_again_says_which_of_its_options_changed(tmp_path):
+    """An analysis computed again because its options differ from those it last succeeded
+    with here says which, in one line (e.g. `make demo`'s --p0 range, then a bare `all`);
+    the same options, --redo, or a record without options say nothing."""
+    from ssl_dynamics.inspect.outputs import Outputs
+    from ssl_dynamics.inspect.pipeline import StepRecord, _Session, run_tracked
+
+    out, said = Outputs(tmp_path), []
+    sess = _Session(None, out, StepRecord(out), said.append, ())
+
+    def fn():
+        out.write_table("binomial_chi2", [{"setup": "simclr"}])
+        return {}
+
+    run_tracked(sess, "binomial", fn, lambda: "a", {"setups": ["simclr"], "p0s": "range"})
+    run_tracked(sess, "binomial", fn, lambda: "a", {"setups": ["simclr"], "p0s": "range"})  # up to date
+    assert not [s for s in said if s.startswith("note:")]
+    run_tracked(sess, "binomial", fn, lambda: "b", {"setups": ["simclr"], "p0s": (0.25, 0.5)})
+    assert [s for s in said if s.startswith("note:")] == [
+        "note: binomial last ran here with other options (p0s: 'range' -> [0.25, 0.5]); "
+        "its outputs are made again with these"], said
+    said.clear()
+    run_tracked(sess, "binomial", fn, lambda: "c", {"setups": ["simclr"], "p0s": [0.25, 0.5]})  # same, as JSON
+    sess.redo = ("binomial",)
+    run_tracked(sess, "binomial", fn, lambda: "d", {"setups": ["simclr", "supervised"], "p0s": None})
+    sess.redo = ()
+    sess.record.save("binomial", "e", {"tables/binomial_chi2.csv": "x"}, {})  # recorded without options
+    run_tracked(sess, "binomial", fn, lambda: "f", {"setups": ["simclr"], "p0s": None})
+    assert not [s for s in said if s.startswith("note:")], said
+
+
 def test_a_group_rewritten_with_other_content_is_noticed(tmp_path):
     """Group digests survive the file being rewritten (dimension-scale references, string
     coordinates) and change with the content."""

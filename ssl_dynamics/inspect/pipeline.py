@@ -131,13 +131,18 @@ def _check_ref_epochs(run: art.Run, setups: list[str], ref_epochs) -> None:
                         f"1-{top} to align at (epoch 0, the initialization, is left out)")
 
 
+def step_options(opts: AllOptions, name: str) -> dict:
+    """The options of `inspect all` that analysis `name` uses (STEP_OPTIONS)."""
+    return {k: asdict(opts)[k] for k in STEP_OPTIONS[name]}
+
+
 def step_stamp(ws, setups: list[str], opts: AllOptions, name: str, store: str | None = None) -> str:
     """The sha256 of everything step `name` reads (STEP_OPTIONS; `store`, the r_t store's
     state, or the checkpoints' sha256; where the dataset is, for the probe images of
     `examples`) and of what it is computed with (`code_version`, STAMP_SCHEMA)."""
     parts = {"schema": STAMP_SCHEMA, "code": code_version(), "step": name, "setups": list(setups),
              "dataset": ws.run.dataset_sha256,
-             "options": {k: asdict(opts)[k] for k in STEP_OPTIONS[name]}}
+             "options": step_options(opts, name)}
     if name in STORE_STEPS:
         if store is None:
             raise ValueError("a store step's stamp needs the store's state")
@@ -216,14 +221,29 @@ class StepRecord:
             return False
         return all(d is not None and group_digest(self.out.analysis, g) == d for g, d in groups.items())
 
-    def save(self, name: str, stamp: str, files: dict[str, str | None], groups: dict[str, str | None]) -> None:
+    def save(self, name: str, stamp: str, files: dict[str, str | None], groups: dict[str, str | None],
+             options: dict | None = None) -> None:
         """Record what `name` wrote: the digests taken when it wrote them (`Outputs.hashes`,
         `Outputs.group_digests`), so a file another process changed since is never vouched
-        for. Nothing is recorded when a digest is missing."""
+        for, and the options it ran with (`options`, to say later which changed). Nothing
+        is recorded when a digest is missing."""
         if not files or None in files.values() or None in groups.values():
             self.drop(name)
             return
-        self._update(name, {"stamp": stamp, "files": dict(files), "groups": dict(groups)})
+        entry = {"stamp": stamp, "files": dict(files), "groups": dict(groups)}
+        if options is not None:
+            entry["options"] = _as_json(options)
+        self._update(name, entry)
+
+    def changed_options(self, name: str, options: dict) -> list[str]:
+        """'option: before -> now' for each option `name` last succeeded with that differs
+        from `options` ([] when none, or when nothing was recorded)."""
+        entry = self._load().get(name)
+        before = entry.get("options") if isinstance(entry, dict) else None
+        if not isinstance(before, dict):
+            return []
+        now = _as_json(options)
+        return [f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in now if k in before and before[k] != now[k]]
 
     def drop(self, name: str) -> None:
         self._update(name, None)
@@ -237,6 +257,11 @@ class StepRecord:
             if entry is not None:
                 steps[name] = entry
             art.write_json_atomic(self.path, {"schema": STAMP_SCHEMA, "steps": steps})
+
+
+def _as_json(value):
+    """`value` as it reads back from JSON (tuples as lists, other objects as strings)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def _sha256(path: Path) -> str | None:
@@ -271,9 +296,11 @@ class _Session:
         return self._store[0]
 
 
-def run_tracked(sess: _Session, name: str, fn: Callable[[], dict], stamp: Callable[[], str]) -> dict | None:
-    """One analysis: skipped when up to date, else computed; stamped after success, its
-    earlier outputs moved aside after a failure."""
+def run_tracked(sess: _Session, name: str, fn: Callable[[], dict], stamp: Callable[[], str],
+                options: dict | None = None) -> dict | None:
+    """One analysis: skipped when up to date, else computed (saying which of its `options`
+    changed since it last succeeded here); stamped after success, its earlier outputs moved
+    aside after a failure."""
     try:
         mark = stamp()
     except Exception:  # noqa: BLE001  (its inputs cannot be read: compute, and let it say why)
@@ -283,6 +310,9 @@ def run_tracked(sess: _Session, name: str, fn: Callable[[], dict], stamp: Callab
                   f"--redo {name} computes it again)")
         sess.fresh.append(name)
         return None
+    if options is not None and name not in sess.redo and (changed := sess.record.changed_options(name, options)):
+        sess.echo(f"note: {name} last ran here with other options ({'; '.join(changed)}); its outputs "
+                  f"are made again with these")
     sess.out.hashes.clear()
     sess.out.group_digests.clear()
     res = run_step(name, fn, sess.skipped, sess.echo)
@@ -296,7 +326,7 @@ def run_tracked(sess: _Session, name: str, fn: Callable[[], dict], stamp: Callab
     if res.get("partial"):
         sess.partial.append(name)
     if mark is not None and not res.get("partial"):  # partial: e.g. no probe images for the grids
-        sess.record.save(name, mark, dict(sess.out.hashes), dict(sess.out.group_digests))
+        sess.record.save(name, mark, dict(sess.out.hashes), dict(sess.out.group_digests), options)
     else:
         sess.record.drop(name)
     return res
@@ -317,7 +347,8 @@ def run_all(ws, rt_step: Callable[[], dict], opts: AllOptions, show: Callable[[d
     out.check_analysis()
     for name, fn in analysis_thunks(ws, out, setups, opts, echo):
         show(run_tracked(sess, name, fn, lambda n=name: step_stamp(
-            ws, setups, opts, n, sess.store_state() if n in STORE_STEPS else None)) or {})
+            ws, setups, opts, n, sess.store_state() if n in STORE_STEPS else None),
+            {"setups": list(setups), **step_options(opts, name)}) or {})
     finish(sess)
     return sess.skipped
 
