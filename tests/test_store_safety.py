@@ -343,6 +343,32 @@ def test_damaged_metadata_is_one_line(run, monkeypatch, capsys, damage):
         load_rt(run / "inspect" / "rt.zarr", ["supervised"])
 
 
+@pytest.mark.parametrize("name", ["p_true", "correct"])
+def test_a_damaged_chunk_is_named_and_mended_by_deleting_it(run, name):
+    """A chunk damaged on disk (checksum or zstd fails): the refusal names its checkpoint and
+    the chunk folders to delete; once deleted, `inspect rt` evaluates that checkpoint again
+    (and only it) and the store holds what it held before the damage."""
+    store = run / "inspect" / "rt.zarr"
+    before = load_rt(store, ["supervised"])["supervised"]
+    seeds = RtStore(store, writable=False).attrs("supervised")["seeds"]
+    chunk = store / "supervised" / name / "c" / "1" / "2"
+    leaf = next(p for p in sorted(chunk.rglob("*")) if p.is_file())
+    content = bytearray(leaf.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    leaf.write_bytes(bytes(content))
+    with pytest.raises(UserError) as e:
+        load_rt(store, ["supervised"])
+    assert f"supervised/{name} cannot be read" in str(e.value)
+    assert f"the chunk of seed {seeds[1]} epoch 2 is damaged; delete those checkpoints' chunk folders of " \
+           f"p_true and correct (supervised/{{p_true,correct}}/c/1/2)" in str(e.value), str(e.value)
+    for array in ("p_true", "correct"):
+        shutil.rmtree(store / "supervised" / array / "c" / "1" / "2", ignore_errors=True)
+    assert rt(run, setups=["supervised"])["evaluated"] == 1
+    after = load_rt(store, ["supervised"])["supervised"]
+    for field in ("correct", "p_true", "valid"):
+        np.testing.assert_array_equal(getattr(after, field), getattr(before, field))
+
+
 # --------------------------------------------------------------------------- B. schema-1 stores
 
 def _as_schema_1(path, setup):

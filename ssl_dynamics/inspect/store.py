@@ -138,10 +138,10 @@ def _index_name(name: str) -> bool:
     return name.isascii() and name.isdigit() and str(int(name)) == name
 
 
-def decode_cell(array, content: bytes):
-    """The value held by the bytes of one chunk file of a 2-D `array` of (1, 1) chunks,
-    decoded with the array's own codecs in memory (no second read from disk, where the
-    file may have changed since)."""
+def decode_chunk(array, content: bytes) -> np.ndarray:
+    """The values held by the bytes of one chunk file of `array` (chunks of one checkpoint,
+    [1, 1, ...]), decoded with the array's own codecs in memory (no second read from disk,
+    where the file may have changed since)."""
     import json
 
     import zarr
@@ -149,9 +149,10 @@ def decode_cell(array, content: bytes):
     from zarr.storage import MemoryStore
 
     meta = dict(array.metadata.to_dict())
-    meta["shape"] = [1, 1]
+    meta["shape"] = [1, 1, *array.shape[2:]]
+    key = array.metadata.encode_chunk_key((0,) * array.ndim)
     one = MemoryStore({"zarr.json": cpu.Buffer.from_bytes(json.dumps(meta).encode()),
-                       "c/0/0": cpu.Buffer.from_bytes(content)})
+                       key: cpu.Buffer.from_bytes(content)})
     return zarr.open_array(one, mode="r")[0, 0]
 
 
@@ -473,7 +474,7 @@ class RtStore:
                 except FileNotFoundError:  # forgotten since the listing
                     continue
             for content, cells in by_content.items():
-                if decode_cell(arr, content):  # one decode for every file of these bytes
+                if decode_chunk(arr, content):  # one decode for every file of these bytes
                     flags[tuple(np.array(cells).T)] = True
             return flags
 
@@ -588,10 +589,41 @@ class RtStore:
                     out[name] = g[name][:]
             except Exception as e:  # a truncated or altered chunk: zstd or the checksum fails
                 raise UserError(f"corrupt r_t store {self.path}: {setup}/{name} cannot be read "
-                                f"({type(e).__name__}); rerun `inspect rt` into a new --store") from None
+                                f"({type(e).__name__}){self._damaged_chunks(setup, name)}") from None
         lost = self._lost(setup, out["done"].astype(bool))
         out["done"] = np.where(lost, 0, out["done"]).astype(out["done"].dtype)  # not evaluated
         return out
+
+    def _damaged_chunks(self, setup: str, name: str) -> str:
+        """How to mend `setup/name` when it cannot be read: which checkpoints' chunks are
+        damaged, found by decoding each chunk file alone (only after a failed read: one
+        decode per checkpoint), and that deleting their p_true and correct chunks makes
+        `inspect rt` evaluate them again (a checkpoint without its p_true chunk counts as not
+        evaluated: `_lost`). Else: a new store."""
+        anew = "; rerun `inspect rt` into a new --store"
+        try:
+            arr = self.group[f"{setup}/{name}"]
+            files = self._checkpoint_chunks(setup, name, arr)
+            seeds = self.attrs(setup).get("seeds")
+        except Exception:  # noqa: BLE001  (the error being reported stands on its own)
+            return anew
+        if files is None or not isinstance(seeds, list):
+            return anew
+        bad = []
+        for (s, e), f in sorted(files.items()):
+            try:
+                with open(f, "rb") as fh:
+                    decode_chunk(arr, fh.read())
+            except Exception:  # noqa: BLE001  (zstd, the checksum or the shape fails)
+                bad.append((s, e))
+        if not bad:
+            return anew
+        where = ", ".join(f"seed {seeds[s] if s < len(seeds) else s} epoch {e}" for s, e in bad[:5]) + \
+            (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        keys = " ".join(f"{setup}/{{p_true,correct}}/c/{s}/{e}" for s, e in bad[:2]) + (" ..." if len(bad) > 2 else "")
+        return (f": the chunk of {where} is damaged; delete those checkpoints' chunk folders of "
+                f"p_true and correct ({keys}) and `inspect rt` evaluates them again, or rerun "
+                f"`inspect rt` into a new --store")
 
     def read_targets(self, setup: str) -> np.ndarray:
         with self._reading(f"{setup}/targets"):
