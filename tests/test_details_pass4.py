@@ -869,7 +869,7 @@ def test_a_corrupt_json_file_is_named_with_the_line_and_column_of_the_fault(tmp_
     path.write_text('{"a": "x')
     with pytest.raises(UserError) as e:
         art.read_json(path)
-    assert str(e.value) == f"corrupt JSON file {path}: Unterminated string starting at (line 1, column 7)"
+    assert str(e.value) == f"corrupt JSON file {path}: Unterminated string starting at: line 1 column 7"
 
 
 @pytest.mark.parametrize("raised, last", [("user", "error: the store is damaged"),

@@ -249,12 +249,12 @@ def test_export_of_an_h5_archive_leaves_no_temp_and_the_users_table_alone(run, t
     # the defaults' own reference epochs, given by name, are the default options: reused
     chosen = read_meta(tmp_path / "d.parquet")["ref_epochs"]
     invoke("examples", run, "--no-progress", "--ref-epochs", ",".join(map(str, chosen)))
-    assert read_meta(table)["options"]["ref_epochs"] is None
+    assert read_meta(table)["options"]["ref_epochs"] == chosen and read_meta(table)["same_as_defaults"]
     mine = table.read_bytes()
     out = invoke("export", run, "--to", "parquet", "--no-progress")
     assert "computing" not in out and table.read_bytes() == mine
     invoke("examples", run, "--no-progress", "--ref-epochs", str(chosen[0]))  # others: the user's
-    assert read_meta(table)["options"]["ref_epochs"] == [chosen[0]]
+    assert read_meta(table)["options"]["ref_epochs"] == [chosen[0]] and "same_as_defaults" not in read_meta(table)
     r = CliRunner().invoke(cli, ["export", str(run), "--to", "parquet"])
     assert r.exit_code != 0 and "was made with other options" in str(r.exception)
     # a lock file or the representation cache is never an export's target, --force or not

@@ -359,7 +359,7 @@ def test_a_damaged_chunk_is_named_and_mended_by_deleting_it(run, name):
     with pytest.raises(UserError) as e:
         load_rt(store, ["supervised"])
     assert f"supervised/{name} cannot be read" in str(e.value)
-    assert f"the chunk of seed {seeds[1]} epoch 2 is damaged; delete those checkpoints' chunk folders of " \
+    assert f"the chunk of seed {seeds[1]} (row 1) epoch 2 is damaged; delete those checkpoints' chunk folders of " \
            f"p_true and correct (supervised/{{p_true,correct}}/c/1/2)" in str(e.value), str(e.value)
     for array in ("p_true", "correct"):
         shutil.rmtree(store / "supervised" / array / "c" / "1" / "2", ignore_errors=True)

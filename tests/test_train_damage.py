@@ -196,15 +196,19 @@ def test_a_malformed_manifest_is_refused_with_its_name(run, monkeypatch, capsys,
 
 
 def test_status_shows_the_table_when_a_manifest_is_not_json(run, monkeypatch, capsys):
-    """A manifest cut short: its seed's row says so; the other seeds are listed as they are."""
+    """A manifest cut short, or a folder in its place: its seed's row says so."""
     path = art.RunPaths(run).manifest("supervised", 0)
     path.write_text('{"checkpoints": {')
     code, out, err = call(["status", run], monkeypatch, capsys)
     assert code == 2 and err.count("\n") == 1, err
-    assert f"corrupt JSON file {path}: Expecting property name enclosed in double quotes (line 1, column 18)" in out
+    assert f"corrupt JSON file {path}: Expecting property name enclosed in double quotes: line 1 column 18" in out
     assert "0 complete, 0 partial, 0 missing, 1 damaged" in out
     with pytest.raises(UserError, match="corrupt JSON file"):  # training and phase two still refuse it
         art.grid_status(run)
+    path.unlink()
+    path.mkdir()  # a folder where the manifest belongs: a damaged row too
+    code, out, _ = call(["status", run], monkeypatch, capsys)
+    assert code == 2 and f"{path} cannot be read (Is a directory)" in out, out
 
 
 def _resume_again(run: Path) -> art.RunPaths:

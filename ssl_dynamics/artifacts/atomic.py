@@ -77,7 +77,7 @@ def read_json(path: str | Path, kind: type | None = None) -> Any:
     try:
         obj = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
-        raise UserError(f"corrupt JSON file {path}: {e.msg} (line {e.lineno}, column {e.colno})") from None
+        raise UserError(f"corrupt JSON file {path}: {e.msg}: line {e.lineno} column {e.colno}") from None
     except UnicodeDecodeError:
         raise UserError(f"corrupt JSON file {path}: not text") from None
     if kind is not None and not isinstance(obj, kind):

@@ -138,10 +138,11 @@ def seed_status(paths: RunPaths, setup: str, seed: int, epochs: int, sizes: bool
         return SeedStatus(setup, seed, "missing", None, epochs, unrecorded=max(on_disk, default=None))
     try:
         m = read_manifest(manifest)
-    except UserError as e:
+    except (UserError, OSError) as e:  # damaged, or a folder / no permission where it belongs
         if not tolerate:
             raise
-        return SeedStatus(setup, seed, "partial", None, epochs, unreadable=str(e))
+        why = str(e) if isinstance(e, UserError) else f"{manifest} cannot be read ({e.strerror or type(e).__name__})"
+        return SeedStatus(setup, seed, "partial", None, epochs, unreadable=why)
     done = sorted(int(e) for e in m["checkpoints"])
     last = max(done) if done else None
     planned = [e for e in done if e <= epochs]

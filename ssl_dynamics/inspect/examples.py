@@ -96,7 +96,9 @@ def run_examples(data: dict[str, SetupRt], out: Outputs, opts: ExampleOptions = 
     note += f" {_empty_note(data, empty, opts.start_epoch)}" if empty else ""
     frame = examples_frame(data, columns, class_names, sources)
     meta = {"note": note, "ref_setup": ref_setup, "ref_epochs": ref_epochs,
-            "aligned_epochs": aligned_epochs, "options": _made_with(data, opts, al), "store_state": store_state}
+            "aligned_epochs": aligned_epochs, "options": asdict(opts), "store_state": store_state}
+    if (opts.ref_setup is not None or opts.ref_epochs is not None) and _defaults_choose(data, ref_setup, ref_epochs):
+        meta["same_as_defaults"] = True  # while the store holds what it did (export checks its state)
     table = write_frame(out, frame, meta)
     rows = _summary_rows(data, columns, sums, ref_epochs, aligned_epochs)
     out.write_table("examples_summary", rows, note="Per setup: " + note)
@@ -153,16 +155,13 @@ def _empty_note(data: dict[str, SetupRt], empty: list[str], start: int) -> str:
             f"epoch: {last}): their measures are NaN, hardness_rank is NA and they have no image grids.")
 
 
-def _made_with(data: dict[str, SetupRt], opts: ExampleOptions, al) -> dict:
-    """The options the table records: a reference setup or epochs given that are the ones
-    the defaults choose on this store are recorded as the defaults (None), so that the table
-    counts as made with the default options (`export --to parquet` reuses it)."""
-    made = asdict(opts)
-    if opts.ref_setup is not None or opts.ref_epochs is not None:
-        default = reference_alignment(data)
-        if (default.ref_setup, list(default.ref_epochs)) == (al.ref_setup, list(al.ref_epochs)):
-            made["ref_setup"] = made["ref_epochs"] = None
-    return made
+def _defaults_choose(data: dict[str, SetupRt], ref_setup: str, ref_epochs) -> bool:
+    """Whether the default options would align at this reference setup and these epochs on
+    this store (so that a table made with them given by name is the default one)."""
+    from .dynamics import default_ref_epochs, resolve_reference
+
+    ref = resolve_reference(data, None)
+    return ref == ref_setup and list(default_ref_epochs(data[ref])[0]) == list(ref_epochs)
 
 
 def _measures(d: SetupRt, opts: ExampleOptions, ref_epochs: list[int], aligned: np.ndarray,

@@ -314,7 +314,9 @@ def export_parquet(ws: Workspace, store: Path, target: Path | None, data_opts: d
     meta = _work_table_meta(ws, table, echo)
     default = ExampleOptions(progress=progress)
     made_with = {k: v for k, v in (meta.get("options") or {}).items() if k != "progress"}
-    custom = table.exists() and made_with != {k: v for k, v in asdict(default).items() if k != "progress"}
+    same_as_defaults = meta.get("same_as_defaults") is True and meta.get("store_state") == store_state(store)
+    custom = table.exists() and not same_as_defaults and \
+        made_with != {k: v for k, v in asdict(default).items() if k != "progress"}
     current = (not custom and meta.get("store_state") == store_state(store)
                and set(meta.get("aligned_epochs", {})) == set(_setups(store)))
     if current and (target is None or target.resolve() == table.resolve()):

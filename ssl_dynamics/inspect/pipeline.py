@@ -102,6 +102,9 @@ def run_step(name: str, fn: Callable[[], dict | None], skipped: list[dict], echo
     except Exception as e:  # a bug or an unforeseen case: the rest still runs
         reason = (f"{type(e).__name__}: {e} (run `inspect {COMMAND_OF.get(name, name)}` alone "
                   f"for the traceback)")
+    from ..progress import close_bars
+
+    close_bars()  # the failed step's bars end before the line saying so
     echo(f"skipped {name}: {reason}")
     skipped.append({"analysis": name, "reason": reason})
     return None

@@ -587,6 +587,8 @@ class RtStore:
             try:
                 with zarr.config.set({"async.concurrency": READ_CONCURRENCY}):
                     out[name] = g[name][:]
+            except MemoryError:
+                raise
             except Exception as e:  # a truncated or altered chunk: zstd or the checksum fails
                 raise UserError(f"corrupt r_t store {self.path}: {setup}/{name} cannot be read "
                                 f"({type(e).__name__}){self._damaged_chunks(setup, name)}") from None
@@ -618,9 +620,10 @@ class RtStore:
                 bad.append((s, e))
         if not bad:
             return anew
-        where = ", ".join(f"seed {seeds[s] if s < len(seeds) else s} epoch {e}" for s, e in bad[:5]) + \
-            (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        keys = " ".join(f"{setup}/{{p_true,correct}}/c/{s}/{e}" for s, e in bad[:2]) + (" ..." if len(bad) > 2 else "")
+        shown = bad[:8]  # a line, not a listing: the rest are found again after these are mended
+        where = ", ".join(f"seed {seeds[s] if s < len(seeds) else s} (row {s}) epoch {e}" for s, e in shown) + \
+            (f" and {len(bad) - len(shown)} more" if len(bad) > len(shown) else "")
+        keys = " ".join(f"{setup}/{{p_true,correct}}/c/{s}/{e}" for s, e in shown)
         return (f": the chunk of {where} is damaged; delete those checkpoints' chunk folders of "
                 f"p_true and correct ({keys}) and `inspect rt` evaluates them again, or rerun "
                 f"`inspect rt` into a new --store")
