@@ -253,6 +253,8 @@ def test_export_of_an_h5_archive_leaves_no_temp_and_the_users_table_alone(run, t
     mine = table.read_bytes()
     out = invoke("export", run, "--to", "parquet", "--no-progress")
     assert "computing" not in out and table.read_bytes() == mine
+    invoke("examples", run, "--no-progress", "--ref-epochs", ",".join(map(str, chosen)), "--start-epoch", "0")
+    assert "same_as_defaults" not in read_meta(table)  # another option: the user's table
     invoke("examples", run, "--no-progress", "--ref-epochs", str(chosen[0]))  # others: the user's
     assert read_meta(table)["options"]["ref_epochs"] == [chosen[0]] and "same_as_defaults" not in read_meta(table)
     r = CliRunner().invoke(cli, ["export", str(run), "--to", "parquet"])

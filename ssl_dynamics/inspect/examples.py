@@ -97,7 +97,7 @@ def run_examples(data: dict[str, SetupRt], out: Outputs, opts: ExampleOptions = 
     frame = examples_frame(data, columns, class_names, sources)
     meta = {"note": note, "ref_setup": ref_setup, "ref_epochs": ref_epochs,
             "aligned_epochs": aligned_epochs, "options": asdict(opts), "store_state": store_state}
-    if (opts.ref_setup is not None or opts.ref_epochs is not None) and _defaults_choose(data, ref_setup, ref_epochs):
+    if _defaults_in_all_but_name(opts) and _defaults_choose(data, ref_setup, ref_epochs):
         meta["same_as_defaults"] = True  # while the store holds what it did (export checks its state)
     table = write_frame(out, frame, meta)
     rows = _summary_rows(data, columns, sums, ref_epochs, aligned_epochs)
@@ -153,6 +153,13 @@ def _empty_note(data: dict[str, SetupRt], empty: list[str], start: int) -> str:
     last = ", ".join(f"{s} {_last_evaluated(data[s])}" for s in empty)
     return (f"no evaluated epoch >= {start} (--start-epoch) for {', '.join(empty)} (last evaluated "
             f"epoch: {last}): their measures are NaN, hardness_rank is NA and they have no image grids.")
+
+
+def _defaults_in_all_but_name(opts: ExampleOptions) -> bool:
+    """A reference setup or epochs given, every other option the default."""
+    rest = {k: v for k, v in asdict(opts).items() if k not in ("ref_setup", "ref_epochs", "progress")}
+    default = {k: v for k, v in asdict(ExampleOptions()).items() if k not in ("ref_setup", "ref_epochs", "progress")}
+    return (opts.ref_setup is not None or opts.ref_epochs is not None) and rest == default
 
 
 def _defaults_choose(data: dict[str, SetupRt], ref_setup: str, ref_epochs) -> bool:
