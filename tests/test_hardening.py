@@ -231,8 +231,6 @@ def test_bad_analysis_options(run, monkeypatch, capsys):
                           (["dynamics", "--epochs", "1,,5"], "--epochs '1,,5' has an empty item"),
                           (["examples", "--ref-epochs", "1,5,"], "--ref-epochs '1,5,' has an empty item"),
                           (["binomial", "--p0", "0.5,,0.75"], "--p0 '0.5,,0.75' has an empty item"),
-                          (["classes", "--setup", "supervised,,random_labels"],
-                           "--setup 'supervised,,random_labels' has an empty item"),
                           (["examples", "--start-epoch", "99"], "--start-epoch 99 is past the last evaluated epoch"),
                           (["dynamics", "--setup", "foo"], "setup 'foo' is not in this run (it has supervised, "
                                                            "random_labels)")]:
