@@ -314,11 +314,10 @@ def export_parquet(ws: Workspace, store: Path, target: Path | None, data_opts: d
     meta = _work_table_meta(ws, table, echo)
     default = ExampleOptions(progress=progress)
     made_with = {k: v for k, v in (meta.get("options") or {}).items() if k != "progress"}
-    same_as_defaults = meta.get("same_as_defaults") is True and meta.get("store_state") == store_state(store)
-    custom = table.exists() and not same_as_defaults and \
+    unchanged = meta.get("store_state") == store_state(store)  # one reading of the flags and records
+    custom = table.exists() and not (meta.get("same_as_defaults") is True and unchanged) and \
         made_with != {k: v for k, v in asdict(default).items() if k != "progress"}
-    current = (not custom and meta.get("store_state") == store_state(store)
-               and set(meta.get("aligned_epochs", {})) == set(_setups(store)))
+    current = not custom and unchanged and set(meta.get("aligned_epochs", {})) == set(_setups(store))
     if current and (target is None or target.resolve() == table.resolve()):
         return table
     if custom and (target is None or target.resolve() == table.resolve()):
